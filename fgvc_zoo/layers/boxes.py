@@ -1,0 +1,72 @@
+""" Box proposals from a score map, batched NMS with static output shapes, and batched crop-and-zoom.
+
+Every function works on the whole batch at once: no Python loop over images, so the cost does not grow with
+batch size in interpreter overhead and the shapes stay static for `torch.compile`.
+"""
+from typing import Sequence, Tuple
+
+import torch
+from torchvision.ops import batched_nms, roi_align
+
+__all__ = ['cell_boxes', 'select_boxes', 'crop_and_zoom']
+
+
+def cell_boxes(
+        map_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+        region_sizes: Sequence[float],
+        device: torch.device = None,
+) -> torch.Tensor:
+    """One square box per map cell and region size, centred on the cell and shifted to lie inside the image.
+
+    `region_sizes` are fractions of the shorter image side (LFD: 160 / 448). Returns (S * h * w, 4) xyxy boxes
+    in image pixels, ordered size-major then row-major, matching `scores.flatten()` of an (S, h, w) score map.
+    """
+    (h, w), (img_h, img_w) = map_size, image_size
+    cy = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (img_h / h)
+    cx = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (img_w / w)
+    cy, cx = torch.meshgrid(cy, cx, indexing='ij')
+    boxes = []
+    for fraction in region_sizes:
+        side = fraction * min(img_h, img_w)
+        x1 = (cx - side / 2).clamp(0, img_w - side)
+        y1 = (cy - side / 2).clamp(0, img_h - side)
+        boxes.append(torch.stack([x1, y1, x1 + side, y1 + side], dim=-1).reshape(-1, 4))
+    return torch.cat(boxes)
+
+
+def select_boxes(
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        num: int,
+        iou_threshold: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top `num` boxes per image after NMS, best first: (K, 4) boxes, (B, K) scores -> (B, num, 4), (B, num).
+
+    When NMS leaves fewer than `num` boxes, the best suppressed boxes fill the remaining slots, so that the
+    output shape never depends on the data.
+    """
+    batch_size, num_boxes = scores.shape
+    if num > num_boxes:
+        raise ValueError(f'Asked for {num} boxes but the score map only proposes {num_boxes}.')
+    image_index = torch.arange(batch_size, device=scores.device).repeat_interleave(num_boxes)
+    keep = batched_nms(boxes.repeat(batch_size, 1), scores.flatten().float(), image_index, iou_threshold)
+    kept = torch.zeros(batch_size * num_boxes, dtype=torch.bool, device=scores.device)
+    kept[keep] = True
+    # Rank by score, then move the NMS survivors to the front with a stable sort that keeps the score order.
+    by_score = scores.argsort(dim=1, descending=True, stable=True)
+    survivors_first = kept.view(batch_size, num_boxes).gather(1, by_score).to(torch.uint8)
+    order = by_score.gather(1, survivors_first.argsort(dim=1, descending=True, stable=True))[:, :num]
+    return boxes[order], scores.gather(1, order)
+
+
+def crop_and_zoom(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop every (B, N, 4) box out of its (B, C, H, W) image and resize it to size x size: (B * N, C, size, size).
+
+    One `roi_align` call with pixel-exact alignment is bilinear resampling of each box (sampling adapts to the
+    box size, so boxes larger than `size` are averaged rather than aliased).
+    """
+    batch_size, num = boxes.shape[:2]
+    image_index = torch.arange(batch_size, device=boxes.device, dtype=boxes.dtype).repeat_interleave(num)
+    rois = torch.cat([image_index[:, None], boxes.reshape(-1, 4)], dim=1).to(images.dtype)
+    return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)

@@ -1,0 +1,219 @@
+""" The model contract every fgvc_zoo head keeps, and the builder that makes a head a timm citizen.
+
+A head subclasses `FgvcModel` and implements `forward_features`, `forward_head`, `forward_train`, `explain` and
+`reset_classifier`. `forward` is shared so that `model(x)` is logits in train and eval mode alike, and
+`model(x, target=y, step=k)` in train mode is the k-th optimiser step's `FgvcOutput`: training always goes
+through `forward`, so DDP hooks see it, and one trainer serves every head (`num_train_steps` tells it how many
+optimiser steps a batch takes).
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Sequence, Type
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
+
+from ._backbone import Backbone, check_backbone_name
+
+__all__ = ['FgvcOutput', 'Explanation', 'FgvcModel', 'build_fgvc_model', 'fgvc_cfg', 'POPULAR_BACKBONES']
+
+# Backbones that get a named variant per head (`lfd_resnet50`, ...), with the ImageNet tag of timm's Hub weights
+# the variant's default tag loads into the backbone. `create_model('lfd', backbone=...)` takes any other.
+POPULAR_BACKBONES: Dict[str, str] = {
+    'resnet50': 'a1_in1k',
+    'resnet101': 'a1h_in1k',
+    'convnext_tiny': 'fb_in22k_ft_in1k',
+    'convnext_base': 'fb_in22k_ft_in1k',
+    'tf_efficientnet_lite0': 'in1k',
+    'vit_base_patch16_224': 'augreg2_in21k_ft_in1k',
+    'swin_base_patch4_window7_224': 'ms_in22k_ft_in1k',
+}
+
+
+@dataclass
+class FgvcOutput:
+    """What `model(x, target=y)` returns in train mode: the total loss, the logits and every named loss term."""
+    loss: torch.Tensor
+    logits: torch.Tensor
+    losses: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Explanation:
+    """What a head looks at, in input-image pixel coordinates.
+
+    heatmaps: name -> (B, K, H, W) maps at the input resolution (K classes, parts or stages).
+    boxes: (B, N, 4) xyxy boxes in input pixels; scores: (B, N) their scores.
+    labels: (B,) predicted class; logits: (B, C).
+    extras: head-specific tensors (e.g. DP-Net's class-level part participation).
+    """
+    heatmaps: Dict[str, torch.Tensor]
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class FgvcModel(nn.Module):
+    """Shared behaviour of the heads: the forward contract and the timm model API around `self.backbone`."""
+    backbone: Backbone
+    num_train_steps: int = 1
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            target: Optional[torch.Tensor] = None,
+            step: int = 0,
+    ):
+        if target is None or not self.training:
+            return self.forward_head(self.forward_features(x))
+        if not 0 <= step < self.num_train_steps:
+            raise ValueError(f'step={step} is out of range: this model takes {self.num_train_steps} step(s) a batch.')
+        return self.forward_train(x, target, step)
+
+    def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor) -> Explanation:
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Module:
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        raise NotImplementedError
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        # Head parameters match no backbone group, so timm puts them in the last group (highest layer-decay lr).
+        return self.backbone.group_matcher(coarse=coarse, prefix='backbone.model.')
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return self.backbone.no_weight_decay(prefix='backbone.model.')
+
+    def backbone_parameters(self):
+        """Parameters of the pretrained backbone (the papers train them at 0.1x the head's learning rate)."""
+        return self.backbone.parameters()
+
+
+def fgvc_cfg(backbone: Optional[str] = None, classifier: Sequence[str] = ('head.fc',), **kwargs: Any) -> Dict:
+    """A pretrained cfg at the FGVC resolution (448) with the mean/std of the backbone's ImageNet weights."""
+    cfg = {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 448, 448),
+        'pool_size': None,
+        'crop_pct': 0.875,
+        'crop_mode': 'center',
+        'interpolation': 'bilinear',
+        'mean': timm.data.IMAGENET_DEFAULT_MEAN,
+        'std': timm.data.IMAGENET_DEFAULT_STD,
+        'first_conv': '',
+        'classifier': tuple(classifier),
+        'license': 'apache-2.0',
+    }
+    if backbone is not None:
+        backbone_cfg = timm.models.get_pretrained_cfg(backbone)
+        if backbone_cfg is not None:
+            cfg.update(_backbone_cfg_fields(backbone_cfg), license=backbone_cfg.license or 'apache-2.0')
+    cfg.update(kwargs)
+    return cfg
+
+
+def _backbone_cfg_fields(backbone_cfg) -> Dict[str, Any]:
+    # The backbone decides normalisation and where its first conv is (for in_chans adaptation on load).
+    first_conv = backbone_cfg.first_conv
+    if isinstance(first_conv, str):
+        first_conv = 'backbone.model.' + first_conv if first_conv else ''
+    else:
+        first_conv = tuple('backbone.model.' + c for c in first_conv or ())
+    return dict(mean=backbone_cfg.mean, std=backbone_cfg.std, first_conv=first_conv)
+
+
+def _has_weights(cfg: Dict[str, Any]) -> bool:
+    return any(cfg.get(k) for k in ('url', 'file', 'state_dict', 'hf_hub_id'))
+
+
+def build_fgvc_model(
+        model_cls: Type[FgvcModel],
+        variant: str,
+        pretrained: bool = False,
+        backbone: Optional[str] = None,
+        **kwargs: Any,
+) -> FgvcModel:
+    """Build a head the timm way, deciding where `pretrained=True` weights come from.
+
+    A tag with weights of its own (`hf_hub_id`, `file`, `url`, e.g. `lfd_resnet50.cub_200_2011` or a
+    `pretrained_cfg_overlay=dict(file=...)`) loads the whole model; timm drops the classifiers listed in the cfg
+    when `num_classes` differs. Any other tag (`lfd_resnet50.a1_in1k`) names the backbone's ImageNet weights
+    on timm's Hub repos: the backbone loads them and the head starts fresh.
+    """
+    if backbone is None:
+        raise ValueError(
+            f"'{variant}' needs a backbone: timm.create_model('{variant}', backbone='<any timm model name>', ...)."
+        )
+    check_backbone_name(backbone)
+    pretrained_cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.pop('pretrained_cfg', None),
+        pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None),
+    ).to_dict()
+    full_weights = pretrained and _has_weights(pretrained_cfg)
+    backbone_name = backbone
+    tag = pretrained_cfg.get('tag')
+    if '.' not in backbone and tag and f'{backbone}.{tag}' in timm.list_pretrained(f'{backbone}.*'):
+        backbone_name = f'{backbone}.{tag}'
+    if pretrained and not full_weights and backbone_name.split('.')[0] not in timm.list_models(pretrained=True):
+        raise ValueError(
+            f"pretrained=True, but neither '{variant}' nor timm's backbone '{backbone_name}' has weights. "
+            f"Pass pretrained=False, or a pretrained_cfg_overlay=dict(file='model.safetensors')."
+        )
+    if not full_weights:
+        backbone_cfg = timm.models.get_pretrained_cfg(backbone_name)
+        if backbone_cfg is not None:
+            pretrained_cfg.update(_backbone_cfg_fields(backbone_cfg))
+    model = build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained=full_weights,
+        pretrained_cfg=pretrained_cfg,
+        backbone=backbone_name,
+        pretrained_backbone=pretrained and not full_weights,
+        **kwargs,
+    )
+    # What `config.json` needs to rebuild this model with `timm.create_model(architecture, **model_args)`.
+    model.model_args = dict(backbone=backbone, **{k: v for k, v in kwargs.items() if k != 'num_classes'})
+    return model
+
+
+def register_variants(
+        head: str,
+        create_fn: Callable[..., FgvcModel],
+        namespace: Dict[str, Any],
+) -> None:
+    """Register `<head>_<backbone>` entrypoints for the popular backbones into a model file's namespace."""
+    from timm.models import register_model
+
+    for backbone in POPULAR_BACKBONES:
+        def entrypoint(pretrained: bool = False, _backbone: str = backbone, **kwargs) -> FgvcModel:
+            kwargs.setdefault('backbone', _backbone)
+            return create_fn(f'{head}_{_backbone}', pretrained=pretrained, **kwargs)
+        entrypoint.__name__ = f'{head}_{backbone}'
+        entrypoint.__qualname__ = entrypoint.__name__
+        entrypoint.__module__ = namespace['__name__']
+        namespace[entrypoint.__name__] = register_model(entrypoint)

@@ -1,0 +1,214 @@
+""" LFD: Learning to Focus and Discriminate for Fine-grained Classification
+
+Feng, Fu, Zhao, ICIP 2019. An image-level classifier's class activation maps, max-pooled over all classes,
+score square regions of the input; NMS keeps the m most discriminative ones, which are cropped, zoomed and
+passed through the same backbone. A hybrid classifier on [image feature, top-l region features] predicts.
+
+Where the paper is silent, the choices of `shared/papers/METHODS.md` section 1 are constructor arguments.
+"""
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import generate_default_cfgs, register_model
+
+from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
+from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
+from ._backbone import Backbone
+from ._base import POPULAR_BACKBONES, Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, register_variants
+
+__all__ = ['Lfd']
+
+CAM_MODES = ('max', 'pred', 'target')
+
+
+class Lfd(FgvcModel):
+    """LFD head over any timm backbone.
+
+    `model(x)` returns the hybrid classifier's logits (the image-level ones with `image_only=True`).
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            num_classes: int = 1000,
+            num_regions: int = 6,
+            num_hybrid_regions: int = 4,
+            region_sizes: Sequence[float] = (160 / 448,),
+            zoom_size: int = 224,
+            nms_iou: float = 0.25,
+            cam_sigma: float = 1.0,
+            cam_mode: str = 'max',
+            image_only: bool = False,
+            loss_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0),
+            drop_rate: float = 0.0,
+            in_chans: int = 3,
+            pretrained_backbone: bool = False,
+            backbone_args: Optional[Dict[str, Any]] = None,
+    ):
+        """
+        Args:
+            backbone: any timm model name (with an optional pretrained tag).
+            num_classes: number of fine-grained classes C.
+            num_regions: m, regions kept after NMS and used by the region classifier in training.
+            num_hybrid_regions: l, top regions in the hybrid feature; the only ones computed at inference.
+            region_sizes: region sides as fractions of the shorter input side (160 px at 448).
+            zoom_size: side of a zoomed crop in pixels.
+            nms_iou: IoU threshold of the NMS over candidate regions.
+            cam_sigma: Gaussian smoothing of the attention map, in feature cells (0 disables).
+            cam_mode: 'max' over all class maps (paper), or the single map of the 'pred' or 'target' class.
+            image_only: train and predict with the image-level classifier alone (the paper's ablation).
+            loss_weights: weights of the image, mean region and hybrid cross-entropies.
+            drop_rate: dropout before the classifiers.
+            in_chans: input image channels.
+            pretrained_backbone: load the backbone's ImageNet weights (set by the pretrained tag).
+            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. drop_path_rate).
+        """
+        super().__init__()
+        if cam_mode not in CAM_MODES:
+            raise ValueError(f"cam_mode='{cam_mode}' is not one of {CAM_MODES}.")
+        if not 1 <= num_hybrid_regions <= num_regions:
+            raise ValueError(f'Need 1 <= num_hybrid_regions ({num_hybrid_regions}) <= num_regions ({num_regions}).')
+        if not region_sizes or not all(0 < s <= 1 for s in region_sizes):
+            raise ValueError(f'region_sizes={region_sizes} must be fractions of the input side in (0, 1].')
+        self.num_classes = num_classes
+        self.num_regions = num_regions
+        self.num_hybrid_regions = num_hybrid_regions
+        self.region_sizes = tuple(region_sizes)
+        self.zoom_size = zoom_size
+        self.nms_iou = nms_iou
+        self.cam_sigma = cam_sigma
+        self.cam_mode = cam_mode
+        self.image_only = image_only
+        self.loss_weights = tuple(loss_weights)
+        self.drop_rate = drop_rate
+
+        self.backbone = Backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans, **(backbone_args or {}))
+        self.num_features = self.backbone.num_features
+        self.head_hidden_size = self.num_features * (1 if image_only else num_hybrid_regions + 1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.reset_classifier(num_classes)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New image, region and hybrid classifiers for `num_classes` classes."""
+        self.num_classes = num_classes
+        # Eq. (1) of the paper has no bias: the class maps M_k = W_k Z are exactly the image classifier's scores.
+        self.image_head = nn.Linear(self.num_features, num_classes, bias=False)
+        self.region_head = nn.Linear(self.num_features, num_classes)
+        self.hybrid_head = nn.Linear(self.num_features * (self.num_hybrid_regions + 1), num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.image_head if self.image_only else self.hybrid_head
+
+    def attention_map(self, features: torch.Tensor, class_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The smoothed attention map M (B, 1, h, w): max over all class maps, or the map of `class_index`."""
+        maps = class_activation_maps(features, self.image_head.weight)
+        if class_index is None:
+            attention = maps.amax(dim=1, keepdim=True)
+        else:
+            attention = maps.gather(1, class_index.view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:]))
+        return smooth_maps(attention, self.cam_sigma)
+
+    def _cam_class(self, image_logits: torch.Tensor, target: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if self.cam_mode == 'max':
+            return None
+        if self.cam_mode == 'target' and target is not None:
+            return target if target.ndim == 1 else target.argmax(dim=1)
+        return image_logits.argmax(dim=1)
+
+    @torch.no_grad()
+    def select_regions(
+            self,
+            features: torch.Tensor,
+            image_logits: torch.Tensor,
+            image_size: Tuple[int, int],
+            num: int,
+            target: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The `num` most discriminative regions per image: (B, num, 4) xyxy input-pixel boxes and their scores."""
+        attention = self.attention_map(features, self._cam_class(image_logits, target))
+        boxes = cell_boxes(attention.shape[-2:], image_size, self.region_sizes, device=features.device)
+        scores = attention.flatten(1).repeat(1, len(self.region_sizes))
+        return select_boxes(boxes, scores, num, self.nms_iou)
+
+    def _region_features(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """GAP features of the zoomed crops of (B, N, 4) boxes through the shared backbone: (B, N, n)."""
+        crops = crop_and_zoom(x, boxes, self.zoom_size)
+        return self.backbone(crops)[-1].mean(dim=(2, 3)).view(*boxes.shape[:2], -1)
+
+    def _image_forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)[-1]
+        image_feature = features.mean(dim=(2, 3))
+        return features, image_feature, self.image_head(self.head_drop(image_feature))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The hybrid feature [F^I, F^R_1 .. F^R_l] (B, (l + 1) n); only the top-l crops are computed."""
+        features, image_feature, image_logits = self._image_forward(x)
+        if self.image_only:
+            return image_feature
+        boxes, _ = self.select_regions(features, image_logits, x.shape[-2:], self.num_hybrid_regions)
+        return torch.cat([image_feature, self._region_features(x, boxes).flatten(1)], dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x)
+        return x if pre_logits else self.get_classifier()(x)
+
+    def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
+        """All three cross-entropies; `target` holds class indices (B,) or soft targets (B, C) from mixup."""
+        features, image_feature, image_logits = self._image_forward(x)
+        losses = {'image': F.cross_entropy(image_logits, target)}
+        if self.image_only:
+            return FgvcOutput(loss=losses['image'], logits=image_logits, losses=losses)
+        boxes, _ = self.select_regions(features, image_logits, x.shape[-2:], self.num_regions, target)
+        region_features = self._region_features(x, boxes)
+        region_logits = self.region_head(self.head_drop(region_features))
+        region_target = target.repeat_interleave(self.num_regions, dim=0)
+        losses['region'] = F.cross_entropy(region_logits.flatten(0, 1), region_target)
+        hybrid = torch.cat([image_feature, region_features[:, :self.num_hybrid_regions].flatten(1)], dim=1)
+        logits = self.hybrid_head(self.head_drop(hybrid))
+        losses['hybrid'] = F.cross_entropy(logits, target)
+        loss = sum(w * term for w, term in zip(self.loss_weights, losses.values()))
+        return FgvcOutput(loss=loss, logits=logits, losses=losses)
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor) -> Explanation:
+        """The attention map and the predicted class's map in input pixels, and the top-l regions with scores."""
+        features, image_feature, image_logits = self._image_forward(x)
+        num = self.num_hybrid_regions
+        boxes, scores = self.select_regions(features, image_logits, x.shape[-2:], num)
+        if self.image_only:
+            logits = image_logits
+        else:
+            hybrid = torch.cat([image_feature, self._region_features(x, boxes).flatten(1)], dim=1)
+            logits = self.hybrid_head(hybrid)
+        labels = logits.argmax(dim=1)
+        heatmaps = {
+            'attention': self.attention_map(features, self._cam_class(image_logits, None)),
+            'predicted_class': self.attention_map(features, labels),
+        }
+        heatmaps = {k: upsample_maps(v, x.shape[-2:]) for k, v in heatmaps.items()}
+        return Explanation(heatmaps=heatmaps, boxes=boxes, scores=scores, labels=labels, logits=logits)
+
+
+def _create_lfd(variant: str, pretrained: bool = False, **kwargs) -> Lfd:
+    return build_fgvc_model(Lfd, variant, pretrained=pretrained, **kwargs)
+
+
+def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
+    return fgvc_cfg(backbone, classifier=('image_head', 'region_head', 'hybrid_head'), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'lfd': _cfg(),
+    **{f'lfd_{name}.{tag}': _cfg(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()},
+})
+
+
+@register_model
+def lfd(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over any timm backbone: `timm.create_model('lfd', backbone='convnext_tiny', num_classes=100)`."""
+    return _create_lfd('lfd', pretrained=pretrained, **kwargs)
+
+
+register_variants('lfd', _create_lfd, globals())
