@@ -1,0 +1,211 @@
+""" DP-Net: Learning Discriminative Parts for image recognition
+
+Sicre, Zhang, Dejasmin, Daaloul, Ayache, Artieres, ICIP 2023 (arXiv 2404.15037). P = q C part detectors score
+every region of a pretrained backbone's last feature map; the pooled part scores (a bag of parts) feed a linear
+classifier V. Three constraints make the parts complementary (C_perp), each region decisive about its part
+(C_Assign) and each part specific to its class (CS). The backbone is frozen by default, as in the paper.
+
+Where the paper is silent, the choices of `shared/papers/METHODS.md` section 2 are constructor arguments.
+"""
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import generate_default_cfgs, register_model
+
+from ..layers.cam import class_activation_maps, upsample_maps
+from ..layers.parts import (
+    PART_POOLS, assignment_loss, best_region_boxes, class_specific_loss, orthogonality_loss, part_scores,
+    pool_part_scores,
+)
+from ._backbone import Backbone
+from ._base import POPULAR_BACKBONES, Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, register_variants
+
+__all__ = ['DpNet']
+
+
+class DpNet(FgvcModel):
+    """DP-Net head over any timm backbone.
+
+    Regions are the h x w cells of the backbone's last map (X: D x R). `self.parts.weight` is U (P, D), part p
+    belonging to class p // q; `self.head` is V, whose first P columns weigh the parts (and the last D the
+    global feature when `use_global=True`). `model(x)` returns V's logits.
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            num_classes: int = 1000,
+            parts_per_class: int = 2,
+            pool: str = 'max',
+            use_global: bool = False,
+            freeze_backbone: bool = True,
+            w_perp: float = 1.0,
+            w_assign: float = 0.1,
+            w_cs: float = 0.1,
+            part_box_cells: float = 3.0,
+            drop_rate: float = 0.0,
+            in_chans: int = 3,
+            pretrained_backbone: bool = False,
+            backbone_args: Optional[Dict[str, Any]] = None,
+    ):
+        """
+        Args:
+            backbone: any timm model name (with an optional pretrained tag).
+            num_classes: number of fine-grained classes C.
+            parts_per_class: q, so that there are P = q C part detectors.
+            pool: how a part's region scores become its image score: 'max' (paper), 'lse' or 'avg'.
+            use_global: concatenate GAP(X) to the part scores (the paper's "global" row).
+            freeze_backbone: keep the backbone's weights and BatchNorm statistics fixed (paper); False fine-tunes.
+            w_perp: weight of the orthogonality constraint C_perp (0 switches it off).
+            w_assign: weight of the decisive assignment constraint C_Assign (0 switches it off).
+            w_cs: weight of the class-specific parts constraint CS (0 switches it off).
+            part_box_cells: side of a part's best box in backbone strides. 3: the best cell and one neighbour
+                each side, because a cell of the last map sees well beyond its own stride x stride patch.
+            drop_rate: dropout on the bag of parts before the classifier.
+            in_chans: input image channels.
+            pretrained_backbone: load the backbone's ImageNet weights (set by the pretrained tag).
+            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. drop_path_rate).
+        """
+        super().__init__()
+        if pool not in PART_POOLS:
+            raise ValueError(f"pool='{pool}' is not one of {PART_POOLS}.")
+        if parts_per_class < 1:
+            raise ValueError(f'parts_per_class={parts_per_class} must be at least 1.')
+        if min(w_perp, w_assign, w_cs) < 0:
+            raise ValueError(f'Constraint weights must be >= 0, got w_perp={w_perp}, w_assign={w_assign}, w_cs={w_cs}.')
+        if part_box_cells <= 0:
+            raise ValueError(f'part_box_cells={part_box_cells} must be positive.')
+        self.parts_per_class = parts_per_class
+        self.pool = pool
+        self.use_global = use_global
+        self.freeze_backbone = freeze_backbone
+        self.w_perp = w_perp
+        self.w_assign = w_assign
+        self.w_cs = w_cs
+        self.part_box_cells = part_box_cells
+        self.drop_rate = drop_rate
+
+        self.backbone = Backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans, **(backbone_args or {}))
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+        self.region_features = self.backbone.num_features
+        self.head_drop = nn.Dropout(drop_rate)
+        self.reset_classifier(num_classes)
+
+    def train(self, mode: bool = True) -> 'DpNet':
+        """Train mode for the head; a frozen backbone stays in eval mode so its BatchNorm statistics never move."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New part detectors U (q k, D) and classifier V for k = `num_classes` classes."""
+        if num_classes < 1:
+            raise ValueError(f'DP-Net needs num_classes >= 1 (its parts belong to classes), got {num_classes}.')
+        self.num_classes = num_classes
+        self.num_parts = self.parts_per_class * num_classes
+        self.num_features = self.head_hidden_size = self.num_parts + self.region_features * self.use_global
+        self.parts = nn.Linear(self.region_features, self.num_parts, bias=False)
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def part_participation(self) -> torch.Tensor:
+        """Class-level explanation: how much each part takes part in each class, the part columns of V (C, P)."""
+        return self.head.weight[:, :self.num_parts]
+
+    def _part_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The region descriptors X (B, D, h, w) and the part scores S (B, P, h, w)."""
+        features = self.backbone(x)[-1]
+        return features, part_scores(features, self.parts.weight)
+
+    def _bag_of_parts(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        bag = pool_part_scores(scores, self.pool)
+        if self.use_global:
+            bag = torch.cat([bag, features.mean(dim=(2, 3))], dim=1)
+        return bag
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The bag of parts b (B, P), with GAP(X) appended when `use_global=True`."""
+        return self._bag_of_parts(*self._part_maps(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def constraint_losses(self, scores: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The unweighted constraints whose weight is not 0; a switched-off term is neither computed nor listed."""
+        losses = {}
+        if self.w_perp:
+            losses['perp'] = orthogonality_loss(self.parts.weight)
+        if self.w_assign:
+            losses['assign'] = assignment_loss(scores)
+        if self.w_cs:
+            losses['cs'] = class_specific_loss(self.part_participation(), self.parts_per_class)
+        return losses
+
+    def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
+        """Cross-entropy plus the weighted constraints; every unweighted term is in `.losses`."""
+        features, scores = self._part_maps(x)
+        logits = self.forward_head(self._bag_of_parts(features, scores))
+        losses = {'ce': F.cross_entropy(logits, target), **self.constraint_losses(scores)}
+        weights = {'ce': 1.0, 'perp': self.w_perp, 'assign': self.w_assign, 'cs': self.w_cs}
+        loss = sum(weights[name] * term for name, term in losses.items())
+        return FgvcOutput(loss=loss, logits=logits, losses=losses)
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor) -> Explanation:
+        """Each part's map and the predicted class's map in input pixels, each part's best box and score.
+
+        The class map is V's logit before pooling, per region: sum_p V_kp s_pr (+ V_k,global x_r).
+        `extras['part_participation']` is V's part columns (C, P), the class-level explanation.
+        """
+        features, scores = self._part_maps(x)
+        logits = self.head(self._bag_of_parts(features, scores))
+        labels = logits.argmax(dim=1)
+        class_maps = class_activation_maps(scores, self.part_participation())
+        if self.use_global:
+            class_maps = class_maps + class_activation_maps(features, self.head.weight[:, self.num_parts:])
+        predicted_map = class_maps.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *class_maps.shape[-2:]))
+        box_side = self.part_box_cells * self.backbone.stride
+        boxes, box_scores = best_region_boxes(scores, x.shape[-2:], box_side)
+        heatmaps = {
+            'parts': upsample_maps(scores, x.shape[-2:]),
+            'predicted_class': upsample_maps(predicted_map, x.shape[-2:]),
+        }
+        return Explanation(
+            heatmaps=heatmaps,
+            boxes=boxes,
+            scores=box_scores,
+            labels=labels,
+            logits=logits,
+            extras={'part_participation': self.part_participation()},
+        )
+
+
+def _create_dpnet(variant: str, pretrained: bool = False, **kwargs) -> DpNet:
+    return build_fgvc_model(DpNet, variant, pretrained=pretrained, **kwargs)
+
+
+def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
+    return fgvc_cfg(backbone, classifier=('parts', 'head'), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'dpnet': _cfg(),
+    **{f'dpnet_{name}.{tag}': _cfg(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()},
+})
+
+
+@register_model
+def dpnet(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over any timm backbone: `timm.create_model('dpnet', backbone='resnet50', num_classes=200)`."""
+    return _create_dpnet('dpnet', pretrained=pretrained, **kwargs)
+
+
+register_variants('dpnet', _create_dpnet, globals())
