@@ -4,3 +4,5 @@ from .parts import (
     PART_POOLS, assignment_loss, best_region_boxes, class_specific_loss, orthogonality_loss, part_owner, part_scores,
     pool_part_scores,
 )
+from .distill import distillation_loss
+from .jigsaw import jigsaw

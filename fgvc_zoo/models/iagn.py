@@ -1,0 +1,347 @@
+""" IAGN: Interpretable Attention Guided Network for Fine-grained Visual Classification
+
+RECONSTRUCTION FROM THE ABSTRACT, NOT THE AUTHORS' CODE. Only the paper's abstract is available: it names an
+attention guided framework that finds discriminative regions interpretably, a progressive training mechanism
+that distils knowledge stage by stage, and the fusion of features of several granularities. fgvc_zoo builds
+these three mechanisms on progressive multi-granularity training (PMG, Du et al., ECCV 2020), following
+`shared/papers/METHODS.md` section 3; every choice there is a constructor argument.
+
+- S stage heads on the last S backbone stages (1x1 conv, 3x3 conv, BN+ReLU, global max pool, classifier
+  BN-FC-BN-ELU-FC) and a fused head on the concatenation of the S pooled stage features.
+- Attention: every stage classifier, applied to each cell of its stage's conv feature map, gives a class map; the
+  attention map is the normalised mean of the stage maps, and the attended box bounds its cells above
+  `attn_threshold` x max. Inference: logits = fused(x) + fused(zoom(x, box)).
+- Progressive training: S + 1 optimiser steps per batch, stage l on jigsaw(zoom(x, box), 2^(S-l+1)) distilled
+  from stage l - 1, then the fused head on x and the zoom distilled from the mean of the stage outputs.
+"""
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ConvNormAct
+from timm.models import generate_default_cfgs, register_model
+
+from ..layers.boxes import crop_and_zoom
+from ..layers.cam import upsample_maps
+from ..layers.distill import distillation_loss
+from ..layers.jigsaw import jigsaw
+from ._backbone import Backbone
+from ._base import POPULAR_BACKBONES, Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, register_variants
+
+__all__ = ['Iagn']
+
+
+class IagnClassifier(nn.Sequential):
+    """PMG's classifier BN-FC-BN-ELU-FC on a pooled feature vector."""
+
+    def __init__(self, in_features: int, hidden_features: int, num_classes: int):
+        super().__init__(OrderedDict([
+            ('norm_in', nn.BatchNorm1d(in_features)),
+            ('fc_hidden', nn.Linear(in_features, hidden_features)),
+            ('norm_hidden', nn.BatchNorm1d(hidden_features)),
+            ('act', nn.ELU(inplace=True)),
+            ('fc', nn.Linear(hidden_features, num_classes)),
+        ]))
+
+    def forward_cells(self, cells: torch.Tensor) -> torch.Tensor:
+        """Class scores of single feature-map cells, (N, in_features) -> (N, num_classes).
+
+        Each cell is scored as if it were the pooled feature of an image. BatchNorm uses its running statistics in
+        train mode too, so a cell's score does not depend on the other cells and no statistic is updated.
+        """
+        x = _frozen_norm(self.norm_in, cells)
+        x = _frozen_norm(self.norm_hidden, self.fc_hidden(x))
+        return self.fc(self.act(x))
+
+
+def _frozen_norm(norm: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, training=False, eps=norm.eps)
+
+
+class Iagn(FgvcModel):
+    """IAGN head over any timm backbone (a reconstruction from the paper's abstract, see the module docstring).
+
+    `model(x)` returns fused(x) + fused(zoom(x, box)). In train mode `model(x, target=y, step=k)` returns the loss
+    of optimiser step k of `num_train_steps`: steps 0 .. S-1 train stage 1 .. S, step S the fused head.
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            num_classes: int = 1000,
+            stages: int = 3,
+            mid_channels: int = 512,
+            feature_channels: int = 1024,
+            hidden_features: int = 512,
+            attn_threshold: float = 0.5,
+            zoom_size: Optional[int] = None,
+            jigsaw_sizes: Optional[Sequence[int]] = None,
+            progressive: bool = True,
+            kd_weight: float = 1.0,
+            kd_temperature: float = 4.0,
+            fused_loss_weight: float = 2.0,
+            drop_rate: float = 0.0,
+            in_chans: int = 3,
+            pretrained_backbone: bool = False,
+            backbone_args: Optional[Dict[str, Any]] = None,
+    ):
+        """
+        Args:
+            backbone: any timm model name (with an optional pretrained tag).
+            num_classes: number of fine-grained classes C.
+            stages: S, the number of last backbone stages with a stage head.
+            mid_channels: output channels of each stage head's 1x1 conv.
+            feature_channels: output channels of each stage head's 3x3 conv (the pooled stage feature).
+            hidden_features: width of the hidden layer of every classifier BN-FC-BN-ELU-FC.
+            attn_threshold: the attended box bounds the pixels of the attention map >= this fraction of its max.
+            zoom_size: side of the zoomed attended crop in pixels; None zooms to the input height.
+            jigsaw_sizes: cells per side of the jigsaw fed to stage 1 .. S; None is PMG's 2^(S-l+1) (8, 4, 2).
+            progressive: S + 1 optimiser steps per batch; False folds their losses into one step.
+            kd_weight: weight of the distillation terms.
+            kd_temperature: T of the distillation terms T^2 KL(p_teacher || p_student).
+            fused_loss_weight: weight of the fused head's cross-entropies (PMG's 2).
+            drop_rate: dropout on pooled features before the classifiers.
+            in_chans: input image channels.
+            pretrained_backbone: load the backbone's ImageNet weights (set by the pretrained tag).
+            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. drop_path_rate).
+        """
+        super().__init__()
+        if jigsaw_sizes is None:
+            jigsaw_sizes = tuple(2 ** (stages - l + 1) for l in range(1, stages + 1))
+        if len(jigsaw_sizes) != stages or not all(n >= 1 for n in jigsaw_sizes):
+            raise ValueError(f'jigsaw_sizes={jigsaw_sizes} must hold {stages} positive cell counts, one per stage.')
+        if not 0 <= attn_threshold <= 1:
+            raise ValueError(f'attn_threshold={attn_threshold} must be a fraction of the attention maximum in [0, 1].')
+        self.num_classes = num_classes
+        self.stages = stages
+        self.hidden_features = hidden_features
+        self.attn_threshold = attn_threshold
+        self.zoom_size = zoom_size
+        self.jigsaw_sizes = tuple(jigsaw_sizes)
+        self.progressive = progressive
+        self.num_train_steps = stages + 1 if progressive else 1
+        self.kd_weight = kd_weight
+        self.kd_temperature = kd_temperature
+        self.fused_loss_weight = fused_loss_weight
+        self.drop_rate = drop_rate
+
+        self.backbone = Backbone(
+            backbone, pretrained=pretrained_backbone, num_stages=stages, in_chans=in_chans, **(backbone_args or {}))
+        self.stage_convs = nn.ModuleList([
+            nn.Sequential(
+                ConvNormAct(channels, mid_channels, kernel_size=1),
+                ConvNormAct(mid_channels, feature_channels, kernel_size=3),
+            )
+            for channels in self.backbone.channels
+        ])
+        self.num_features = self.head_hidden_size = stages * feature_channels
+        self.head_drop = nn.Dropout(drop_rate)
+        self.stage_classifiers = nn.ModuleList([
+            IagnClassifier(feature_channels, hidden_features, num_classes) for _ in range(stages)
+        ])
+        self.fused_classifier = IagnClassifier(self.num_features, hidden_features, num_classes)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New class layers (the last FC of every stage classifier and of the fused one) for `num_classes`."""
+        self.num_classes = num_classes
+        for classifier in [*self.stage_classifiers, self.fused_classifier]:
+            classifier.fc = nn.Linear(self.hidden_features, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fused_classifier.fc
+
+    def stage_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The S stage heads' conv feature maps (B, feature_channels, h_l, w_l), shallowest first."""
+        return [conv(stage_map) for conv, stage_map in zip(self.stage_convs, self.backbone(x))]
+
+    def stage_logits(self, features: torch.Tensor, stage: int) -> torch.Tensor:
+        """Stage `stage` (0-based) classifier on its max-pooled conv features."""
+        return self.stage_classifiers[stage](self.head_drop(features.amax(dim=(2, 3))))
+
+    @torch.no_grad()
+    def attention_maps(
+            self,
+            features: Sequence[torch.Tensor],
+            class_index: torch.Tensor,
+            image_size: Tuple[int, int],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Stage class maps (B, S, H, W) and the attention map (B, 1, H, W) in input pixels, each in [0, 1].
+
+        Grad-free CAM: stage l's classifier scores every cell of its conv feature map (`forward_cells`, a 1x1
+        application of BN-FC-BN-ELU-FC) and the map keeps the channel of `class_index`. Each stage map is min-max
+        normalised per image so that no stage dominates; A is the min-max normalised mean of the upsampled maps.
+        """
+        stage_maps = []
+        for classifier, stage_features in zip(self.stage_classifiers, features):
+            batch_size, channels, height, width = stage_features.shape
+            cells = stage_features.permute(0, 2, 3, 1).reshape(-1, channels)
+            scores = classifier.forward_cells(cells).view(batch_size, height * width, -1)
+            class_map = scores.gather(2, class_index.view(-1, 1, 1).expand(-1, height * width, 1))
+            stage_maps.append(upsample_maps(class_map.view(batch_size, 1, height, width), image_size))
+        stage_maps = _min_max(torch.cat(stage_maps, dim=1))
+        return stage_maps, _min_max(stage_maps.mean(dim=1, keepdim=True))
+
+    @torch.no_grad()
+    def attended_boxes(self, attention: torch.Tensor) -> torch.Tensor:
+        """The (B, 1, 4) xyxy pixel box bounding the pixels of `attention` (B, 1, H, W) >= threshold x max."""
+        mask = attention[:, 0] >= self.attn_threshold * attention.flatten(1).amax(dim=1).view(-1, 1, 1)
+        y1, y2 = _first_last(mask.any(dim=2))
+        x1, x2 = _first_last(mask.any(dim=1))
+        # Pixel i covers [i, i + 1): the box ends one past its last pixel.
+        return torch.stack([x1, y1, x2 + 1, y2 + 1], dim=1).to(attention.dtype).unsqueeze(1)
+
+    def zoom(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return crop_and_zoom(x, boxes, self.zoom_size or x.shape[-2])
+
+    def _fused_feature(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([f.amax(dim=(2, 3)) for f in features], dim=1)
+
+    def _image_and_zoom(
+            self,
+            x: torch.Tensor,
+            target: Optional[torch.Tensor],
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage features of x and of its attended zoom, the stage maps, the attention map and the boxes.
+
+        The maps look at the target class when one is given (training), else at the fused head's prediction on x.
+        """
+        features = self.stage_features(x)
+        if target is None:
+            with torch.no_grad():
+                class_index = self.fused_classifier(self._fused_feature(features)).argmax(dim=1)
+        else:
+            class_index = _class_index(target)
+        detached = [f.detach() for f in features]
+        stage_maps, attention = self.attention_maps(detached, class_index, x.shape[-2:])
+        boxes = self.attended_boxes(attention)
+        return features, self.stage_features(self.zoom(x, boxes)), stage_maps, attention, boxes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused features of the image and of its attended zoom, stacked: (B, 2, S * feature_channels)."""
+        features, zoom_features, _, _, _ = self._image_and_zoom(x, None)
+        return torch.stack([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """fused(x) + fused(zoom(x, box)) from the (B, 2, S * feature_channels) output of `forward_features`."""
+        x = self.head_drop(x)
+        if pre_logits:
+            return x
+        return self.fused_classifier(x.flatten(0, 1)).view(x.shape[0], 2, -1).sum(dim=1)
+
+    def _stage_step(self, x: torch.Tensor, target: torch.Tensor, stage: int) -> FgvcOutput:
+        """Stage `stage` (0-based) on the jigsaw of the attended zoom, distilled from the stage before it.
+
+        The box comes from a no-grad pass over x (recomputed at every step, so no state crosses steps). The teacher
+        is stage - 1 on the same jigsaw input, detached; the first stage has no teacher and no KD term. The loss
+        reaches only the backbone up to this stage and this stage's head: other heads get no gradient at all.
+        """
+        with torch.no_grad():
+            features = self.stage_features(x)
+            _, attention = self.attention_maps(features, _class_index(target), x.shape[-2:])
+        puzzle = jigsaw(self.zoom(x, self.attended_boxes(attention)), self.jigsaw_sizes[stage])
+        stage_maps = self.backbone(puzzle)
+        logits = self.stage_logits(self.stage_convs[stage](stage_maps[stage]), stage)
+        losses = {f'ce_stage{stage + 1}': F.cross_entropy(logits, target)}
+        loss = losses[f'ce_stage{stage + 1}']
+        if stage > 0:
+            with torch.no_grad():
+                teacher = self.stage_logits(self.stage_convs[stage - 1](stage_maps[stage - 1]), stage - 1)
+            losses[f'kd_stage{stage + 1}'] = distillation_loss(logits, teacher, self.kd_temperature)
+            loss = loss + self.kd_weight * losses[f'kd_stage{stage + 1}']
+        return FgvcOutput(loss=loss, logits=logits, losses=losses)
+
+    def _fused_step(self, x: torch.Tensor, target: torch.Tensor) -> FgvcOutput:
+        """The fused head on x and on the attended zoom, distilled from the mean of the S stage logits on each."""
+        features, zoom_features, _, _, _ = self._image_and_zoom(x, target)
+        losses, loss, logits = {}, 0., 0.
+        for name, stage_features in (('fused', features), ('fused_zoom', zoom_features)):
+            fused_logits = self.fused_classifier(self.head_drop(self._fused_feature(stage_features)))
+            with torch.no_grad():
+                teacher = torch.stack([
+                    self.stage_logits(f, stage) for stage, f in enumerate(stage_features)
+                ]).mean(dim=0)
+            losses[f'ce_{name}'] = F.cross_entropy(fused_logits, target)
+            losses[f'kd_{name}'] = distillation_loss(fused_logits, teacher, self.kd_temperature)
+            loss = loss + self.fused_loss_weight * losses[f'ce_{name}'] + self.kd_weight * losses[f'kd_{name}']
+            logits = logits + fused_logits
+        return FgvcOutput(loss=loss, logits=logits, losses=losses)
+
+    def _train_step(self, x: torch.Tensor, target: torch.Tensor, step: int) -> FgvcOutput:
+        return self._fused_step(x, target) if step == self.stages else self._stage_step(x, target, step)
+
+    def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
+        """Step `step` of the progressive schedule, or (progressive=False) all S + 1 step losses summed."""
+        if self.progressive:
+            return self._train_step(x, target, step)
+        outputs = [self._train_step(x, target, k) for k in range(self.stages + 1)]
+        losses = {name: term for output in outputs for name, term in output.losses.items()}
+        return FgvcOutput(loss=sum(o.loss for o in outputs), logits=outputs[-1].logits, losses=losses)
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor) -> Explanation:
+        """Stage class maps and the attention map in input pixels, the attended box and its attention share.
+
+        The box's score is the fraction of the attention map's total mass that falls inside the box.
+        """
+        features, zoom_features, stage_maps, attention, boxes = self._image_and_zoom(x, None)
+        fused = torch.stack([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
+        logits = self.forward_head(fused)
+        height, width = x.shape[-2:]
+        ys = torch.arange(height, device=x.device).view(1, -1, 1) + 0.5
+        xs = torch.arange(width, device=x.device).view(1, 1, -1) + 0.5
+        box = boxes[:, 0].view(-1, 4, 1, 1)
+        inside = (xs >= box[:, 0]) & (xs < box[:, 2]) & (ys >= box[:, 1]) & (ys < box[:, 3])
+        mass = attention[:, 0]
+        scores = (mass * inside).flatten(1).sum(dim=1) / mass.flatten(1).sum(dim=1).clamp_min(1e-12)
+        return Explanation(
+            heatmaps={'stages': stage_maps, 'attention': attention},
+            boxes=boxes,
+            scores=scores.unsqueeze(1),
+            labels=logits.argmax(dim=1),
+            logits=logits,
+        )
+
+
+def _class_index(target: torch.Tensor) -> torch.Tensor:
+    """Class indices from (B,) indices or (B, C) soft targets (mixup, label smoothing)."""
+    return target if target.ndim == 1 else target.argmax(dim=1)
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Scale every (B, K, H, W) map to [0, 1] per image and channel; a constant map becomes all zeros."""
+    low = maps.amin(dim=(2, 3), keepdim=True)
+    high = maps.amax(dim=(2, 3), keepdim=True)
+    return (maps - low) / (high - low).clamp_min(1e-12)
+
+
+def _first_last(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Index of the first and of the last True of every row of a (B, N) mask with at least one True per row."""
+    first = mask.int().argmax(dim=1)
+    last = mask.shape[1] - 1 - mask.flip(1).int().argmax(dim=1)
+    return first, last
+
+
+def _create_iagn(variant: str, pretrained: bool = False, **kwargs) -> Iagn:
+    return build_fgvc_model(Iagn, variant, pretrained=pretrained, **kwargs)
+
+
+def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
+    classifier = ('stage_classifiers.0.fc', 'stage_classifiers.1.fc', 'stage_classifiers.2.fc', 'fused_classifier.fc')
+    return fgvc_cfg(backbone, classifier=classifier, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'iagn': _cfg(),
+    **{f'iagn_{name}.{tag}': _cfg(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()},
+})
+
+
+@register_model
+def iagn(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over any timm backbone: `timm.create_model('iagn', backbone='convnext_tiny', num_classes=100)`."""
+    return _create_iagn('iagn', pretrained=pretrained, **kwargs)
+
+
+register_variants('iagn', _create_iagn, globals())
