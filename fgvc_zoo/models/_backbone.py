@@ -76,6 +76,9 @@ class Backbone(nn.Module):
         self.name = name
         self.num_stages = num_stages
         self.stage_indices = list(range(len(feature_info) - num_stages, len(feature_info)))
+        # Drop the classifier head and any layer after the last stage we read: unused parameters would get no
+        # gradient (DDP's unused-parameter error) and cost memory.
+        self.model.prune_intermediate_layers(self.stage_indices, prune_norm=False, prune_head=True)
         self.channels = [feature_info[i]['num_chs'] for i in self.stage_indices]
         self.strides = [feature_info[i]['reduction'] for i in self.stage_indices]
         self.num_features = self.channels[-1]

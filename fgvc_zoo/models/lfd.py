@@ -128,6 +128,14 @@ class Lfd(FgvcModel):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The `num` most discriminative regions per image: (B, num, 4) xyxy input-pixel boxes and their scores."""
         attention = self.attention_map(features, self._cam_class(image_logits, target))
+        num_candidates = attention.shape[-2] * attention.shape[-1] * len(self.region_sizes)
+        if num_candidates < num:
+            raise ValueError(
+                f'LFD needs {num} candidate regions but a {tuple(image_size)} input gives a '
+                f'{tuple(attention.shape[-2:])} feature map with {len(self.region_sizes)} region size(s), '
+                f'{num_candidates} candidates. Use a larger input (the backbone stride is {self.backbone.stride}), '
+                f'more region_sizes, or a smaller num_regions.'
+            )
         boxes = cell_boxes(attention.shape[-2:], image_size, self.region_sizes, device=features.device)
         scores = attention.flatten(1).repeat(1, len(self.region_sizes))
         return select_boxes(boxes, scores, num, self.nms_iou)

@@ -1,0 +1,196 @@
+""" LFD as METHODS.md section 1 specifies it, checked against hand-computed values. """
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou
+
+from fgvc_zoo.layers import cell_boxes, crop_and_zoom, select_boxes, smooth_maps
+
+
+def _lfd(**kwargs):
+    args = dict(backbone='test_resnet', num_classes=3, zoom_size=32, region_sizes=(0.35, 0.5))
+    return timm.create_model('lfd', **dict(args, **kwargs))
+
+
+def test_attention_map_is_the_elementwise_max_over_all_class_maps():
+    model = _lfd(cam_sigma=0.0)
+    model.image_head = torch.nn.Linear(2, 3, bias=False)  # n = 2 feature channels, C = 3 classes
+    with torch.no_grad():
+        model.image_head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]))
+    features = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]], [[3.0, 0.0], [1.0, 1.0]]]])  # (1, n=2, 2, 2)
+    # M_0 = Z_0 = [[1, 2], [0, -1]];  M_1 = Z_1 = [[3, 0], [1, 1]];  M_2 = Z_0 - Z_1 = [[-2, 2], [-1, -2]]
+    expected_max = torch.tensor([[[[3.0, 2.0], [1.0, 1.0]]]])
+    torch.testing.assert_close(model.attention_map(features), expected_max)
+    # the single-class ablation ('pred'/'target' cam_mode) picks one map
+    torch.testing.assert_close(model.attention_map(features, torch.tensor([2])), torch.tensor([[[[-2.0, 2.0],
+                                                                                                 [-1.0, -2.0]]]]))
+
+
+def test_gaussian_smoothing_of_a_delta_is_the_normalised_gaussian():
+    sigma = 1.0
+    delta = torch.zeros(1, 1, 9, 9)
+    delta[0, 0, 4, 4] = 1.0
+    smoothed = smooth_maps(delta, sigma)
+    # kernel radius 3 sigma: 1D weights g(d) = exp(-d^2 / 2) / sum_{|d|<=3} exp(-d^2 / 2); the 2D kernel is g x g
+    norm = sum(math.exp(-d * d / 2) for d in range(-3, 4))
+    for dy, dx in [(0, 0), (1, 0), (1, 2), (3, 3)]:
+        expected = math.exp(-dy * dy / 2) * math.exp(-dx * dx / 2) / norm ** 2
+        assert smoothed[0, 0, 4 + dy, 4 + dx].item() == pytest.approx(expected, rel=1e-5)
+    assert smooth_maps(delta, 0.0) is delta
+
+
+def test_candidate_boxes_are_centred_on_cells_and_shifted_inside_the_image():
+    boxes = cell_boxes((2, 2), (448, 448), [160 / 448])
+    # cell centres at 112 and 336 px; side 160 -> [32, 192] and [256, 416], already inside the image
+    expected = torch.tensor([[32, 32, 192, 192], [256, 32, 416, 192], [32, 256, 192, 416], [256, 256, 416, 416]])
+    torch.testing.assert_close(boxes, expected.float())
+    corner = cell_boxes((14, 14), (448, 448), [160 / 448])[0]  # centre (16, 16) -> shifted to start at 0
+    torch.testing.assert_close(corner, torch.tensor([0.0, 0.0, 160.0, 160.0]))
+
+
+def test_selected_boxes_overlap_at_most_the_nms_threshold():
+    boxes = cell_boxes((14, 14), (448, 448), [160 / 448])
+    scores = torch.rand(2, 14 * 14)
+    selected, selected_scores = select_boxes(boxes, scores, 6, 0.25)
+    assert selected.shape == (2, 6, 4)
+    for image in range(2):
+        iou = box_iou(selected[image], selected[image])
+        assert (iou - torch.eye(6)).max() <= 0.25
+        assert (selected_scores[image][:-1] >= selected_scores[image][1:]).all(), 'best first'
+    assert selected_scores[0, 0] == scores[0].max() and selected_scores[1, 0] == scores[1].max()
+
+
+def test_when_nms_leaves_too_few_boxes_the_best_suppressed_ones_fill_the_slots():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]]).float()
+    scores = torch.tensor([[0.9, 0.8, 0.1]])
+    selected, selected_scores = select_boxes(boxes, scores, 3, 0.25)
+    # NMS keeps boxes 0 and 2 (box 1 overlaps box 0 with IoU 9/11); box 1 fills the last slot
+    torch.testing.assert_close(selected[0], boxes[[0, 2, 1]])
+    torch.testing.assert_close(selected_scores[0], scores[0, [0, 2, 1]])
+
+
+def test_each_crop_equals_an_independent_bilinear_crop_and_resize_of_its_box():
+    images = torch.rand(2, 3, 40, 40)
+    boxes = torch.tensor([[[4.0, 6.0, 20.0, 22.0], [10.0, 12.0, 34.0, 36.0]],
+                          [[8.0, 2.0, 24.0, 18.0], [15.0, 15.0, 31.0, 31.0]]])
+    size = 24
+    crops = crop_and_zoom(images, boxes, size)
+    assert crops.shape == (4, 3, size, size)
+    for i, (image, box) in enumerate([(b, box) for b in range(2) for box in boxes[b]]):
+        x1, y1, x2, y2 = box.tolist()
+        # sample point j of the output sits at x1 + (j + 0.5) * (x2 - x1) / size in continuous pixel coordinates
+        xs = x1 + (torch.arange(size) + 0.5) * (x2 - x1) / size
+        ys = y1 + (torch.arange(size) + 0.5) * (y2 - y1) / size
+        grid_y, grid_x = torch.meshgrid(ys * 2 / 40 - 1, xs * 2 / 40 - 1, indexing='ij')
+        grid = torch.stack([grid_x, grid_y], dim=-1)[None]
+        expected = F.grid_sample(images[image:image + 1], grid, mode='bilinear', align_corners=False)
+        torch.testing.assert_close(crops[i:i + 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_explained_boxes_have_the_configured_size_and_lie_inside_the_image():
+    model = _lfd(region_sizes=(0.4,)).eval()
+    explanation = model.explain(torch.randn(2, 3, 96, 96))
+    boxes = explanation.boxes
+    assert boxes.shape == (2, model.num_hybrid_regions, 4)
+    torch.testing.assert_close(boxes[..., 2] - boxes[..., 0], torch.full((2, 4), 0.4 * 96))
+    torch.testing.assert_close(boxes[..., 3] - boxes[..., 1], torch.full((2, 4), 0.4 * 96))
+    assert (boxes >= 0).all() and (boxes <= 96).all()
+
+
+def test_hybrid_feature_is_the_image_feature_and_l_region_features():
+    model = _lfd(num_regions=5, num_hybrid_regions=3).eval()
+    with torch.no_grad():
+        hybrid = model.forward_features(torch.randn(2, 3, 64, 64))
+    assert hybrid.shape == (2, 4 * model.num_features)
+    assert model.hybrid_head.in_features == 4 * model.num_features == model.head_hidden_size
+
+
+def _backbone_batch_sizes(model, x, **kwargs):
+    sizes = []
+    handle = model.backbone.register_forward_hook(lambda m, inputs, out: sizes.append(inputs[0].shape[0]))
+    model(x, **kwargs)
+    handle.remove()
+    return sizes
+
+
+def test_training_crops_m_regions_and_inference_only_the_top_l():
+    model = _lfd(num_regions=6, num_hybrid_regions=4)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    assert _backbone_batch_sizes(model.train(), x, target=y) == [2, 2 * 6]
+    assert _backbone_batch_sizes(model.eval(), x) == [2, 2 * 4]
+
+
+def test_training_has_image_region_and_hybrid_cross_entropies():
+    model = _lfd(loss_weights=(1.0, 2.0, 3.0)).train()
+    out = model(torch.randn(2, 3, 64, 64), target=torch.tensor([0, 2]))
+    assert set(out.losses) == {'image', 'region', 'hybrid'}
+    expected = out.losses['image'] + 2 * out.losses['region'] + 3 * out.losses['hybrid']
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_image_only_ablation_predicts_with_the_image_classifier_and_crops_nothing():
+    model = _lfd(image_only=True)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    out = model.train()(x, target=y)
+    assert set(out.losses) == {'image'}
+    assert _backbone_batch_sizes(model.eval(), x) == [2]
+    with torch.no_grad():
+        expected = model.image_head(model.backbone(x)[-1].mean(dim=(2, 3)))
+        torch.testing.assert_close(model(x), expected)
+    assert model.get_classifier() is model.image_head
+
+
+def test_cam_mode_target_selects_regions_from_the_target_class_map():
+    model = _lfd(cam_mode='target', cam_sigma=0.0).train()
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([2, 0])
+    with torch.no_grad():
+        features = model.backbone(x)[-1]
+        logits = model.image_head(features.mean(dim=(2, 3)))
+        boxes, scores = model.select_regions(features, logits, (64, 64), 4, target)
+        class_maps = torch.einsum('bnhw,cn->bchw', features, model.image_head.weight)
+    # the best score of each image is the max of its target class's map, not of the max over classes
+    torch.testing.assert_close(scores[:, 0], class_maps[torch.arange(2), target].flatten(1).amax(dim=1))
+    max_mode = _lfd(cam_mode='max', cam_sigma=0.0)
+    max_mode.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        _, max_scores = max_mode.select_regions(features, logits, (64, 64), 4, target)
+    torch.testing.assert_close(max_scores[:, 0], class_maps.amax(dim=1).flatten(1).amax(dim=1))
+
+
+def test_cam_mode_pred_uses_the_image_level_prediction():
+    model = _lfd(cam_mode='pred', cam_sigma=0.0).eval()
+    features = torch.randn(1, model.num_features, 2, 2)
+    logits = torch.tensor([[0.0, 5.0, 1.0]])
+    _, scores = model.select_regions(features, logits, (64, 64), 4)
+    class_map = torch.einsum('bnhw,n->bhw', features, model.image_head.weight[1])
+    assert scores[0, 0] == pytest.approx(class_map.max().item(), rel=1e-5)
+
+
+def test_too_small_an_input_is_a_clear_error():
+    model = _lfd(region_sizes=(0.35,), num_regions=6).train()
+    with pytest.raises(ValueError, match='Use a larger input'):
+        model(torch.randn(1, 3, 64, 64), target=torch.tensor([0]))
+
+
+def test_unknown_cam_mode_is_rejected():
+    with pytest.raises(ValueError, match='cam_mode'):
+        _lfd(cam_mode='mean')
+
+
+def test_lfd_resnet50_maps_a_448_image_to_200_logits():
+    model = timm.create_model('lfd_resnet50', num_classes=200).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 448, 448)).shape == (1, 200)
+
+
+def test_lfd_over_test_vit_trains_and_explains():
+    model = timm.create_model('lfd', backbone='test_vit', num_classes=7, zoom_size=32)
+    x, y = torch.randn(2, 3, 96, 96), torch.tensor([3, 6])
+    model.train()(x, target=y).loss.backward()
+    explanation = model.eval().explain(x)
+    assert explanation.heatmaps['attention'].shape == (2, 1, 96, 96)
+    assert explanation.boxes.shape == (2, 4, 4)

@@ -1,0 +1,185 @@
+""" The model matrix: every registered head over tiny timm backbones keeps the model contract.
+
+In the spirit of timm's own tests/test_models.py: shapes, gradients, batch-size invariance, classifier reset,
+safetensors round trip, and the timm API (optimiser grouping, grad checkpointing).
+"""
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.optim import create_optimizer_v2
+
+from fgvc_zoo.models import Explanation, FgvcOutput
+
+HEADS = ['lfd', 'dpnet', 'iagn']
+BACKBONES = ['test_resnet', 'test_convnext', 'test_efficientnet', 'test_vit', 'test_nfnet']
+# Small head sizes so the matrix runs in seconds on a 2-core CPU; everything else is the head's default.
+TINY_HEAD_ARGS = {
+    'lfd': dict(zoom_size=32, region_sizes=(0.35, 0.5)),  # a 64 px image has 2 x 2 cells: 2 sizes give 8 boxes
+    'dpnet': dict(freeze_backbone=False),
+    'iagn': dict(mid_channels=16, feature_channels=32),
+}
+IMG = 64
+NUM_CLASSES = 5
+
+
+def _create(head: str, backbone: str, **kwargs) -> torch.nn.Module:
+    if not timm.is_model(head):
+        pytest.skip(f"head '{head}' is not registered yet")
+    args = dict(TINY_HEAD_ARGS[head], **kwargs)
+    return timm.create_model(head, backbone=backbone, num_classes=NUM_CLASSES, **args)
+
+
+def _train_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    return [model(x, target=y, step=k) for k in range(model.num_train_steps)]
+
+
+@pytest.fixture
+def batch():
+    return torch.randn(3, 3, IMG, IMG), torch.tensor([0, 2, 4])
+
+
+@pytest.mark.parametrize('backbone', BACKBONES)
+@pytest.mark.parametrize('head', HEADS)
+def test_forward_returns_logits_in_train_and_eval_and_an_output_with_target(head, backbone, batch):
+    x, y = batch
+    model = _create(head, backbone)
+    model.train()
+    assert model(x).shape == (3, NUM_CLASSES)
+    for out in _train_losses(model, x, y):
+        assert isinstance(out, FgvcOutput)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        assert out.logits.shape == (3, NUM_CLASSES)
+        assert out.losses and all(term.ndim == 0 for term in out.losses.values())
+    model.eval()
+    assert model(x).shape == (3, NUM_CLASSES)
+    assert model(x, target=y).shape == (3, NUM_CLASSES), 'eval mode ignores the target and returns logits'
+
+
+@pytest.mark.parametrize('backbone', BACKBONES)
+@pytest.mark.parametrize('head', HEADS)
+def test_every_trainable_parameter_receives_a_gradient(head, backbone, batch):
+    x, y = batch
+    model = _create(head, backbone)
+    model.train()
+    for out in _train_losses(model, x, y):
+        out.loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    missing = [n for n, p in trainable.items() if p.grad is None]
+    assert not missing, f'no gradient reached {missing[:5]}'
+    assert all(torch.isfinite(p.grad).all() for p in trainable.values())
+
+
+@pytest.mark.parametrize('backbone', BACKBONES)
+@pytest.mark.parametrize('head', HEADS)
+def test_eval_logits_do_not_depend_on_the_batch(head, backbone, batch):
+    x, _ = batch
+    model = _create(head, backbone).eval()
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(alone, together, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('head', HEADS)
+def test_forward_head_of_forward_features_is_forward(head, batch):
+    x, _ = batch
+    model = _create(head, 'test_resnet').eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(features), model(x))
+        assert model.forward_head(features, pre_logits=True).shape == (3, model.head_hidden_size)
+
+
+@pytest.mark.parametrize('head', HEADS)
+def test_reset_classifier_changes_the_number_of_classes(head, batch):
+    x, y = batch
+    model = _create(head, 'test_resnet')
+    model.reset_classifier(9)
+    assert model.num_classes == 9
+    assert model.get_classifier().out_features == 9
+    model.eval()
+    assert model(x).shape == (3, 9)
+    model.train()
+    assert all(out.logits.shape == (3, 9) for out in _train_losses(model, x, torch.tensor([8, 0, 3])))
+
+
+@pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
+@pytest.mark.parametrize('head', HEADS)
+def test_safetensors_round_trip_reproduces_the_outputs(head, backbone, batch, tmp_path):
+    x, _ = batch
+    model = _create(head, backbone).eval()
+    save_file(model.state_dict(), str(tmp_path / 'model.safetensors'))
+    torch.manual_seed(123)  # a differently initialised copy
+    copy = _create(head, backbone).eval()
+    copy.load_state_dict(load_file(str(tmp_path / 'model.safetensors')))
+    with torch.no_grad():
+        assert torch.equal(copy(x), model(x))
+
+
+@pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
+@pytest.mark.parametrize('head', HEADS)
+def test_explain_gives_maps_and_boxes_in_input_pixels(head, backbone, batch):
+    x, _ = batch
+    model = _create(head, backbone).eval()
+    explanation = model.explain(x)
+    assert isinstance(explanation, Explanation)
+    assert explanation.heatmaps
+    for name, heatmap in explanation.heatmaps.items():
+        assert heatmap.ndim == 4 and heatmap.shape[0] == 3 and heatmap.shape[-2:] == (IMG, IMG), name
+    boxes = explanation.boxes
+    assert boxes.ndim == 3 and boxes.shape[0] == 3 and boxes.shape[-1] == 4
+    assert explanation.scores.shape == boxes.shape[:2]
+    assert (boxes >= 0).all() and (boxes <= IMG).all()
+    assert (boxes[..., 2] > boxes[..., 0]).all() and (boxes[..., 3] > boxes[..., 1]).all()
+    assert explanation.labels.shape == (3,)
+    with torch.no_grad():
+        torch.testing.assert_close(explanation.labels, model(x).argmax(dim=1))
+
+
+@pytest.mark.parametrize('head', HEADS)
+def test_timm_optimizer_factory_groups_backbone_and_head_parameters(head):
+    model = _create(head, 'test_resnet')
+    optimizer = create_optimizer_v2(model, opt='sgd', lr=0.1, weight_decay=1e-4, layer_decay=0.5)
+    grouped = {id(p) for group in optimizer.param_groups for p in group['params']}
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    scales = sorted({group['lr_scale'] for group in optimizer.param_groups})
+    assert len(scales) > 2, 'layer decay must see the backbone stages through the re-prefixed group_matcher'
+    head_names = [n for n, _ in model.named_parameters() if not n.startswith('backbone.')]
+    head_ids = {id(p) for n, p in model.named_parameters() if n in head_names}
+    head_scales = {g['lr_scale'] for g in optimizer.param_groups if head_ids & {id(p) for p in g['params']}}
+    assert head_scales == {1.0}, 'the head is the last group and trains at the full learning rate'
+
+
+@pytest.mark.parametrize('head', HEADS)
+def test_grad_checkpointing_gives_the_same_loss(head, batch):
+    x, y = batch
+    model = _create(head, 'test_resnet').eval()  # dropout and BN statistics fixed: the passes are comparable
+    torch.manual_seed(0)
+    reference = model.forward_train(x, y, 0).loss
+    model.set_grad_checkpointing(True)
+    assert model.backbone.grad_checkpointing
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.forward_train(x, y, 0).loss, reference)
+
+
+@pytest.mark.parametrize('head', HEADS)
+def test_named_variants_are_registered_for_the_popular_backbones(head):
+    if not timm.is_model(head):
+        pytest.skip(f"head '{head}' is not registered yet")
+    names = timm.list_models(f'{head}*')
+    for backbone in ['resnet50', 'resnet101', 'convnext_tiny', 'convnext_base', 'tf_efficientnet_lite0',
+                     'vit_base_patch16_224', 'swin_base_patch4_window7_224']:
+        assert f'{head}_{backbone}' in names
+    model = timm.create_model(f'{head}_resnet50', num_classes=11)
+    cfg = model.pretrained_cfg
+    assert cfg['input_size'] == (3, 448, 448)
+    assert cfg['mean'] == timm.models.get_pretrained_cfg('resnet50.a1_in1k').mean
+    assert model.model_args['backbone'].startswith('resnet50')
+
+
+def test_no_weight_decay_names_parameters_of_the_model():
+    model = _create('lfd', 'test_vit')
+    names = {n for n, _ in model.named_parameters()}
+    assert model.no_weight_decay() and model.no_weight_decay() <= names
