@@ -1,0 +1,230 @@
+""" IAGN (a reconstruction from the abstract, METHODS.md section 3): jigsaw, distillation, attended box and the
+progressive schedule, on timm's tiny test_resnet with shrunk head widths. """
+import copy
+import math
+
+import pytest
+import timm
+import torch
+
+from fgvc_zoo.layers import distillation_loss, jigsaw
+from fgvc_zoo.models import Iagn
+
+IMG = 64
+NUM_CLASSES = 5
+TINY = dict(mid_channels=8, feature_channels=16, hidden_features=8)
+
+
+def _model(**kwargs) -> Iagn:
+    return timm.create_model('iagn', backbone='test_resnet', num_classes=NUM_CLASSES, **dict(TINY, **kwargs))
+
+
+@pytest.fixture
+def batch():
+    return torch.randn(4, 3, IMG, IMG), torch.tensor([0, 1, 3, 4])
+
+
+def _cells(images: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, n * n, C * cell_h * cell_w): every cell of every image as one row."""
+    b, c, h, w = images.shape
+    cells = images.reshape(b, c, n, h // n, n, w // n).permute(0, 2, 4, 1, 3, 5)
+    return cells.reshape(b, n * n, -1)
+
+
+@pytest.mark.parametrize('n', [2, 4, 8])
+def test_jigsaw_is_a_permutation_of_cells(n):
+    images = torch.randn(3, 2, 16, 16)
+    shuffled = jigsaw(images, n)
+    before, after = _cells(images, n), _cells(shuffled, n)
+    # Every output cell is exactly one input cell of the same image, and each input cell is used once.
+    match = (after[:, :, None] == before[:, None, :]).all(dim=-1)
+    assert (match.sum(dim=2) == 1).all()
+    assert (match.sum(dim=1) == 1).all()
+    assert torch.equal(shuffled.flatten(1).sort(dim=1).values, images.flatten(1).sort(dim=1).values)
+
+
+def test_jigsaw_shuffles_every_image_with_its_own_permutation():
+    images = torch.arange(16.).view(1, 1, 4, 4).expand(32, 1, 4, 4)
+    shuffled = jigsaw(images, 4)
+    assert not torch.equal(shuffled, images)
+    assert len({tuple(s.flatten().tolist()) for s in shuffled}) > 1
+
+
+def test_jigsaw_keeps_leftover_pixels_and_granularity_one():
+    images = torch.randn(2, 3, 9, 9)
+    shuffled = jigsaw(images, 4)  # 2 x 2 pixel cells cover 8 x 8; row 8 and column 8 stay put
+    assert torch.equal(shuffled[..., 8, :], images[..., 8, :])
+    assert torch.equal(shuffled[..., :, 8], images[..., :, 8])
+    assert torch.equal(jigsaw(images, 1), images)
+    with pytest.raises(ValueError, match='cannot be cut'):
+        jigsaw(images, 10)
+
+
+def test_distillation_loss_hand_computed():
+    # T = 2: teacher logits (2 ln 3, 0) soften to (3/4, 1/4); student (0, 0) to (1/2, 1/2).
+    teacher = torch.tensor([[2 * math.log(3), 0.]])
+    student = torch.zeros(1, 2, requires_grad=True)
+    expected = 2 ** 2 * (0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5))
+    loss = distillation_loss(student, teacher, temperature=2.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() > 0
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+
+
+def test_distillation_loss_zero_when_student_equals_teacher():
+    logits = torch.randn(4, NUM_CLASSES)
+    assert distillation_loss(logits, logits.clone(), temperature=4.0).abs().item() < 1e-6
+    assert distillation_loss(logits, logits + 10.0, temperature=4.0).abs().item() < 1e-5  # same softmax
+    assert distillation_loss(logits, torch.randn(4, NUM_CLASSES), temperature=4.0).item() > 0
+
+
+def test_attended_box_hand_computed():
+    model = _model()
+    attention = torch.zeros(2, 1, 8, 8)
+    attention[0, 0, 2:4, 3:6] = 1.0
+    attention[0, 0, 5, 1] = 0.6  # above half the max: extends the box down-left
+    attention[0, 0, 7, 7] = 0.4  # below: ignored
+    attention[1] = 0.4
+    attention[1, 0, 7, 7] = 1.0
+    boxes = model.attended_boxes(attention)
+    # xyxy in pixels, one past the last pixel: rows 2..5 and columns 1..5; the single pixel (7, 7).
+    assert boxes.tolist() == [[[1., 2., 6., 6.]], [[7., 7., 8., 8.]]]
+
+
+def test_attended_box_inside_image_and_contains_attention_max(batch):
+    x, _ = batch
+    model = _model().eval()
+    explanation = model.explain(x)
+    attention = explanation.heatmaps['attention']
+    boxes = explanation.boxes[:, 0]
+    assert attention.shape == (4, 1, IMG, IMG) and explanation.boxes.shape == (4, 1, 4)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= IMG).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    peak = attention.flatten(1).argmax(dim=1)
+    row, col = peak // IMG, peak % IMG
+    assert ((boxes[:, 0] <= col) & (col < boxes[:, 2]) & (boxes[:, 1] <= row) & (row < boxes[:, 3])).all()
+
+
+def test_explain_maps_in_input_pixels(batch):
+    x, _ = batch
+    model = _model().eval()
+    explanation = model.explain(x)
+    stages = explanation.heatmaps['stages']
+    assert stages.shape == (4, 3, IMG, IMG)
+    assert stages.min() >= 0 and stages.max() <= 1 + 1e-6
+    assert torch.allclose(explanation.heatmaps['attention'].flatten(1).amax(dim=1), torch.ones(4))
+    assert ((explanation.scores > 0) & (explanation.scores <= 1 + 1e-6)).all()
+    assert torch.equal(explanation.labels, explanation.logits.argmax(dim=1))
+    assert torch.allclose(explanation.logits, model(x), atol=1e-5)
+
+
+def test_cell_scores_are_the_classifier_on_a_cell():
+    """The CAM scores a cell as the classifier would score it as a pooled feature (eval mode)."""
+    classifier = _model().stage_classifiers[0]
+    for module in (classifier.norm_in, classifier.norm_hidden):
+        module.running_mean.uniform_(-1, 1)
+        module.running_var.uniform_(0.5, 2)
+    cells = torch.randn(6, 16)
+    assert torch.allclose(classifier.eval()(cells), classifier.forward_cells(cells), atol=1e-6)
+    # In train mode it still uses, and does not update, the running statistics.
+    running_mean = classifier.norm_in.running_mean.clone()
+    assert torch.allclose(classifier.train().forward_cells(cells), classifier.eval()(cells), atol=1e-6)
+    assert torch.equal(classifier.norm_in.running_mean, running_mean)
+
+
+def test_inference_is_fused_image_plus_fused_zoom(batch):
+    x, _ = batch
+    model = _model(attn_threshold=0.0).eval()  # every pixel is attended: the box is the whole image
+    assert model.explain(x).boxes.tolist() == [[[0., 0., IMG, IMG]]] * 4
+    with torch.no_grad():
+        fused = model.fused_classifier(torch.cat([f.amax(dim=(2, 3)) for f in model.stage_features(x)], dim=1))
+        zoom = model.zoom(x, torch.tensor([[[0., 0., IMG, IMG]]]).expand(4, 1, 4))
+        fused_zoom = model.fused_classifier(torch.cat([f.amax(dim=(2, 3)) for f in model.stage_features(zoom)], 1))
+        assert torch.allclose(model(x), fused + fused_zoom, atol=1e-5)
+
+
+def test_progressive_steps_update_only_their_part(batch):
+    x, y = batch
+    model = _model().train()
+    assert model.num_train_steps == 4
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    backbone_stages = ['backbone.model.layer2.', 'backbone.model.layer3.', 'backbone.model.layer4.']
+    for step in range(model.num_train_steps):
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        optimizer.zero_grad(set_to_none=True)
+        output = model(x, target=y, step=step)
+        output.loss.backward()
+        optimizer.step()
+        changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+
+        def touched(prefix: str) -> bool:
+            return any(name.startswith(prefix) for name in changed)
+
+        if step < 3:  # stage step: this stage's head and the backbone up to this stage, nothing else
+            stage = step + 1
+            expected = {f'ce_stage{stage}'} | ({f'kd_stage{stage}'} if stage > 1 else set())
+            assert set(output.losses) == expected
+            assert output.logits.shape == (4, NUM_CLASSES)
+            for other in range(3):
+                assert touched(f'stage_convs.{other}.') == (other == step)
+                assert touched(f'stage_classifiers.{other}.') == (other == step)
+                assert touched(backbone_stages[other]) == (other <= step)
+            assert not touched('fused_classifier.')
+        else:  # fused step: the fused classifier, every stage conv and the backbone; stage classifiers are teachers
+            assert set(output.losses) == {'ce_fused', 'kd_fused', 'ce_fused_zoom', 'kd_fused_zoom'}
+            assert touched('fused_classifier.')
+            assert all(touched(f'stage_convs.{k}.') and touched(backbone_stages[k]) for k in range(3))
+            assert not touched('stage_classifiers.')
+        assert touched('backbone.model.conv1.')
+
+
+def test_step_losses_are_weighted_as_configured(batch):
+    x, y = batch
+    model = _model(kd_weight=0.5, fused_loss_weight=3.0).train()
+    stage2 = model(x, target=y, step=1)
+    assert stage2.loss.item() == pytest.approx((stage2.losses['ce_stage2'] + 0.5 * stage2.losses['kd_stage2']).item())
+    fused = model(x, target=y, step=3)
+    terms = fused.losses
+    expected = 3.0 * (terms['ce_fused'] + terms['ce_fused_zoom']) + 0.5 * (terms['kd_fused'] + terms['kd_fused_zoom'])
+    assert fused.loss.item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match='out of range'):
+        model(x, target=y, step=4)
+
+
+def test_folded_loss_is_the_sum_of_the_progressive_step_losses(batch):
+    x, y = batch
+    progressive = _model().train()
+    folded = _model(progressive=False).train()
+    folded.load_state_dict(copy.deepcopy(progressive.state_dict()))
+    assert folded.num_train_steps == 1
+
+    torch.manual_seed(1)
+    steps = [progressive(x, target=y, step=k) for k in range(progressive.num_train_steps)]
+    torch.manual_seed(1)
+    output = folded(x, target=y)
+    assert output.loss.item() == pytest.approx(sum(s.loss.item() for s in steps), rel=1e-5)
+    step_losses = {name: term for s in steps for name, term in s.losses.items()}
+    assert set(output.losses) == set(step_losses)
+    for name, term in output.losses.items():
+        assert term.item() == pytest.approx(step_losses[name].item(), rel=1e-5)
+
+
+def test_soft_targets_train():
+    model = _model(progressive=False).train()
+    x = torch.randn(2, 3, IMG, IMG)
+    soft = torch.tensor([[0.9, 0.1, 0., 0., 0.], [0., 0., 0.2, 0., 0.8]])
+    output = model(x, target=soft)
+    assert torch.isfinite(output.loss)
+
+
+def test_registered_variants_and_arguments():
+    assert {'iagn', 'iagn_resnet50', 'iagn_convnext_tiny', 'iagn_vit_base_patch16_224'} <= set(timm.list_models('iagn*'))
+    model = _model(stages=2, jigsaw_sizes=(4, 1))
+    assert model.num_train_steps == 3 and model.num_features == 2 * 16
+    assert model.backbone.stage_indices == [3, 4]
+    model.reset_classifier(7)
+    assert model.get_classifier().out_features == 7 and model.eval()(torch.randn(1, 3, IMG, IMG)).shape == (1, 7)
+    with pytest.raises(ValueError, match='jigsaw_sizes'):
+        _model(jigsaw_sizes=(8, 4))
+    with pytest.raises(ValueError, match='attn_threshold'):
+        _model(attn_threshold=1.5)
