@@ -1,0 +1,517 @@
+""" Hugging Face Hub publishing and loading: `save_pretrained`, `load_model`, `fgvc-zoo export` and `fgvc-zoo push`.
+
+An exported folder is what timm itself reads from a Hub repo: `model.safetensors`, `config.json` in timm's format
+(architecture, num_classes, label_names, model_args, pretrained_cfg) and `README.md`, the model card. timm's
+`save_for_hf` writes the first two; the card comes from `model_cards/TEMPLATE.md` filled with huggingface_hub's
+`ModelCardData` front matter and the numbers of the trainer's `results.json`.
+
+Weights are safetensors only: every config we write pins `hf_hub_filename='model.safetensors'`, so timm never
+falls back to a pickle (`pytorch_model.bin`), and `load_model` refuses folders and repos that hold only pickles.
+"""
+import argparse
+import contextlib
+import json
+import os
+import string
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from timm.models import load_checkpoint, save_for_hf
+
+__all__ = [
+    'HUB_ORG', 'WEIGHTS_NAME', 'hub_cfg', 'save_pretrained', 'load_model', 'model_card', 'label_names',
+    'safetensors_only', 'hub_errors', 'push', 'add_export_arguments', 'export_main', 'add_push_arguments',
+    'push_main',
+]
+
+HUB_ORG = 'fgvc-zoo'
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+CARD_NAME = 'README.md'
+RESULTS_NAME = 'results.json'
+PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.pkl', '.ckpt')
+# Files a push uploads: never a pickle, never a training checkpoint.
+PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME)
+# Keyword arguments timm's factory passes along that describe where weights come from, not the architecture.
+RUNTIME_ARGS = ('cache_dir', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_model_args', 'device', 'dtype')
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / 'model_cards' / 'TEMPLATE.md'
+IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
+
+# Top-1 accuracy (%) the papers report with a ResNet-50 (shared/papers/METHODS.md), by head and dataset.
+PAPER_RESULTS: Dict[str, Dict[str, List[Tuple[str, float]]]] = {
+    'lfd': {
+        'cub_200_2011': [('LFD, ResNet-50', 87.6)],
+        'fgvc_aircraft': [('LFD, ResNet-50', 92.1)],
+        'stanford_cars': [('LFD, ResNet-50', 94.1)],
+    },
+    'dpnet': {
+        'cub_200_2011': [('DP-Net, ResNet-50, no constraint', 84.9), ('DP-Net, ResNet-50, all constraints', 85.0)],
+    },
+}
+PAPER_BACKBONE = 'resnet50'
+
+HEAD_INFO: Dict[str, Dict[str, str]] = {
+    'lfd': dict(
+        title='LFD (Learning to Focus and Discriminate)',
+        description=(
+            'Class activation maps of an image-level classifier, max-pooled over all classes, score square regions '
+            'of the image; NMS keeps the most discriminative ones, which are cropped, zoomed and passed through the '
+            'same backbone. A hybrid classifier on the image feature and the top region features predicts.'
+        ),
+        bibtex=(
+            '@inproceedings{feng2019lfd,\n'
+            '  title = {Learning to Focus and Discriminate for Fine-grained Classification},\n'
+            '  author = {Feng, Zhicong and Fu, Keren and Zhao, Qijun},\n'
+            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
+            '  year = {2019}\n'
+            '}'
+        ),
+    ),
+    'dpnet': dict(
+        title='DP-Net (Discriminative Part Network)',
+        description=(
+            'Part detectors (q per class) score the cells of a pretrained backbone\'s feature map; the bag-of-parts '
+            'vector is classified linearly, with optional orthogonality, decisive-assignment and class-specific '
+            'constraints. The backbone stays frozen by default.'
+        ),
+        bibtex=(
+            '@inproceedings{sicre2023dpnet,\n'
+            '  title = {DP-Net: Learning Discriminative Parts for image recognition},\n'
+            '  author = {Sicre, Ronan and Zhang, Hanwei and Dejasmin, Julien and Daaloul, Chiheb and '
+            'Ayache, St{\\\'e}phane and Arti{\\`e}res, Thierry},\n'
+            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
+            '  year = {2023},\n'
+            '  eprint = {2404.15037},\n'
+            '  archivePrefix = {arXiv}\n'
+            '}'
+        ),
+    ),
+    'iagn': dict(
+        title='IAGN (Interpretable Attention Guided Network)',
+        description=(
+            '**Reconstruction notice:** this head is reconstructed from the paper\'s abstract; it is not the '
+            'authors\' code, and the paper\'s method section and results were not available to us. It follows the '
+            'closest published mechanism its abstract names (progressive multi-granularity training with '
+            'stage-by-stage knowledge distillation), with class-activation attention that picks the region '
+            'to zoom into.'
+        ),
+        bibtex=(
+            '@inproceedings{huang2020iagn,\n'
+            '  title = {Interpretable Attention Guided Network for Fine-grained Visual Classification},\n'
+            '  author = {Huang, Zhenhuan and Duan, Xiaoyue and Zhao, Bo and L{\\"u}, Jinhu and Zhang, Baochang},\n'
+            '  booktitle = {ICPR 2020 Workshops, LNCS},\n'
+            '  pages = {52--63},\n'
+            '  year = {2020},\n'
+            '  eprint = {2103.04701},\n'
+            '  archivePrefix = {arXiv}\n'
+            '}'
+        ),
+    ),
+}
+
+TIMM_BIBTEX = (
+    '@misc{rw2019timm,\n'
+    '  author = {Ross Wightman},\n'
+    '  title = {PyTorch Image Models},\n'
+    '  year = {2019},\n'
+    '  publisher = {GitHub},\n'
+    '  journal = {GitHub repository},\n'
+    '  doi = {10.5281/zenodo.4414861},\n'
+    '  howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}\n'
+    '}'
+)
+
+
+def hub_cfg(name: str, org: str = HUB_ORG) -> Dict[str, str]:
+    """The cfg entries of a published FGVC tag: our Hub repo, safetensors only (never a pickle fallback)."""
+    return dict(hf_hub_id=f'{org}/{name}', hf_hub_filename=WEIGHTS_NAME)
+
+
+def safetensors_only(pretrained_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Pin Hub loads of `pretrained_cfg` to `model.safetensors`; raise if it names a pickle file on the Hub."""
+    if not pretrained_cfg.get('hf_hub_id'):
+        return pretrained_cfg
+    filename = pretrained_cfg.get('hf_hub_filename') or WEIGHTS_NAME
+    if not filename.endswith('.safetensors'):
+        raise ValueError(
+            f"Refusing to load '{filename}' from Hub repo '{pretrained_cfg['hf_hub_id']}': fgvc_zoo never loads "
+            f"pickle weights from the Hub. Convert them to {WEIGHTS_NAME} (safetensors) and push that instead."
+        )
+    return dict(pretrained_cfg, hf_hub_filename=filename)
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
+    """Turn huggingface_hub's download errors into ones that name the repo and how to load a local file instead."""
+    local_hint = (
+        f"To load a local export instead: fgvc_zoo.hub.load_model('path/to/folder') or "
+        f"timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='path/to/{WEIGHTS_NAME}'))."
+    )
+    try:
+        yield
+    except LocalEntryNotFoundError as e:
+        offline = os.environ.get('HF_HUB_OFFLINE', '0').upper() in ('1', 'ON', 'YES', 'TRUE')
+        why = 'HF_HUB_OFFLINE is set' if offline else 'the Hub could not be reached'
+        raise OSError(
+            f"Cannot load '{filename}' of Hub repo '{repo_id}': {why} and the file is not in the local Hub cache. "
+            f"Connect (or unset HF_HUB_OFFLINE) and retry. {local_hint}"
+        ) from e
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise OSError(
+            f"Hub repo '{repo_id}' does not exist or is private/gated (a private repo needs a token: HF_TOKEN or "
+            f"`hf auth login`). Check the name. {local_hint}"
+        ) from e
+    except RevisionNotFoundError as e:
+        raise OSError(f"Hub repo '{repo_id}' has no such revision. {local_hint}") from e
+    except EntryNotFoundError as e:
+        pickle_note = (
+            ' fgvc_zoo loads safetensors weights only and never a pickle (pytorch_model.bin) from the Hub.'
+            if filename == WEIGHTS_NAME else ''
+        )
+        raise OSError(f"Hub repo '{repo_id}' has no '{filename}'.{pickle_note} {local_hint}") from e
+
+
+def _export_model_args(model: torch.nn.Module) -> Dict[str, Any]:
+    model_args = getattr(model, 'model_args', None)
+    if model_args is None:
+        raise ValueError(
+            f'{type(model).__name__} has no `model_args`: build it with timm.create_model on an fgvc_zoo head '
+            f'(build_fgvc_model records them), or export it with timm.models.save_for_hf.'
+        )
+    # JSON turns tuples into lists; every head converts sequences back on construction.
+    return {k: v for k, v in model_args.items() if k not in RUNTIME_ARGS and k != 'num_classes'}
+
+
+def _base_model(model: torch.nn.Module) -> Optional[str]:
+    """The Hub id of the backbone weights the model started from (`timm/resnet50.a1_in1k`)."""
+    backbone = getattr(model, 'backbone', None)
+    cfg = getattr(backbone, 'pretrained_cfg', None) or {}
+    return cfg.get('hf_hub_id') or None
+
+
+def save_pretrained(
+        model: torch.nn.Module,
+        out_dir: Union[str, os.PathLike],
+        label_names: Optional[Sequence[str]] = None,
+        results: Optional[Dict[str, Any]] = None,
+        recipe: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write `model.safetensors`, timm's `config.json` and the `README.md` model card into `out_dir`.
+
+    `results` is the trainer's results.json (metrics, resolved config); `recipe` the resolved training config when
+    `results` does not carry it. Returns the folder.
+    """
+    out_dir = Path(out_dir)
+    if label_names is not None and len(label_names) != model.num_classes:
+        raise ValueError(f'{len(label_names)} label_names for a model with num_classes={model.num_classes}.')
+    model_config: Dict[str, Any] = dict(
+        pretrained_cfg=dict(hf_hub_filename=WEIGHTS_NAME),
+        base_model=_base_model(model),
+        library='fgvc_zoo',
+        requires=IMPORT_HINT,
+    )
+    if label_names is not None:
+        model_config['label_names'] = list(label_names)
+    save_for_hf(
+        model,
+        str(out_dir),
+        model_config=model_config,
+        model_args=_export_model_args(model),
+        safe_serialization=True,
+    )
+    config = json.loads((out_dir / CONFIG_NAME).read_text())
+    (out_dir / CARD_NAME).write_text(model_card(config, results=results, recipe=recipe))
+    return out_dir
+
+
+def _head_name(architecture: str) -> str:
+    head = architecture.split('_')[0]
+    if head not in HEAD_INFO:
+        raise ValueError(f"architecture '{architecture}' is not an fgvc_zoo head ({', '.join(HEAD_INFO)}).")
+    return head
+
+
+def _dataset_name(results: Dict[str, Any], recipe: Dict[str, Any]) -> Optional[str]:
+    for source in (results, recipe):
+        dataset = source.get('dataset')
+        if isinstance(dataset, dict):
+            dataset = dataset.get('name')
+        if dataset:
+            return str(dataset)
+    return None
+
+
+def _metrics(results: Dict[str, Any]) -> Dict[str, float]:
+    metrics = results.get('metrics')
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{RESULTS_NAME} needs a 'metrics' mapping (e.g. {{'top1': 87.1, 'top5': 97.0}}).")
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _results_table(head: str, backbone: str, dataset: Optional[str], metrics: Dict[str, float]) -> str:
+    paper = PAPER_RESULTS.get(head, {}).get(dataset or '', []) if backbone.split('.')[0] == PAPER_BACKBONE else []
+    paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
+    rows = ['| metric | this model | paper |', '|---|---|---|']
+    for name, value in metrics.items():
+        rows.append(f"| {name} | {value:.2f} | {paper_top1 if name in ('top1', 'acc1', 'top1_acc') else 'n/a'} |")
+    if not metrics:
+        rows.append(f'| (not evaluated) | n/a | {paper_top1} |')
+    return '\n'.join(rows)
+
+
+def model_card(
+        config: Dict[str, Any],
+        results: Optional[Dict[str, Any]] = None,
+        recipe: Optional[Dict[str, Any]] = None,
+        repo_id: Optional[str] = None,
+        template: Union[str, os.PathLike] = TEMPLATE_PATH,
+) -> str:
+    """The model card of an export: YAML front matter with model-index, then the filled `model_cards/TEMPLATE.md`."""
+    results = results or {}
+    recipe = recipe if recipe is not None else results.get('config', {})
+    architecture = config['architecture']
+    head = _head_name(architecture)
+    model_args = config.get('model_args', {})
+    backbone = model_args.get('backbone', architecture.split('_', 1)[-1])
+    dataset = _dataset_name(results, recipe)
+    metrics = _metrics(results) if results else {}
+    model_name = repo_id.split('/')[-1] if repo_id else architecture
+    card_data = ModelCardData(
+        library_name='timm',
+        license=config.get('pretrained_cfg', {}).get('license', 'apache-2.0'),
+        tags=['image-classification', 'timm', 'fgvc', 'fine-grained', head, 'fgvc_zoo'],
+        datasets=[dataset] if dataset else None,
+        base_model=config.get('base_model'),
+        model_name=model_name,
+        eval_results=[
+            EvalResult(
+                task_type='image-classification',
+                dataset_type=dataset or 'unknown',
+                dataset_name=dataset or 'unknown',
+                metric_type='accuracy',
+                metric_name=name,
+                metric_value=value,
+            )
+            for name, value in metrics.items()
+        ] or None,
+    )
+    info = HEAD_INFO[head]
+    load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
+    body = string.Template(Path(template).read_text()).substitute(
+        front_matter=card_data.to_yaml(),
+        model_name=model_name,
+        title=info['title'],
+        description=info['description'],
+        architecture=architecture,
+        backbone=backbone,
+        base_model=config.get('base_model') or 'none (trained from scratch)',
+        dataset=dataset or 'unknown',
+        num_classes=config['num_classes'],
+        input_size='x'.join(str(s) for s in config.get('pretrained_cfg', {}).get('input_size', ())),
+        results_table=_results_table(head, backbone, dataset, metrics),
+        model_args=json.dumps(model_args, indent=2, sort_keys=True),
+        recipe=json.dumps(recipe, indent=2, sort_keys=True) if recipe else 'not recorded',
+        load_name=load_name,
+        method_bibtex=info['bibtex'],
+        timm_bibtex=TIMM_BIBTEX,
+    )
+    return body
+
+
+def _is_pickle(path: Path) -> bool:
+    return any(path.name.endswith(suffix) for suffix in PICKLE_SUFFIXES)
+
+
+def _check_local_export(folder: Path) -> Dict[str, Any]:
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"'{folder}' has no {CONFIG_NAME}: export it with `fgvc-zoo export {folder}`.")
+    if not (folder / WEIGHTS_NAME).is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if _is_pickle(p))
+        found = f" (it holds {', '.join(pickles)}, which fgvc_zoo never loads)" if pickles else ''
+        raise FileNotFoundError(f"'{folder}' has no {WEIGHTS_NAME}{found}. Export safetensors weights with "
+                                f"`fgvc-zoo export {folder} --model NAME --checkpoint FILE`.")
+    return json.loads((folder / CONFIG_NAME).read_text())
+
+
+def _check_registered(config: Dict[str, Any], source: str) -> None:
+    architecture = config.get('architecture')
+    if not architecture or not timm.is_model(architecture):
+        raise RuntimeError(
+            f"{source} holds a '{architecture}' model, which is not registered with timm. Run {IMPORT_HINT}; "
+            f"this fgvc_zoo registers {', '.join(timm.list_models(module=['lfd', 'dpnet', 'iagn'])[:3])}, ..."
+        )
+
+
+def _hub_config(repo: str) -> Dict[str, Any]:
+    repo_id, revision = timm.models._hub.hf_split(repo)
+    with hub_errors(repo_id, CONFIG_NAME):
+        return json.loads(Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision)).read_text())
+
+
+def _load_hub(repo: str, expected_architecture: Optional[str] = None, **kwargs: Any) -> torch.nn.Module:
+    config = _hub_config(repo)
+    if expected_architecture is not None and config.get('architecture') != expected_architecture:
+        raise ValueError(
+            f"Hub repo '{repo}' holds a '{config.get('architecture')}' model with num_classes="
+            f"{config.get('num_classes')}, not the '{expected_architecture}' its tag names: the repo belongs to "
+            f"another architecture. Load it as timm.create_model('hf-hub:{repo}', pretrained=True), or fix the "
+            f"tag's hf_hub_id."
+        )
+    _check_registered(config, f"Hub repo '{repo}'")
+    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {}, hf_hub_filename=WEIGHTS_NAME)
+    with hub_errors(repo):
+        return timm.create_model(f'hf-hub:{repo}', pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
+    """Load a published or exported model with its weights, in eval mode.
+
+    `path_or_repo` is a local export folder, `hf-hub:ORG/NAME[@revision]`, or a registered tag
+    (`lfd_resnet50.cub_200_2011`). Safetensors only. `kwargs` go to `timm.create_model` (e.g. `num_classes`
+    to re-initialise the heads over the pretrained backbone).
+    """
+    if path_or_repo.startswith('hf-hub:'):
+        model = _load_hub(path_or_repo[len('hf-hub:'):], **kwargs)
+    elif Path(path_or_repo).is_dir():
+        folder = Path(path_or_repo)
+        config = _check_local_export(folder)
+        _check_registered(config, f"'{folder}'")
+        model = timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
+    elif timm.models.get_pretrained_cfg(path_or_repo) is not None and '.' in path_or_repo:
+        cfg = timm.models.get_pretrained_cfg(path_or_repo)
+        if cfg.hf_hub_id and cfg.hf_hub_id.split('/')[0] != 'timm':
+            model = _load_hub(cfg.hf_hub_id, expected_architecture=cfg.architecture, **kwargs)
+        else:
+            model = timm.create_model(path_or_repo, pretrained=True, **kwargs)
+    else:
+        raise ValueError(
+            f"'{path_or_repo}' is neither an export folder, nor 'hf-hub:ORG/NAME', nor a registered pretrained tag "
+            f"(see timm.list_pretrained('lfd*')). If it is a tag of ours, {IMPORT_HINT}."
+        )
+    return model.eval()
+
+
+def label_names(model: torch.nn.Module) -> Optional[List[str]]:
+    """The class names of a loaded model, from its pretrained cfg or else its Hub repo's config.json."""
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    if cfg.get('num_classes') not in (None, model.num_classes):
+        return None  # heads were re-initialised for other classes
+    names = cfg.get('label_names')
+    if names is None and cfg.get('hf_hub_id') and cfg.get('source') != 'hf-hub':
+        names = _hub_config(cfg['hf_hub_id']).get('label_names')
+    return list(names) if names is not None else None
+
+
+def _read_results(folder: Path) -> Dict[str, Any]:
+    path = folder / RESULTS_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_card(folder: Union[str, os.PathLike], repo_id: Optional[str] = None) -> Path:
+    """(Re-)write `folder/README.md` from its config.json and results.json (if any)."""
+    folder = Path(folder)
+    config = _check_local_export(folder)
+    card_path = folder / CARD_NAME
+    card_path.write_text(model_card(config, results=_read_results(folder), repo_id=repo_id))
+    return card_path
+
+
+def push(
+        folder: Union[str, os.PathLike],
+        repo_id: str,
+        private: bool = False,
+        token: Optional[str] = None,
+        commit_message: str = 'Upload fgvc_zoo model',
+) -> str:
+    """Create `repo_id` if needed and upload the export in `folder` (safetensors, config, card, results only)."""
+    folder = Path(folder)
+    _check_local_export(folder)
+    token = token or get_token()
+    if not token:
+        raise PermissionError(
+            f"No Hugging Face token to push '{folder}' to '{repo_id}': pass --token (or token=), set HF_TOKEN, "
+            f"or run `hf auth login`. The token needs write access to '{repo_id.split('/')[0]}'."
+        )
+    write_card(folder, repo_id=repo_id)
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        allow_patterns=list(PUSHED_FILES),
+        commit_message=commit_message,
+    )
+    return str(repo_url)
+
+
+def _read_label_names(path: Optional[str]) -> Optional[List[str]]:
+    if path is None:
+        return None
+    text = Path(path).read_text()
+    return json.loads(text) if path.endswith('.json') else [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('dir', help='a trainer output folder (model.safetensors, config.json, results.json), '
+                                    'or the folder to export --model/--checkpoint into')
+    parser.add_argument('--model', help='model name, e.g. lfd_resnet50 (with --checkpoint)')
+    parser.add_argument('--checkpoint', help='weights file of --model (safetensors, or a local torch checkpoint)')
+    parser.add_argument('--num-classes', type=int, help='classes of the checkpoint')
+    parser.add_argument('--label-names', help='class names: a .json list or a text file with one name a line')
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=timm.utils.ParseKwargs,
+                        help='more model arguments as key=value, e.g. backbone=convnext_tiny num_regions=4')
+    parser.add_argument('--repo-id', help='ORG/NAME the card tells users to load (default: the local folder)')
+
+
+def export_main(args: argparse.Namespace) -> int:
+    import fgvc_zoo  # noqa: F401  (registers the heads)
+
+    folder = Path(args.dir)
+    if args.model is None:
+        if args.checkpoint is not None:
+            raise SystemExit('--checkpoint needs --model NAME (the architecture the weights belong to).')
+        card = write_card(folder, repo_id=args.repo_id)
+        print(f'Wrote {card}')
+        return 0
+    if args.checkpoint is None:
+        raise SystemExit(f'--model {args.model} needs --checkpoint FILE (the weights to export).')
+    model_kwargs = dict(args.model_kwargs)
+    if args.num_classes is not None:
+        model_kwargs['num_classes'] = args.num_classes
+    model = timm.create_model(args.model, **model_kwargs)
+    load_checkpoint(model, args.checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_pretrained(model.eval(), folder, label_names=_read_label_names(args.label_names),
+                    results=_read_results(folder))
+    if args.repo_id:
+        write_card(folder, repo_id=args.repo_id)
+    print(f'Exported {args.model} to {folder}')
+    return 0
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('dir', help='an exported or trained model folder')
+    parser.add_argument('repo_id', metavar='ORG/NAME', help='the Hub repo, created if it does not exist')
+    parser.add_argument('--private', action='store_true', help='create the repo private')
+    parser.add_argument('--token', help='Hugging Face token with write access (default: HF_TOKEN or hf auth login)')
+    parser.add_argument('--keep-card', metavar='DIR', help='also copy the card to DIR/ORG--NAME.md (model_cards/)')
+
+
+def push_main(args: argparse.Namespace) -> int:
+    url = push(args.dir, args.repo_id, private=args.private, token=args.token)
+    if args.keep_card:
+        kept = Path(args.keep_card) / f"{args.repo_id.replace('/', '--')}.md"
+        kept.write_text((Path(args.dir) / CARD_NAME).read_text())
+        print(f'Kept the card in {kept}')
+    print(f'Pushed {args.dir} to {url}')
+    return 0
