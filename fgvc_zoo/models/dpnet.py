@@ -108,7 +108,7 @@ class DpNet(FgvcModel):
             raise ValueError(f'DP-Net needs num_classes >= 1 (its parts belong to classes), got {num_classes}.')
         self.num_classes = num_classes
         self.num_parts = self.parts_per_class * num_classes
-        self.num_features = self.head_hidden_size = self.num_parts + self.region_features * self.use_global
+        self.num_features = self.head_hidden_size = self.num_parts + (self.region_features if self.use_global else 0)
         self.parts = nn.Linear(self.region_features, self.num_parts, bias=False)
         self.head = nn.Linear(self.num_features, num_classes)
 
