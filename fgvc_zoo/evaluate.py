@@ -1,0 +1,239 @@
+""" `fgvc-zoo eval`: top-1, top-5, mean per-class accuracy and the confusion of a model on a dataset split.
+
+Evaluation is where FGVC numbers go wrong, so `evaluate` is strict about three things: the model is always run in
+eval mode (dropout off, BatchNorm running statistics), whatever mode it was handed in; every metric is
+accumulated as integer counts over the whole split, never as a mean of per-batch means, so the result does not
+depend on the batch size; and test-time augmentation is off unless asked for, and then recorded in the results.
+
+The JSON written by `--out` carries a `metrics` mapping, which `fgvc_zoo.hub.model_card` puts in the model card.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    'TTA_MODES', 'evaluate', 'confusion_summary', 'plot_confusion', 'add_model_arguments', 'load_from_args',
+    'add_eval_arguments', 'eval_main',
+]
+
+TTA_MODES = ('flip',)
+MOST_CONFUSED = 10
+
+
+@torch.no_grad()
+def _predict_probs(model: nn.Module, x: torch.Tensor, tta: Optional[str]) -> torch.Tensor:
+    """Class probabilities (B, C); with `tta='flip'` the mean of the image's and its mirror's probabilities."""
+    probs = model(x).float().softmax(dim=1)
+    if tta == 'flip':
+        probs = (probs + model(x.flip(-1)).float().softmax(dim=1)) / 2
+    return probs
+
+
+def evaluate(
+        model: nn.Module,
+        dataset: torch.utils.data.Dataset,
+        batch_size: int = 32,
+        tta: Optional[str] = None,
+        num_workers: int = 0,
+        device: Optional[torch.device] = None,
+        progress: bool = False,
+) -> Dict[str, Any]:
+    """Top-1 / top-5 / mean per-class accuracy (%) and the confusion matrix of `model` on `dataset`.
+
+    `dataset[i]` is `(image_tensor, label)`; `dataset.classes` (if present) names the classes. The model runs in
+    eval mode and is put back in the mode it came in. Returns `metrics` (top1, top5, mean_class_accuracy),
+    `confusion` (C, C) counts (row: true class, column: predicted), `per_class_accuracy`, `num_images`, `topk`
+    (the k of top-5, min(5, C)) and `tta`.
+    """
+    if tta is not None and tta not in TTA_MODES:
+        raise ValueError(f"tta='{tta}' is not one of {TTA_MODES} (or None, the default: no test-time augmentation).")
+    if len(dataset) == 0:
+        raise ValueError('evaluate got an empty dataset: check the data folder and --split.')
+    num_classes = model.num_classes if hasattr(model, 'num_classes') else model.get_classifier().out_features
+    device = device or next(model.parameters()).device
+    topk = min(5, num_classes)
+    correct1 = correct5 = 0
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in tqdm(loader, desc='eval', unit='batch', disable=not progress):
+            y = torch.as_tensor(y)
+            if int(y.max()) >= num_classes:
+                raise ValueError(f'Label {int(y.max())} is outside the model\'s {num_classes} classes: the model was '
+                                 f'trained on another class list than this dataset.')
+            probs = _predict_probs(model, x.to(device), tta).cpu()
+            top = probs.topk(topk, dim=1).indices
+            correct1 += int((top[:, 0] == y).sum())
+            correct5 += int((top == y[:, None]).any(dim=1).sum())
+            confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes * num_classes)
+    finally:
+        model.train(was_training)
+    confusion = confusion.view(num_classes, num_classes)
+    per_class_total = confusion.sum(dim=1)
+    present = per_class_total > 0
+    per_class = confusion.diagonal().double() / per_class_total.clamp_min(1)
+    num_images = int(per_class_total.sum())
+    names = _class_names(dataset, num_classes)
+    return {
+        'metrics': {
+            'top1': 100 * correct1 / num_images,
+            'top5': 100 * correct5 / num_images,
+            # classes absent from the split have no accuracy; they are left out of the mean, not counted as 0
+            'mean_class_accuracy': 100 * float(per_class[present].mean()),
+        },
+        'num_images': num_images,
+        'num_classes': num_classes,
+        'topk': topk,
+        'tta': tta,
+        'label_names': names,
+        'per_class_accuracy': {names[i]: 100 * float(per_class[i]) for i in range(num_classes) if present[i]},
+        'confusion': confusion.tolist(),
+        'most_confused': confusion_summary(confusion, names),
+    }
+
+
+def _class_names(dataset: Any, num_classes: int) -> List[str]:
+    classes = list(getattr(dataset, 'classes', None) or [])
+    return classes + [str(i) for i in range(len(classes), num_classes)]
+
+
+def confusion_summary(confusion: torch.Tensor, names: Sequence[str], num: int = MOST_CONFUSED) -> List[Dict[str, Any]]:
+    """The `num` largest off-diagonal cells of a (C, C) confusion matrix, largest first, zeros left out."""
+    confusion = torch.as_tensor(confusion).clone()
+    confusion.fill_diagonal_(0)
+    counts, flat = confusion.flatten().sort(descending=True, stable=True)
+    num_classes = confusion.shape[0]
+    pairs = []
+    for count, index in zip(counts[:num].tolist(), flat[:num].tolist()):
+        if count == 0:
+            break
+        true, predicted = divmod(index, num_classes)
+        pairs.append({'true': names[true], 'predicted': names[predicted], 'count': count})
+    return pairs
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], path: str, title: str = '') -> str:
+    """Row-normalised confusion matrix as a PNG (class names on the axes up to 50 classes)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    counts = torch.as_tensor(confusion, dtype=torch.float64)
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    num_classes = len(names)
+    side = min(4 + 0.25 * num_classes, 30)
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(rates.numpy(), cmap='Blues', vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='share of the true class')
+    if num_classes <= 50:
+        ax.set_xticks(range(num_classes), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(num_classes), names, fontsize=7)
+    ax.set(xlabel='predicted class', ylabel='true class', title=title or 'confusion matrix')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model source shared by eval, predict and explain: a trained/exported folder, a Hub id or a model name."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', help='trained or exported folder (model.safetensors + config.json), '
+                                             'hf-hub:ORG/NAME, or a registered pretrained tag')
+    source.add_argument('--model', help='a timm model name or tag, created with pretrained=True')
+    parser.add_argument('--img-size', type=int, help="input side; default: the training run's --img-size when the "
+                                                     "folder has results.json, else the model's data config")
+    parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
+
+
+def _trained_img_size(checkpoint: Optional[str]) -> Optional[int]:
+    """The --img-size the trainer used, from the folder's results.json (its config.json keeps the tag's 448)."""
+    if checkpoint is None or not (Path(checkpoint) / 'results.json').is_file():
+        return None
+    config = json.loads((Path(checkpoint) / 'results.json').read_text()).get('config', {})
+    return config.get('img_size')
+
+
+def load_from_args(args: argparse.Namespace) -> Tuple[nn.Module, Any, Optional[List[str]], Dict[str, Any]]:
+    """(model in eval mode on --device, its eval transform, its class names or None, the data config)."""
+    import timm
+
+    import fgvc_zoo  # noqa: F401  (registers the heads)
+    from .data import create_transforms, resolve_fgvc_data_config
+    from .hub import label_names, load_model
+
+    if args.checkpoint is not None:
+        model = load_model(args.checkpoint)
+    else:
+        model = timm.create_model(args.model, pretrained=True)
+    model = model.to(args.device).eval()
+    img_size = args.img_size or _trained_img_size(args.checkpoint)
+    data_config = resolve_fgvc_data_config(model, img_size)
+    transform = create_transforms(data_config, is_training=False)
+    return model, transform, label_names(model), data_config
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument('--data-dir', required=True, help='dataset root (any layout fgvc_zoo.data knows)')
+    parser.add_argument('--split', default='val', help="split to evaluate: 'val' (= 'test') or 'train'")
+    parser.add_argument('--layout', default='auto', help='dataset layout (auto detects it)')
+    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass (results do not depend '
+                                                                    'on it)')
+    parser.add_argument('--workers', type=int, default=2, help='data loader worker processes')
+    parser.add_argument('--tta', choices=TTA_MODES, help='test-time augmentation (off by default; recorded)')
+    parser.add_argument('--out', default='eval_results.json', help='results JSON; the confusion PNG is written '
+                                                                  'beside it (<stem>_confusion.png)')
+
+
+def _check_classes(model_names: Optional[List[str]], dataset_names: List[str], num_classes: int, source: str) -> None:
+    if len(dataset_names) != num_classes:
+        raise ValueError(f'{source} predicts {num_classes} classes but the dataset has {len(dataset_names)}: '
+                         f'evaluate it on the dataset it was trained on.')
+    if model_names is not None and list(model_names) != list(dataset_names):
+        differ = next(i for i, (a, b) in enumerate(zip(model_names, dataset_names)) if a != b)
+        raise ValueError(f"{source}'s class {differ} is '{model_names[differ]}' but the dataset's is "
+                         f"'{dataset_names[differ]}': the class lists differ (names or order), so the accuracy "
+                         f"would be meaningless.")
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    from .data import create_dataset
+
+    model, transform, model_names, data_config = load_from_args(args)
+    source = args.checkpoint or args.model
+    dataset = create_dataset(args.data_dir, split=args.split, layout=args.layout, transform=transform)
+    _check_classes(model_names, dataset.classes, model.num_classes, source)
+    results = evaluate(model, dataset, batch_size=args.batch_size, tta=args.tta, num_workers=args.workers,
+                       device=torch.device(args.device), progress=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_name(f'{out.stem}_confusion.png')
+    plot_confusion(results['confusion'], results['label_names'], str(png), title=f'{source} on {args.split}')
+    results = {
+        'model': source,
+        'architecture': getattr(model, 'pretrained_cfg', {}).get('architecture'),
+        'dataset': {'name': os.path.basename(os.path.normpath(args.data_dir)), 'root': args.data_dir,
+                    'split': args.split, 'layout': dataset.layout},
+        'data_config': data_config,
+        'batch_size': args.batch_size,
+        **results,
+        'confusion_png': str(png),
+    }
+    out.write_text(json.dumps(results, indent=2))
+    metrics = results['metrics']
+    print(f"{source} on {args.data_dir} ({args.split}, {results['num_images']} images, tta={args.tta}): "
+          f"top1 {metrics['top1']:.2f}  top{results['topk']} {metrics['top5']:.2f}  "
+          f"mean per-class {metrics['mean_class_accuracy']:.2f}")
+    for pair in results['most_confused'][:5]:
+        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    print(f'Wrote {out} and {png}')
+    return 0

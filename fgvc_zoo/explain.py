@@ -1,0 +1,323 @@
+""" `fgvc-zoo explain`: what each head really uses, drawn over the ORIGINAL image.
+
+A head's `explain(x)` gives maps and boxes in the pixels of its input, which the eval transform made by resizing
+and centre-cropping the original. `view_geometry` reads that transform and maps input pixels back into the
+original, so boxes land on what the model looked at and maps cover exactly the region of the original the model
+saw, whatever the resize or crop. `explain_images` returns that geometry without any drawing (tests check it);
+`draw_explanation` renders one PNG whose image panels are the original at a fixed scale.
+
+What is drawn per head: LFD the attention map and its top-l regions with scores; DP-Net the maps and best boxes of
+the parts that weigh most in the predicted class (V[pred, p] x part score) and a bar chart of V[pred], the
+class-level part participation; IAGN the stage maps, the fused attention and the attended box.
+"""
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from torchvision import transforms as T
+
+from .models import DpNet, Explanation, Iagn, Lfd
+
+__all__ = [
+    'ViewGeometry', 'view_geometry', 'Panel', 'ImageExplanation', 'explain_images', 'draw_explanation',
+    'add_explain_arguments', 'explain_main',
+]
+
+# Steps of an eval transform that do not move pixels (tensor conversion, normalisation).
+_PIXEL_WISE = ('ToTensor', 'MaybeToTensor', 'PILToTensor', 'MaybePILToTensor', 'Normalize', 'ConvertImageDtype',
+               'ToImage', 'ToDtype')
+PANEL_MIN, PANEL_MAX = 256, 1024  # longest side of an image panel in the PNG, in pixels
+DPI = 100
+BOX_COLOURS = ('#ffdd00', '#00e5ff', '#ff4fd8', '#7cff4f', '#ff8c1a', '#b38cff')
+
+
+@dataclass
+class ViewGeometry:
+    """Where the model's input sits in the original image: original = (input + offset) / scale, per axis."""
+    original_size: Tuple[int, int]  # (W, H) of the original image
+    input_size: Tuple[int, int]  # (w, h) of the model's input
+    scale: Tuple[float, float] = (1.0, 1.0)  # resize factors (x, y)
+    offset: Tuple[float, float] = (0.0, 0.0)  # crop offset in resized pixels (x, y); negative where padded
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) xyxy boxes in input pixels -> original-image pixels."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        scale = np.array(self.scale * 2)[[0, 1, 0, 1]]
+        offset = np.array(self.offset * 2)[[0, 1, 0, 1]]
+        return (boxes + offset) / scale
+
+    @property
+    def extent(self) -> Tuple[float, float, float, float]:
+        """The region of the original the model saw, (x1, y1, x2, y2) in original pixels: where maps are drawn."""
+        return tuple(float(v) for v in self.to_original([0, 0, *self.input_size])[0])
+
+
+def _resized_size(resize: T.Resize, width: int, height: int) -> Tuple[int, int]:
+    """Output (w, h) of torchvision's Resize, by its documented rule (shorter side to `size`, long side truncated)."""
+    size = resize.size
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[1]), int(size[0])
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    short, long = sorted((width, height))
+    new_short, new_long = size, int(size * long / short)
+    if resize.max_size is not None and new_long > resize.max_size:
+        new_short, new_long = int(resize.max_size * new_short / new_long), resize.max_size
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def view_geometry(transform: Callable, original_size: Tuple[int, int]) -> ViewGeometry:
+    """The geometry of an eval transform (timm's Resize + CenterCrop, or any chain of them) on a (W, H) image.
+
+    torchvision has no inverse of its geometric transforms, so the two used by timm's eval transform are
+    replayed here; any other geometric step is refused rather than guessed.
+    """
+    steps = transform.transforms if isinstance(transform, T.Compose) else [transform]
+    width, height = original_size
+    scale_x, scale_y, offset_x, offset_y = 1.0, 1.0, 0.0, 0.0
+    for step in steps:
+        name = type(step).__name__
+        if isinstance(step, T.Resize):
+            new_w, new_h = _resized_size(step, width, height)
+            scale_x, scale_y = scale_x * new_w / width, scale_y * new_h / height
+            offset_x, offset_y = offset_x * new_w / width, offset_y * new_h / height
+            width, height = new_w, new_h
+        elif isinstance(step, T.CenterCrop):
+            crop_h, crop_w = step.size
+            # torchvision cuts int(round((size - crop) / 2)) off the left/top, or pads (crop - size) // 2 there
+            left = int(round((width - crop_w) / 2.0)) if width >= crop_w else -((crop_w - width) // 2)
+            top = int(round((height - crop_h) / 2.0)) if height >= crop_h else -((crop_h - height) // 2)
+            offset_x, offset_y = offset_x + left, offset_y + top
+            width, height = crop_w, crop_h
+        elif name not in _PIXEL_WISE:
+            raise ValueError(f'view_geometry cannot map boxes back through {name}: explain supports eval transforms '
+                             f'made of Resize and CenterCrop (timm crop_mode "center" or "squash").')
+    return ViewGeometry(tuple(original_size), (width, height), (scale_x, scale_y), (offset_x, offset_y))
+
+
+@dataclass
+class Panel:
+    """One picture of the PNG: a map over the seen region (input-pixel array, or None) and boxes (original px)."""
+    title: str
+    heatmap: Optional[np.ndarray] = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    box_labels: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ImageExplanation:
+    """Everything `draw_explanation` draws for one image, in original-image pixels."""
+    image: Image.Image
+    geometry: ViewGeometry
+    head: str
+    label: str
+    probability: float
+    panels: List[Panel]
+    participation: Optional[Tuple[List[str], np.ndarray, List[int]]] = None  # DP-Net: part names, V[pred], top
+
+    @property
+    def map_extent(self) -> Tuple[float, float, float, float]:
+        return self.geometry.extent
+
+    @property
+    def panel_scale(self) -> float:
+        """PNG pixels per original pixel: the original's longest side is drawn with PANEL_MIN..PANEL_MAX pixels."""
+        longest = max(self.image.size)
+        return min(max(1.0, PANEL_MIN / longest), PANEL_MAX / longest)
+
+    @property
+    def panel_size(self) -> Tuple[int, int]:
+        return tuple(round(side * self.panel_scale) for side in self.image.size)
+
+    @property
+    def png_size(self) -> Tuple[int, int]:
+        """(width, height) of the PNG: image panels side by side, plus the participation chart for DP-Net."""
+        width, height = self.panel_size
+        return width * (len(self.panels) + (self.participation is not None)), height
+
+
+def _lfd_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> List[Panel]:
+    boxes = geometry.to_original(exp.boxes[i].cpu().numpy())
+    box_labels = [f'#{r + 1} {s:.2f}' for r, s in enumerate(exp.scores[i].tolist())]
+    return [
+        Panel(f'top-{len(boxes)} regions (attention score)', boxes=boxes, box_labels=box_labels),
+        Panel('attention map (max over class maps)', exp.heatmaps['attention'][i, 0].cpu().numpy(), boxes, box_labels),
+        Panel(f'class map of {label}', exp.heatmaps['predicted_class'][i, 0].cpu().numpy()),
+    ]
+
+
+def _dpnet_top_parts(exp: Explanation, i: int, num_parts: int) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """V[pred] (P,), the parts' weight in the prediction V[pred, p] x score_p (P,), and the `num_parts` heaviest."""
+    participation = exp.extras['part_participation'][exp.labels[i]].cpu()
+    weight = participation * exp.scores[i].cpu()
+    return participation, weight, weight.topk(min(num_parts, weight.numel())).indices.tolist()
+
+
+def _dpnet_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str, num_parts: int) -> List[Panel]:
+    participation, weight, top = _dpnet_top_parts(exp, i, num_parts)
+    boxes = geometry.to_original(exp.boxes[i, top].cpu().numpy())
+    box_labels = [f'part {p}: {weight[p]:.2f}' for p in top]
+    panels = [Panel(f'parts weighing most in {label} (V x score)', boxes=boxes, box_labels=box_labels)]
+    for rank, p in enumerate(top):
+        panels.append(Panel(f'part {p} map (V={participation[p]:.2f}, score={exp.scores[i, p]:.2f})',
+                            exp.heatmaps['parts'][i, p].cpu().numpy(), boxes[rank:rank + 1], box_labels[rank:rank + 1]))
+    return panels
+
+
+def _iagn_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> List[Panel]:
+    boxes = geometry.to_original(exp.boxes[i].cpu().numpy())
+    box_labels = [f'attended {exp.scores[i, 0]:.2f}']
+    stages = exp.heatmaps['stages'][i].cpu().numpy()
+    return [
+        Panel(f'attended box (attention share) -> {label}', boxes=boxes, box_labels=box_labels),
+        *[Panel(f'stage {s + 1} map', stage_map) for s, stage_map in enumerate(stages)],
+        Panel('fused attention', exp.heatmaps['attention'][i, 0].cpu().numpy(), boxes, box_labels),
+    ]
+
+
+def _head_name(model: nn.Module) -> str:
+    for cls, name in ((Lfd, 'lfd'), (DpNet, 'dpnet'), (Iagn, 'iagn')):
+        if isinstance(model, cls):
+            return name
+    raise TypeError(f'{type(model).__name__} is not an fgvc_zoo head: explain draws lfd, dpnet and iagn models '
+                    f'(their explain() method says what they use).')
+
+
+@torch.no_grad()
+def explain_images(
+        model: nn.Module,
+        images: Sequence[Image.Image],
+        transform: Callable,
+        label_names: Optional[Sequence[str]] = None,
+        num_parts: int = 3,
+) -> List[ImageExplanation]:
+    """Run `model.explain` on RGB `images` through the eval `transform`; maps and boxes mapped to original pixels.
+
+    `num_parts`: how many of DP-Net's parts to draw (those with the largest V[pred, p] x part score).
+    """
+    head = _head_name(model)
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.stack([transform(image) for image in images]).to(device)
+    exp = model.explain(x)
+    probs = exp.logits.float().softmax(dim=1)
+    names = list(label_names) if label_names is not None else [str(k) for k in range(exp.logits.shape[1])]
+    explained = []
+    for i, image in enumerate(images):
+        geometry = view_geometry(transform, image.size)
+        if geometry.input_size != (x.shape[-1], x.shape[-2]):
+            raise RuntimeError(f'view_geometry found a {geometry.input_size} input but the transform gave '
+                               f'{tuple(x.shape[-2:])[::-1]}: the transform is not the Resize + CenterCrop it reads.')
+        label_index = int(exp.labels[i])
+        label = names[label_index]
+        participation = None
+        if head == 'lfd':
+            panels = _lfd_panels(exp, i, geometry, label)
+        elif head == 'dpnet':
+            panels = _dpnet_panels(exp, i, geometry, label, num_parts)
+            values, _, top = _dpnet_top_parts(exp, i, num_parts)
+            participation = ([f'part {p}' for p in range(len(values))], values.numpy(), top)
+        else:
+            panels = _iagn_panels(exp, i, geometry, label)
+        explained.append(ImageExplanation(image, geometry, head, label, float(probs[i, label_index]), panels,
+                                          participation))
+    return explained
+
+
+def _normalised(heatmap: np.ndarray) -> np.ndarray:
+    low, high = float(heatmap.min()), float(heatmap.max())
+    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+
+
+def _draw_panel(ax, explained: ImageExplanation, panel: Panel) -> None:
+    width, height = explained.image.size
+    ax.imshow(np.asarray(explained.image), extent=(0, width, height, 0), interpolation='bilinear')
+    if panel.heatmap is not None:
+        x1, y1, x2, y2 = explained.map_extent
+        ax.imshow(_normalised(panel.heatmap), extent=(x1, x2, y2, y1), cmap='jet', alpha=0.5, vmin=0, vmax=1,
+                  interpolation='bilinear')
+    import matplotlib.patches as patches
+    for k, (box, text) in enumerate(zip(panel.boxes, panel.box_labels)):
+        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
+        ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, lw=2, ec=colour))
+        ax.text(box[0] + 2, box[1] + 2, text, color='black', fontsize=7, va='top',
+                bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+    ax.text(4, 4, panel.title, color='white', fontsize=8, va='top', bbox=dict(facecolor='black', alpha=0.6, pad=2))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+
+
+def draw_explanation(explained: ImageExplanation, path: str) -> str:
+    """One PNG of `explained.png_size` pixels: each image panel is the whole original at `panel_scale`."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    png_width, png_height = explained.png_size
+    panel_width = explained.panel_size[0]
+    fig = plt.figure(figsize=(png_width / DPI, png_height / DPI), dpi=DPI)
+    for k, panel in enumerate(explained.panels):
+        ax = fig.add_axes((k * panel_width / png_width, 0, panel_width / png_width, 1))
+        _draw_panel(ax, explained, panel)
+    if explained.participation is not None:
+        _draw_participation(fig, explained, len(explained.panels) * panel_width / png_width, panel_width / png_width)
+    fig.text(0.5 * panel_width / png_width, 0.02, f'{explained.head}: {explained.label} ({explained.probability:.1%})',
+             ha='center', va='bottom', fontsize=9, color='white', bbox=dict(facecolor='black', alpha=0.7, pad=2))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _draw_participation(fig, explained: ImageExplanation, left: float, width: float, most: int = 20) -> None:
+    """Bar chart of V[pred, p] (the class-level part participation) for the `most` parts with the largest |V|."""
+    names, values, top = explained.participation
+    shown = np.argsort(-np.abs(values), kind='stable')[:most]
+    ax = fig.add_axes((left + 0.3 * width, 0.1, 0.65 * width, 0.8))
+    colours = ['tab:red' if p in top else 'tab:gray' for p in shown]
+    ax.barh(range(len(shown)), values[shown], color=colours)
+    ax.set_yticks(range(len(shown)), [names[p] for p in shown], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color='black', lw=0.5)
+    ax.set_title(f'part participation in {explained.label}\n(red: drawn parts)', fontsize=8)
+    ax.tick_params(axis='x', labelsize=7)
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluate import add_model_arguments
+
+    parser.add_argument('images', nargs='+', help='image files')
+    add_model_arguments(parser)
+    parser.add_argument('--out', required=True, help='output folder (one <image>_explain.png each); for a single '
+                                                     'image also a .png file path')
+    parser.add_argument('--parts', type=int, default=3, help='DP-Net: parts drawn (largest V[pred] x part score)')
+
+
+def _output_paths(images: Sequence[str], out: str) -> List[Path]:
+    if out.lower().endswith('.png'):
+        if len(images) != 1:
+            raise SystemExit(f'--out {out} is a single PNG but {len(images)} images were given: pass a folder.')
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return [Path(out)]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    paths = [Path(out) / f'{Path(image).stem}_explain.png' for image in images]
+    if len(set(paths)) != len(paths):
+        raise SystemExit('Two images share a file name; their PNGs would overwrite each other. Rename one.')
+    return paths
+
+
+def explain_main(args: argparse.Namespace) -> int:
+    from .data import load_image
+    from .evaluate import load_from_args
+
+    model, transform, names, _ = load_from_args(args)
+    outputs = _output_paths(args.images, args.out)
+    for image_path, out in zip(args.images, outputs):
+        explained, = explain_images(model, [load_image(image_path)], transform, names, num_parts=args.parts)
+        draw_explanation(explained, str(out))
+        print(f'{image_path}: {explained.label} ({explained.probability:.1%}) -> {out}')
+    return 0
