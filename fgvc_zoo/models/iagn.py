@@ -136,7 +136,9 @@ class Iagn(FgvcModel):
             )
             for channels in self.backbone.channels
         ])
-        self.num_features = self.head_hidden_size = stages * feature_channels
+        # A fused feature per view (image or zoom); the pre-logits hold both views side by side.
+        self.num_features = stages * feature_channels
+        self.head_hidden_size = 2 * self.num_features
         self.head_drop = nn.Dropout(drop_rate)
         self.stage_classifiers = nn.ModuleList([
             IagnClassifier(feature_channels, hidden_features, num_classes) for _ in range(stages)
@@ -219,16 +221,16 @@ class Iagn(FgvcModel):
         return features, self.stage_features(self.zoom(x, boxes)), stage_maps, attention, boxes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Fused features of the image and of its attended zoom, stacked: (B, 2, S * feature_channels)."""
+        """Fused features of the image and of its attended zoom side by side: (B, 2 * S * feature_channels)."""
         features, zoom_features, _, _, _ = self._image_and_zoom(x, None)
-        return torch.stack([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
+        return torch.cat([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """fused(x) + fused(zoom(x, box)) from the (B, 2, S * feature_channels) output of `forward_features`."""
+        """fused(x) + fused(zoom(x, box)) from the (B, 2 * S * feature_channels) output of `forward_features`."""
         x = self.head_drop(x)
         if pre_logits:
             return x
-        return self.fused_classifier(x.flatten(0, 1)).view(x.shape[0], 2, -1).sum(dim=1)
+        return self.fused_classifier(x.view(-1, self.num_features)).view(x.shape[0], 2, -1).sum(dim=1)
 
     def _stage_step(self, x: torch.Tensor, target: torch.Tensor, stage: int) -> FgvcOutput:
         """Stage `stage` (0-based) on the jigsaw of the attended zoom, distilled from the stage before it.
@@ -286,7 +288,7 @@ class Iagn(FgvcModel):
         The box's score is the fraction of the attention map's total mass that falls inside the box.
         """
         features, zoom_features, stage_maps, attention, boxes = self._image_and_zoom(x, None)
-        fused = torch.stack([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
+        fused = torch.cat([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
         logits = self.forward_head(fused)
         height, width = x.shape[-2:]
         ys = torch.arange(height, device=x.device).view(1, -1, 1) + 0.5
