@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 from timm.data.readers.img_extensions import get_img_extensions
 
 from .images import DatasetError
@@ -79,6 +80,11 @@ def _load_mat(path: str, layout: str) -> Dict:
     except ImportError:
         raise DatasetError(f'reading {path} ({layout!r} layout) needs scipy: pip install scipy') from None
     return loadmat(_require(path, layout), squeeze_me=True)
+
+
+def _flat(values) -> np.ndarray:
+    """A .mat array as 1-D (loadmat's squeeze_me turns a one-element array into a scalar)."""
+    return np.atleast_1d(values).reshape(-1)
 
 
 def _first_file(root: str, names: Sequence[str]) -> Optional[str]:
@@ -154,7 +160,7 @@ def _read_cars(root: str, split: str) -> LayoutData:
     if os.path.isfile(all_annos):
         mat = _load_mat(all_annos, 'cars')
         annotations, image_root = mat['annotations'], root
-        annotations = annotations.reshape(-1)
+        annotations = _flat(annotations)
         annotations = [a for a in annotations if bool(a['test']) == (split == 'val')]
         path_field = 'relative_im_path'
         class_names, source = mat['class_names'], all_annos
@@ -167,11 +173,11 @@ def _read_cars(root: str, split: str) -> LayoutData:
             names = ('cars_test_annos_withlabels.mat',)
             source = _first_file(devkit, names) or _first_file(root, names) or os.path.join(devkit, names[0])
             image_root = os.path.join(root, 'cars_test')
-        annotations = _load_mat(source, 'cars')['annotations'].reshape(-1)
+        annotations = _flat(_load_mat(source, 'cars')['annotations'])
         path_field = 'fname'
         if len(annotations) and 'class' not in annotations.dtype.names:
             raise DatasetError(f'{source} has no class labels; use cars_test_annos_withlabels.mat from the devkit')
-    classes = [str(n) for n in class_names.reshape(-1)]
+    classes = [str(n) for n in _flat(class_names)]
     samples, boxes = [], []
     for number, a in enumerate(annotations, 1):
         label = int(a['class'])
@@ -244,7 +250,7 @@ def _read_dogs(root: str, split: str) -> LayoutData:
         return LayoutData(samples, classes)
     source = os.path.join(lists, stem + '.mat')
     mat = _load_mat(source, 'dogs')
-    for number, (relative, label) in enumerate(zip(mat['file_list'].reshape(-1), mat['labels'].reshape(-1)), 1):
+    for number, (relative, label) in enumerate(zip(_flat(mat['file_list']), _flat(mat['labels'])), 1):
         if not 1 <= int(label) <= len(folders):
             raise DatasetError(f'{source} entry {number}: label {int(label)} is outside 1..{len(folders)} '
                                f'(the class folders of {images_root}; label out of range)')
@@ -259,11 +265,11 @@ def _read_flowers(root: str, split: str) -> LayoutData:
     from torchvision.datasets import Flowers102  # the 102 names are not in the dataset's files; reuse its list
     classes = list(Flowers102.classes)
     labels_path = os.path.join(root, 'imagelabels.mat')
-    labels = _load_mat(labels_path, 'flowers')['labels'].reshape(-1)
+    labels = _flat(_load_mat(labels_path, 'flowers')['labels'])
     setid = _load_mat(os.path.join(root, 'setid.mat'), 'flowers')
     keys = ('trnid', 'valid') if split == 'train' else ('tstid',)
     samples = []
-    for image_id in (int(i) for key in keys for i in setid[key].reshape(-1)):
+    for image_id in (int(i) for key in keys for i in _flat(setid[key])):
         if not 1 <= image_id <= len(labels):
             raise DatasetError(f'setid.mat: image id {image_id} is outside 1..{len(labels)} of {labels_path}')
         label = int(labels[image_id - 1])
@@ -372,7 +378,8 @@ LAYOUTS: Dict[str, Layout] = {
         'data/{variants,families,manufacturers}.txt',
         lambda r: _has(_aircraft_data(r), 'variants.txt', 'images'), _read_aircraft),
     'dogs': Layout(
-        'Images/<wnid>-<breed>/*.jpg and {train,test}_list.mat (in lists/ or the root) or {train,test}_list.txt',
+        'Images/<wnid>-<breed>/*.jpg, train_list.mat and test_list.mat (in lists/ or the root), or train_list.txt and '
+        'test_list.txt (one path under Images/ per line)',
         lambda r: _has(r, 'Images') and (_has(_dogs_lists(r), 'train_list.mat') or
                                         _has(_dogs_lists(r), 'train_list.txt')), _read_dogs),
     'flowers': Layout('jpg/, imagelabels.mat, setid.mat',
