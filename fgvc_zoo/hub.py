@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
-from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token, hf_hub_download
+from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -40,6 +40,8 @@ CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
 RESULTS_NAME = 'results.json'
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.pkl', '.ckpt')
+# The pickle weight files timm would otherwise fall back to on the Hub.
+PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'open_clip_pytorch_model.bin')
 # Files a push uploads: never a pickle, never a training checkpoint.
 PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME)
 # Keyword arguments timm's factory passes along that describe where weights come from, not the architecture.
@@ -99,8 +101,8 @@ HEAD_INFO: Dict[str, Dict[str, str]] = {
     'iagn': dict(
         title='IAGN (Interpretable Attention Guided Network)',
         description=(
-            '**Reconstruction notice:** this head is reconstructed from the paper\'s abstract; it is not the '
-            'authors\' code, and the paper\'s method section and results were not available to us. It follows the '
+            '**Reconstruction notice:** reconstructed from the paper\'s abstract; not the authors\' code. The '
+            'paper\'s method section and results were not available to us (no paper number to compare). It follows the '
             'closest published mechanism its abstract names (progressive multi-granularity training with '
             'stage-by-stage knowledge distillation), with class-activation attention that picks the region '
             'to zoom into.'
@@ -162,9 +164,14 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
     except LocalEntryNotFoundError as e:
         offline = os.environ.get('HF_HUB_OFFLINE', '0').upper() in ('1', 'ON', 'YES', 'TRUE')
         why = 'HF_HUB_OFFLINE is set' if offline else 'the Hub could not be reached'
+        cached_pickles = [name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(repo_id, name), str)]
+        pickle_note = (
+            f" The cache holds only {', '.join(cached_pickles)}: fgvc_zoo never loads pickle weights from the Hub."
+            if filename == WEIGHTS_NAME and cached_pickles else ''
+        )
         raise OSError(
-            f"Cannot load '{filename}' of Hub repo '{repo_id}': {why} and the file is not in the local Hub cache. "
-            f"Connect (or unset HF_HUB_OFFLINE) and retry. {local_hint}"
+            f"Cannot load '{filename}' of Hub repo '{repo_id}': {why} and the file is not in the local Hub cache."
+            f"{pickle_note} Connect (or unset HF_HUB_OFFLINE) and retry. {local_hint}"
         ) from e
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise OSError(

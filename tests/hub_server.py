@@ -83,7 +83,8 @@ class HubServer:
                     self.wfile.write(body)
 
             def _json(self, status: int, payload, headers: Optional[Dict[str, str]] = None) -> None:
-                self._reply(status, json.dumps(payload).encode(), {'Content-Type': 'application/json', **(headers or {})})
+                headers = {'Content-Type': 'application/json', **(headers or {})}
+                self._reply(status, json.dumps(payload).encode(), headers)
 
             def _error(self, status: int, code: str) -> None:
                 self._json(status, {'error': code}, {'X-Error-Code': code, 'X-Error-Message': code})
