@@ -123,6 +123,21 @@ def test_stanford_cars_devkit_layout(tmp_path):
                            (os.path.join(root, 'cars_test', '00002.jpg'), 0)]
 
 
+def test_stanford_cars_single_annotation_file_layout(tmp_path):
+    fields = [('relative_im_path', 'O'), ('bbox_x1', 'O'), ('bbox_y1', 'O'), ('bbox_x2', 'O'), ('bbox_y2', 'O'),
+              ('class', 'O'), ('test', 'O')]
+    rows = [('car_ims/000001.jpg', 0, 0, 2, 2, 2, 0), ('car_ims/000002.jpg', 0, 0, 2, 2, 1, 1),
+            ('car_ims/000003.jpg', 0, 0, 2, 2, 1, 0)]
+    scipy_io.savemat(tmp_path / 'cars_annos.mat', {'annotations': np.array(rows, dtype=fields),
+                                                   'class_names': np.array(['Hummer', 'Acura'], dtype=object)})
+    for row in rows:
+        _image(os.path.join(tmp_path, row[0]))
+    train = create_dataset(str(tmp_path), 'train')
+    assert train.layout == 'cars' and train.classes == ['Hummer', 'Acura']
+    assert [(os.path.basename(p), y) for p, y in train.samples] == [('000001.jpg', 1), ('000003.jpg', 0)]
+    assert create_dataset(str(tmp_path), 'val').targets == [0]
+
+
 def _aircraft(root):
     data = root / 'fgvc-aircraft-2013b' / 'data'
     ids = {'1025794': ('707-320', 'Boeing 707', 'Boeing'), '1340192': ('A300B4', 'A300', 'Airbus'),

@@ -88,7 +88,8 @@ def _open_checked(source: Union[str, BinaryIO], path: str) -> Image.Image:
 
 
 def load_image(path: str, source: Optional[BinaryIO] = None) -> Image.Image:
-    """Decode `path` (or `source`, the image's bytes, named `path` in messages) fully into an upright 8-bit RGB image, or raise `UnreadableImageError` naming it.
+    """Decode `path` (or `source`, the image's bytes, named `path` in messages) fully into an upright 8-bit RGB
+    image, or raise `UnreadableImageError` naming it.
 
     A full decode (`load()`) is what catches truncation: `Image.verify()` only checks headers and CRCs of some
     formats and passes a JPEG cut in half. Truncated files are refused unless the user has set

@@ -1,8 +1,9 @@
 """ Readers of the native folder layouts of the FGVC datasets, and detection of which layout a folder holds.
 
-torchvision's CUB-less FGVC loaders fix the nesting of the download folder and decode with a bare PIL loader,
-so we parse the (small) metadata files ourselves: any nesting is accepted, every label and path is checked
-against the metadata, and decoding goes through `images.load_image`, which can skip unreadable files.
+torchvision's loaders (StanfordCars, FGVCAircraft, Flowers102; none for CUB, NABirds, Dogs) fix the nesting of
+the download folder and decode with a bare PIL loader, so we parse the (small) metadata files ourselves: the
+download folder may sit one level down, every label and path is checked, and decoding goes through
+`images.load_image`, which lets the dataset skip unreadable files.
 
 Every reader returns a `LayoutData` for one split: 'train' or 'val' (the layout's test split).
 """
@@ -311,7 +312,7 @@ def _read_split_folder(split_root: str) -> Dict[str, List[str]]:
     return files_of
 
 
-def folder_split_root(root: str, split: str) -> str:
+def _folder_split_root(root: str, split: str) -> str:
     found = next((os.path.join(root, d) for d in FOLDER_SPLITS[split] if os.path.isdir(os.path.join(root, d))), None)
     if found is None:
         raise DatasetError(f'{root} has no {" or ".join(d + "/" for d in FOLDER_SPLITS[split])} folder for the '
@@ -321,18 +322,18 @@ def folder_split_root(root: str, split: str) -> str:
 
 def _read_folder(root: str, split: str) -> LayoutData:
     """root/train/<class>/* and root/val/<class>/* (or test/); classes are the train class folders, sorted."""
-    train_files = _read_split_folder(folder_split_root(root, 'train'))
+    train_files = _read_split_folder(_folder_split_root(root, 'train'))
     if not train_files:
-        raise DatasetError(f'{folder_split_root(root, "train")} holds no class folder with images')
+        raise DatasetError(f'{_folder_split_root(root, "train")} holds no class folder with images')
     folders = sorted(train_files)
     if split == 'train':
         files_of = train_files
     else:
-        files_of = _read_split_folder(folder_split_root(root, 'val'))
+        files_of = _read_split_folder(_folder_split_root(root, 'val'))
         unknown = sorted(set(files_of) - set(train_files))
         if unknown:
             raise DatasetError(
-                f'{folder_split_root(root, "val")} has class folders that are not in the train split: '
+                f'{_folder_split_root(root, "val")} has class folders that are not in the train split: '
                 f'{[display_name(u) for u in unknown]}; the model cannot predict them. Add training images for '
                 'them or remove them from the validation folder')
     index_of = {name: i for i, name in enumerate(folders)}
@@ -397,10 +398,12 @@ def detect_layout(root: str) -> Tuple[str, str]:
     for name, layout in LAYOUTS.items():
         if layout.detect(root):
             return name, root
-    matches = [(name, os.path.join(root, d)) for d in sorted(os.listdir(root))
-               if os.path.isdir(os.path.join(root, d)) for name, layout in LAYOUTS.items()
-               if layout.detect(os.path.join(root, d))]
-    matches = [m for i, m in enumerate(matches) if m[1] not in [x[1] for x in matches[:i]]]  # first layout per folder
+    matches = []
+    for folder in (os.path.join(root, d) for d in sorted(os.listdir(root))):
+        name = next((name for name, layout in LAYOUTS.items() if os.path.isdir(folder) and layout.detect(folder)),
+                    None)
+        if name is not None:
+            matches.append((name, folder))
     if len(matches) == 1:
         return matches[0]
     expected = '\n'.join(f'  {name}: {layout.expects}' for name, layout in LAYOUTS.items())
@@ -410,7 +413,7 @@ def detect_layout(root: str) -> Tuple[str, str]:
 
 
 def read_layout(layout: str, root: str, split: str, **options) -> LayoutData:
-    """Read one split of a file layout, then check the labels fit the class list."""
+    """Read one split of a file layout; an empty split is an error."""
     data = LAYOUTS[layout].read(root, split, **options)
     if not data.samples:
         raise DatasetError(f'the {split!r} split of {root!r} ({layout} layout) has no images')

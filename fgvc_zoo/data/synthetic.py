@@ -3,7 +3,8 @@
 Every image shows the same kind of object (a brown ellipse "body") on a cluttered background (a smooth random
 colour field, pixel noise and random shapes). The classes differ ONLY by a small square part on the body: a
 dark glyph on a light tile, one glyph per class (bar, plus, ring, triangle, ...). Every glyph is mirror-symmetric,
-so the horizontal flip of training augmentation keeps the class. The part sits at a random spot of the body, so a head that localises well puts its box on the part; `pointing_accuracy` measures
+so the horizontal flip of training augmentation keeps the class. The part sits at a random
+spot of the body, so a head that localises well puts its box on the part; `pointing_accuracy` measures
 that. Each image is generated from its own seed (seed, split, class, index), so the output is byte-identical
 for a seed whatever the order or the number of images asked for.
 """
@@ -53,8 +54,8 @@ def synthetic_class_names(num_classes: int) -> List[str]:
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
     coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
-    field = np.asarray(coarse.resize((size, size), Image.BILINEAR), dtype=np.float32)
-    field += rng.normal(0, 12, field.shape).astype(np.float32)
+    field = np.asarray(coarse.resize((size, size), Image.BILINEAR), dtype=np.int16)
+    field = field + rng.integers(-20, 21, field.shape, dtype=np.int16)  # pixel noise
     image = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(10):
