@@ -218,7 +218,8 @@ def test_soft_targets_train():
 
 
 def test_registered_variants_and_arguments():
-    assert {'iagn', 'iagn_resnet50', 'iagn_convnext_tiny', 'iagn_vit_base_patch16_224'} <= set(timm.list_models('iagn*'))
+    expected = {'iagn', 'iagn_resnet50', 'iagn_convnext_tiny', 'iagn_vit_base_patch16_224'}
+    assert expected <= set(timm.list_models('iagn*'))
     model = _model(stages=2, jigsaw_sizes=(4, 1))
     assert model.num_train_steps == 3 and model.num_features == 2 * 16 and model.head_hidden_size == 2 * 2 * 16
     assert model.backbone.stage_indices == [3, 4]

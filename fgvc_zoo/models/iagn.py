@@ -179,7 +179,8 @@ class Iagn(FgvcModel):
         for classifier, stage_features in zip(self.stage_classifiers, features):
             batch_size, channels, height, width = stage_features.shape
             cells = stage_features.permute(0, 2, 3, 1).reshape(-1, channels)
-            scores = classifier.forward_cells(cells).view(batch_size, height * width, -1)
+            # float32: min-max of near-constant maps and pixel box corners are not safe in half precision.
+            scores = classifier.forward_cells(cells).float().view(batch_size, height * width, -1)
             class_map = scores.gather(2, class_index.view(-1, 1, 1).expand(-1, height * width, 1))
             stage_maps.append(upsample_maps(class_map.view(batch_size, 1, height, width), image_size))
         stage_maps = _min_max(torch.cat(stage_maps, dim=1))
@@ -192,7 +193,7 @@ class Iagn(FgvcModel):
         y1, y2 = _first_last(mask.any(dim=2))
         x1, x2 = _first_last(mask.any(dim=1))
         # Pixel i covers [i, i + 1): the box ends one past its last pixel.
-        return torch.stack([x1, y1, x2 + 1, y2 + 1], dim=1).to(attention.dtype).unsqueeze(1)
+        return torch.stack([x1, y1, x2 + 1, y2 + 1], dim=1).float().unsqueeze(1)
 
     def zoom(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         return crop_and_zoom(x, boxes, self.zoom_size or x.shape[-2])
@@ -274,7 +275,11 @@ class Iagn(FgvcModel):
         return self._fused_step(x, target) if step == self.stages else self._stage_step(x, target, step)
 
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
-        """Step `step` of the progressive schedule, or (progressive=False) all S + 1 step losses summed."""
+        """Step `step` of the progressive schedule, or (progressive=False) all S + 1 step losses summed.
+
+        Folded, every term is computed exactly as in its own step (each recomputes its attended box), so the
+        folded loss is the sum of the progressive losses and the two modes compare like for like.
+        """
         if self.progressive:
             return self._train_step(x, target, step)
         outputs = [self._train_step(x, target, k) for k in range(self.stages + 1)]
