@@ -265,6 +265,10 @@ def _metrics(results: Dict[str, Any]) -> Dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _is_accuracy(metric: str) -> bool:
+    return metric.startswith('top') or 'acc' in metric
+
+
 def _results_table(head: str, backbone: str, dataset: Optional[str], metrics: Dict[str, float]) -> str:
     paper = PAPER_RESULTS.get(head, {}).get(dataset or '', []) if backbone.split('.')[0] == PAPER_BACKBONE else []
     paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
@@ -305,7 +309,7 @@ def model_card(
                 task_type='image-classification',
                 dataset_type=dataset or 'unknown',
                 dataset_name=dataset or 'unknown',
-                metric_type='accuracy',
+                metric_type='accuracy' if _is_accuracy(name) else name,
                 metric_name=name,
                 metric_value=value,
             )
@@ -327,7 +331,7 @@ def model_card(
         input_size='x'.join(str(s) for s in config.get('pretrained_cfg', {}).get('input_size', ())),
         results_table=_results_table(head, backbone, dataset, metrics),
         model_args=json.dumps(model_args, indent=2, sort_keys=True),
-        recipe=json.dumps(recipe, indent=2, sort_keys=True) if recipe else 'not recorded',
+        recipe=json.dumps(recipe, indent=2, sort_keys=True, default=str) if recipe else 'not recorded',
         load_name=load_name,
         method_bibtex=info['bibtex'],
         timm_bibtex=TIMM_BIBTEX,
@@ -355,7 +359,8 @@ def _check_registered(config: Dict[str, Any], source: str) -> None:
     if not architecture or not timm.is_model(architecture):
         raise RuntimeError(
             f"{source} holds a '{architecture}' model, which is not registered with timm. Run {IMPORT_HINT}; "
-            f"this fgvc_zoo registers {', '.join(timm.list_models(module=['lfd', 'dpnet', 'iagn'])[:3])}, ..."
+            f"this fgvc_zoo registers the heads {', '.join(HEAD_INFO)} (a newer architecture needs "
+            f"`pip install -U fgvc-zoo`)."
         )
 
 
@@ -394,16 +399,17 @@ def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
         config = _check_local_export(folder)
         _check_registered(config, f"'{folder}'")
         model = timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
-    elif timm.models.get_pretrained_cfg(path_or_repo) is not None and '.' in path_or_repo:
-        cfg = timm.models.get_pretrained_cfg(path_or_repo)
+    elif '.' in path_or_repo and (cfg := timm.models.get_pretrained_cfg(path_or_repo)) is not None:
         if cfg.hf_hub_id and cfg.hf_hub_id.split('/')[0] != 'timm':
+            # Our tag: load through its repo's config.json, which carries the label names and model_args.
             model = _load_hub(cfg.hf_hub_id, expected_architecture=cfg.architecture, **kwargs)
         else:
             model = timm.create_model(path_or_repo, pretrained=True, **kwargs)
     else:
         raise ValueError(
-            f"'{path_or_repo}' is neither an export folder, nor 'hf-hub:ORG/NAME', nor a registered pretrained tag "
-            f"(see timm.list_pretrained('lfd*')). If it is a tag of ours, {IMPORT_HINT}."
+            f"'{path_or_repo}' is not an export folder (no such directory), nor 'hf-hub:ORG/NAME' (a Hub repo needs "
+            f"the 'hf-hub:' prefix), nor a registered pretrained tag (see timm.list_pretrained('lfd*')). If it is a "
+            f"tag of ours, {IMPORT_HINT}."
         )
     return model.eval()
 

@@ -30,7 +30,7 @@ HEAD_ARGS = dict(backbone='test_resnet', num_regions=2, num_hybrid_regions=1, zo
 LABELS = ['sparrow', 'wren', 'finch']
 RESULTS = {
     'metrics': {'top1': 66.67, 'top5': 100.0},
-    'dataset': 'cub_200_2011',
+    'dataset': {'name': 'cub_200_2011', 'layout': 'cub'},
     'config': {'epochs': 2, 'lr': 0.01, 'batch_size': 2},
     'seed': 0,
 }
@@ -253,15 +253,18 @@ def _card(architecture: str, backbone: str, results: dict) -> str:
 
 
 def test_card_front_matter_has_model_index_of_results_and_base_model():
-    meta, body = _front_matter_and_body(_card('lfd_resnet50', 'resnet50', dict(RESULTS, metrics={'top1': 86.5})))
+    results = dict(RESULTS, metrics={'top1': 86.5, 'loss': 0.61})
+    meta, body = _front_matter_and_body(_card('lfd_resnet50', 'resnet50', results))
     assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
     assert {'lfd', 'fgvc', 'image-classification'} <= set(meta['tags'])
     assert meta['datasets'] == ['cub_200_2011']
     assert meta['base_model'] == 'timm/resnet50.a1_in1k'
     [result] = meta['model-index'][0]['results']
-    assert result['metrics'] == [{'type': 'accuracy', 'value': 86.5, 'name': 'top1'}]
+    assert result['metrics'] == [{'type': 'accuracy', 'value': 86.5, 'name': 'top1'},
+                                 {'type': 'loss', 'value': 0.61, 'name': 'loss'}]
+    assert result['dataset'] == {'name': 'cub_200_2011', 'type': 'cub_200_2011'}
     # the paper's number beside ours, the exact recipe, usage with the import first, both BibTeX entries
-    assert '| top1 | 86.50 | 87.6 (LFD, ResNet-50) |' in body
+    assert '| top1 | 86.50 | 87.6 (LFD, ResNet-50) |' in body and '| loss | 0.61 | n/a |' in body
     assert '"lr": 0.01' in body
     assert 'import fgvc_zoo' in body and 'timm.create_model("hf-hub:fgvc-zoo/lfd_resnet50.cub_200_2011"' in body
     assert '@inproceedings{feng2019lfd' in body and '@misc{rw2019timm' in body
