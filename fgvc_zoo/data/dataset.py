@@ -31,6 +31,7 @@ LAYOUT_NAMES = tuple(LAYOUTS)
 SPLIT_ALIASES = {'train': 'train', 'val': 'val', 'test': 'val', 'validation': 'val'}
 # Options each layout accepts besides the common `max_unreadable_fraction`.
 LAYOUT_OPTIONS = {'aircraft': ('level',), 'hf': ('image_column', 'label_column', 'hf_split', 'name')}
+MAX_WARNINGS = 20  # one warning per unreadable file up to this many per check, then one summary
 HF_SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val', 'test', 'valid')}
 
 
@@ -127,11 +128,15 @@ class FgvcDataset(torch.utils.data.Dataset):
         raise UnreadableDataError(f'no readable image left in {self.root} ({self.layout}, {self.split})')
 
     def _record_unreadable(self, failures: List[Tuple[str, str]]) -> None:
-        for path, reason in failures:
-            if path not in self.unreadable_reasons:
-                warnings.warn(f'skipping unreadable image {path!r}: {reason}')
-                self.unreadable.append(path)
-                self.unreadable_reasons[path] = reason
+        new = [(path, reason) for path, reason in dict(failures).items() if path not in self.unreadable_reasons]
+        for path, reason in new[:MAX_WARNINGS]:
+            warnings.warn(f'skipping unreadable image {path!r}: {reason}')
+        if len(new) > MAX_WARNINGS:
+            warnings.warn(f'skipping {len(new) - MAX_WARNINGS} more unreadable images of {self.root} '
+                          f'({self.split}); dataset.unreadable lists them all')
+        for path, reason in new:
+            self.unreadable.append(path)
+            self.unreadable_reasons[path] = reason
         fraction = len(self.unreadable) / max(self._total, 1)
         if fraction > self.max_unreadable_fraction:
             shown = '\n'.join(f'  {p}: {self.unreadable_reasons[p]}' for p in self.unreadable[:10])
