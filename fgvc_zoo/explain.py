@@ -24,7 +24,7 @@ from torchvision import transforms as T
 from .models import DpNet, Explanation, Iagn, Lfd
 
 __all__ = [
-    'ViewGeometry', 'view_geometry', 'Panel', 'ImageExplanation', 'explain_images', 'draw_explanation',
+    'ViewGeometry', 'view_geometry', 'Panel', 'ImageExplanation', 'explain_images', 'draw_explanation', 'dpnet_top_parts',
     'add_explain_arguments', 'explain_main',
 ]
 
@@ -150,7 +150,7 @@ def _lfd_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) ->
     ]
 
 
-def _dpnet_top_parts(exp: Explanation, i: int, num_parts: int) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+def dpnet_top_parts(exp: Explanation, i: int, num_parts: int) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """V[pred] (P,), the parts' weight in the prediction V[pred, p] x score_p (P,), and the `num_parts` heaviest."""
     participation = exp.extras['part_participation'][exp.labels[i]].cpu()
     weight = participation * exp.scores[i].cpu()
@@ -158,7 +158,7 @@ def _dpnet_top_parts(exp: Explanation, i: int, num_parts: int) -> Tuple[torch.Te
 
 
 def _dpnet_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str, num_parts: int) -> List[Panel]:
-    participation, weight, top = _dpnet_top_parts(exp, i, num_parts)
+    participation, weight, top = dpnet_top_parts(exp, i, num_parts)
     boxes = geometry.to_original(exp.boxes[i, top].cpu().numpy())
     box_labels = [f'part {p}: {weight[p]:.2f}' for p in top]
     panels = [Panel(f'parts weighing most in {label} (V x score)', boxes=boxes, box_labels=box_labels)]
@@ -219,7 +219,7 @@ def explain_images(
             panels = _lfd_panels(exp, i, geometry, label)
         elif head == 'dpnet':
             panels = _dpnet_panels(exp, i, geometry, label, num_parts)
-            values, _, top = _dpnet_top_parts(exp, i, num_parts)
+            values, _, top = dpnet_top_parts(exp, i, num_parts)
             participation = ([f'part {p}' for p in range(len(values))], values.numpy(), top)
         else:
             panels = _iagn_panels(exp, i, geometry, label)

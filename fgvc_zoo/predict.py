@@ -1,0 +1,69 @@
+""" `fgvc-zoo predict IMAGE...`: the top-k classes of each image with their names and probabilities. """
+import argparse
+import json
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from PIL import Image
+
+__all__ = ['predict', 'format_predictions', 'add_predict_arguments', 'predict_main']
+
+
+@torch.no_grad()
+def predict(
+        model: nn.Module,
+        images: Sequence[Image.Image],
+        transform: Callable,
+        label_names: Optional[Sequence[str]] = None,
+        topk: int = 5,
+) -> List[List[Dict[str, Any]]]:
+    """Per image, the `topk` most probable classes, best first: {'index', 'label', 'probability'} (softmax)."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs = model(torch.stack([transform(image) for image in images]).to(device)).float().softmax(dim=1).cpu()
+    if label_names is not None and len(label_names) != probs.shape[1]:
+        raise ValueError(f'{len(label_names)} label names for a model with {probs.shape[1]} classes.')
+    names = list(label_names) if label_names is not None else [str(k) for k in range(probs.shape[1])]
+    values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+    return [
+        [{'index': k, 'label': names[k], 'probability': p} for k, p in zip(row_indices.tolist(), row_values.tolist())]
+        for row_values, row_indices in zip(values, indices)
+    ]
+
+
+def format_predictions(paths: Sequence[str], predictions: Sequence[Sequence[Dict[str, Any]]]) -> str:
+    """Text output: the image path, then one '  rank. label  probability%' line per class."""
+    lines = []
+    for path, top in zip(paths, predictions):
+        lines.append(path)
+        lines += [f"  {rank}. {p['label']}  {100 * p['probability']:.2f}%" for rank, p in enumerate(top, 1)]
+    return '\n'.join(lines)
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluate import add_model_arguments
+
+    parser.add_argument('images', nargs='+', help='image files')
+    add_model_arguments(parser)
+    parser.add_argument('--topk', type=int, default=5, help='classes shown per image')
+    parser.add_argument('--json', action='store_true', help='print JSON: [{"image", "predictions": [...]}, ...]')
+    parser.add_argument('--batch-size', type=int, default=16, help='images per forward pass')
+
+
+def predict_main(args: argparse.Namespace) -> int:
+    from .data import load_image
+    from .evaluate import load_from_args
+
+    if args.topk < 1:
+        raise SystemExit(f'--topk {args.topk}: ask for at least 1 class.')
+    model, transform, names, _ = load_from_args(args)
+    predictions = []
+    for start in range(0, len(args.images), args.batch_size):
+        batch = [load_image(path) for path in args.images[start:start + args.batch_size]]
+        predictions += predict(model, batch, transform, names, args.topk)
+    if args.json:
+        print(json.dumps([{'image': p, 'predictions': top} for p, top in zip(args.images, predictions)], indent=2))
+    else:
+        print(format_predictions(args.images, predictions))
+    return 0
