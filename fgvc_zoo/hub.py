@@ -18,7 +18,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
-from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import (
+    EvalResult,
+    HfApi,
+    ModelCardData,
+    get_token,
+    hf_hub_download,
+    is_offline_mode,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -27,6 +35,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from timm.models import load_checkpoint, save_for_hf
+from timm.models._hub import hf_split
 
 __all__ = [
     'HUB_ORG', 'WEIGHTS_NAME', 'hub_cfg', 'save_pretrained', 'load_model', 'model_card', 'label_names',
@@ -140,7 +149,11 @@ def hub_cfg(name: str, org: str = HUB_ORG) -> Dict[str, str]:
 
 
 def safetensors_only(pretrained_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Pin Hub loads of `pretrained_cfg` to `model.safetensors`; raise if it names a pickle file on the Hub."""
+    """Pin Hub loads of `pretrained_cfg` to `model.safetensors`; raise if it names a pickle file on the Hub.
+
+    timm otherwise falls back to `pytorch_model.bin` when a repo has no safetensors. Meant for the builder
+    (`build_fgvc_model`) on every cfg that loads full weights, so that any `hf-hub:` id or tag is covered.
+    """
     if not pretrained_cfg.get('hf_hub_id'):
         return pretrained_cfg
     filename = pretrained_cfg.get('hf_hub_filename') or WEIGHTS_NAME
@@ -162,9 +175,11 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
     try:
         yield
     except LocalEntryNotFoundError as e:
-        offline = os.environ.get('HF_HUB_OFFLINE', '0').upper() in ('1', 'ON', 'YES', 'TRUE')
-        why = 'HF_HUB_OFFLINE is set' if offline else 'the Hub could not be reached'
-        cached_pickles = [name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(repo_id, name), str)]
+        why = 'HF_HUB_OFFLINE is set' if is_offline_mode() else 'the Hub could not be reached'
+        cache_id, revision = hf_split(repo_id)
+        cached_pickles = [
+            name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(cache_id, name, revision), str)
+        ]
         pickle_note = (
             f" The cache holds only {', '.join(cached_pickles)}: fgvc_zoo never loads pickle weights from the Hub."
             if filename == WEIGHTS_NAME and cached_pickles else ''
@@ -318,6 +333,11 @@ def model_card(
     )
     info = HEAD_INFO[head]
     load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
+    if not Path(template).is_file():
+        raise FileNotFoundError(
+            f"Model card template '{template}' not found: it ships in the source tree's model_cards/ folder; pass "
+            f"template='path/to/TEMPLATE.md' (or run from a source checkout)."
+        )
     body = string.Template(Path(template).read_text()).substitute(
         front_matter=card_data.to_yaml(),
         model_name=model_name,
@@ -365,7 +385,7 @@ def _check_registered(config: Dict[str, Any], source: str) -> None:
 
 
 def _hub_config(repo: str) -> Dict[str, Any]:
-    repo_id, revision = timm.models._hub.hf_split(repo)
+    repo_id, revision = hf_split(repo)
     with hub_errors(repo_id, CONFIG_NAME):
         return json.loads(Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision)).read_text())
 
