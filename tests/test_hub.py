@@ -128,7 +128,18 @@ def test_local_export_loads_bit_for_bit_with_label_names(exported):
         assert hub.label_names(loaded) == LABELS
 
 
-def test_local_folder_with_only_a_pickle_is_refused(tmp_path, exported):
+@pytest.mark.parametrize('head', ['dpnet', 'iagn'])
+def test_every_head_round_trips_through_an_export(head, tmp_path):
+    model = timm.create_model(head, backbone='test_resnet', num_classes=3).eval()
+    folder = hub.save_pretrained(model, tmp_path / head, label_names=LABELS)
+    loaded = hub.load_model(str(folder))
+    x = _images()
+    assert torch.equal(loaded(x), model(x))
+    assert hub.label_names(loaded) == LABELS
+    assert head in yaml.safe_load((folder / 'README.md').read_text().split('---\n')[1])['tags']
+
+
+def test_local_folder_with_only_a_pickle_is_refused(exported):
     model, folder = exported
     (folder / 'model.safetensors').unlink()
     (folder / 'pytorch_model.bin').write_bytes(_pickle_bytes(model.state_dict()))
