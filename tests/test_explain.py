@@ -1,0 +1,170 @@
+""" `fgvc_zoo.explain`: geometry back to the original image, what each head's PNG shows, `fgvc-zoo explain` on a
+real photo; and the pointing benchmark's box choices and metric on hand-made cases. """
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from fgvc_zoo.cli import run
+from fgvc_zoo.data import pointing_accuracy
+from fgvc_zoo.evaluate import add_model_arguments, load_from_args
+from fgvc_zoo.explain import dpnet_top_parts, explain_images, view_geometry
+from fgvc_zoo.hub import save_pretrained
+from fgvc_zoo.models import Explanation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location('pointing', ROOT / 'benchmarks' / 'pointing.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pointing = _load_benchmark()
+
+
+def real_photo(tmp_path: Path) -> Path:
+    """A 512 x 300 crop of one of the ImageNet photos shipped with foolbox (non-square: the centre crop cuts)."""
+    # the package's location without importing it (importing foolbox loads its whole attack library)
+    package = Path(importlib.util.find_spec('foolbox').submodule_search_locations[0])
+    source = package / 'data' / 'imagenet_00_243.jpg'
+    path = tmp_path / 'photo.jpg'
+    Image.open(source).convert('RGB').crop((0, 100, 512, 400)).save(path)
+    return path
+
+
+def test_geometry_of_resize_and_centre_crop_is_hand_computed():
+    # 512 x 300 -> Resize(109): short side 109, long int(109 * 512 / 300) = 186 -> 186 x 109;
+    # CenterCrop(96) cuts round(90 / 2) = 45 px left and round(13 / 2) = 6 px top (Python rounds half to even).
+    geometry = view_geometry(T.Compose([T.Resize(109), T.CenterCrop(96), T.ToTensor()]), (512, 300))
+    assert geometry.input_size == (96, 96)
+    assert geometry.scale == pytest.approx((186 / 512, 109 / 300))
+    assert geometry.offset == (45, 6)
+    assert geometry.extent == pytest.approx((45 * 512 / 186, 6 * 300 / 109, 141 * 512 / 186, 102 * 300 / 109))
+    assert geometry.to_original([[0, 0, 48, 48]]) == pytest.approx(np.array([[45 * 512 / 186, 6 * 300 / 109,
+                                                                              93 * 512 / 186, 54 * 300 / 109]]))
+
+
+def test_geometry_of_squash_resize_then_crop():
+    # 200 x 100 squashed to 80 x 80 (scale 0.4, 0.8), centre 64 x 64 starts at (8, 8): input (0, 0) is original
+    # (8 / 0.4, 8 / 0.8) = (20, 10) and input (64, 64) is (72 / 0.4, 72 / 0.8) = (180, 90).
+    geometry = view_geometry(T.Compose([T.Resize((80, 80)), T.CenterCrop(64)]), (200, 100))
+    assert geometry.extent == pytest.approx((20, 10, 180, 90))
+
+
+def test_geometry_matches_where_torchvision_puts_a_pixel_when_the_crop_pads():
+    # A crop larger than the image pads it: the marked pixel must be found where the geometry says.
+    image = np.zeros((70, 50, 3), dtype=np.uint8)
+    image[20, 10] = 255  # x = 10, y = 20
+    transform = T.Compose([T.CenterCrop(64), T.PILToTensor()])
+    cropped = transform(Image.fromarray(image))
+    v, u = map(int, (cropped[0] == 255).nonzero()[0])
+    geometry = view_geometry(transform, (50, 70))
+    assert geometry.offset == (-7, 3)
+    assert geometry.to_original([[u, v, u + 1, v + 1]]) == pytest.approx(np.array([[10, 20, 11, 21]]))
+
+
+def test_geometry_refuses_transforms_it_cannot_invert():
+    with pytest.raises(ValueError, match='RandomResizedCrop'):
+        view_geometry(T.Compose([T.RandomResizedCrop(64), T.ToTensor()]), (100, 100))
+
+
+def test_dpnet_draws_the_parts_that_weigh_most_in_the_predicted_class():
+    # V[pred] = [0.5, -1, 2, 0.3], part scores [1, 3, 0.3, 4]: weights [0.5, -3, 0.6, 1.2] -> parts 3, 2, 0
+    # (by score alone it would be 3, 1, 0; by V alone 2, 0, 3).
+    participation = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.5, -1.0, 2.0, 0.3]])
+    part_boxes = torch.arange(16, dtype=torch.float32).view(1, 4, 4)  # part p's box: [4p, 4p + 1, 4p + 2, 4p + 3]
+    exp = Explanation(heatmaps={}, boxes=part_boxes, scores=torch.tensor([[1.0, 3.0, 0.3, 4.0]]),
+                      labels=torch.tensor([1]), logits=torch.zeros(1, 2),
+                      extras={'part_participation': participation})
+    values, weight, top = dpnet_top_parts(exp, 0, num_parts=3)
+    assert top == [3, 2, 0]
+    assert weight.tolist() == pytest.approx([0.5, -3.0, 0.6, 1.2])
+    assert pointing.pointing_boxes('dpnet', exp).tolist() == [[12, 13, 14, 15]]  # the best box of part 3
+
+
+@pytest.mark.parametrize('head, model_args, panels', [
+    ('lfd', {}, 3),  # regions; attention map; predicted class map
+    ('dpnet', {'part_box_cells': 1}, 1 + 3),  # top parts' boxes; 3 part maps (+ the participation chart)
+    ('iagn', {'mid_channels': 16, 'feature_channels': 32, 'hidden_features': 16}, 1 + 3 + 1),  # box; 3 stages; fused
+])
+def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, model_args, panels):
+    photo = real_photo(tmp_path)
+    model = timm.create_model(head, backbone='test_resnet', num_classes=3, **model_args)
+    folder = save_pretrained(model, tmp_path / 'model', label_names=['ant', 'bee', 'cat'])
+    out = tmp_path / 'explained'
+    assert run(['explain', str(photo), '--checkpoint', str(folder), '--img-size', '96', '--out', str(out)]) == 0
+    png = out / 'photo_explain.png'
+
+    # The geometry the PNG was drawn from: a Resize(109) + CenterCrop(96) view of the 512 x 300 original.
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    loaded, transform, names, _ = load_from_args(parser.parse_args(['--checkpoint', str(folder), '--img-size', '96']))
+    explained, = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names)
+    x1, y1, x2, y2 = explained.map_extent
+    assert (x1, y1, x2, y2) == pytest.approx((45 * 512 / 186, 6 * 300 / 109, 141 * 512 / 186, 102 * 300 / 109))
+    assert len(explained.panels) == panels
+    assert explained.label in names
+    for panel in explained.panels:
+        if panel.heatmap is not None:
+            assert panel.heatmap.shape == (96, 96)  # drawn over exactly the extent above
+        boxes = panel.boxes
+        assert len(boxes) == len(panel.box_labels)
+        assert (boxes[:, 0] >= x1 - 1e-6).all() and (boxes[:, 2] <= x2 + 1e-6).all()
+        assert (boxes[:, 1] >= y1 - 1e-6).all() and (boxes[:, 3] <= y2 + 1e-6).all()
+    assert any(len(panel.boxes) for panel in explained.panels)
+    # every image panel is the whole 512 x 300 original at scale 1; DP-Net adds its participation chart
+    assert explained.panel_scale == 1
+    assert Image.open(png).size == (512 * (panels + (head == 'dpnet')), 300)
+
+
+def test_explain_single_png_output_and_small_images_are_upscaled(tmp_path):
+    image = tmp_path / 'tiny.png'
+    Image.new('RGB', (64, 32), (120, 30, 200)).save(image)
+    folder = save_pretrained(timm.create_model('lfd', backbone='test_resnet', num_classes=2), tmp_path / 'model')
+    out = tmp_path / 'one.png'
+    assert run(['explain', str(image), '--checkpoint', str(folder), '--img-size', '96', '--out', str(out)]) == 0
+    # longest side 64 is drawn with 256 px: scale 4, three LFD panels of 256 x 128
+    assert Image.open(out).size == (3 * 256, 128)
+
+
+def test_cam_boxes_bound_the_pixels_at_half_the_max_after_min_max_scaling():
+    cams = torch.zeros(2, 4, 6)
+    cams[0, 1, 2], cams[0, 2, 4], cams[0, 3, 0] = 10.0, 6.0, 4.0  # min-max: 1.0, 0.6, 0.4 -> keep (2,1), (4,2)
+    cams[1] = 3.0  # constant: the whole map
+    assert pointing.cam_boxes(cams).tolist() == [[2, 1, 5, 3], [0, 0, 6, 4]]
+
+
+def test_pointing_boxes_of_each_head_and_the_centre_baseline():
+    exp = Explanation(heatmaps={'predicted_class': torch.zeros(1, 1, 8, 8)}, boxes=torch.tensor([[[1., 2, 3, 4],
+                                                                                                 [0, 0, 8, 8]]]),
+                      scores=torch.ones(1, 2), labels=torch.tensor([0]), logits=torch.zeros(1, 2))
+    exp.heatmaps['predicted_class'][0, 0, 6, 5] = 1
+    assert pointing.pointing_boxes('lfd', exp).tolist() == [[1, 2, 3, 4]]
+    assert pointing.pointing_boxes('iagn', exp).tolist() == [[1, 2, 3, 4]]
+    assert pointing.pointing_boxes('plain_cam', exp).tolist() == [[5, 6, 6, 7]]
+    assert pointing.centred(torch.tensor([[1., 2, 3, 4]]), 10, 20).tolist() == [[4, 9, 6, 11]]
+
+
+def test_pointing_counts_part_centres_inside_boxes_mapped_to_the_original():
+    # A 2x downscale (Resize(50) of 100 x 100, no crop): input box (10, 10, 20, 20) is original (20, 20, 40, 40).
+    geometry = view_geometry(T.Compose([T.Resize(50), T.CenterCrop(50)]), (100, 100))
+    boxes = geometry.to_original([[10, 10, 20, 20], [10, 10, 20, 20], [0, 0, 5, 5]])
+    parts = [[25, 25, 35, 35],  # centre (30, 30): inside
+             [36, 36, 44, 44],  # centre (40, 40): on the border, counts
+             [20, 20, 30, 30]]  # centre (25, 25): outside (0, 0, 10, 10)
+    assert pointing_accuracy(boxes, parts) == pytest.approx(2 / 3)
+
+
+def test_explain_refuses_a_model_that_is_not_a_head():
+    with pytest.raises(TypeError, match='not an fgvc_zoo head'):
+        explain_images(timm.create_model('test_resnet', num_classes=2), [Image.new('RGB', (64, 64))],
+                       T.Compose([T.Resize(64), T.CenterCrop(64), T.ToTensor()]))
