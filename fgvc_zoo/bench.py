@@ -1,0 +1,435 @@
+""" `fgvc-zoo bench`: what each head costs on top of the backbone passes it cannot avoid.
+
+A head's floor is physical: LFD at inference is one backbone pass on the image plus l passes on zoomed crops,
+DP-Net one pass, IAGN a pass on the image and one on its attended zoom. The bench times `model(x)` against exactly
+those passes through the model's own backbone, in the same process, interleaved (head, backbone, head, ...) so
+that load drifting on a shared machine hits both alike, and reports the median of the per-pair ratios. Training
+compares one full train step (all `num_train_steps` optimiser steps) with the backbone's forward+backward+step on
+the same inputs. Peak memory of a train step is measured in a fresh subprocess per configuration on CPU (torch's
+CPU allocations are invisible to tracemalloc, so the process's peak RSS is the honest number), with
+`torch.cuda.max_memory_allocated` on CUDA.
+"""
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['add_bench_arguments', 'bench_main', 'BenchConfig', 'median_ratio', 'interleaved_times', 'bench_head']
+
+HEADS = ('lfd', 'dpnet', 'iagn')
+INFERENCE_TARGET = 1.05
+TRAIN_TARGET = 1.10
+
+
+@dataclass
+class BenchConfig:
+    """One benchmarked setting; `head_args` go to `timm.create_model` next to the backbone and classes."""
+    head: str
+    backbone: str = 'resnet26'
+    img_size: int = 224
+    batch_size: int = 2
+    num_classes: int = 10
+    head_args: Dict = field(default_factory=dict)
+    device: str = 'cpu'
+    amp: Optional[str] = None
+    channels_last: bool = False
+    compile: bool = False
+    grad_checkpointing: bool = False
+
+
+def median_ratio(head_times: Sequence[float], base_times: Sequence[float]) -> float:
+    """Median over repetitions of head_time / base_time of the same repetition (pairs share the machine's load)."""
+    if len(head_times) != len(base_times) or not head_times:
+        raise ValueError(f'Need as many head as backbone timings, at least one: {len(head_times)} vs {len(base_times)}.')
+    return statistics.median(h / b for h, b in zip(head_times, base_times))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+
+
+def _timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
+    _sync(device)
+    start = clock()
+    fn()
+    _sync(device)
+    return clock() - start
+
+
+def interleaved_times(
+        head_fn: Callable[[], None],
+        base_fn: Callable[[], None],
+        reps: int,
+        warmup: int = 1,
+        device: torch.device = torch.device('cpu'),
+        clock: str = 'wall',
+) -> Tuple[List[float], List[float]]:
+    """Seconds of `head_fn` and `base_fn` over `reps` interleaved repetitions, after `warmup` untimed ones each.
+
+    clock='cpu' counts this process's CPU seconds: on a CPU shared with other jobs it measures the work done, not
+    the time spent waiting for a core (wall time on a loaded 2-core machine mostly measures the neighbours).
+    """
+    for _ in range(warmup):
+        head_fn()
+        base_fn()
+    head_times, base_times = [], []
+    for _ in range(reps):
+        head_times.append(_timed(head_fn, device, CLOCKS[clock]))
+        base_times.append(_timed(base_fn, device, CLOCKS[clock]))
+    return head_times, base_times
+
+
+def build_model(cfg: BenchConfig) -> nn.Module:
+    import timm
+
+    import fgvc_zoo  # noqa: F401  (registers the heads)
+    model = timm.create_model(cfg.head, backbone=cfg.backbone, num_classes=cfg.num_classes, **cfg.head_args)
+    model.to(cfg.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def _autocast(cfg: BenchConfig):
+    if cfg.amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(cfg.device).type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[cfg.amp])
+
+
+def _image(cfg: BenchConfig, batch_size: int, size: int) -> torch.Tensor:
+    x = torch.randn(batch_size, 3, size, size, device=cfg.device)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> List[List[Tuple[torch.Tensor, bool]]]:
+    """The backbone passes the head needs, as optimiser steps of (input, needs_grad) passes.
+
+    Inference is one step. LFD: the image and l crops per image at `zoom_size` (m crops in training).
+    DP-Net: the image (without gradient when the backbone is frozen). IAGN: the image and its zoom; in training,
+    each stage step a grad-free pass on the image (the box) and a pass on the zoomed jigsaw, then the fused step
+    on the image and the zoom.
+    """
+    batch, size = cfg.batch_size, cfg.img_size
+    x = _image(cfg, batch, size)
+    if cfg.head == 'lfd':
+        if model.image_only:
+            return [[(x, train)]]
+        crops = _image(cfg, batch * (model.num_regions if train else model.num_hybrid_regions), model.zoom_size)
+        return [[(x, train), (crops, train)]]
+    if cfg.head == 'dpnet':
+        return [[(x, train and not model.freeze_backbone)]]
+    if cfg.head == 'iagn':
+        zoom = _image(cfg, batch, model.zoom_size or size)
+        if not train:
+            return [[(x, False), (zoom, False)]]
+        stage_steps = [[(x, False), (zoom, True)] for _ in range(model.stages)]
+        fused_step = [(x, True), (zoom, True)]
+        if model.progressive:
+            return stage_steps + [fused_step]
+        return [[p for step in stage_steps + [fused_step] for p in step]]
+    raise ValueError(f"Unknown head '{cfg.head}' for the bench: pick one of {HEADS}.")
+
+
+def _compiled(fn: Callable, cfg: BenchConfig) -> Callable:
+    return torch.compile(fn) if cfg.compile else fn
+
+
+def inference_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """`model(x)` in eval mode, and the backbone passes it needs, both under inference mode."""
+    model.eval()
+    x = _image(cfg, cfg.batch_size, cfg.img_size)
+    (passes,) = backbone_passes(model, cfg, train=False)
+    head, backbone = _compiled(model, cfg), _compiled(model.backbone, cfg)
+
+    def run_head() -> None:
+        with torch.inference_mode(), _autocast(cfg):
+            head(x)
+
+    def run_backbone() -> None:
+        with torch.inference_mode(), _autocast(cfg):
+            for inputs, _ in passes:
+                backbone(inputs)
+
+    return run_head, run_backbone
+
+
+def train_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """One full train step of the head (every optimiser step of a batch), and the backbone's passes for it.
+
+    Both use SGD with momentum over their trainable parameters, so the optimiser's own cost is on both sides.
+    """
+    model.train()
+    x = _image(cfg, cfg.batch_size, cfg.img_size)
+    y = torch.randint(cfg.num_classes, (cfg.batch_size,), device=cfg.device)
+    steps = backbone_passes(model, cfg, train=True)
+    head, backbone = _compiled(model, cfg), _compiled(model.backbone, cfg)
+    head_opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    backbone_opt = torch.optim.SGD(backbone_params, lr=1e-4, momentum=0.9) if backbone_params else None
+
+    def run_head() -> None:
+        for step in range(model.num_train_steps):
+            head_opt.zero_grad(set_to_none=True)
+            with _autocast(cfg):
+                loss = head(x, target=y, step=step).loss
+            loss.backward()
+            head_opt.step()
+
+    def run_backbone() -> None:
+        for passes in steps:
+            if backbone_opt is not None:
+                backbone_opt.zero_grad(set_to_none=True)
+            loss = 0.
+            for inputs, needs_grad in passes:
+                with torch.set_grad_enabled(needs_grad), _autocast(cfg):
+                    maps = backbone(inputs)
+                if needs_grad:
+                    loss = loss + sum(m.float().mean() for m in maps)
+            if torch.is_tensor(loss):
+                loss.backward()
+                backbone_opt.step()
+
+    return run_head, run_backbone
+
+
+def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True, clock: str = 'wall') -> Dict:
+    """Inference and train-step timings and their median ratios for one configuration."""
+    torch.manual_seed(0)
+    device = torch.device(cfg.device)
+    model = build_model(cfg)
+    result = dict(asdict(cfg), clock=clock)
+    timing = dict(reps=reps, warmup=warmup, device=device, clock=clock)
+    head_t, base_t = interleaved_times(*inference_fns(model, cfg), **timing)
+    result.update(
+        infer_head_ms=1e3 * statistics.median(head_t),
+        infer_backbone_ms=1e3 * statistics.median(base_t),
+        infer_ratio=median_ratio(head_t, base_t),
+    )
+    if train:
+        head_t, base_t = interleaved_times(*train_fns(model, cfg), **timing)
+        result.update(
+            train_head_ms=1e3 * statistics.median(head_t),
+            train_backbone_ms=1e3 * statistics.median(base_t),
+            train_ratio=median_ratio(head_t, base_t),
+        )
+    return result
+
+
+def _current_rss_mb() -> float:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> Dict[str, float]:
+    """Peak memory (MiB) of train steps of the head, or of the backbone's passes for it, in this process.
+
+    CUDA: max allocated over two steps. CPU: the process's peak RSS, and that peak above the RSS of the built
+    model just before the steps (call it in a fresh process: the peak RSS never goes down).
+    """
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    head_fn, base_fn = train_fns(model, cfg)
+    fn = base_fn if backbone_only else head_fn
+    if cfg.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats(cfg.device)
+        before = torch.cuda.memory_allocated(cfg.device) / 2 ** 20
+        fn()
+        fn()
+        peak = torch.cuda.max_memory_allocated(cfg.device) / 2 ** 20
+        return dict(peak_mb=peak, step_mb=peak - before)
+    before = _current_rss_mb()
+    fn()
+    fn()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
+    return dict(peak_mb=peak, step_mb=peak - before)
+
+
+def peak_memory_subprocess(cfg: BenchConfig, backbone_only: bool, threads: int) -> Dict[str, float]:
+    """`train_peak_memory` in a fresh interpreter, so that no earlier configuration's peak is counted."""
+    request = json.dumps(dict(config=asdict(cfg), backbone_only=backbone_only, threads=threads))
+    cmd = [sys.executable, '-m', 'fgvc_zoo.cli', 'bench', '--memory-worker', request]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f'Memory worker for {cfg.head} failed:\n{done.stderr[-2000:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_worker(request: str) -> int:
+    spec = json.loads(request)
+    torch.set_num_threads(spec['threads'])
+    print(json.dumps(train_peak_memory(BenchConfig(**spec['config']), spec['backbone_only'])))
+    return 0
+
+
+def profile_head(cfg: BenchConfig, train: bool, row_limit: int = 15) -> str:
+    """torch.profiler's table of the operators of one head call (self CPU time), to find where overhead goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(cfg)
+    head_fn, _ = (train_fns if train else inference_fns)(model, cfg)
+    head_fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.device.startswith('cuda') else [])
+    with profile(activities=activities) as prof:
+        head_fn()
+    sort_by = 'self_cuda_time_total' if cfg.device.startswith('cuda') else 'self_cpu_time_total'
+    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+
+
+def _parse_head_args(text: Optional[str]) -> Dict[str, Dict]:
+    """'lfd:zoom_size=112,region_sizes=[0.3,0.4];iagn:zoom_size=112' -> {'lfd': {...}, 'iagn': {...}} (YAML)."""
+    import yaml
+
+    parsed: Dict[str, Dict] = {}
+    for chunk in filter(None, (text or '').split(';')):
+        head, _, pairs = chunk.partition(':')
+        if head not in HEADS or not pairs:
+            raise ValueError(f"--head-args chunk '{chunk}' must read HEAD:key=value,... with HEAD one of {HEADS}.")
+        for pair in re.split(r',(?![^\[\(]*[\]\)])', pairs):  # commas inside [..] belong to list values
+            key, _, value = pair.partition('=')
+            parsed.setdefault(head, {})[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def format_table(rows: Sequence[Dict]) -> str:
+    """Markdown table of the ratios, flagging those above target."""
+    lines = [
+        '| head | backbone | img | batch | infer head ms | infer backbone ms | infer ratio | '
+        'train head ms | train backbone ms | train ratio |',
+        '|---|---|---|---|---|---|---|---|---|---|',
+    ]
+    for r in rows:
+        infer_flag = '' if r['infer_ratio'] <= INFERENCE_TARGET else ' (>1.05)'
+        train = ('| n/a | n/a | n/a |' if 'train_ratio' not in r else
+                 f"| {r['train_head_ms']:.1f} | {r['train_backbone_ms']:.1f} | {r['train_ratio']:.3f}"
+                 f"{'' if r['train_ratio'] <= TRAIN_TARGET else ' (>1.10)'} |")
+        lines.append(
+            f"| {r['head']}{' +ckpt' if r['grad_checkpointing'] else ''} | {r['backbone']} | {r['img_size']} | "
+            f"{r['batch_size']} | {r['infer_head_ms']:.1f} | {r['infer_backbone_ms']:.1f} | "
+            f"{r['infer_ratio']:.3f}{infer_flag} {train}"
+        )
+    return '\n'.join(lines)
+
+
+def format_memory_table(rows: Sequence[Dict]) -> str:
+    lines = [
+        '| head | backbone | img | batch | grad ckpt | head peak MiB | head step MiB | backbone peak MiB | '
+        'backbone step MiB |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['head']} | {r['backbone']} | {r['img_size']} | {r['batch_size']} | {r['grad_checkpointing']} | "
+            f"{r['head_peak_mb']:.0f} | {r['head_step_mb']:.0f} | "
+            f"{r['backbone_peak_mb']:.0f} | {r['backbone_step_mb']:.0f} |"
+        )
+    return '\n'.join(lines)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--heads', nargs='+', default=list(HEADS), choices=HEADS, help='heads to time')
+    parser.add_argument('--backbone', default='resnet26', help='timm backbone, random init (default: resnet26)')
+    parser.add_argument('--img-size', type=int, nargs='+', default=[224], help='input sides to sweep (default: 224)')
+    parser.add_argument('--batch-size', type=int, nargs='+', default=[2], help='batch sizes to sweep (default: 2)')
+    parser.add_argument('--num-classes', type=int, default=10, help='classes (default: 10)')
+    parser.add_argument('--zoom-ratio', type=float, default=0.5,
+                        help="LFD's zoom_size as a fraction of the input side (paper: 224 / 448 = 0.5)")
+    parser.add_argument('--head-args', default=None,
+                        help="extra head kwargs, 'lfd:num_regions=6,cam_sigma=0;iagn:zoom_size=112' (YAML values)")
+    parser.add_argument('--reps', type=int, default=5, help='interleaved timed repetitions (default: 5)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed warm-up calls of each side (default: 1)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch.set_num_threads (default: 1, so that CPU time is not inflated by spin-waiting)')
+    parser.add_argument('--clock', choices=tuple(CLOCKS), default=None,
+                        help="'cpu' (process CPU seconds, default on CPU) or 'wall' (default on CUDA)")
+    parser.add_argument('--no-train', dest='train', action='store_false', help='time inference only')
+    parser.add_argument('--memory', action=argparse.BooleanOptionalAction, default=True,
+                        help='peak memory of a train step, with and without grad checkpointing (default: on)')
+    parser.add_argument('--grad-checkpointing', action='store_true', help='also time train steps with checkpointing')
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
+    parser.add_argument('--amp', choices=('bf16', 'fp16'), default=None, help='autocast dtype (default: fp32)')
+    parser.add_argument('--channels-last', action='store_true', help='channels-last model and inputs')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the head and the backbone alike')
+    parser.add_argument('--profile', action='store_true', help='print torch.profiler tables of each head call')
+    parser.add_argument('--json', default=None, help='also write every result to this JSON file')
+    parser.add_argument('--memory-worker', default=None, help=argparse.SUPPRESS)
+
+
+def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> List[BenchConfig]:
+    head_args = _parse_head_args(args.head_args)
+    configs = []
+    for head in args.heads:
+        for size in args.img_size:
+            for batch in args.batch_size:
+                extra = dict(head_args.get(head, {}))
+                if head == 'lfd':
+                    extra.setdefault('zoom_size', int(round(size * args.zoom_ratio)))
+                configs.append(BenchConfig(
+                    head=head, backbone=args.backbone, img_size=size, batch_size=batch, num_classes=args.num_classes,
+                    head_args=extra, device=args.device, amp=args.amp, channels_last=args.channels_last,
+                    compile=args.compile, grad_checkpointing=grad_checkpointing,
+                ))
+    return configs
+
+
+def _machine() -> str:
+    cpu = platform.processor() or 'unknown CPU'
+    with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
+        cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    load = ' '.join(f'{v:.2f}' for v in os.getloadavg())
+    return (f'{cpu}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, torch {torch.__version__}, '
+            f'load average {load}, {time.strftime("%Y-%m-%d %H:%M %Z")}')
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    if args.memory_worker is not None:
+        return _memory_worker(args.memory_worker)
+    torch.set_num_threads(args.threads)
+    clock = args.clock or ('cpu' if args.device == 'cpu' else 'wall')
+    print(f'# fgvc-zoo bench on {_machine()}, clock={clock}')
+    print(f'# {" ".join(sys.argv)}')
+    rows = []
+    for grad_checkpointing in (False, True) if args.grad_checkpointing else (False,):
+        for cfg in _configs(args, grad_checkpointing):
+            rows.append(bench_head(cfg, reps=args.reps, warmup=args.warmup, train=args.train, clock=clock))
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+            if args.profile:
+                print(profile_head(cfg, train=False))
+                if args.train:
+                    print(profile_head(cfg, train=True))
+    print(f'\nRatios ({clock} clock; median of interleaved per-pair ratios; '
+          f'targets: inference <= {INFERENCE_TARGET}, train step <= {TRAIN_TARGET})')
+    print(format_table(rows))
+    memory_rows = []
+    if args.memory and args.train:
+        for cfg in _configs(args, False) + _configs(args, True):
+            head = peak_memory_subprocess(cfg, backbone_only=False, threads=args.threads)
+            base = peak_memory_subprocess(cfg, backbone_only=True, threads=args.threads)
+            memory_rows.append(dict(
+                asdict(cfg), head_peak_mb=head['peak_mb'], head_step_mb=head['step_mb'],
+                backbone_peak_mb=base['peak_mb'], backbone_step_mb=base['step_mb'],
+            ))
+        kind = 'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS of a fresh process'
+        print(f'\nPeak memory of two train steps ({kind}; step = peak above the built model)')
+        print(format_memory_table(memory_rows))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=_machine(), argv=sys.argv, timing=rows, memory=memory_rows), f, indent=1)
+    return 0

@@ -1,0 +1,127 @@
+""" `fgvc-zoo bench`: the ratio arithmetic, the interleaving, the backbone passes each head is charged against, and
+that the command runs end to end on a tiny setting. No timing is asserted: timings belong in benchmarks/RESULTS.md.
+"""
+import json
+
+import pytest
+import torch
+
+from fgvc_zoo.bench import (
+    BenchConfig, backbone_passes, bench_head, build_model, format_table, interleaved_times, median_ratio,
+    peak_memory_subprocess,
+)
+from fgvc_zoo.cli import run
+
+TINY = {
+    'lfd': dict(zoom_size=32, region_sizes=(0.35, 0.5), num_regions=6, num_hybrid_regions=4),
+    'dpnet': dict(),
+    'iagn': dict(mid_channels=8, feature_channels=16, hidden_features=8, zoom_size=48),
+}
+TINY_ARGS = 'lfd:zoom_size=24,region_sizes=[0.35,0.5];iagn:mid_channels=8,feature_channels=16,hidden_features=8'
+
+
+def _config(head: str, **kwargs) -> BenchConfig:
+    return BenchConfig(head=head, backbone='test_resnet', img_size=64, batch_size=2, num_classes=3,
+                       head_args=TINY[head], **kwargs)
+
+
+def test_median_ratio_is_the_median_of_per_pair_ratios_not_the_ratio_of_medians():
+    # pairs: 2/1 = 2.0, 3/2 = 1.5, 10/4 = 2.5 -> median 2.0; the ratio of the medians would be 3/2 = 1.5
+    assert median_ratio([2.0, 3.0, 10.0], [1.0, 2.0, 4.0]) == pytest.approx(2.0)
+    # an even count averages the two middle ratios: 1.0, 1.2, 1.4, 3.0 -> 1.3
+    assert median_ratio([1.0, 1.2, 1.4, 3.0], [1.0, 1.0, 1.0, 1.0]) == pytest.approx(1.3)
+
+
+def test_median_ratio_refuses_unpaired_timings():
+    with pytest.raises(ValueError, match='as many head as backbone'):
+        median_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match='at least one'):
+        median_ratio([], [])
+
+
+def test_repetitions_alternate_head_and_backbone_after_the_warmup():
+    calls = []
+    head_times, base_times = interleaved_times(lambda: calls.append('A'), lambda: calls.append('B'), reps=3, warmup=2)
+    assert calls == ['A', 'B'] * 5  # 2 untimed warm-up pairs, then 3 timed pairs
+    assert len(head_times) == len(base_times) == 3
+    assert all(t >= 0 for t in head_times + base_times)
+
+
+def test_lfd_is_charged_the_image_pass_and_l_crops_at_inference_and_m_crops_in_training():
+    cfg = _config('lfd')
+    model = build_model(cfg)
+    (infer,) = backbone_passes(model, cfg, train=False)
+    assert [tuple(x.shape) for x, _ in infer] == [(2, 3, 64, 64), (2 * 4, 3, 32, 32)]
+    assert [grad for _, grad in infer] == [False, False]
+    (train,) = backbone_passes(model, cfg, train=True)
+    assert [tuple(x.shape) for x, _ in train] == [(2, 3, 64, 64), (2 * 6, 3, 32, 32)]
+    assert [grad for _, grad in train] == [True, True]
+
+
+def test_frozen_dpnet_is_charged_one_gradient_free_pass():
+    cfg = _config('dpnet')
+    model = build_model(cfg)
+    assert [[(tuple(x.shape), grad) for x, grad in step] for step in backbone_passes(model, cfg, train=True)] == [
+        [((2, 3, 64, 64), False)]]
+
+
+def test_progressive_iagn_is_charged_its_s_plus_one_steps():
+    cfg = _config('iagn')
+    model = build_model(cfg)
+    (infer,) = backbone_passes(model, cfg, train=False)
+    assert [tuple(x.shape) for x, _ in infer] == [(2, 3, 64, 64), (2, 3, 48, 48)]
+    steps = backbone_passes(model, cfg, train=True)
+    assert len(steps) == model.stages + 1 == model.num_train_steps
+    # each stage step: a grad-free pass for the box, a trained pass on the zoomed jigsaw; the fused step trains both
+    assert all([grad for _, grad in step] == [False, True] for step in steps[:-1])
+    assert [grad for _, grad in steps[-1]] == [True, True]
+
+
+@pytest.mark.parametrize('head', ['lfd', 'dpnet', 'iagn'])
+def test_bench_head_reports_positive_ratios_consistent_with_its_medians(head):
+    result = bench_head(_config(head), reps=1, warmup=0, clock='cpu')
+    for kind in ('infer', 'train'):
+        assert result[f'{kind}_ratio'] > 0
+        # one repetition: the median ratio is exactly the ratio of the two timings
+        assert result[f'{kind}_ratio'] == pytest.approx(result[f'{kind}_head_ms'] / result[f'{kind}_backbone_ms'])
+
+
+def test_channels_last_setting_runs():
+    result = bench_head(_config('lfd', channels_last=True), reps=1, warmup=0, train=False)
+    assert result['infer_ratio'] > 0 and result['channels_last']
+
+
+def test_table_flags_ratios_above_target():
+    row = dict(head='lfd', backbone='b', img_size=64, batch_size=2, grad_checkpointing=False, infer_head_ms=2.2,
+               infer_backbone_ms=2.0, infer_ratio=1.10, train_head_ms=3.0, train_backbone_ms=3.0, train_ratio=1.0)
+    line = format_table([row]).splitlines()[-1]
+    assert '1.100 (>1.05)' in line and '1.000 |' in line and '(>1.10)' not in line
+
+
+def test_peak_memory_worker_measures_a_fresh_process():
+    memory = peak_memory_subprocess(_config('dpnet'), backbone_only=False, threads=1)
+    assert memory['peak_mb'] > 0 and memory['peak_mb'] >= memory['step_mb']
+
+
+def test_bench_command_prints_the_ratio_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    code = run(['bench', '--backbone', 'test_resnet', '--img-size', '64', '--num-classes', '3', '--reps', '1',
+                '--warmup', '0', '--no-memory', '--head-args', TINY_ARGS, '--json', str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert 'infer ratio' in printed and 'train ratio' in printed
+    rows = json.loads(out.read_text())['timing']
+    assert [r['head'] for r in rows] == ['lfd', 'dpnet', 'iagn']
+    assert rows[0]['head_args'] == dict(zoom_size=24, region_sizes=[0.35, 0.5])  # wins over --zoom-ratio's 32
+
+
+def test_unknown_head_args_chunk_is_refused():
+    with pytest.raises(ValueError, match='HEAD:key=value'):
+        run(['bench', '--backbone', 'test_resnet', '--head-args', 'resnet:x=1', '--no-memory'])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
