@@ -1,0 +1,87 @@
+""" `fgvc_zoo.predict` and `fgvc-zoo predict`: top-k names and probabilities, text and JSON. """
+import json
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from fgvc_zoo.cli import run
+from fgvc_zoo.hub import save_pretrained
+from fgvc_zoo.predict import format_predictions, predict
+
+
+class FixedLogits(nn.Module):
+    """Logits log([1, 2, 5]) for every image: softmax [0.125, 0.25, 0.625]."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([1.0, 2.0, 5.0]).log(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.zeros(3, 4, 4)
+
+
+def test_topk_names_and_probabilities_are_the_softmax_best_first():
+    images = [Image.new('RGB', (8, 8)), Image.new('RGB', (8, 8))]
+    predictions = predict(FixedLogits(), images, to_tensor, ['ant', 'bee', 'cat'], topk=2)
+    assert len(predictions) == 2
+    assert predictions[0] == [
+        {'index': 2, 'label': 'cat', 'probability': pytest.approx(0.625)},
+        {'index': 1, 'label': 'bee', 'probability': pytest.approx(0.25)},
+    ]
+    # without names, the class index is the label; topk is capped at the number of classes
+    assert [p['label'] for p in predict(FixedLogits(), images[:1], to_tensor, topk=10)[0]] == ['2', '1', '0']
+
+
+def test_text_format():
+    predictions = [[{'index': 2, 'label': 'cat', 'probability': 0.625}, {'index': 1, 'label': 'bee',
+                                                                         'probability': 0.25}]]
+    assert format_predictions(['img.png'], predictions) == 'img.png\n  1. cat  62.50%\n  2. bee  25.00%'
+
+
+def test_predict_refuses_label_names_of_another_length():
+    with pytest.raises(ValueError, match='2 label names for a model with 3 classes'):
+        predict(FixedLogits(), [Image.new('RGB', (8, 8))], to_tensor, ['ant', 'bee'])
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('model')
+    save_pretrained(timm.create_model('lfd', backbone='test_resnet', num_classes=3), folder,
+                    label_names=['ant', 'bee', 'cat'])
+    images = []
+    for k, colour in enumerate([(250, 10, 10), (10, 250, 10), (10, 10, 250)]):
+        images.append(folder / f'image{k}.png')
+        Image.new('RGB', (120, 100), colour).save(images[-1])
+    return folder, [str(p) for p in images]
+
+
+def test_predict_cli_json(exported, capsys):
+    folder, images = exported
+    assert run(['predict', *images, '--checkpoint', str(folder), '--img-size', '96', '--topk', '2', '--json',
+                '--batch-size', '2']) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert [entry['image'] for entry in output] == images
+    for entry in output:
+        top = entry['predictions']
+        assert len(top) == 2 and {p['label'] for p in top} <= {'ant', 'bee', 'cat'}
+        assert top[0]['probability'] >= top[1]['probability'] and top[0]['probability'] + top[1]['probability'] <= 1
+        assert top[0]['label'] == ['ant', 'bee', 'cat'][top[0]['index']]
+
+
+def test_predict_cli_text(exported, capsys):
+    folder, images = exported
+    assert run(['predict', images[0], '--checkpoint', str(folder), '--img-size', '96', '--topk', '3']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == images[0] and len(lines) == 4
+    percentages = [float(line.split()[-1].rstrip('%')) for line in lines[1:]]
+    assert [line.split()[0] for line in lines[1:]] == ['1.', '2.', '3.']
+    assert sorted(line.split()[1] for line in lines[1:]) == ['ant', 'bee', 'cat']
+    assert percentages == sorted(percentages, reverse=True) and math.isclose(sum(percentages), 100, abs_tol=0.02)
