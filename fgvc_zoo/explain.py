@@ -24,8 +24,8 @@ from torchvision import transforms as T
 from .models import DpNet, Explanation, Iagn, Lfd
 
 __all__ = [
-    'ViewGeometry', 'view_geometry', 'Panel', 'ImageExplanation', 'explain_images', 'draw_explanation', 'dpnet_top_parts',
-    'add_explain_arguments', 'explain_main',
+    'ViewGeometry', 'view_geometry', 'Panel', 'ImageExplanation', 'explain_images', 'draw_explanation',
+    'dpnet_top_parts', 'add_explain_arguments', 'explain_main',
 ]
 
 # Steps of an eval transform that do not move pixels (tensor conversion, normalisation).
