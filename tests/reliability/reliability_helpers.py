@@ -13,20 +13,22 @@ HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parents[1] / 'fgvc_zoo'
 FAULT_RUNNER = HERE / 'fault_runner.py'
 CLASSES = ('blue', 'red')
+COLOURS = ((20, 40, 230), (230, 30, 20), (30, 220, 40))
 # LFD over timm's test_resnet at 64 px: a 2x2 final map, 4 candidate regions, 2 kept, zoomed to 32 px.
 LFD_ARGS = 'zoom_size=32,num_regions=2,num_hybrid_regions=1'
 
 
-def make_folder(root: Path, train_per_class: int = 8, val_per_class: int = 2, size: int = 64) -> Path:
-    """root/{train,val}/{blue,red}/NNN.png: noise with a blue or a red square (an imagefolder layout)."""
+def make_folder(root: Path, train_per_class: int = 8, val_per_class: int = 2, size: int = 64,
+                classes: Sequence[str] = CLASSES) -> Path:
+    """root/{train,val}/<class>/NNN.png: noise with a square of the class's colour (an imagefolder layout)."""
     rng = np.random.default_rng(0)
     for split, count in (('train', train_per_class), ('val', val_per_class)):
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(classes):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 image = rng.integers(0, 80, (size, size, 3)).astype(np.uint8)
                 x, y = rng.integers(0, size // 2, 2)
-                image[y:y + size // 4, x:x + size // 4] = (20, 40, 230) if label == 0 else (230, 30, 20)
+                image[y:y + size // 4, x:x + size // 4] = COLOURS[label]
                 Image.fromarray(image).save(root / split / name / f'{i:03d}.png')
     return root
 
