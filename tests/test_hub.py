@@ -193,7 +193,6 @@ def test_pickle_only_repo_in_the_cache_is_refused(exported, hub_cache):
         hub.load_model('hf-hub:someone/pickled')
 
 
-@pytest.mark.xfail(strict=True, reason='needs build_fgvc_model to call fgvc_zoo.hub.safetensors_only (see hub.py)')
 def test_plain_timm_hf_hub_refuses_a_pickle_only_repo(exported, hub_cache):
     model, folder = exported
     foreign_config = json.loads((folder / 'config.json').read_text())

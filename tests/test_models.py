@@ -17,7 +17,7 @@ BACKBONES = ['test_resnet', 'test_convnext', 'test_efficientnet', 'test_vit', 't
 TINY_HEAD_ARGS = {
     'lfd': dict(zoom_size=32, region_sizes=(0.35, 0.5)),  # a 64 px image has 2 x 2 cells: 2 sizes give 8 boxes
     'dpnet': dict(freeze_backbone=False),
-    'iagn': dict(mid_channels=16, feature_channels=32),
+    'iagn': dict(mid_channels=16, feature_channels=32, hidden_features=16),
 }
 IMG = 64
 NUM_CLASSES = 5

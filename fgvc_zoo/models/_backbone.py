@@ -107,7 +107,9 @@ class Backbone(nn.Module):
 
     def no_weight_decay(self, prefix: str = 'backbone.model.') -> set:
         names = self.model.no_weight_decay() if hasattr(self.model, 'no_weight_decay') else set()
-        return {prefix + n for n in names}
+        # timm lists names of optional tokens too (ViT's dist_token, reg_token); keep the ones this model has.
+        existing = {n for n, _ in self.model.named_parameters()}
+        return {prefix + n for n in names if n in existing}
 
 
 def _prefix_regex(regex: str, prefix: str) -> str:

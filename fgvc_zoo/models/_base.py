@@ -6,6 +6,7 @@ A head subclasses `FgvcModel` and implements `forward_features`, `forward_head`,
 through `forward`, so DDP hooks see it, and one trainer serves every head (`num_train_steps` tells it how many
 optimiser steps a batch takes).
 """
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Type
 
@@ -15,9 +16,13 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
+from ..hub import hub_cfg, hub_errors, safetensors_only
 from ._backbone import Backbone, check_backbone_name
 
-__all__ = ['FgvcOutput', 'Explanation', 'FgvcModel', 'build_fgvc_model', 'fgvc_cfg', 'POPULAR_BACKBONES']
+__all__ = [
+    'FgvcOutput', 'Explanation', 'FgvcModel', 'build_fgvc_model', 'fgvc_cfg', 'default_cfg_entries', 'register_variants',
+    'POPULAR_BACKBONES', 'FGVC_DATASETS',
+]
 
 # Backbones that get a named variant per head (`lfd_resnet50`, ...), with the ImageNet tag of timm's Hub weights
 # the variant's default tag loads into the backbone. `create_model('lfd', backbone=...)` takes any other.
@@ -30,6 +35,9 @@ POPULAR_BACKBONES: Dict[str, str] = {
     'vit_base_patch16_224': 'augreg2_in21k_ft_in1k',
     'swin_base_patch4_window7_224': 'ms_in22k_ft_in1k',
 }
+
+# The datasets of the papers' recipes: `<head>_resnet50.<dataset>` tags name fgvc_zoo's Hub repos for them.
+FGVC_DATASETS: Dict[str, int] = {'cub_200_2011': 200, 'stanford_cars': 196, 'fgvc_aircraft': 100}
 
 
 @dataclass
@@ -135,6 +143,18 @@ def fgvc_cfg(backbone: Optional[str] = None, classifier: Sequence[str] = ('head.
     return cfg
 
 
+def default_cfg_entries(head: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """A head's pretrained tags: generic, ImageNet backbone tags first (the defaults), then the FGVC Hub tags."""
+    entries = {head: cfg_fn()}
+    entries.update({f'{head}_{name}.{tag}': cfg_fn(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()})
+    resnet50 = f"resnet50.{POPULAR_BACKBONES['resnet50']}"
+    entries.update({
+        f'{head}_resnet50.{dataset}': cfg_fn(resnet50, num_classes=n, **hub_cfg(f'{head}_resnet50.{dataset}'))
+        for dataset, n in FGVC_DATASETS.items()
+    })
+    return entries
+
+
 def _backbone_cfg_fields(backbone_cfg) -> Dict[str, Any]:
     # The backbone decides normalisation and where its first conv is (for in_chans adaptation on load).
     first_conv = backbone_cfg.first_conv
@@ -187,17 +207,25 @@ def build_fgvc_model(
         backbone_cfg = timm.models.get_pretrained_cfg(backbone_name)
         if backbone_cfg is not None:
             pretrained_cfg.update(_backbone_cfg_fields(backbone_cfg))
-    model = build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained=full_weights,
-        pretrained_cfg=pretrained_cfg,
-        backbone=backbone_name,
-        pretrained_backbone=pretrained and not full_weights,
-        **kwargs,
-    )
+    guard = contextlib.nullcontext()
+    if full_weights:
+        # Hub loads are safetensors-only (timm would fall back to a pickle) and fail naming the repo.
+        pretrained_cfg = safetensors_only(pretrained_cfg)
+        if pretrained_cfg.get('hf_hub_id'):
+            guard = hub_errors(pretrained_cfg['hf_hub_id'])
+    with guard:
+        model = build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained=full_weights,
+            pretrained_cfg=pretrained_cfg,
+            backbone=backbone_name,
+            pretrained_backbone=pretrained and not full_weights,
+            **kwargs,
+        )
     # What `config.json` needs to rebuild this model with `timm.create_model(architecture, **model_args)`.
-    model.model_args = dict(backbone=backbone, **{k: v for k, v in kwargs.items() if k != 'num_classes'})
+    runtime_only = ('num_classes', 'cache_dir', 'pretrained_model_args')
+    model.model_args = dict(backbone=backbone, **{k: v for k, v in kwargs.items() if k not in runtime_only})
     return model
 
 

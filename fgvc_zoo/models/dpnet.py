@@ -20,7 +20,9 @@ from ..layers.parts import (
     pool_part_scores,
 )
 from ._backbone import Backbone
-from ._base import POPULAR_BACKBONES, Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, register_variants
+from ._base import (
+    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, default_cfg_entries, fgvc_cfg, register_variants,
+)
 
 __all__ = ['DpNet']
 
@@ -196,10 +198,7 @@ def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
     return fgvc_cfg(backbone, classifier=('parts', 'head'), **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    'dpnet': _cfg(),
-    **{f'dpnet_{name}.{tag}': _cfg(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()},
-})
+default_cfgs = generate_default_cfgs(default_cfg_entries('dpnet', _cfg))
 
 
 @register_model

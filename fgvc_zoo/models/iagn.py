@@ -28,7 +28,9 @@ from ..layers.cam import upsample_maps
 from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
 from ._backbone import Backbone
-from ._base import POPULAR_BACKBONES, Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, register_variants
+from ._base import (
+    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, default_cfg_entries, fgvc_cfg, register_variants,
+)
 
 __all__ = ['Iagn']
 
@@ -339,10 +341,7 @@ def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
     return fgvc_cfg(backbone, classifier=classifier, **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    'iagn': _cfg(),
-    **{f'iagn_{name}.{tag}': _cfg(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()},
-})
+default_cfgs = generate_default_cfgs(default_cfg_entries('iagn', _cfg))
 
 
 @register_model

@@ -16,7 +16,9 @@ from timm.models import generate_default_cfgs, register_model
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
 from ._backbone import Backbone
-from ._base import POPULAR_BACKBONES, Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, register_variants
+from ._base import (
+    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, default_cfg_entries, fgvc_cfg, register_variants,
+)
 
 __all__ = ['Lfd']
 
@@ -207,10 +209,7 @@ def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
     return fgvc_cfg(backbone, classifier=('image_head', 'region_head', 'hybrid_head'), **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    'lfd': _cfg(),
-    **{f'lfd_{name}.{tag}': _cfg(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()},
-})
+default_cfgs = generate_default_cfgs(default_cfg_entries('lfd', _cfg))
 
 
 @register_model
