@@ -499,7 +499,8 @@ def train_main(args: argparse.Namespace) -> int:
     output = Path(config.output)
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
     accelerator = Accelerator(
-        cpu=config.cpu,
+        # Accelerate sees a torchrun/MPI launch on CPU (gloo) only when told it runs on CPU.
+        cpu=config.cpu or not torch.accelerator.is_available(),
         mixed_precision=config.amp,
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with,

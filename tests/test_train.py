@@ -1,0 +1,243 @@
+""" The trainer: every head trains end to end on a tiny folder and exports a model timm reloads; options and recipes
+resolve as documented; the optimiser and schedule follow the papers' recipe; checkpoints are found safely. """
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from fgvc_zoo.data import create_dataset, create_transforms
+from fgvc_zoo.train import (
+    _build_optimizer, _build_scheduler, _check_finite, _find_resume, add_train_arguments, parse_model_kwargs,
+    resolve_config, state_dict_sha256,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / 'train_scripts' / 'recipes').glob('*.yaml'))
+CLASSES = ('blue_circle', 'red_square')
+# Head options that fit 64 px inputs and a tiny backbone (the trainer itself is head-agnostic).
+HEAD_ARGS = {
+    'lfd': 'zoom_size=32,num_regions=4,num_hybrid_regions=2',
+    'dpnet': 'parts_per_class=2',
+    'iagn': 'mid_channels=16,feature_channels=32,hidden_features=16,zoom_size=32',
+}
+
+
+def make_tiny_folder(root: Path, train_per_class: int = 8, val_per_class: int = 4, size: int = 64) -> Path:
+    """root/{train,val}/<class>/*.png: a noisy background with a blue disc or a red square at a random place."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for split, count in (('train', train_per_class), ('val', val_per_class)):
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                image = rng.integers(0, 80, (size, size, 3)).astype(np.uint8)
+                cx, cy = rng.integers(16, size - 16, 2)
+                if label == 0:
+                    image[(xx - cx) ** 2 + (yy - cy) ** 2 < 100] = (20, 40, 230)
+                else:
+                    image[(abs(xx - cx) < 9) & (abs(yy - cy) < 9)] = (230, 30, 20)
+                Image.fromarray(image).save(root / split / name / f'{i:03d}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def tiny_folder(tmp_path_factory) -> Path:
+    return make_tiny_folder(tmp_path_factory.mktemp('tiny_folder'))
+
+
+def train_command(data_dir: Path, output: Path, head: str = 'lfd', epochs: int = 2, *extra: str) -> list:
+    return [
+        sys.executable, '-m', 'fgvc_zoo.train', '--model', head, '--backbone', 'test_resnet',
+        '--model-args', HEAD_ARGS[head], '--data-dir', str(data_dir), '--output', str(output),
+        '--img-size', '64', '--epochs', str(epochs), '--batch-size', '4', '--workers', '0', '--lr', '0.01',
+        '--seed', '7', *extra,
+    ]
+
+
+def run(command: list, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, f'{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+    return result
+
+
+def reload_exported(output: Path) -> torch.nn.Module:
+    """The user's path: the exported folder through timm's create_model with a local weights file.
+
+    The overlay names `num_classes` too: without it timm compares against the registered cfg's 1000 classes and
+    drops the trained classifiers.
+    """
+    config = json.loads((output / 'config.json').read_text())
+    model_args = dict(config['model_args'])  # timm's export may record num_classes among the model args
+    model_args.setdefault('num_classes', config['num_classes'])
+    weights = dict(file=str(output / 'model.safetensors'), num_classes=config['num_classes'])
+    return timm.create_model(config['architecture'], pretrained=True, pretrained_cfg_overlay=weights,
+                             **model_args).eval()
+
+
+def top1(model: torch.nn.Module, data_dir: Path, img_size: int) -> float:
+    dataset = create_dataset(str(data_dir), split='val', transform=create_transforms(model, False, img_size=img_size))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        return 100 * (model(images).argmax(dim=1) == labels).float().mean().item()
+
+
+@pytest.mark.parametrize('head', ['lfd', 'dpnet', 'iagn'])
+def test_every_head_trains_exports_and_reloads_with_timm(head, tiny_folder, tmp_path):
+    if head not in timm.list_models(head):
+        pytest.skip(f"head '{head}' is not registered yet")
+    output = tmp_path / head
+    result = run(train_command(tiny_folder, output, head, 2, '--keep-checkpoints', '1'))
+    assert 'world size 1' in result.stdout
+
+    results = json.loads((output / 'results.json').read_text())
+    assert results['world_size'] == 1 and results['seed'] == 7
+    assert results['label_names'] == list(CLASSES) and results['num_classes'] == 2
+    assert set(results['versions']) >= {'torch', 'timm', 'accelerate', 'fgvc_zoo'}
+    assert results['config']['model'] == head and results['config']['img_size'] == 64
+    assert [row['epoch'] for row in results['history']] == [1, 2]
+    # metrics.csv/jsonl: one row per epoch; the curve PNG; only the last checkpoint is kept (--keep-checkpoints 1).
+    assert len((output / 'metrics.jsonl').read_text().splitlines()) == 2
+    assert len((output / 'metrics.csv').read_text().splitlines()) == 3
+    assert (output / 'curves.png').stat().st_size > 0
+    assert sorted(p.name for p in (output / 'checkpoints').iterdir()) == ['epoch_002']
+
+    config = json.loads((output / 'config.json').read_text())
+    assert config['architecture'] == head and config['label_names'] == list(CLASSES)
+    assert config['model_args']['backbone'] == 'test_resnet'
+    model = reload_exported(output)
+    assert state_dict_sha256(model.state_dict()) == results['weights_sha256_per_rank'][0]
+    from_dir = timm.create_model(f'local-dir:{output}', pretrained=True)
+    assert state_dict_sha256(from_dir.state_dict()) == results['weights_sha256_per_rank'][0]
+    # 8 val images: the trainer's top-1 is a multiple of 12.5 %, and timm's reloaded model gets exactly it.
+    assert top1(model, tiny_folder, 64) == pytest.approx(results['metrics']['top1'], abs=1e-6)
+
+
+def test_fgvc_zoo_train_is_the_same_command(capsys):
+    from fgvc_zoo import cli
+
+    with pytest.raises(SystemExit):
+        cli.run(['train', '--help'])
+    help_text = capsys.readouterr().out
+    for flag in ('--recipe', '--backbone-lr-mult', '--model-ema', '--amp', '--resume', '--keep-checkpoints',
+                 '--synthetic', '--model-args', '--max-unreadable', '--log-with'):
+        assert flag in help_text
+
+
+def parse(argv: list) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return resolve_config(parser.parse_args(argv))
+
+
+def test_recipe_values_are_typed_and_command_line_flags_win(tmp_path):
+    recipe = tmp_path / 'recipe.yaml'
+    # YAML 1.1 reads 1e-3 (no dot) as a string: the trainer casts it with the flag's type.
+    recipe.write_text('model: lfd_resnet50\nlr: 1e-3\nbatch-size: 8\nsched: cosine\nchannels-last: true\n'
+                      'model-kwargs:\n  num_regions: 4\n')
+    config = parse(['--recipe', str(recipe), '--batch-size', '2', '--synthetic', '--no-channels-last'])
+    assert config.model == 'lfd_resnet50' and config.lr == 0.001 and config.sched == 'cosine'
+    assert config.batch_size == 2 and config.channels_last is False
+    assert config.model_kwargs == {'num_regions': 4}
+    assert config.epochs == 100 and config.backbone_lr_mult == 0.1  # untouched defaults
+
+
+def test_recipe_errors_name_the_file_and_the_fix(tmp_path):
+    recipe = tmp_path / 'typo.yaml'
+    recipe.write_text('model: lfd\nlearning-rate: 0.1\n')
+    with pytest.raises(ValueError, match=r"typo.yaml: unknown option 'learning-rate'"):
+        parse(['--recipe', str(recipe), '--synthetic'])
+    recipe.write_text('model: lfd\nsched: linear\n')
+    with pytest.raises(ValueError, match=r"sched='linear' is not one of \['step', 'cosine'\]"):
+        parse(['--recipe', str(recipe), '--synthetic'])
+    with pytest.raises(ValueError, match='exactly one of --data-dir DIR and --synthetic'):
+        parse(['--model', 'lfd'])
+
+
+def test_model_args_keep_lists_and_yaml_types():
+    kwargs = parse_model_kwargs('region_sizes=[0.25,0.5],zoom_size=32,cam_mode=pred,image_only=true',
+                                '{num_regions: 4, zoom_size: 64}')
+    assert kwargs == {'region_sizes': [0.25, 0.5], 'zoom_size': 32, 'cam_mode': 'pred', 'image_only': True,
+                      'num_regions': 4}
+    with pytest.raises(ValueError, match="'zoom_size' is not key=value"):
+        parse_model_kwargs('zoom_size')
+
+
+@pytest.mark.parametrize('recipe', RECIPES, ids=[r.stem for r in RECIPES])
+def test_paper_recipes_resolve_and_build(recipe):
+    config = parse(['--recipe', str(recipe), '--data-dir', 'unused', '--backbone', 'test_resnet'])
+    head, backbone, dataset = recipe.stem.split('_')
+    assert config.model == f'{head}_{backbone}' and config.img_size == 448 and config.pretrained
+    assert config.dataset_layout == dataset
+    if head == 'lfd':  # METHODS.md section 1: the paper's recipe
+        assert (config.opt, config.momentum, config.weight_decay, config.epochs) == ('sgd', 0.9, 5e-4, 100)
+        assert (config.lr, config.sched, config.decay_epochs, config.decay_rate) == (0.01, 'step', 40, 0.1)
+        assert config.backbone_lr_mult == 0.1
+    kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
+    model = timm.create_model(config.model, backbone=config.backbone, num_classes=3, **kwargs)
+    assert model.model_args['backbone'] == 'test_resnet'
+
+
+def test_backbone_lr_is_a_tenth_and_the_step_schedule_decays_every_40_epochs():
+    config = parse(['--model', 'lfd', '--synthetic', '--lr', '0.02', '--epochs', '100'])
+    model = timm.create_model('lfd', backbone='test_resnet', num_classes=3)
+    optimizer = _build_optimizer(config, model)
+    head_group, backbone_group = optimizer.param_groups
+    assert len(backbone_group['params']) == len(list(model.backbone_parameters()))
+    assert len(head_group['params']) + len(backbone_group['params']) == len(list(model.parameters()))
+    scheduler = _build_scheduler(config, optimizer)
+    for epoch, head_lr in ((0, 0.02), (39, 0.02), (40, 0.002), (80, 0.0002)):
+        scheduler.step(epoch)
+        assert head_group['lr'] == pytest.approx(head_lr)
+        assert backbone_group['lr'] == pytest.approx(head_lr / 10)
+
+
+def test_a_frozen_backbone_leaves_only_the_head_group():
+    if 'dpnet' not in timm.list_models('dpnet'):
+        pytest.skip("head 'dpnet' is not registered yet")
+    config = parse(['--model', 'dpnet', '--synthetic'])
+    model = timm.create_model('dpnet', backbone='test_resnet', num_classes=3, freeze_backbone=True)
+    (group,) = _build_optimizer(config, model).param_groups
+    assert group['lr'] == 0.01
+    assert {id(p) for p in group['params']} == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_resume_takes_the_last_complete_checkpoint_and_ignores_partial_ones(tmp_path):
+    root = tmp_path / 'checkpoints'
+    for name in ('epoch_001', 'epoch_002', '.epoch_003.tmp', 'epoch_004'):
+        (root / name).mkdir(parents=True)
+    for name in ('epoch_001', 'epoch_002', '.epoch_003.tmp'):  # epoch_004 lacks its state: never renamed into place
+        (root / name / 'trainer_state.json').write_text('{}')
+    config = argparse.Namespace(output=str(tmp_path), resume='auto')
+    assert _find_resume(config) == root / 'epoch_002'
+    with pytest.raises(FileExistsError, match='pass --resume to continue'):
+        _find_resume(argparse.Namespace(output=str(tmp_path), resume=None))
+    assert _find_resume(argparse.Namespace(output=str(tmp_path / 'fresh'), resume='auto')) is None
+
+
+def test_a_non_finite_loss_stops_naming_epoch_batch_and_last_checkpoint():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    _check_finite(accelerator, torch.tensor(1.5), epoch=0, batch=0, step=0, last_good=None)
+    with pytest.raises(FloatingPointError, match=r'at epoch 3, batch 5, model step 1\. .*out/checkpoints/epoch_002'):
+        _check_finite(accelerator, torch.tensor(float('nan')), 2, 5, 1, Path('out/checkpoints/epoch_002'))
+    with pytest.raises(FloatingPointError, match='none \\(no epoch finished\\)'):
+        _check_finite(accelerator, torch.tensor(float('inf')), 0, 0, 0, None)
+
+
+def test_weights_digest_sees_a_one_ulp_change():
+    state = {'a.weight': torch.linspace(0, 1, 5), 'b.bias': torch.zeros(2)}
+    same = {name: tensor.clone() for name, tensor in reversed(list(state.items()))}
+    assert state_dict_sha256(state) == state_dict_sha256(same)
+    same['a.weight'][2] = torch.nextafter(same['a.weight'][2], torch.tensor(2.0))
+    assert state_dict_sha256(state) != state_dict_sha256(same)

@@ -1,0 +1,34 @@
+""" Two CPU processes (torchrun, gloo) train as one: world size 2, the same weights on both ranks, one set of files. """
+import json
+import shutil
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from fgvc_zoo.train import state_dict_sha256
+from test_train import make_tiny_folder, run, train_command
+
+
+def test_torchrun_two_processes_share_one_model_and_one_output(tmp_path):
+    if shutil.which('torchrun') is None and not (sys.prefix and shutil.which('torchrun', path=f'{sys.prefix}/bin')):
+        pytest.skip('torchrun is not installed')
+    data = make_tiny_folder(tmp_path / 'data')
+    output = tmp_path / 'out'
+    command = train_command(data, output, 'lfd', 1)
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '0']
+    result = run(torchrun + command[1:], timeout=300)  # drop the interpreter: torchrun starts `-m fgvc_zoo.train`
+
+    assert 'world size 2' in result.stdout
+    results = json.loads((output / 'results.json').read_text())
+    assert results['world_size'] == 2
+    rank0, rank1 = results['weights_sha256_per_rank']
+    assert rank0 == rank1 == state_dict_sha256(load_file(output / 'model.safetensors'))
+    # One set of outputs written by the main process; each rank's RNG state in the one checkpoint.
+    assert sorted(p.name for p in output.glob('model*.safetensors')) == ['model.safetensors']
+    assert len((output / 'metrics.jsonl').read_text().splitlines()) == 1
+    checkpoint = output / 'checkpoints' / 'epoch_001'
+    assert sorted(p.name for p in checkpoint.glob('random_states_*.pkl')) == ['random_states_0.pkl',
+                                                                             'random_states_1.pkl']
+    # 16 training images, batch 4 per rank: the epoch is 2 steps on each of the 2 ranks, not 4.
+    assert results['dataset']['train_images'] == 16
