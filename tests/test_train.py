@@ -72,13 +72,13 @@ def run(command: list, timeout: float = 240) -> subprocess.CompletedProcess:
 def reload_exported(output: Path) -> torch.nn.Module:
     """The user's path: the exported folder through timm's create_model with a local weights file.
 
-    The overlay names `num_classes` too: without it timm compares against the registered cfg's 1000 classes and
-    drops the trained classifiers.
+    The overlay is the exported pretrained_cfg: its num_classes keeps timm from dropping the trained classifiers
+    (the registered cfg says 1000) and its mean/std are the backbone's the model was trained with.
     """
     config = json.loads((output / 'config.json').read_text())
     model_args = dict(config['model_args'])  # timm's export may record num_classes among the model args
     model_args.setdefault('num_classes', config['num_classes'])
-    weights = dict(file=str(output / 'model.safetensors'), num_classes=config['num_classes'])
+    weights = dict(config['pretrained_cfg'], file=str(output / 'model.safetensors'))
     return timm.create_model(config['architecture'], pretrained=True, pretrained_cfg_overlay=weights,
                              **model_args).eval()
 
