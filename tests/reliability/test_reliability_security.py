@@ -1,6 +1,7 @@
 """ Security: weights load only through safetensors or `torch.load(weights_only=True)`, so a pickle checkpoint
 cannot run code; recipes and head options are parsed as plain YAML; dataset metadata cannot point outside the
 dataset root. """
+import contextlib
 import pickle
 import re
 
@@ -96,7 +97,7 @@ def test_resume_never_runs_code_from_a_checkpoint(tiny_data, tmp_path):
     marker = tmp_path / 'executed'
     for pkl in (output / 'checkpoints' / 'epoch_001').glob('*.pkl'):
         write_malicious_pickle(pkl, marker)
-    with pytest.raises(Exception):
+    with contextlib.suppress(Exception):  # refusing the files is fine; running them is not
         cli.run(train_args(tiny_data, output, 2, '--resume'))
     assert not marker.exists()
 
