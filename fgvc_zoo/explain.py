@@ -13,7 +13,7 @@ class-level part participation; IAGN the stage maps, the fused attention and the
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

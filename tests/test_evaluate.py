@@ -103,23 +103,32 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
         evaluate(HalvesModel(), dataset, tta='rotate')
 
 
-@pytest.fixture(scope='module')
-def dpnet_and_data():
+# Every head with dropout and trainable BatchNorm, at the smallest input it takes (LFD needs 6 candidate regions).
+HEADS = {
+    'dpnet': (dict(freeze_backbone=False, drop_rate=0.5), 64),
+    'lfd': (dict(drop_rate=0.5, zoom_size=32), 96),
+    'iagn': (dict(drop_rate=0.5, mid_channels=16, feature_channels=32, hidden_features=16), 64),
+}
+
+
+@pytest.fixture(scope='module', params=list(HEADS))
+def head_and_data(request):
     torch.manual_seed(0)
-    model = timm.create_model('dpnet', backbone='test_resnet', num_classes=3, freeze_backbone=False, drop_rate=0.5)
-    images = torch.randn(40, 3, 64, 64)
-    return model, TensorDataset(images, torch.randint(0, 3, (40,)).tolist(), ['a', 'b', 'c'])
+    model_args, size = HEADS[request.param]
+    model = timm.create_model(request.param, backbone='test_resnet', num_classes=3, **model_args)
+    images = torch.randn(20, 3, size, size)
+    return model, TensorDataset(images, torch.randint(0, 3, (20,)).tolist(), ['a', 'b', 'c'])
 
 
-def test_batch_size_does_not_change_the_results(dpnet_and_data):
-    model, dataset = dpnet_and_data
+def test_batch_size_does_not_change_the_results(head_and_data):
+    model, dataset = head_and_data
     one, thirty_two = evaluate(model, dataset, batch_size=1), evaluate(model, dataset, batch_size=32)
     assert one['confusion'] == thirty_two['confusion']
     assert one['metrics'] == thirty_two['metrics']
 
 
-def test_eval_mode_is_forced_and_the_mode_restored(dpnet_and_data):
-    model, dataset = dpnet_and_data
+def test_eval_mode_is_forced_and_the_mode_restored(head_and_data):
+    model, dataset = head_and_data
     x = dataset.images[:8]
     torch.manual_seed(1)
     train_logits = model.train()(x)
