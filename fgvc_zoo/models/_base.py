@@ -7,12 +7,15 @@ through `forward`, so DDP hooks see it, and one trainer serves every head (`num_
 optimiser steps a batch takes).
 """
 import contextlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Type
 
 import timm
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
@@ -165,6 +168,30 @@ def _backbone_cfg_fields(backbone_cfg) -> Dict[str, Any]:
     return dict(mean=backbone_cfg.mean, std=backbone_cfg.std, first_conv=first_conv)
 
 
+def _align_with_weights_file(pretrained_cfg: Dict[str, Any], variant: str) -> None:
+    """Check a local weights file against the requested head and take its number of classes from the file.
+
+    The registered cfg says 1000 classes; without this, timm would drop the trained classifiers of any local export
+    (and load another head's file with strict=False, silently).
+    """
+    path = Path(pretrained_cfg['file'])
+    config_path = path.with_name('config.json')
+    if config_path.is_file():
+        architecture = json.loads(config_path.read_text()).get('architecture', '')
+        if architecture.split('_')[0] != variant.split('_')[0]:
+            raise ValueError(
+                f"{path} holds '{architecture}' weights ({config_path}), not '{variant}': load it with "
+                f"timm.create_model('{architecture}', ...) or fgvc_zoo.hub.load_model('{path.parent}')."
+            )
+    if path.suffix != '.safetensors' or not path.is_file():
+        return
+    classifier = pretrained_cfg['classifier'][-1] + '.weight'
+    with safe_open(str(path), framework='pt') as f:
+        if classifier not in f.keys():
+            raise ValueError(f"{path} has no '{classifier}': it is not a '{variant}' checkpoint.")
+        pretrained_cfg['num_classes'] = f.get_slice(classifier).get_shape()[0]
+
+
 def _has_weights(cfg: Dict[str, Any]) -> bool:
     return any(cfg.get(k) for k in ('url', 'file', 'state_dict', 'hf_hub_id'))
 
@@ -208,6 +235,8 @@ def build_fgvc_model(
         if backbone_cfg is not None:
             pretrained_cfg.update(_backbone_cfg_fields(backbone_cfg))
     guard = contextlib.nullcontext()
+    if full_weights and pretrained_cfg.get('file'):
+        _align_with_weights_file(pretrained_cfg, variant)
     if full_weights:
         # Hub loads are safetensors-only (timm would fall back to a pickle) and fail naming the repo.
         pretrained_cfg = safetensors_only(pretrained_cfg)

@@ -77,8 +77,6 @@ def test_load_model_of_an_export_with_other_num_classes_keeps_the_backbone(expor
     assert state['hybrid_head.weight'].shape[0] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="the overlay cfg says 1000 classes, so timm drops the classifiers of a "
-                                       "same-class-count file too (gap 2)")
 def test_the_same_num_classes_through_a_weights_file_loads_the_classifiers_too(exported):
     saved = load_file(exported / 'model.safetensors')
     state = overlay_model('lfd', exported / 'model.safetensors', 2, **LFD_KWARGS).state_dict()
@@ -98,8 +96,6 @@ def test_export_of_another_architectures_weights_fails_on_their_names(exported, 
                  '--checkpoint', str(exported / 'model.safetensors'), '--model-kwargs', 'backbone=test_resnet'])
 
 
-@pytest.mark.xfail(strict=True, reason='an LFD file loads into DP-Net with only a log line: the classifiers are '
-                                       'dropped, so the key check is not strict (gap 2)')
 def test_weights_of_another_architecture_are_refused_by_name(exported):
     with pytest.raises(ValueError, match=r"'lfd'.*not.*'dpnet'|'dpnet'.*'lfd'"):
         overlay_model('dpnet', exported / 'model.safetensors', 2, backbone='test_resnet')
