@@ -292,8 +292,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument('images', nargs='+', help='image files')
     add_model_arguments(parser)
-    parser.add_argument('--out', required=True, help='output folder (one <image>_explain.png each); for a single '
-                                                     'image also a .png file path')
+    parser.add_argument('--out', required=True, help='output folder (one <image>_explain.png each, <folder>_<image>_'
+                                                     'explain.png when names repeat); for one image also a .png path')
     parser.add_argument('--parts', type=int, default=3, help='DP-Net: parts drawn (largest V[pred] x part score)')
 
 
@@ -304,10 +304,12 @@ def _output_paths(images: Sequence[str], out: str) -> List[Path]:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         return [Path(out)]
     Path(out).mkdir(parents=True, exist_ok=True)
-    paths = [Path(out) / f'{Path(image).stem}_explain.png' for image in images]
-    if len(set(paths)) != len(paths):
-        raise SystemExit('Two images share a file name; their PNGs would overwrite each other. Rename one.')
-    return paths
+    stems = [Path(image).stem for image in images]
+    if len(set(stems)) != len(stems):  # dataset layouts reuse file names across class folders
+        stems = [f'{Path(image).parent.name}_{Path(image).stem}' for image in images]
+    if len(set(stems)) != len(stems):
+        raise SystemExit('Two images share a folder and file name; their PNGs would overwrite each other. Rename one.')
+    return [Path(out) / f'{stem}_explain.png' for stem in stems]
 
 
 def explain_main(args: argparse.Namespace) -> int:

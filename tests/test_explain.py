@@ -168,3 +168,15 @@ def test_explain_refuses_a_model_that_is_not_a_head():
     with pytest.raises(TypeError, match='not an fgvc_zoo head'):
         explain_images(timm.create_model('test_resnet', num_classes=2), [Image.new('RGB', (64, 64))],
                        T.Compose([T.Resize(64), T.CenterCrop(64), T.ToTensor()]))
+
+
+def test_output_names_take_the_folder_when_file_names_repeat(tmp_path):
+    from fgvc_zoo.explain import _output_paths
+
+    out = str(tmp_path / 'out')
+    assert _output_paths(['a/x.jpg', 'b/y.jpg'], out) == [tmp_path / 'out' / 'x_explain.png',
+                                                          tmp_path / 'out' / 'y_explain.png']
+    assert _output_paths(['cub/bird/0001.jpg', 'cub/cat/0001.jpg'], out) == [
+        tmp_path / 'out' / 'bird_0001_explain.png', tmp_path / 'out' / 'cat_0001_explain.png']
+    with pytest.raises(SystemExit, match='single PNG but 2 images'):
+        _output_paths(['a.jpg', 'b.jpg'], str(tmp_path / 'one.png'))
