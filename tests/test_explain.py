@@ -14,7 +14,7 @@ from torchvision import transforms as T
 from fgvc_zoo.cli import run
 from fgvc_zoo.data import pointing_accuracy
 from fgvc_zoo.evaluate import add_model_arguments, load_from_args
-from fgvc_zoo.explain import dpnet_top_parts, explain_images, view_geometry
+from fgvc_zoo.explain import _output_paths, dpnet_top_parts, explain_images, view_geometry
 from fgvc_zoo.hub import save_pretrained
 from fgvc_zoo.models import Explanation
 
@@ -171,8 +171,6 @@ def test_explain_refuses_a_model_that_is_not_a_head():
 
 
 def test_output_names_take_the_folder_when_file_names_repeat(tmp_path):
-    from fgvc_zoo.explain import _output_paths
-
     out = str(tmp_path / 'out')
     assert _output_paths(['a/x.jpg', 'b/y.jpg'], out) == [tmp_path / 'out' / 'x_explain.png',
                                                           tmp_path / 'out' / 'y_explain.png']
