@@ -16,7 +16,6 @@ import difflib
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -36,6 +35,9 @@ _logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = 'checkpoints'
 CHECKPOINT_STATE = 'trainer_state.json'
+SCHEDULER_STATE = 'scheduler.json'
+EMA_WEIGHTS = 'ema.safetensors'
+LOCK_NAME = '.train.lock'
 _CHECKPOINT_RE = re.compile(r'^epoch_(\d{3,})$')
 
 # dest -> default and dest -> value type of every flag: the arguments themselves default to SUPPRESS so that
@@ -65,7 +67,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, '--num-classes', type=int, help='number of classes; default: the number in the dataset')
     _add(group, '--model-args', help="head options as 'key=value,key=value' (values parsed as YAML)")
     _add(group, '--model-kwargs', help='head options as a YAML mapping, inline or a .yaml file path')
-    _add(group, '--channels-last', action=argparse.BooleanOptionalAction, default=False, help='channels-last memory format')
+    _add(group, '--channels-last', action=argparse.BooleanOptionalAction, default=False,
+         help='channels-last memory format')
     _add(group, '--grad-checkpointing', action=argparse.BooleanOptionalAction, default=False,
          help='gradient checkpointing in the backbone (less memory, more compute)')
 
@@ -84,7 +87,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, '--scale', type=float, nargs=2, help='random-resized-crop area range; default: the data config')
     _add(group, '--hflip', type=float, help='horizontal flip probability; default: the data config')
     _add(group, '--color-jitter', type=float, help='colour jitter strength; default: the data config')
-    _add(group, '--workers', type=int, default=4, help='data loader worker processes per training process')
+    _add(group, '--workers', type=int, default=min(4, os.cpu_count() or 1), help='data loader worker processes per training process')
 
     group = parser.add_argument_group('optimisation')
     _add(group, '--epochs', type=int, default=100, help='training epochs')
@@ -112,7 +115,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group('run')
     _add(group, '--amp', default='no', choices=('no', 'bf16', 'fp16'), help='mixed precision (Accelerate)')
-    _add(group, '--cpu', action=argparse.BooleanOptionalAction, default=False, help='train on CPU even when an accelerator exists')
+    _add(group, '--cpu', action=argparse.BooleanOptionalAction, default=False,
+         help='train on CPU even when an accelerator exists')
     _add(group, '--find-unused-parameters', action=argparse.BooleanOptionalAction, default=False,
          help='DDP searches for unused parameters (on by itself for models with several steps per batch)')
     _add(group, '--seed', type=int, default=42, help='seed of weights, augmentation and the per-epoch shuffle')
@@ -159,7 +163,10 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
         path = Path(recipe)
         if not path.is_file():
             raise FileNotFoundError(f'--recipe {recipe}: no such file.')
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f'--recipe {recipe}: not a plain YAML mapping of flag names to values: {e}') from e
         if not isinstance(values, dict):
             raise ValueError(f'--recipe {recipe}: expected a mapping of flag names to values.')
         for key, value in values.items():
@@ -220,7 +227,7 @@ def state_dict_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
 
 def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
     """The train and val splits (untransformed until the model's data config is known), unreadable images dropped."""
-    from .data import create_dataset, make_synthetic_fgvc
+    from .data import UnreadableDataError, create_dataset, make_synthetic_fgvc
 
     root = config.data_dir
     if config.synthetic:
@@ -233,7 +240,10 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
     for split in (config.train_split, config.val_split):
         dataset = create_dataset(root, split=split, layout=config.dataset_layout,
                                  max_unreadable_fraction=config.max_unreadable, **options)
-        dataset.check_images()  # raises past --max-unreadable; every process drops the same images
+        try:
+            dataset.check_images()  # every process drops the same images
+        except UnreadableDataError as e:
+            raise UnreadableDataError(f'{e} (the trainer flag: --max-unreadable FRACTION)') from e
         splits.append(dataset)
     return splits[0], splits[1]
 
@@ -255,6 +265,11 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     import fgvc_zoo  # noqa: F401  (registers the heads)
 
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
+    architecture = config.model.split('.')[0]
+    if ':' not in config.model and not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, timm.list_models(module=['lfd', 'dpnet', 'iagn']), n=5)
+        hint = f" Close matches: {', '.join(close)}." if close else ''
+        raise ValueError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
     if config.backbone:
         kwargs['backbone'] = config.backbone
     model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
@@ -310,6 +325,21 @@ def _complete_checkpoints(root: Path) -> List[Path]:
     return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
 
 
+def _lock_output(output: Path):
+    """Hold an exclusive lock on OUTPUT for the whole run, so that two runs never write into one folder."""
+    import fcntl
+
+    output.mkdir(parents=True, exist_ok=True)
+    lock = open(output / LOCK_NAME, 'w')
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the OS when the process ends, even on kill
+    except BlockingIOError:
+        lock.close()
+        raise RuntimeError(f'{output} is in use by another run (it holds the lock {output / LOCK_NAME}): wait for '
+                           f'it to finish, or pass another --output.') from None
+    return lock
+
+
 def _find_resume(config: argparse.Namespace) -> Optional[Path]:
     checkpoints = _complete_checkpoints(Path(config.output) / CHECKPOINT_DIR)
     if config.resume is None:
@@ -330,7 +360,28 @@ def _find_resume(config: argparse.Namespace) -> Optional[Path]:
     return checkpoints[-1]
 
 
-def _save_checkpoint(accelerator, output: Path, trainer_state: Dict[str, Any], keep: int) -> Path:
+def _save_extra_state(folder: Path, scheduler, ema) -> None:
+    # Not `register_for_checkpointing`: accelerate would pickle them and unpickle with weights_only=False on
+    # resume, so a crafted checkpoint could run code. JSON and safetensors only hold data.
+    from safetensors.torch import save_file
+
+    (folder / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, str(folder / EMA_WEIGHTS))
+
+
+def _load_extra_state(folder: Path, scheduler, ema) -> None:
+    from safetensors.torch import load_file
+
+    scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
+    if ema is not None:
+        if not (folder / EMA_WEIGHTS).is_file():
+            raise FileNotFoundError(f'--model-ema, but checkpoint {folder} has no {EMA_WEIGHTS}: it was trained '
+                                    f'without EMA. Resume without --model-ema, or start a new --output.')
+        ema.module.load_state_dict(load_file(str(folder / EMA_WEIGHTS)))
+
+
+def _save_checkpoint(accelerator, output: Path, trainer_state: Dict[str, Any], keep: int, scheduler, ema) -> Path:
     """`save_state` into a temporary folder renamed into place, so a kill leaves the previous one whole."""
     root = output / CHECKPOINT_DIR
     final = root / f"epoch_{trainer_state['epoch']:03d}"
@@ -339,13 +390,23 @@ def _save_checkpoint(accelerator, output: Path, trainer_state: Dict[str, Any], k
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its RNG state into the folder
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))  # every process writes its RNG state into the folder
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _save_extra_state(tmp, scheduler, ema)
+            # Written last: a folder with a trainer state is whole (see `_complete_checkpoints`).
+            (tmp / CHECKPOINT_STATE).write_text(json.dumps(trainer_state, indent=2))
+            if final.exists():  # left by an earlier run into the same output
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except OSError as e:
+        kept = _complete_checkpoints(root)
+        raise OSError(e.errno, (
+            f'Writing checkpoint {final} failed ({e.strerror or e}). The last complete checkpoint, '
+            f"{kept[-1] if kept else 'none'}, is untouched: free space or fix {root}, then rerun with --resume."
+        ), e.filename) from e
     if accelerator.is_main_process:
-        (tmp / CHECKPOINT_STATE).write_text(json.dumps(trainer_state, indent=2))
-        if final.exists():  # left by an earlier run into the same output
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for old in _complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -417,7 +478,8 @@ def _train_one_epoch(
         bar.set_postfix(loss=f"{output.loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                         img_s=f'{images_per_s:.1f}')
     means = {k: accelerator.reduce(v / num_forward, reduction='mean').item() for k, v in sorted(totals.items())}
-    return {f'train_{k}': v for k, v in means.items()} | {'train_images_per_s': num_images / (time.perf_counter() - start)}
+    means['images_per_s'] = num_images / (time.perf_counter() - start)
+    return {f'train_{k}': v for k, v in means.items()}
 
 
 @torch.no_grad()
@@ -491,9 +553,7 @@ def _versions() -> Dict[str, str]:
 def train_main(args: argparse.Namespace) -> int:
     """Train, checkpoint every epoch, evaluate, and export the final model into `--output`."""
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-    from accelerate.utils import ProjectConfiguration, gather_object, set_seed
-    from timm.data import Mixup
-    from timm.utils import ModelEmaV3
+    from accelerate.utils import ProjectConfiguration, set_seed
 
     config = resolve_config(args)
     output = Path(config.output)
@@ -510,8 +570,20 @@ def train_main(args: argparse.Namespace) -> int:
         kwargs_handlers=[ddp_kwargs],
     )
     set_seed(config.seed, deterministic=config.deterministic)
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
+    lock = _lock_output(output) if accelerator.is_main_process else None
+    try:
+        return _train(config, accelerator, ddp_kwargs)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
+    from accelerate.utils import gather_object
+    from timm.data import Mixup
+    from timm.utils import ModelEmaV3
+
+    output = Path(config.output)
     resume_from = _find_resume(config)
 
     train_set, val_set = _build_datasets(config, accelerator)
@@ -545,14 +617,12 @@ def train_main(args: argparse.Namespace) -> int:
         val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
         pin_memory=accelerator.device.type == 'cuda')
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed, not prepared.
-    accelerator.register_for_checkpointing(scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed by us, not prepared.
 
     trainer_state: Dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        _load_extra_state(resume_from, scheduler, ema)
         trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
         accelerator.print(f"Resumed from {resume_from} (epoch {trainer_state['epoch']}, step {trainer_state['step']}).")
     last_good = resume_from
@@ -566,7 +636,6 @@ def train_main(args: argparse.Namespace) -> int:
         f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} epochs from epoch '
         f"{trainer_state['epoch'] + 1}.")
 
-    metrics: Dict[str, Any] = {}
     for epoch in range(trainer_state['epoch'], config.epochs):
         scheduler.step(epoch)
         train_loader.set_epoch(epoch)
@@ -579,13 +648,12 @@ def train_main(args: argparse.Namespace) -> int:
                 row |= _evaluate(ema.module, val_loader, accelerator, prefix='ema')
         trainer_state['epoch'] = epoch + 1
         trainer_state['history'].append(row)
-        last_good = _save_checkpoint(accelerator, output, trainer_state, config.keep_checkpoints)
+        last_good = _save_checkpoint(accelerator, output, trainer_state, config.keep_checkpoints, scheduler, ema)
         if accelerator.is_main_process:
             _write_metrics(output, trainer_state['history'])
         if config.log_with:
             accelerator.log({k: v for k, v in row.items() if k != 'epoch'}, step=epoch + 1)
         accelerator.print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
-        metrics = row
 
     exported = ema.module if ema is not None else accelerator.unwrap_model(model)
     digest = state_dict_sha256(exported.state_dict())
@@ -601,7 +669,8 @@ def train_main(args: argparse.Namespace) -> int:
             'train_metrics': {k: v for k, v in final.items() if k.startswith('train_')},
             'history': trainer_state['history'],
             'dataset': {'name': config.dataset_name or Path(train_set.root).name, 'layout': train_set.layout,
-                        'root': str(train_set.root), 'train_images': len(train_set), 'val_images': len(val_set)},
+                        'root': str(train_set.root), 'train_images': len(train_set), 'val_images': len(val_set),
+                        'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable}},
             'exported_weights': 'ema' if ema is not None else 'model',
             'weights_sha256_per_rank': digests,
             'world_size': accelerator.num_processes,
