@@ -241,3 +241,28 @@ def test_weights_digest_sees_a_one_ulp_change():
     assert state_dict_sha256(state) == state_dict_sha256(same)
     same['a.weight'][2] = torch.nextafter(same['a.weight'][2], torch.tensor(2.0))
     assert state_dict_sha256(state) != state_dict_sha256(same)
+
+
+def test_a_second_run_on_a_locked_output_is_refused_until_the_first_ends(tmp_path):
+    from fgvc_zoo.train import _lock_output
+
+    first = _lock_output(tmp_path / 'out')
+    with pytest.raises(RuntimeError, match=r'out is in use by another run'):
+        _lock_output(tmp_path / 'out')
+    first.close()
+    _lock_output(tmp_path / 'out').close()
+
+
+def test_an_unknown_model_names_close_matches():
+    from fgvc_zoo.train import _build_model
+
+    config = parse(['--model', 'lfdd', '--backbone', 'test_resnet', '--synthetic'])
+    with pytest.raises(ValueError, match=r"--model 'lfdd' is not a registered model\. Close matches: lfd\b"):
+        _build_model(config, num_classes=2)
+
+
+def test_a_recipe_that_is_not_plain_yaml_is_refused_naming_the_file(tmp_path):
+    recipe = tmp_path / 'bad.yaml'
+    recipe.write_text('epochs: !!python/object/apply:os.getcwd []\n')
+    with pytest.raises(ValueError, match=r'--recipe \S*bad.yaml: not a plain YAML mapping'):
+        parse(['--recipe', str(recipe), '--synthetic'])
