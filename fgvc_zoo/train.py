@@ -569,6 +569,8 @@ def train_main(args: argparse.Namespace) -> int:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         kwargs_handlers=[ddp_kwargs],
     )
+    if config.log_with and not accelerator.log_with:
+        raise ValueError(f'--log-with {config.log_with}: that tracker is not installed (e.g. pip install tensorboard).')
     set_seed(config.seed, deterministic=config.deterministic)
     lock = _lock_output(output) if accelerator.is_main_process else None
     try:

@@ -266,3 +266,16 @@ def test_a_recipe_that_is_not_plain_yaml_is_refused_naming_the_file(tmp_path):
     recipe.write_text('epochs: !!python/object/apply:os.getcwd []\n')
     with pytest.raises(ValueError, match=r'--recipe \S*bad.yaml: not a plain YAML mapping'):
         parse(['--recipe', str(recipe), '--synthetic'])
+
+
+def test_a_tracker_that_is_not_installed_stops_the_run_before_training(tmp_path):
+    import importlib.util
+
+    from fgvc_zoo.train import train_main
+
+    if importlib.util.find_spec('tensorboard') is not None:
+        pytest.skip('tensorboard is installed here')
+    config = parse(['--model', 'lfd', '--synthetic', '--output', str(tmp_path / 'out'), '--log-with', 'tensorboard'])
+    with pytest.raises(ValueError, match='--log-with tensorboard: that tracker is not installed'):
+        train_main(config)
+    assert not (tmp_path / 'out').exists()
