@@ -35,7 +35,6 @@ def test_a_run_with_one_corrupt_image_completes_and_warns_naming_it(one_corrupt_
     assert (output / 'model.safetensors').is_file()
 
 
-@pytest.mark.xfail(strict=True, reason='results.json records the image counts but not the skipped files (gap 3)')
 def test_the_run_lists_the_skipped_image_in_results_json(one_corrupt_of_20, tolerant_run):
     _, corrupt = one_corrupt_of_20
     output, _ = tolerant_run
@@ -51,8 +50,6 @@ def test_the_default_share_stops_the_run_naming_the_file_and_the_flag(one_corrup
     assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the error says 'raise max_unreadable_fraction' (the Python name), not the "
-                                       "trainer's --max-unreadable flag (gap 3)")
 def test_the_stop_names_the_trainer_flag_to_raise(one_corrupt_of_20, tmp_path):
     root, _ = one_corrupt_of_20
     with pytest.warns(UserWarning), pytest.raises(UnreadableDataError, match='--max-unreadable'):

@@ -49,7 +49,6 @@ def test_timm_itself_names_an_unknown_head():
         timm.create_model('lfdd', backbone='test_resnet')
 
 
-@pytest.mark.xfail(strict=True, reason="train passes --model to timm, whose error has no close matches (gap 1)")
 def test_the_trainer_reports_an_unknown_head_with_close_matches(tiny_data, tmp_path):
     args = train_args(tiny_data, tmp_path / 'run', 1)
     args[args.index('lfd')] = 'lfdd'

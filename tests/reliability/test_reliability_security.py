@@ -89,8 +89,6 @@ def test_an_export_folder_holding_only_a_pickle_is_refused_by_load_model(tmp_pat
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason='accelerate loads custom_checkpoint_*.pkl (the registered scheduler) with '
-                                       'weights_only=False: --resume of a crafted checkpoint runs its code (gap 6)')
 def test_resume_never_runs_code_from_a_checkpoint(tiny_data, tmp_path):
     output = tmp_path / 'run'
     assert cli.run(train_args(tiny_data, output, 1)) == 0
@@ -112,8 +110,6 @@ def test_a_recipe_with_a_python_tag_is_refused_and_nothing_runs(tiny_data, tmp_p
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the recipe's YAML error is yaml's own: it does not name the recipe file "
-                                       "(gap 7)")
 def test_a_recipe_yaml_error_names_the_recipe_file(tiny_data, tmp_path):
     recipe = tmp_path / 'recipe.yaml'
     recipe.write_text("epochs: !!python/object/apply:os.getcwd []\n")

@@ -67,7 +67,6 @@ def test_without_resume_a_second_run_refuses_an_output_that_holds_checkpoints(ti
     assert (output / 'model.safetensors').read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason='no lock on OUTPUT: two runs started together both train into it (gap 4)')
 def test_two_runs_started_together_on_one_output_do_not_both_write_it(tiny_data, tmp_path):
     output = tmp_path / 'shared'
     runs = [run_cli(train_args(tiny_data, output, 2, '--seed', str(seed)), background=True) for seed in (1, 2)]
@@ -110,7 +109,6 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_resume_fini
     assert weights_digest(output) == unbroken
 
 
-@pytest.mark.xfail(strict=True, reason='the trainer re-raises the bare OSError: no checkpoint or fix named (gap 5)')
 def test_a_failed_checkpoint_write_names_the_checkpoint_kept_and_how_to_resume(tiny_data, tmp_path, monkeypatch):
     output = tmp_path / 'run'
     _disk_full_from_epoch_2(monkeypatch)
