@@ -227,11 +227,13 @@ def save_pretrained(
         label_names: Optional[Sequence[str]] = None,
         results: Optional[Dict[str, Any]] = None,
         recipe: Optional[Dict[str, Any]] = None,
+        data_config: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write `model.safetensors`, timm's `config.json` and the `README.md` model card into `out_dir`.
 
     `results` is the trainer's results.json (metrics, resolved config); `recipe` the resolved training config when
-    `results` does not carry it. Returns the folder.
+    `results` does not carry it; `data_config` the preprocessing the weights were trained with (e.g. an input size
+    other than the cfg's 448), recorded in the config's pretrained_cfg. Returns the folder.
     """
     out_dir = Path(out_dir)
     if label_names is not None and len(label_names) != model.num_classes:
@@ -249,6 +251,7 @@ def save_pretrained(
         str(out_dir),
         model_config=model_config,
         model_args=_export_model_args(model),
+        data_config=data_config,
         safe_serialization=True,
     )
     config = json.loads((out_dir / CONFIG_NAME).read_text())

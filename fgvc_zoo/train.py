@@ -534,11 +534,18 @@ def _plot_curves(output: Path, history: List[Dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def _export(model: nn.Module, output: Path, label_names: List[str], results: Dict[str, Any]) -> None:
-    """model.safetensors + config.json (timm format, label names) + model card, via fgvc_zoo.hub."""
+def _export(
+        model: nn.Module,
+        output: Path,
+        label_names: Optional[List[str]],
+        results: Dict[str, Any],
+        img_size: int,
+) -> None:
+    """model.safetensors + config.json (timm format, label names, trained input size) + card, via fgvc_zoo.hub."""
     from .hub import save_pretrained
 
-    save_pretrained(model, output, label_names=label_names, results=results)
+    data_config = dict(input_size=(3, img_size, img_size))
+    save_pretrained(model, output, label_names=label_names, results=results, data_config=data_config)
 
 
 def _versions() -> Dict[str, str]:
@@ -685,7 +692,7 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         if len(label_names) != num_classes:
             _logger.warning('--num-classes %d differs from the %d dataset classes: config.json gets no label_names.',
                             num_classes, len(label_names))
-        _export(exported, output, label_names if len(label_names) == num_classes else None, results)
+        _export(exported, output, label_names if len(label_names) == num_classes else None, results, config.img_size)
         (output / 'results.json').write_text(json.dumps(results, indent=2, default=str))
         _plot_curves(output, trainer_state['history'])
         accelerator.print(f'World size {accelerator.num_processes}; weights identical on every rank ({digest[:12]}). '

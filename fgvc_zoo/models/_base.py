@@ -39,6 +39,8 @@ POPULAR_BACKBONES: Dict[str, str] = {
     'swin_base_patch4_window7_224': 'ms_in22k_ft_in1k',
 }
 
+# Preprocessing fields of an export's config.json that a local weights file brings with it.
+EXPORTED_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 # The datasets of the papers' recipes: `<head>_resnet50.<dataset>` tags name fgvc_zoo's Hub repos for them.
 FGVC_DATASETS: Dict[str, int] = {'cub_200_2011': 200, 'stanford_cars': 196, 'fgvc_aircraft': 100}
 
@@ -169,20 +171,26 @@ def _backbone_cfg_fields(backbone_cfg) -> Dict[str, Any]:
 
 
 def _align_with_weights_file(pretrained_cfg: Dict[str, Any], variant: str) -> None:
-    """Check a local weights file against the requested head and take its number of classes from the file.
+    """Check a local weights file against the requested head and take what it was trained with from its export.
 
-    The registered cfg says 1000 classes; without this, timm would drop the trained classifiers of any local export
-    (and load another head's file with strict=False, silently).
+    The registered cfg says 1000 classes at 448 px with generic mean/std; without this, timm would drop the trained
+    classifiers of any local export (and load another head's file with strict=False, silently). The `config.json`
+    that `fgvc_zoo.hub.save_pretrained` writes beside the weights gives the architecture, preprocessing and labels.
     """
     path = Path(pretrained_cfg['file'])
     config_path = path.with_name('config.json')
     if config_path.is_file():
-        architecture = json.loads(config_path.read_text()).get('architecture', '')
+        config = json.loads(config_path.read_text())
+        architecture = config.get('architecture', '')
         if architecture.split('_')[0] != variant.split('_')[0]:
             raise ValueError(
                 f"{path} holds '{architecture}' weights ({config_path}), not '{variant}': load it with "
                 f"timm.create_model('{architecture}', ...) or fgvc_zoo.hub.load_model('{path.parent}')."
             )
+        exported_cfg = config.get('pretrained_cfg', {})
+        pretrained_cfg.update({k: exported_cfg[k] for k in EXPORTED_DATA_KEYS if k in exported_cfg})
+        if config.get('label_names'):
+            pretrained_cfg['label_names'] = config['label_names']
     if path.suffix != '.safetensors' or not path.is_file():
         return
     classifier = pretrained_cfg['classifier'][-1] + '.weight'
@@ -230,7 +238,7 @@ def build_fgvc_model(
             f"pretrained=True, but neither '{variant}' nor timm's backbone '{backbone_name}' has weights. "
             f"Pass pretrained=False, or a pretrained_cfg_overlay=dict(file='model.safetensors')."
         )
-    if not full_weights:
+    if not full_weights or pretrained_cfg.get('file'):
         backbone_cfg = timm.models.get_pretrained_cfg(backbone_name)
         if backbone_cfg is not None:
             pretrained_cfg.update(_backbone_cfg_fields(backbone_cfg))
