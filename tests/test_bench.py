@@ -94,6 +94,13 @@ def test_channels_last_setting_runs():
     assert result['infer_ratio'] > 0 and result['channels_last']
 
 
+@pytest.mark.parametrize('head', ['lfd', 'dpnet', 'iagn'])
+def test_bf16_autocast_setting_runs(head):
+    # CPU autocast hands LFD's class-activation einsum bf16 features and an fp32 weight: it must not fail on them
+    result = bench_head(_config(head, amp='bf16'), reps=1, warmup=0, train=False)
+    assert result['infer_ratio'] > 0 and result['amp'] == 'bf16'
+
+
 def test_table_flags_ratios_above_target():
     row = dict(head='lfd', backbone='b', img_size=64, batch_size=2, grad_checkpointing=False, infer_head_ms=2.2,
                infer_backbone_ms=2.0, infer_ratio=1.10, infer_flop_ratio=1.01, train_head_ms=3.0,
@@ -124,6 +131,11 @@ def test_bench_command_prints_the_ratio_table_and_writes_json(tmp_path, capsys):
 def test_unknown_head_args_chunk_is_refused():
     with pytest.raises(ValueError, match='HEAD:key=value'):
         run(['bench', '--backbone', 'test_resnet', '--head-args', 'resnet:x=1', '--no-memory'])
+
+
+def test_iagn_training_at_batch_one_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match='--batch-size >= 2 or --no-train'):
+        run(['bench', '--heads', 'iagn', '--batch-size', '1', '--backbone', 'test_resnet', '--no-memory'])
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,12 @@ __all__ = ['class_activation_maps', 'smooth_maps', 'upsample_maps']
 
 
 def class_activation_maps(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """M_k = sum_i W_ki Z_i for every class k: (B, n, h, w) features and (C, n) weights -> (B, C, h, w)."""
-    return torch.einsum('bnhw,cn->bchw', features, weight)
+    """M_k = sum_i W_ki Z_i for every class k: (B, n, h, w) features and (C, n) weights -> (B, C, h, w).
+
+    The weights take the features' dtype: under CPU autocast the backbone returns bf16 features while the fp32
+    classifier weight is not cast for einsum, which then fails on the mixed dtypes.
+    """
+    return torch.einsum('bnhw,cn->bchw', features, weight.to(features.dtype))
 
 
 def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
