@@ -23,7 +23,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['add_bench_arguments', 'bench_main', 'BenchConfig', 'median_ratio', 'interleaved_times', 'bench_head', 'train_peak_memory']
+__all__ = [
+    'add_bench_arguments', 'bench_main', 'BenchConfig', 'median_ratio', 'interleaved_times', 'bench_head',
+    'train_peak_memory',
+]
 
 HEADS = ('lfd', 'dpnet', 'iagn')
 INFERENCE_TARGET = 1.05
@@ -49,7 +52,8 @@ class BenchConfig:
 def median_ratio(head_times: Sequence[float], base_times: Sequence[float]) -> float:
     """Median over repetitions of head_time / base_time of the same repetition (pairs share the machine's load)."""
     if len(head_times) != len(base_times) or not head_times:
-        raise ValueError(f'Need as many head as backbone timings, at least one: {len(head_times)} vs {len(base_times)}.')
+        raise ValueError(
+            f'Need as many head as backbone timings, at least one: {len(head_times)} vs {len(base_times)}.')
     return statistics.median(h / b for h, b in zip(head_times, base_times))
 
 
