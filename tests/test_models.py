@@ -183,3 +183,23 @@ def test_no_weight_decay_names_parameters_of_the_model():
     model = _create('lfd', 'test_vit')
     names = {n for n, _ in model.named_parameters()}
     assert model.no_weight_decay() and model.no_weight_decay() <= names
+
+
+def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(monkeypatch):
+    import fgvc_zoo.models._backbone as backbone_module
+    calls = []
+    create_model = timm.create_model
+
+    def record(name, pretrained=False, **kwargs):  # the Hub is offline in tests: record the request, build random
+        calls.append((name, pretrained))
+        return create_model(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(backbone_module.timm, 'create_model', record)
+    lfd = create_model('lfd_resnet50', pretrained=True, num_classes=7)
+    assert set(calls) == {('resnet50.a1_in1k', True)}
+    assert lfd.hybrid_head.out_features == 7
+
+
+def test_pretrained_with_a_backbone_that_has_no_weights_is_a_clear_error():
+    with pytest.raises(ValueError, match="timm's backbone 'test_maxvit' has weights"):
+        timm.create_model('lfd', backbone='test_maxvit', pretrained=True, num_classes=3)

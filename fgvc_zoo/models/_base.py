@@ -16,14 +16,14 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..hub import hub_cfg, hub_errors, safetensors_only
 from ._backbone import Backbone, check_backbone_name
 
 __all__ = [
-    'FgvcOutput', 'Explanation', 'FgvcModel', 'build_fgvc_model', 'fgvc_cfg', 'default_cfg_entries', 'register_variants',
+    'FgvcOutput', 'Explanation', 'FgvcModel', 'build_fgvc_model', 'fgvc_cfg', 'generate_head_cfgs', 'register_variants',
     'POPULAR_BACKBONES', 'FGVC_DATASETS',
 ]
 
@@ -148,8 +148,8 @@ def fgvc_cfg(backbone: Optional[str] = None, classifier: Sequence[str] = ('head.
     return cfg
 
 
-def default_cfg_entries(head: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """A head's pretrained tags: generic, ImageNet backbone tags first (the defaults), then the FGVC Hub tags."""
+def generate_head_cfgs(head: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict[str, Any]:
+    """A head's `default_cfgs`: generic, ImageNet backbone tags (the defaults), then the FGVC Hub tags."""
     entries = {head: cfg_fn()}
     entries.update({f'{head}_{name}.{tag}': cfg_fn(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()})
     resnet50 = f"resnet50.{POPULAR_BACKBONES['resnet50']}"
@@ -157,7 +157,14 @@ def default_cfg_entries(head: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dic
         f'{head}_resnet50.{dataset}': cfg_fn(resnet50, num_classes=n, **hub_cfg(f'{head}_resnet50.{dataset}'))
         for dataset, n in FGVC_DATASETS.items()
     })
-    return entries
+    cfgs = generate_default_cfgs(entries)
+    # timm makes the first tag with weights of its own the default; `pretrained=True` on a bare variant name must
+    # instead mean the backbone's ImageNet weights (the FGVC tags are for their dataset's classes).
+    for name, tag in POPULAR_BACKBONES.items():
+        tags = cfgs[f'{head}_{name}'].tags
+        tags.remove(tag)
+        tags.appendleft(tag)
+    return cfgs
 
 
 def _backbone_cfg_fields(backbone_cfg) -> Dict[str, Any]:
@@ -233,7 +240,7 @@ def build_fgvc_model(
     tag = pretrained_cfg.get('tag')
     if '.' not in backbone and tag and f'{backbone}.{tag}' in timm.list_pretrained(f'{backbone}.*'):
         backbone_name = f'{backbone}.{tag}'
-    if pretrained and not full_weights and backbone_name.split('.')[0] not in timm.list_models(pretrained=True):
+    if pretrained and not full_weights and not timm.models.is_model_pretrained(backbone_name.split('.')[0]):
         raise ValueError(
             f"pretrained=True, but neither '{variant}' nor timm's backbone '{backbone_name}' has weights. "
             f"Pass pretrained=False, or a pretrained_cfg_overlay=dict(file='model.safetensors')."

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers.cam import class_activation_maps, upsample_maps
 from ..layers.parts import (
@@ -21,7 +21,7 @@ from ..layers.parts import (
 )
 from ._backbone import Backbone
 from ._base import (
-    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, default_cfg_entries, fgvc_cfg, register_variants,
+    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, generate_head_cfgs, register_variants,
 )
 
 __all__ = ['DpNet']
@@ -198,7 +198,7 @@ def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
     return fgvc_cfg(backbone, classifier=('parts', 'head'), **kwargs)
 
 
-default_cfgs = generate_default_cfgs(default_cfg_entries('dpnet', _cfg))
+default_cfgs = generate_head_cfgs('dpnet', _cfg)
 
 
 @register_model

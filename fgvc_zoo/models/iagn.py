@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers.boxes import crop_and_zoom
 from ..layers.cam import upsample_maps
@@ -29,7 +29,7 @@ from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
 from ._backbone import Backbone
 from ._base import (
-    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, default_cfg_entries, fgvc_cfg, register_variants,
+    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, generate_head_cfgs, register_variants,
 )
 
 __all__ = ['Iagn']
@@ -341,7 +341,7 @@ def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
     return fgvc_cfg(backbone, classifier=classifier, **kwargs)
 
 
-default_cfgs = generate_default_cfgs(default_cfg_entries('iagn', _cfg))
+default_cfgs = generate_head_cfgs('iagn', _cfg)
 
 
 @register_model

@@ -11,13 +11,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
 from ._backbone import Backbone
 from ._base import (
-    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, default_cfg_entries, fgvc_cfg, register_variants,
+    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, generate_head_cfgs, register_variants,
 )
 
 __all__ = ['Lfd']
@@ -209,7 +209,7 @@ def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
     return fgvc_cfg(backbone, classifier=('image_head', 'region_head', 'hybrid_head'), **kwargs)
 
 
-default_cfgs = generate_default_cfgs(default_cfg_entries('lfd', _cfg))
+default_cfgs = generate_head_cfgs('lfd', _cfg)
 
 
 @register_model
