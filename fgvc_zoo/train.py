@@ -620,7 +620,9 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
                   label_smoothing=config.label_smoothing, num_classes=num_classes) if mixing else None
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
-        drop_last=mixing,  # timm's Mixup pairs images within a batch and needs an even batch size
+        # As timm's train loader: drop the last partial batch (Mixup pairs images; a batch of one breaks the BatchNorm
+        # of IAGN's classifiers), unless the whole split is smaller than one batch.
+        drop_last=len(train_set) >= config.batch_size,
         pin_memory=accelerator.device.type == 'cuda', persistent_workers=config.workers > 0)
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
