@@ -229,3 +229,10 @@ def test_registered_variants_and_arguments():
         _model(jigsaw_sizes=(8, 4))
     with pytest.raises(ValueError, match='attn_threshold'):
         _model(attn_threshold=1.5)
+
+
+def test_a_training_batch_of_one_is_a_clear_error():
+    model = timm.create_model('iagn', backbone='test_resnet', num_classes=3, mid_channels=8, feature_channels=16,
+                              hidden_features=8).train()
+    with pytest.raises(ValueError, match='batches of at least 2 images'):
+        model(torch.randn(1, 3, 64, 64), target=torch.tensor([0]))

@@ -282,6 +282,11 @@ class Iagn(FgvcModel):
         Folded, every term is computed exactly as in its own step (each recomputes its attended box), so the
         folded loss is the sum of the progressive losses and the two modes compare like for like.
         """
+        if self.training and x.shape[0] < 2:
+            raise ValueError(
+                'IAGN trains on batches of at least 2 images: its classifiers use BatchNorm over the batch. '
+                'Use a larger batch size (the trainer drops a last partial batch).'
+            )
         if self.progressive:
             return self._train_step(x, target, step)
         outputs = [self._train_step(x, target, k) for k in range(self.stages + 1)]
