@@ -236,23 +236,16 @@ def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True,
     model = build_model(cfg)
     result = dict(asdict(cfg), clock=clock)
     timing = dict(reps=reps, warmup=warmup, device=device, clock=clock)
-    fns = inference_fns(model, cfg)
-    head_t, base_t = interleaved_times(*fns, **timing)
-    result.update(
-        infer_flop_ratio=flop_ratio(*fns) if not cfg.compile else float('nan'),
-        infer_head_ms=1e3 * statistics.median(head_t),
-        infer_backbone_ms=1e3 * statistics.median(base_t),
-        infer_ratio=median_ratio(head_t, base_t),
-    )
-    if train:
-        fns = train_fns(model, cfg)
+    phases = dict(infer=inference_fns, train=train_fns) if train else dict(infer=inference_fns)
+    for phase, make_fns in phases.items():
+        fns = make_fns(model, cfg)
         head_t, base_t = interleaved_times(*fns, **timing)
-        result.update(
-            train_flop_ratio=flop_ratio(*fns) if not cfg.compile else float('nan'),
-            train_head_ms=1e3 * statistics.median(head_t),
-            train_backbone_ms=1e3 * statistics.median(base_t),
-            train_ratio=median_ratio(head_t, base_t),
-        )
+        result.update({
+            f'{phase}_flop_ratio': flop_ratio(*fns) if not cfg.compile else float('nan'),
+            f'{phase}_head_ms': 1e3 * statistics.median(head_t),
+            f'{phase}_backbone_ms': 1e3 * statistics.median(base_t),
+            f'{phase}_ratio': median_ratio(head_t, base_t),
+        })
     return result
 
 

@@ -149,17 +149,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument('--checkpoint', help='trained or exported folder (model.safetensors + config.json), '
                                              'hf-hub:ORG/NAME, or a registered pretrained tag')
     source.add_argument('--model', help='a timm model name or tag, created with pretrained=True')
-    parser.add_argument('--img-size', type=int, help="input side; default: the training run's --img-size when the "
-                                                     "folder has results.json, else the model's data config")
+    parser.add_argument('--img-size', type=int, help="input side; default: the model's data config (an export's "
+                                                     "is the size it was trained at)")
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
-
-
-def _trained_img_size(checkpoint: Optional[str]) -> Optional[int]:
-    """The --img-size the trainer used, from the folder's results.json (its config.json keeps the tag's 448)."""
-    if checkpoint is None or not (Path(checkpoint) / 'results.json').is_file():
-        return None
-    config = json.loads((Path(checkpoint) / 'results.json').read_text()).get('config', {})
-    return config.get('img_size')
 
 
 def load_from_args(args: argparse.Namespace) -> Tuple[nn.Module, Any, Optional[List[str]], Dict[str, Any]]:
@@ -175,8 +167,7 @@ def load_from_args(args: argparse.Namespace) -> Tuple[nn.Module, Any, Optional[L
     else:
         model = timm.create_model(args.model, pretrained=True)
     model = model.to(args.device).eval()
-    img_size = args.img_size or _trained_img_size(args.checkpoint)
-    data_config = resolve_fgvc_data_config(model, img_size)
+    data_config = resolve_fgvc_data_config(model, args.img_size)
     transform = create_transforms(data_config, is_training=False)
     return model, transform, label_names(model), data_config
 

@@ -145,10 +145,12 @@ def test_eval_cli_writes_results_the_model_card_consumes(tmp_path):
     data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=3,
                                image_size=64)
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=2)
-    folder = save_pretrained(model, tmp_path / 'model', label_names=synthetic_class_names(2))
+    folder = save_pretrained(model, tmp_path / 'model', label_names=synthetic_class_names(2),
+                             data_config=dict(input_size=(3, 64, 64)))
     out = tmp_path / 'eval' / 'results.json'
-    assert run(['eval', '--checkpoint', str(folder), '--data-dir', data, '--img-size', '64', '--batch-size', '4',
-                '--workers', '0', '--out', str(out)]) == 0
+    # no --img-size: the export's recorded input size (64), not the cfg's 448
+    assert run(['eval', '--checkpoint', str(folder), '--data-dir', data, '--batch-size', '4', '--workers', '0',
+                '--out', str(out)]) == 0
     results = json.loads(out.read_text())
     assert set(results['metrics']) == {'top1', 'top5', 'mean_class_accuracy'}
     assert results['num_images'] == 6 and results['tta'] is None and results['dataset']['split'] == 'val'
