@@ -6,6 +6,7 @@ import math
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
 from fgvc_zoo.layers import distillation_loss, jigsaw
 from fgvc_zoo.models import Iagn
@@ -16,7 +17,8 @@ TINY = dict(mid_channels=8, feature_channels=16, hidden_features=8)
 
 
 def _model(**kwargs) -> Iagn:
-    return timm.create_model('iagn', backbone='test_resnet', num_classes=NUM_CLASSES, **dict(TINY, **kwargs))
+    kwargs = {**TINY, 'num_classes': NUM_CLASSES, **kwargs}
+    return timm.create_model('iagn', backbone='test_resnet', **kwargs)
 
 
 @pytest.fixture
@@ -229,6 +231,17 @@ def test_registered_variants_and_arguments():
         _model(jigsaw_sizes=(8, 4))
     with pytest.raises(ValueError, match='attn_threshold'):
         _model(attn_threshold=1.5)
+
+
+@pytest.mark.parametrize('stages', [2, 4])
+def test_weights_for_other_classes_drop_every_stage_classifier(stages, tmp_path):
+    # The class layers timm drops follow `stages`: 4 stage classifiers and the fused one for stages=4.
+    save_file(_model(stages=stages).state_dict(), str(tmp_path / 'model.safetensors'))
+    model = _model(stages=stages, num_classes=3, pretrained=True,
+                   pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')))
+    expected = tuple(f'stage_classifiers.{i}.fc' for i in range(stages)) + ('fused_classifier.fc',)
+    assert model.pretrained_cfg['classifier'] == expected
+    assert all(c.fc.out_features == 3 for c in [*model.stage_classifiers, model.fused_classifier])
 
 
 def test_a_training_batch_of_one_is_a_clear_error():

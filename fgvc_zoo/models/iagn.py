@@ -229,7 +229,11 @@ class Iagn(FgvcModel):
         return torch.cat([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """fused(x) + fused(zoom(x, box)) from the (B, 2 * S * feature_channels) output of `forward_features`."""
+        """fused(x) + fused(zoom(x, box)) from the (B, 2 * S * feature_channels) output of `forward_features`.
+
+        `pre_logits=True` returns both fused features (`head_hidden_size` wide), the input of the fused classifier
+        BN-FC-BN-ELU-FC, which scores each of the two halves: there is no single vector before `get_classifier()`.
+        """
         x = self.head_drop(x)
         if pre_logits:
             return x
@@ -337,13 +341,22 @@ def _first_last(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return first, last
 
 
+def _classifier_names(stages: int) -> Tuple[str, ...]:
+    """The class layers timm drops from weights trained for other classes: every stage's, then the fused one."""
+    return (*(f'stage_classifiers.{i}.fc' for i in range(stages)), 'fused_classifier.fc')
+
+
 def _create_iagn(variant: str, pretrained: bool = False, **kwargs) -> Iagn:
+    # The registered cfgs name the class layers of the default 3 stages; another `stages` has other layers.
+    if 'stages' in kwargs:
+        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+        overlay.setdefault('classifier', _classifier_names(kwargs['stages']))
+        kwargs['pretrained_cfg_overlay'] = overlay
     return build_fgvc_model(Iagn, variant, pretrained=pretrained, **kwargs)
 
 
 def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
-    classifier = ('stage_classifiers.0.fc', 'stage_classifiers.1.fc', 'stage_classifiers.2.fc', 'fused_classifier.fc')
-    return fgvc_cfg(backbone, classifier=classifier, **kwargs)
+    return fgvc_cfg(backbone, classifier=_classifier_names(3), **kwargs)
 
 
 default_cfgs = generate_head_cfgs('iagn', _cfg)
