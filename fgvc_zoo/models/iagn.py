@@ -218,8 +218,7 @@ class Iagn(FgvcModel):
                 class_index = self.fused_classifier(self._fused_feature(features)).argmax(dim=1)
         else:
             class_index = _class_index(target)
-        detached = [f.detach() for f in features]
-        stage_maps, attention = self.attention_maps(detached, class_index, x.shape[-2:])
+        stage_maps, attention = self.attention_maps(features, class_index, x.shape[-2:])
         boxes = self.attended_boxes(attention)
         return features, self.stage_features(self.zoom(x, boxes)), stage_maps, attention, boxes
 
