@@ -87,7 +87,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, '--scale', type=float, nargs=2, help='random-resized-crop area range; default: the data config')
     _add(group, '--hflip', type=float, help='horizontal flip probability; default: the data config')
     _add(group, '--color-jitter', type=float, help='colour jitter strength; default: the data config')
-    _add(group, '--workers', type=int, default=min(4, os.cpu_count() or 1), help='data loader worker processes per training process')
+    _add(group, '--workers', type=int, default=min(4, os.cpu_count() or 1),
+         help='data loader worker processes per training process')
 
     group = parser.add_argument_group('optimisation')
     _add(group, '--epochs', type=int, default=100, help='training epochs')
@@ -315,6 +316,26 @@ def _build_scheduler(config: argparse.Namespace, optimizer: torch.optim.Optimize
         warmup_epochs=config.warmup_epochs,
     )
     return scheduler
+
+
+def _train_loader(config: argparse.Namespace, train_set, num_processes: int, pin_memory: bool):
+    """Shuffled training batches of `--batch-size` images per process (sharded by `accelerator.prepare`).
+
+    As timm's train loader, the last partial batch is dropped (Mixup pairs images; a batch of one breaks the BatchNorm
+    of IAGN's classifiers), unless the split is smaller than one batch on every process, where dropping it would leave
+    no step at all: then accelerate pads each process's batch to `--batch-size` by repeating images, and a single
+    process trains on the whole split as one batch.
+    """
+    drop_last = len(train_set) >= config.batch_size * num_processes
+    batch = config.batch_size if drop_last or num_processes > 1 else len(train_set)
+    if (config.mixup > 0 or config.cutmix > 0) and batch % 2:
+        at_most = f' of at most {len(train_set)}' if batch < config.batch_size else ''
+        raise ValueError(f'--mixup/--cutmix mix the images of a batch in pairs, so a batch must be even, but it holds '
+                         f'{batch} images ({len(train_set)} training images, --batch-size {config.batch_size}): '
+                         f'pass an even --batch-size{at_most}.')
+    return torch.utils.data.DataLoader(
+        train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.workers, drop_last=drop_last,
+        pin_memory=pin_memory, persistent_workers=config.workers > 0)
 
 
 def _complete_checkpoints(root: Path) -> List[Path]:
@@ -618,12 +639,7 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     mixing = config.mixup > 0 or config.cutmix > 0
     mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
                   label_smoothing=config.label_smoothing, num_classes=num_classes) if mixing else None
-    train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
-        # As timm's train loader: drop the last partial batch (Mixup pairs images; a batch of one breaks the BatchNorm
-        # of IAGN's classifiers), unless the whole split is smaller than one batch.
-        drop_last=len(train_set) >= config.batch_size,
-        pin_memory=accelerator.device.type == 'cuda', persistent_workers=config.workers > 0)
+    train_loader = _train_loader(config, train_set, accelerator.num_processes, accelerator.device.type == 'cuda')
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
         pin_memory=accelerator.device.type == 'cuda')
@@ -638,7 +654,7 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         accelerator.print(f"Resumed from {resume_from} (epoch {trainer_state['epoch']}, step {trainer_state['step']}).")
     last_good = resume_from
 
-    resolved = {k: v for k, v in vars(config).items()}
+    resolved = dict(vars(config))
     if config.log_with:
         scalars = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers('fgvc_zoo', config=scalars)

@@ -15,8 +15,8 @@ from PIL import Image
 
 from fgvc_zoo.data import create_dataset, create_transforms
 from fgvc_zoo.train import (
-    _build_optimizer, _build_scheduler, _check_finite, _find_resume, add_train_arguments, parse_model_kwargs,
-    resolve_config, state_dict_sha256,
+    _build_optimizer, _build_scheduler, _check_finite, _find_resume, _train_loader, add_train_arguments,
+    parse_model_kwargs, resolve_config, state_dict_sha256,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,6 +172,12 @@ def test_model_args_keep_lists_and_yaml_types():
         parse_model_kwargs('zoom_size')
 
 
+def test_there_is_a_recipe_per_head_and_dataset():
+    # Guards the parametrised test below: an empty or moved recipe folder would leave it nothing to check.
+    expected = [f'{head}_resnet50_{data}' for head in ('dpnet', 'iagn', 'lfd') for data in ('aircraft', 'cars', 'cub')]
+    assert [recipe.stem for recipe in RECIPES] == expected
+
+
 @pytest.mark.parametrize('recipe', RECIPES, ids=[r.stem for r in RECIPES])
 def test_paper_recipes_resolve_and_build(recipe):
     config = parse(['--recipe', str(recipe), '--data-dir', 'unused', '--backbone', 'test_resnet'])
@@ -209,6 +215,28 @@ def test_a_frozen_backbone_leaves_only_the_head_group():
     (group,) = _build_optimizer(config, model).param_groups
     assert group['lr'] == 0.01
     assert {id(p) for p in group['params']} == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_a_split_smaller_than_one_batch_still_trains_and_mixup_refuses_an_odd_batch():
+    from accelerate.data_loader import prepare_data_loader
+
+    config = parse(['--model', 'lfd', '--synthetic', '--batch-size', '4', '--workers', '0'])
+    # 6 images at 4 per process on 2 processes: dropping the partial batch would leave no step on either process;
+    # one step each, the second batch padded by accelerate with images from the start of the split.
+    loader = _train_loader(config, list(range(6)), num_processes=2, pin_memory=False)
+    shards = [prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False) for rank in (0, 1)]
+    assert [[len(batch) for batch in shard] for shard in shards] == [[4], [4]]
+    # One process: 3 images are one batch of 3; 9 images are two batches of 4 (the partial batch is dropped).
+    assert [len(batch) for batch in _train_loader(config, list(range(3)), 1, False)] == [3]
+    assert [len(batch) for batch in _train_loader(config, list(range(9)), 1, False)] == [4, 4]
+
+    mixup = parse(['--model', 'lfd', '--synthetic', '--batch-size', '8', '--mixup', '0.2'])
+    with pytest.raises(ValueError, match=r'holds 5 images .* pass an even --batch-size of at most 5\.'):
+        _train_loader(mixup, list(range(5)), 1, False)
+    with pytest.raises(ValueError, match=r'holds 3 images .* pass an even --batch-size\.'):
+        _train_loader(parse(['--model', 'lfd', '--synthetic', '--batch-size', '3', '--cutmix', '1']), list(range(9)),
+                      1, False)
+    assert len(_train_loader(mixup, list(range(6)), 2, False)) == 1  # padded to 8 on each process: even
 
 
 def test_resume_takes_the_last_complete_checkpoint_and_ignores_partial_ones(tmp_path):

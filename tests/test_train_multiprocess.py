@@ -29,3 +29,4 @@ def test_torchrun_two_processes_share_one_model_and_one_output(tmp_path):
                                                                              'random_states_1.pkl']
     # 16 training images, batch 4 per rank: the epoch is 2 steps on each of the 2 ranks, not 4.
     assert results['dataset']['train_images'] == 16
+    assert json.loads((checkpoint / 'trainer_state.json').read_text())['step'] == 2
