@@ -3,8 +3,9 @@
 Unreadable images. `check_images()` decodes every image once up front (a thread pool; JPEGs at 1/8 scale, which
 still reads the whole stream) and drops the unreadable ones from `.samples` with a warning naming each; their
 paths are in `.unreadable` (reasons in `.unreadable_reasons`) for the run's output, and `UnreadableDataError` is
-raised when more than `max_unreadable_fraction` of the split is unreadable. The trainer calls it once on the main
-process before building its loaders, so the list is complete and not lost inside DataLoader worker copies.
+raised when more than `max_unreadable_fraction` of the split is unreadable. The trainer calls it in every process
+before building its loaders, so that all ranks drop the same images and the list is complete, not lost inside
+DataLoader worker copies.
 A file that still fails later (changed on disk after the check, or no check was run) is warned about by name
 and replaced by the next readable sample, so a long run does not die on one file; it is recorded in that
 process's copy of `.unreadable` only.
