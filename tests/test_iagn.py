@@ -120,6 +120,19 @@ def test_explain_maps_in_input_pixels(batch):
     assert torch.allclose(explanation.logits, model(x), atol=1e-5)
 
 
+def test_box_score_is_the_attention_share_inside_the_box(batch):
+    x, _ = batch
+    # Threshold 0: the box is the whole image and holds all of the attention.
+    whole = _model(attn_threshold=0.0).eval().explain(x)
+    torch.testing.assert_close(whole.scores, torch.ones(4, 1))
+    # A high threshold: a part of the image, scored by the attention summed over its pixel slice over the total.
+    part = _model(attn_threshold=0.9).eval().explain(x)
+    boxes = part.boxes[:, 0].int().tolist()
+    for attention, (x1, y1, x2, y2), score in zip(part.heatmaps['attention'][:, 0], boxes, part.scores):
+        assert score.item() == pytest.approx((attention[y1:y2, x1:x2].sum() / attention.sum()).item(), rel=1e-5)
+    assert (part.scores < 1).any()
+
+
 def test_cell_scores_are_the_classifier_on_a_cell():
     """The CAM scores a cell as the classifier would score it as a pooled feature (eval mode)."""
     classifier = _model().stage_classifiers[0]
