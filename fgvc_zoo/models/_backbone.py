@@ -7,7 +7,7 @@ model-dependent decision is asking for `dynamic_img_size=True` where the model c
 448 image and 224 crops go through the same weights (ViT, Swin, ...).
 """
 import difflib
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List
 
 import timm
 import torch
@@ -55,12 +55,9 @@ class Backbone(nn.Module):
             name: str,
             pretrained: bool = False,
             num_stages: int = 1,
-            pretrained_cfg: Optional[Union[str, Dict[str, Any]]] = None,
             **kwargs: Any,
     ):
         super().__init__()
-        if pretrained_cfg is not None:
-            kwargs['pretrained_cfg'] = pretrained_cfg
         self.model = create_backbone_model(name, pretrained=pretrained, **kwargs)
         if not hasattr(self.model, 'forward_intermediates'):
             raise ValueError(
@@ -83,8 +80,12 @@ class Backbone(nn.Module):
         self.strides = [feature_info[i]['reduction'] for i in self.stage_indices]
         self.num_features = self.channels[-1]
         self.stride = self.strides[-1]
-        self.pretrained_cfg = self.model.pretrained_cfg
         self.grad_checkpointing = False
+
+    @property
+    def pretrained_cfg(self) -> Dict[str, Any]:
+        """The timm model's pretrained cfg (its Hub id is the `base_model` of an exported card)."""
+        return self.model.pretrained_cfg
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Return the NCHW maps of the configured stages, shallowest first."""
@@ -123,6 +124,4 @@ def _prefix_matcher(matcher: Any, prefix: str) -> Any:
         return _prefix_regex(matcher, prefix)
     if isinstance(matcher, (list, tuple)):
         return [(_prefix_regex(r, prefix), order) for r, order in matcher]
-    if callable(matcher):
-        return lambda name: matcher(name[len(prefix):]) if name.startswith(prefix) else None
     raise TypeError(f'Unsupported group matcher {matcher!r}')

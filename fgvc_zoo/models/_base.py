@@ -16,7 +16,7 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..hub import hub_cfg, hub_errors, safetensors_only
@@ -124,7 +124,7 @@ class FgvcModel(nn.Module):
         return self.backbone.parameters()
 
 
-def fgvc_cfg(backbone: Optional[str] = None, classifier: Sequence[str] = ('head.fc',), **kwargs: Any) -> Dict:
+def fgvc_cfg(backbone: Optional[str], classifier: Sequence[str], **kwargs: Any) -> Dict:
     """A pretrained cfg at the FGVC resolution (448) with the mean/std of the backbone's ImageNet weights."""
     cfg = {
         'url': '',
@@ -249,15 +249,13 @@ def build_fgvc_model(
         backbone_cfg = timm.models.get_pretrained_cfg(backbone_name)
         if backbone_cfg is not None:
             pretrained_cfg.update(_backbone_cfg_fields(backbone_cfg))
-    guard = contextlib.nullcontext()
     if full_weights and pretrained_cfg.get('file'):
         _align_with_weights_file(pretrained_cfg, variant)
     if full_weights:
         # Hub loads are safetensors-only (timm would fall back to a pickle) and fail naming the repo.
         pretrained_cfg = safetensors_only(pretrained_cfg)
-        if pretrained_cfg.get('hf_hub_id'):
-            guard = hub_errors(pretrained_cfg['hf_hub_id'])
-    with guard:
+    hub_id = pretrained_cfg.get('hf_hub_id') if full_weights else None
+    with hub_errors(hub_id) if hub_id else contextlib.nullcontext():
         model = build_model_with_cfg(
             model_cls,
             variant,
@@ -279,8 +277,6 @@ def register_variants(
         namespace: Dict[str, Any],
 ) -> None:
     """Register `<head>_<backbone>` entrypoints for the popular backbones into a model file's namespace."""
-    from timm.models import register_model
-
     for backbone in POPULAR_BACKBONES:
         def entrypoint(pretrained: bool = False, _backbone: str = backbone, **kwargs) -> FgvcModel:
             kwargs.setdefault('backbone', _backbone)
