@@ -47,3 +47,14 @@ def test_too_many_stages_is_a_clear_error():
 def test_unused_backbone_layers_are_pruned():
     backbone = Backbone('test_convnext')
     assert not any(n.startswith('head.') for n, _ in backbone.model.named_parameters())
+
+
+@pytest.mark.parametrize('name', ['test_resnet', 'test_vit'])
+def test_asking_for_fewer_stages_returns_the_same_shallow_maps(name):
+    backbone = Backbone(name, num_stages=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        every_stage, first_two = backbone(x), backbone(x, num_stages=2)
+    assert len(first_two) == 2
+    for full, early in zip(every_stage[:2], first_two):
+        torch.testing.assert_close(early, full)

@@ -7,7 +7,7 @@ model-dependent decision is asking for `dynamic_img_size=True` where the model c
 448 image and 224 crops go through the same weights (ViT, Swin, ...).
 """
 import difflib
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
@@ -87,12 +87,18 @@ class Backbone(nn.Module):
         """The timm model's pretrained cfg (its Hub id is the `base_model` of an exported card)."""
         return self.model.pretrained_cfg
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Return the NCHW maps of the configured stages, shallowest first."""
+    def forward(self, x: torch.Tensor, num_stages: Optional[int] = None) -> List[torch.Tensor]:
+        """Return the NCHW maps of the configured stages, shallowest first.
+
+        `num_stages` returns only the first that many of them and stops the backbone there (a head that trains one
+        stage at a time need not run the deeper ones).
+        """
+        indices = self.stage_indices if num_stages is None else self.stage_indices[:num_stages]
         return self.model.forward_intermediates(
             x,
-            indices=self.stage_indices,
+            indices=indices,
             norm=True,
+            stop_early=num_stages is not None,
             output_fmt='NCHW',
             intermediates_only=True,
         )

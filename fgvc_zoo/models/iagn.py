@@ -249,7 +249,7 @@ class Iagn(FgvcModel):
             features = self.stage_features(x)
             _, attention = self.attention_maps(features, _class_index(target), x.shape[-2:])
         puzzle = jigsaw(self.zoom(x, self.attended_boxes(attention)), self.jigsaw_sizes[stage])
-        stage_maps = self.backbone(puzzle)
+        stage_maps = self.backbone(puzzle, num_stages=stage + 1)  # deeper stages do not feed this step
         logits = self.stage_logits(self.stage_convs[stage](stage_maps[stage]), stage)
         losses = {f'ce_stage{stage + 1}': F.cross_entropy(logits, target)}
         loss = losses[f'ce_stage{stage + 1}']
