@@ -121,7 +121,7 @@ def _image(cfg: BenchConfig, batch_size: int, size: int) -> torch.Tensor:
 
 
 # One backbone pass a head needs: its input, whether the loss back-propagates through it, and which of the
-# backbone's maps the loss reads (None: all of them; IAGN's stage step k reads map k only, so backward stops there).
+# backbone's maps the loss reads (None: all of them; IAGN's stage step k runs the backbone up to map k and reads it).
 Pass = Tuple[torch.Tensor, bool, Optional[int]]
 
 
@@ -130,8 +130,7 @@ def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> List[Lis
 
     Inference is one step. LFD: the image and l crops per image at `zoom_size` (m crops in training).
     DP-Net: the image (without gradient when the backbone is frozen). IAGN: the image and its zoom; in training,
-    each stage step k a grad-free pass on the image (the box) and a pass on the zoomed jigsaw whose loss reads map
-    k, then the fused step on the image and the zoom.
+    each stage step k a grad-free pass on the image (the box) and a pass on the zoomed jigsaw up to map k, then the fused step on the image and the zoom.
     """
     batch, size = cfg.batch_size, cfg.img_size
     x = _image(cfg, batch, size)
@@ -206,7 +205,7 @@ def train_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None], C
             loss = 0.
             for inputs, needs_grad, stage in passes:
                 with torch.set_grad_enabled(needs_grad), _autocast(cfg):
-                    maps = backbone(inputs)
+                    maps = backbone(inputs) if stage is None else backbone(inputs, num_stages=stage + 1)
                 if needs_grad:
                     loss = loss + sum(m.float().mean() for m in (maps if stage is None else maps[stage:stage + 1]))
             if torch.is_tensor(loss):
