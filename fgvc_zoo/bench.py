@@ -1,4 +1,4 @@
-""" `fgvc-zoo bench`: what each head costs on top of the backbone passes it cannot avoid.
+"""`fgvc-zoo bench`: what each head costs on top of the backbone passes it cannot avoid.
 
 A head's floor is physical: LFD at inference is one backbone pass on the image plus l passes on zoomed crops,
 DP-Net one pass, IAGN a pass on the image and one on its attended zoom. The bench times `model(x)` against exactly
@@ -8,6 +8,7 @@ compares one full train step (all `num_train_steps` optimiser steps) with the ba
 the same inputs. Peak memory of a train step is the kernel's peak RSS on CPU (torch's CPU allocations are
 invisible to tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA.
 """
+
 import argparse
 import contextlib
 import json
@@ -17,14 +18,19 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 __all__ = [
-    'add_bench_arguments', 'bench_main', 'BenchConfig', 'median_ratio', 'interleaved_times', 'bench_head',
+    'add_bench_arguments',
+    'bench_main',
+    'BenchConfig',
+    'median_ratio',
+    'interleaved_times',
+    'bench_head',
     'train_peak_memory',
 ]
 
@@ -36,14 +42,15 @@ TRAIN_TARGET = 1.10
 @dataclass
 class BenchConfig:
     """One benchmarked setting; `head_args` go to `timm.create_model` next to the backbone and classes."""
+
     head: str
     backbone: str = 'resnet18'
     img_size: int = 160
     batch_size: int = 2
     num_classes: int = 10
-    head_args: Dict = field(default_factory=dict)
+    head_args: dict = field(default_factory=dict)
     device: str = 'cpu'
-    amp: Optional[str] = None
+    amp: str | None = None
     channels_last: bool = False
     compile: bool = False
     grad_checkpointing: bool = False
@@ -53,8 +60,9 @@ def median_ratio(head_times: Sequence[float], base_times: Sequence[float]) -> fl
     """Median over repetitions of head_time / base_time of the same repetition (pairs share the machine's load)."""
     if len(head_times) != len(base_times) or not head_times:
         raise ValueError(
-            f'Need as many head as backbone timings, at least one: {len(head_times)} vs {len(base_times)}.')
-    return statistics.median(h / b for h, b in zip(head_times, base_times))
+            f'Need as many head as backbone timings, at least one: {len(head_times)} vs {len(base_times)}.'
+        )
+    return statistics.median(h / b for h, b in zip(head_times, base_times, strict=False))
 
 
 def _sync(device: torch.device) -> None:
@@ -74,18 +82,19 @@ def _timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], flo
 
 
 def interleaved_times(
-        head_fn: Callable[[], None],
-        base_fn: Callable[[], None],
-        reps: int,
-        warmup: int = 1,
-        device: torch.device = torch.device('cpu'),
-        clock: str = 'wall',
-) -> Tuple[List[float], List[float]]:
+    head_fn: Callable[[], None],
+    base_fn: Callable[[], None],
+    reps: int,
+    warmup: int = 1,
+    device: torch.device | None = None,
+    clock: str = 'wall',
+) -> tuple[list[float], list[float]]:
     """Seconds of `head_fn` and `base_fn` over `reps` interleaved repetitions, after `warmup` untimed ones each.
 
     clock='cpu' counts this process's CPU seconds: on a CPU shared with other jobs it measures the work done, not
     the time spent waiting for a core (wall time on a loaded 2-core machine mostly measures the neighbours).
     """
+    device = device if device is not None else torch.device('cpu')
     for _ in range(warmup):
         head_fn()
         base_fn()
@@ -100,6 +109,7 @@ def build_model(cfg: BenchConfig) -> nn.Module:
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
+
     model = timm.create_model(cfg.head, backbone=cfg.backbone, num_classes=cfg.num_classes, **cfg.head_args)
     model.to(cfg.device)
     if cfg.channels_last:
@@ -122,15 +132,16 @@ def _image(cfg: BenchConfig, batch_size: int, size: int) -> torch.Tensor:
 
 # One backbone pass a head needs: its input, whether the loss back-propagates through it, and which of the
 # backbone's maps the loss reads (None: all of them; IAGN's stage step k runs the backbone up to map k and reads it).
-Pass = Tuple[torch.Tensor, bool, Optional[int]]
+Pass = tuple[torch.Tensor, bool, int | None]
 
 
-def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> List[List[Pass]]:
+def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> list[list[Pass]]:
     """The backbone passes the head needs, grouped by optimiser step.
 
     Inference is one step. LFD: the image and l crops per image at `zoom_size` (m crops in training).
     DP-Net: the image (without gradient when the backbone is frozen). IAGN: the image and its zoom; in training,
-    each stage step k a grad-free pass on the image (the box) and a pass on the zoomed jigsaw up to map k, then the fused step on the image and the zoom.
+    each stage step k a grad-free pass on the image (the box) and a pass on the zoomed jigsaw up to map k, then the
+    fused step on the image and the zoom.
     """
     batch, size = cfg.batch_size, cfg.img_size
     x = _image(cfg, batch, size)
@@ -157,7 +168,7 @@ def _compiled(fn: Callable, cfg: BenchConfig) -> Callable:
     return torch.compile(fn) if cfg.compile else fn
 
 
-def inference_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None], Callable[[], None]]:
+def inference_fns(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], Callable[[], None]]:
     """`model(x)` in eval mode, and the backbone passes it needs, both under inference mode."""
     model.eval()
     x = _image(cfg, cfg.batch_size, cfg.img_size)
@@ -176,7 +187,7 @@ def inference_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None
     return run_head, run_backbone
 
 
-def train_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None], Callable[[], None]]:
+def train_fns(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], Callable[[], None]]:
     """One full train step of the head (every optimiser step of a batch), and the backbone's passes for it.
 
     Both use SGD with momentum over their trainable parameters, so the optimiser's own cost is on both sides.
@@ -202,12 +213,12 @@ def train_fns(model: nn.Module, cfg: BenchConfig) -> Tuple[Callable[[], None], C
         for passes in steps:
             if backbone_opt is not None:
                 backbone_opt.zero_grad(set_to_none=True)
-            loss = 0.
+            loss = 0.0
             for inputs, needs_grad, stage in passes:
                 with torch.set_grad_enabled(needs_grad), _autocast(cfg):
                     maps = backbone(inputs) if stage is None else backbone(inputs, num_stages=stage + 1)
                 if needs_grad:
-                    loss = loss + sum(m.float().mean() for m in (maps if stage is None else maps[stage:stage + 1]))
+                    loss = loss + sum(m.float().mean() for m in (maps if stage is None else maps[stage : stage + 1]))
             if torch.is_tensor(loss):
                 loss.backward()
                 backbone_opt.step()
@@ -228,7 +239,7 @@ def flop_ratio(head_fn: Callable[[], None], base_fn: Callable[[], None]) -> floa
     return counts[0] / counts[1]
 
 
-def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True, clock: str = 'wall') -> Dict:
+def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True, clock: str = 'wall') -> dict:
     """Inference and train-step timings and their median ratios for one configuration."""
     torch.manual_seed(0)
     device = torch.device(cfg.device)
@@ -239,19 +250,21 @@ def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True,
     for phase, make_fns in phases.items():
         fns = make_fns(model, cfg)
         head_t, base_t = interleaved_times(*fns, **timing)
-        result.update({
-            f'{phase}_flop_ratio': flop_ratio(*fns) if not cfg.compile else float('nan'),
-            f'{phase}_head_ms': 1e3 * statistics.median(head_t),
-            f'{phase}_backbone_ms': 1e3 * statistics.median(base_t),
-            f'{phase}_ratio': median_ratio(head_t, base_t),
-        })
+        result.update(
+            {
+                f'{phase}_flop_ratio': flop_ratio(*fns) if not cfg.compile else float('nan'),
+                f'{phase}_head_ms': 1e3 * statistics.median(head_t),
+                f'{phase}_backbone_ms': 1e3 * statistics.median(base_t),
+                f'{phase}_ratio': median_ratio(head_t, base_t),
+            }
+        )
     return result
 
 
 def _status_mb(field_name: str) -> float:
     with open('/proc/self/status') as f:
         kib = next(int(line.split()[1]) for line in f if line.startswith(field_name + ':'))
-    return kib / 2 ** 10
+    return kib / 2**10
 
 
 def _reset_cpu_peak() -> float:
@@ -285,7 +298,7 @@ def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> float:
         before = torch.cuda.memory_allocated(cfg.device)
         fn()
         fn()
-        return (torch.cuda.max_memory_allocated(cfg.device) - before) / 2 ** 20
+        return (torch.cuda.max_memory_allocated(cfg.device) - before) / 2**20
     before = _reset_cpu_peak()
     fn()
     fn()
@@ -306,11 +319,11 @@ def profile_head(cfg: BenchConfig, train: bool, row_limit: int = 15) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
 
 
-def _parse_head_args(text: Optional[str]) -> Dict[str, Dict]:
+def _parse_head_args(text: str | None) -> dict[str, dict]:
     """'lfd:zoom_size=112,region_sizes=[0.3,0.4];iagn:zoom_size=112' -> {'lfd': {...}, 'iagn': {...}} (YAML)."""
     import yaml
 
-    parsed: Dict[str, Dict] = {}
+    parsed: dict[str, dict] = {}
     for chunk in filter(None, (text or '').split(';')):
         head, _, pairs = chunk.partition(':')
         if head not in HEADS or not pairs:
@@ -321,7 +334,7 @@ def _parse_head_args(text: Optional[str]) -> Dict[str, Dict]:
     return parsed
 
 
-def format_table(rows: Sequence[Dict]) -> str:
+def format_table(rows: Sequence[dict]) -> str:
     """Markdown table of the ratios, flagging those above target."""
     lines = [
         '| head | backbone | img | batch | infer head ms | infer backbone ms | infer ratio | infer FLOP ratio | '
@@ -330,52 +343,77 @@ def format_table(rows: Sequence[Dict]) -> str:
     ]
     for r in rows:
         infer_flag = '' if r['infer_ratio'] <= INFERENCE_TARGET else ' (>1.05)'
-        train = ('| n/a | n/a | n/a | n/a |' if 'train_ratio' not in r else
-                 f"| {r['train_head_ms']:.1f} | {r['train_backbone_ms']:.1f} | {r['train_ratio']:.3f}"
-                 f"{'' if r['train_ratio'] <= TRAIN_TARGET else ' (>1.10)'} | {r['train_flop_ratio']:.3f} |")
+        train = (
+            '| n/a | n/a | n/a | n/a |'
+            if 'train_ratio' not in r
+            else f'| {r["train_head_ms"]:.1f} | {r["train_backbone_ms"]:.1f} | {r["train_ratio"]:.3f}'
+            f'{"" if r["train_ratio"] <= TRAIN_TARGET else " (>1.10)"} | {r["train_flop_ratio"]:.3f} |'
+        )
         lines.append(
-            f"| {r['head']}{' +ckpt' if r['grad_checkpointing'] else ''} | {r['backbone']} | {r['img_size']} | "
-            f"{r['batch_size']} | {r['infer_head_ms']:.1f} | {r['infer_backbone_ms']:.1f} | "
-            f"{r['infer_ratio']:.3f}{infer_flag} | {r['infer_flop_ratio']:.3f} {train}"
+            f'| {r["head"]}{" +ckpt" if r["grad_checkpointing"] else ""} | {r["backbone"]} | {r["img_size"]} | '
+            f'{r["batch_size"]} | {r["infer_head_ms"]:.1f} | {r["infer_backbone_ms"]:.1f} | '
+            f'{r["infer_ratio"]:.3f}{infer_flag} | {r["infer_flop_ratio"]:.3f} {train}'
         )
     return '\n'.join(lines)
 
 
-def format_memory_table(rows: Sequence[Dict]) -> str:
+def format_memory_table(rows: Sequence[dict]) -> str:
     lines = [
         '| head | backbone | img | batch | grad ckpt | head train-step MiB | backbone passes MiB | ratio |',
         '|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         lines.append(
-            f"| {r['head']} | {r['backbone']} | {r['img_size']} | {r['batch_size']} | {r['grad_checkpointing']} | "
-            f"{r['head_step_mb']:.0f} | {r['backbone_step_mb']:.0f} | "
-            f"{r['head_step_mb'] / max(r['backbone_step_mb'], 1e-9):.2f} |"
+            f'| {r["head"]} | {r["backbone"]} | {r["img_size"]} | {r["batch_size"]} | {r["grad_checkpointing"]} | '
+            f'{r["head_step_mb"]:.0f} | {r["backbone_step_mb"]:.0f} | '
+            f'{r["head_step_mb"] / max(r["backbone_step_mb"], 1e-9):.2f} |'
         )
     return '\n'.join(lines)
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--heads', nargs='+', default=list(HEADS), choices=HEADS, help='heads to time')
-    parser.add_argument('--backbone', default='resnet18',
-                        help='timm backbone, random init (default: resnet18, the largest real ResNet whose default '
-                             'run fits 10 minutes on 2 shared CPU cores)')
+    parser.add_argument(
+        '--backbone',
+        default='resnet18',
+        help='timm backbone, random init (default: resnet18, the largest real ResNet whose default '
+        'run fits 10 minutes on 2 shared CPU cores)',
+    )
     parser.add_argument('--img-size', type=int, nargs='+', default=[160], help='input sides to sweep (default: 160)')
     parser.add_argument('--batch-size', type=int, nargs='+', default=[2], help='batch sizes to sweep (default: 2)')
     parser.add_argument('--num-classes', type=int, default=10, help='classes (default: 10)')
-    parser.add_argument('--zoom-ratio', type=float, default=0.5,
-                        help="LFD's zoom_size as a fraction of the input side (paper: 224 / 448 = 0.5)")
-    parser.add_argument('--head-args', default=None,
-                        help="extra head kwargs, 'lfd:num_regions=6,cam_sigma=0;iagn:zoom_size=112' (YAML values)")
+    parser.add_argument(
+        '--zoom-ratio',
+        type=float,
+        default=0.5,
+        help="LFD's zoom_size as a fraction of the input side (paper: 224 / 448 = 0.5)",
+    )
+    parser.add_argument(
+        '--head-args',
+        default=None,
+        help="extra head kwargs, 'lfd:num_regions=6,cam_sigma=0;iagn:zoom_size=112' (YAML values)",
+    )
     parser.add_argument('--reps', type=int, default=5, help='interleaved timed repetitions (default: 5)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed warm-up calls of each side (default: 1)')
-    parser.add_argument('--threads', type=int, default=1,
-                        help='torch.set_num_threads (default: 1, so that CPU time is not inflated by spin-waiting)')
-    parser.add_argument('--clock', choices=tuple(CLOCKS), default=None,
-                        help="'cpu' (process CPU seconds, default on CPU) or 'wall' (default on CUDA)")
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=1,
+        help='torch.set_num_threads (default: 1, so that CPU time is not inflated by spin-waiting)',
+    )
+    parser.add_argument(
+        '--clock',
+        choices=tuple(CLOCKS),
+        default=None,
+        help="'cpu' (process CPU seconds, default on CPU) or 'wall' (default on CUDA)",
+    )
     parser.add_argument('--no-train', dest='train', action='store_false', help='time inference only')
-    parser.add_argument('--memory', action=argparse.BooleanOptionalAction, default=True,
-                        help='peak memory of a train step, with and without grad checkpointing (default: on)')
+    parser.add_argument(
+        '--memory',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='peak memory of a train step, with and without grad checkpointing (default: on)',
+    )
     parser.add_argument('--grad-checkpointing', action='store_true', help='also time train steps with checkpointing')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
     parser.add_argument('--amp', choices=('bf16', 'fp16'), default=None, help='autocast dtype (default: fp32)')
@@ -385,23 +423,35 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', default=None, help='also write every result to this JSON file')
 
 
-def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> List[BenchConfig]:
+def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> list[BenchConfig]:
     head_args = _parse_head_args(args.head_args)
     configs = []
     for head in args.heads:
         for size in args.img_size:
             for batch in args.batch_size:
                 if head == 'iagn' and batch < 2 and args.train:
-                    raise ValueError('--batch-size 1 cannot time IAGN training: its BatchNorm1d classifiers need at '
-                                     'least 2 images per batch in train mode. Use --batch-size >= 2 or --no-train.')
+                    raise ValueError(
+                        '--batch-size 1 cannot time IAGN training: its BatchNorm1d classifiers need at '
+                        'least 2 images per batch in train mode. Use --batch-size >= 2 or --no-train.'
+                    )
                 extra = dict(head_args.get(head, {}))
                 if head == 'lfd':
                     extra.setdefault('zoom_size', int(round(size * args.zoom_ratio)))
-                configs.append(BenchConfig(
-                    head=head, backbone=args.backbone, img_size=size, batch_size=batch, num_classes=args.num_classes,
-                    head_args=extra, device=args.device, amp=args.amp, channels_last=args.channels_last,
-                    compile=args.compile, grad_checkpointing=grad_checkpointing,
-                ))
+                configs.append(
+                    BenchConfig(
+                        head=head,
+                        backbone=args.backbone,
+                        img_size=size,
+                        batch_size=batch,
+                        num_classes=args.num_classes,
+                        head_args=extra,
+                        device=args.device,
+                        amp=args.amp,
+                        channels_last=args.channels_last,
+                        compile=args.compile,
+                        grad_checkpointing=grad_checkpointing,
+                    )
+                )
     return configs
 
 
@@ -410,8 +460,10 @@ def _machine() -> str:
     with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
         cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
     load = ' '.join(f'{v:.2f}' for v in os.getloadavg())
-    return (f'{cpu}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, torch {torch.__version__}, '
-            f'load average {load}, {time.strftime("%Y-%m-%d %H:%M %Z")}')
+    return (
+        f'{cpu}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, torch {torch.__version__}, '
+        f'load average {load}, {time.strftime("%Y-%m-%d %H:%M %Z")}'
+    )
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -428,17 +480,21 @@ def bench_main(args: argparse.Namespace) -> int:
                 print(profile_head(cfg, train=False))
                 if args.train:
                     print(profile_head(cfg, train=True))
-    print(f'\nRatios ({clock} clock; median of interleaved per-pair ratios; '
-          f'targets: inference <= {INFERENCE_TARGET}, train step <= {TRAIN_TARGET})')
+    print(
+        f'\nRatios ({clock} clock; median of interleaved per-pair ratios; '
+        f'targets: inference <= {INFERENCE_TARGET}, train step <= {TRAIN_TARGET})'
+    )
     print(format_table(rows))
     memory_rows = []
     if args.memory and args.train:
         for cfg in _configs(args, False) + _configs(args, True):
-            memory_rows.append(dict(
-                asdict(cfg),
-                head_step_mb=train_peak_memory(cfg, backbone_only=False),
-                backbone_step_mb=train_peak_memory(cfg, backbone_only=True),
-            ))
+            memory_rows.append(
+                dict(
+                    asdict(cfg),
+                    head_step_mb=train_peak_memory(cfg, backbone_only=False),
+                    backbone_step_mb=train_peak_memory(cfg, backbone_only=True),
+                )
+            )
         kind = 'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'VmHWM, reset before the steps'
         print(f'\nPeak memory two train steps add to the built model ({kind})')
         print(format_memory_table(memory_rows))

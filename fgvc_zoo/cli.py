@@ -1,12 +1,12 @@
-""" `fgvc-zoo {train,eval,predict,explain,export,push,list,bench}`.
+"""`fgvc-zoo {train,eval,predict,explain,export,push,list,bench}`.
 
 Each subcommand NAME lives in a module that exposes `add_NAME_arguments(parser)` and `NAME_main(args) -> int`.
 Only the module of the subcommand that runs is imported, so `fgvc-zoo --help` and `fgvc-zoo list` stay fast.
 """
+
 import argparse
 import importlib
 import sys
-from typing import List, Optional
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
@@ -29,6 +29,7 @@ def list_main(args: argparse.Namespace) -> int:
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
+
     print('\n'.join(timm.list_models(args.filter, module=['lfd', 'dpnet', 'iagn'])))
     return 0
 
@@ -41,7 +42,7 @@ def _usage() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Optional[List[str]] = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         _usage().parse_args(argv or ['--help'])  # prints help, or an error naming the valid commands

@@ -1,4 +1,4 @@
-""" `fgvc-zoo eval`: top-1, top-5, mean per-class accuracy and the confusion of a model on a dataset split.
+"""`fgvc-zoo eval`: top-1, top-5, mean per-class accuracy and the confusion of a model on a dataset split.
 
 Evaluation is where FGVC numbers go wrong, so `evaluate` is strict about three things: the model is always run in
 eval mode (dropout off, BatchNorm running statistics), whatever mode it was handed in; every metric is
@@ -7,19 +7,27 @@ depend on the batch size; and test-time augmentation is off unless asked for, an
 
 The JSON written by `--out` carries a `metrics` mapping, which `fgvc_zoo.hub.model_card` puts in the model card.
 """
+
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 __all__ = [
-    'TTA_MODES', 'evaluate', 'confusion_summary', 'plot_confusion', 'add_model_arguments', 'load_from_args',
-    'add_eval_arguments', 'eval_main',
+    'TTA_MODES',
+    'evaluate',
+    'confusion_summary',
+    'plot_confusion',
+    'add_model_arguments',
+    'load_from_args',
+    'add_eval_arguments',
+    'eval_main',
 ]
 
 TTA_MODES = ('flip',)
@@ -27,7 +35,7 @@ MOST_CONFUSED = 10
 
 
 @torch.no_grad()
-def _predict_probs(model: nn.Module, x: torch.Tensor, tta: Optional[str]) -> torch.Tensor:
+def _predict_probs(model: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
     """Class probabilities (B, C); with `tta='flip'` the mean of the image's and its mirror's probabilities."""
     probs = model(x).float().softmax(dim=1)
     if tta == 'flip':
@@ -36,14 +44,14 @@ def _predict_probs(model: nn.Module, x: torch.Tensor, tta: Optional[str]) -> tor
 
 
 def evaluate(
-        model: nn.Module,
-        dataset: torch.utils.data.Dataset,
-        batch_size: int = 32,
-        tta: Optional[str] = None,
-        num_workers: int = 0,
-        device: Optional[torch.device] = None,
-        progress: bool = False,
-) -> Dict[str, Any]:
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 32,
+    tta: str | None = None,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Top-1 / top-5 / mean per-class accuracy (%) and the confusion matrix of `model` on `dataset`.
 
     `dataset[i]` is `(image_tensor, label)`; `dataset.classes` (if present) names the classes. The model runs in
@@ -67,8 +75,10 @@ def evaluate(
         for x, y in tqdm(loader, desc='eval', unit='batch', disable=not progress):
             y = torch.as_tensor(y)
             if int(y.max()) >= num_classes:
-                raise ValueError(f'Label {int(y.max())} is outside the model\'s {num_classes} classes: the model was '
-                                 f'trained on another class list than this dataset.')
+                raise ValueError(
+                    f"Label {int(y.max())} is outside the model's {num_classes} classes: the model was "
+                    f'trained on another class list than this dataset.'
+                )
             probs = _predict_probs(model, x.to(device), tta).cpu()
             top = probs.topk(topk, dim=1).indices
             correct1 += int((top[:, 0] == y).sum())
@@ -100,19 +110,19 @@ def evaluate(
     }
 
 
-def _class_names(dataset: Any, num_classes: int) -> List[str]:
+def _class_names(dataset: Any, num_classes: int) -> list[str]:
     classes = list(getattr(dataset, 'classes', None) or [])
     return classes + [str(i) for i in range(len(classes), num_classes)]
 
 
-def confusion_summary(confusion: torch.Tensor, names: Sequence[str], num: int = MOST_CONFUSED) -> List[Dict[str, Any]]:
+def confusion_summary(confusion: torch.Tensor, names: Sequence[str], num: int = MOST_CONFUSED) -> list[dict[str, Any]]:
     """The `num` largest off-diagonal cells of a (C, C) confusion matrix, largest first, zeros left out."""
     confusion = torch.as_tensor(confusion).clone()
     confusion.fill_diagonal_(0)
     counts, flat = confusion.flatten().sort(descending=True, stable=True)
     num_classes = confusion.shape[0]
     pairs = []
-    for count, index in zip(counts[:num].tolist(), flat[:num].tolist()):
+    for count, index in zip(counts[:num].tolist(), flat[:num].tolist(), strict=False):
         if count == 0:
             break
         true, predicted = divmod(index, num_classes)
@@ -123,6 +133,7 @@ def confusion_summary(confusion: torch.Tensor, names: Sequence[str], num: int = 
 def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], path: str, title: str = '') -> str:
     """Row-normalised confusion matrix as a PNG (class names on the axes up to 50 classes)."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
@@ -146,19 +157,26 @@ def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], pat
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model source shared by eval, predict and explain: a trained/exported folder, a Hub id or a model name."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--checkpoint', help='trained or exported folder (model.safetensors + config.json), '
-                                             'hf-hub:ORG/NAME, or a registered pretrained tag')
+    source.add_argument(
+        '--checkpoint',
+        help='trained or exported folder (model.safetensors + config.json), '
+        'hf-hub:ORG/NAME, or a registered pretrained tag',
+    )
     source.add_argument('--model', help='a timm model name or tag, created with pretrained=True')
-    parser.add_argument('--img-size', type=int, help="input side; default: the model's data config (an export's "
-                                                     "is the size it was trained at)")
+    parser.add_argument(
+        '--img-size',
+        type=int,
+        help="input side; default: the model's data config (an export's is the size it was trained at)",
+    )
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
 
 
-def load_from_args(args: argparse.Namespace) -> Tuple[nn.Module, Any, Optional[List[str]], Dict[str, Any]]:
+def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] | None, dict[str, Any]]:
     """(model in eval mode on --device, its eval transform, its class names or None, the data config)."""
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
+
     from .data import create_transforms, resolve_fgvc_data_config
     from .hub import label_names, load_model
 
@@ -177,23 +195,31 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data-dir', required=True, help='dataset root (any layout fgvc_zoo.data knows)')
     parser.add_argument('--split', default='val', help="split to evaluate: 'val' (= 'test') or 'train'")
     parser.add_argument('--layout', default='auto', help='dataset layout (auto detects it)')
-    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass (results do not depend '
-                                                                    'on it)')
+    parser.add_argument(
+        '--batch-size', type=int, default=32, help='images per forward pass (results do not depend on it)'
+    )
     parser.add_argument('--workers', type=int, default=2, help='data loader worker processes')
     parser.add_argument('--tta', choices=TTA_MODES, help='test-time augmentation (off by default; recorded)')
-    parser.add_argument('--out', default='eval_results.json', help='results JSON; the confusion PNG is written '
-                                                                  'beside it (<stem>_confusion.png)')
+    parser.add_argument(
+        '--out',
+        default='eval_results.json',
+        help='results JSON; the confusion PNG is written beside it (<stem>_confusion.png)',
+    )
 
 
-def _check_classes(model_names: Optional[List[str]], dataset_names: List[str], num_classes: int, source: str) -> None:
+def _check_classes(model_names: list[str] | None, dataset_names: list[str], num_classes: int, source: str) -> None:
     if len(dataset_names) != num_classes:
-        raise ValueError(f'{source} predicts {num_classes} classes but the dataset has {len(dataset_names)}: '
-                         f'evaluate it on the dataset it was trained on.')
+        raise ValueError(
+            f'{source} predicts {num_classes} classes but the dataset has {len(dataset_names)}: '
+            f'evaluate it on the dataset it was trained on.'
+        )
     if model_names is not None and list(model_names) != list(dataset_names):
-        differ = next(i for i, (a, b) in enumerate(zip(model_names, dataset_names)) if a != b)
-        raise ValueError(f"{source}'s class {differ} is '{model_names[differ]}' but the dataset's is "
-                         f"'{dataset_names[differ]}': the class lists differ (names or order), so the accuracy "
-                         f"would be meaningless.")
+        differ = next(i for i, (a, b) in enumerate(zip(model_names, dataset_names, strict=False)) if a != b)
+        raise ValueError(
+            f"{source}'s class {differ} is '{model_names[differ]}' but the dataset's is "
+            f"'{dataset_names[differ]}': the class lists differ (names or order), so the accuracy "
+            f'would be meaningless.'
+        )
 
 
 def eval_main(args: argparse.Namespace) -> int:
@@ -203,8 +229,15 @@ def eval_main(args: argparse.Namespace) -> int:
     source = args.checkpoint or args.model
     dataset = create_dataset(args.data_dir, split=args.split, layout=args.layout, transform=transform)
     _check_classes(model_names, dataset.classes, model.num_classes, source)
-    results = evaluate(model, dataset, batch_size=args.batch_size, tta=args.tta, num_workers=args.workers,
-                       device=torch.device(args.device), progress=True)
+    results = evaluate(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        num_workers=args.workers,
+        device=torch.device(args.device),
+        progress=True,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(f'{out.stem}_confusion.png')
@@ -212,8 +245,12 @@ def eval_main(args: argparse.Namespace) -> int:
     results = {
         'model': source,
         'architecture': getattr(model, 'pretrained_cfg', {}).get('architecture'),
-        'dataset': {'name': os.path.basename(os.path.normpath(args.data_dir)), 'root': args.data_dir,
-                    'split': args.split, 'layout': dataset.layout},
+        'dataset': {
+            'name': os.path.basename(os.path.normpath(args.data_dir)),
+            'root': args.data_dir,
+            'split': args.split,
+            'layout': dataset.layout,
+        },
         'data_config': data_config,
         'batch_size': args.batch_size,
         **results,
@@ -221,10 +258,12 @@ def eval_main(args: argparse.Namespace) -> int:
     }
     out.write_text(json.dumps(results, indent=2))
     metrics = results['metrics']
-    print(f"{source} on {args.data_dir} ({args.split}, {results['num_images']} images, tta={args.tta}): "
-          f"top1 {metrics['top1']:.2f}  top{results['topk']} {metrics['top5']:.2f}  "
-          f"mean per-class {metrics['mean_class_accuracy']:.2f}")
+    print(
+        f'{source} on {args.data_dir} ({args.split}, {results["num_images"]} images, tta={args.tta}): '
+        f'top1 {metrics["top1"]:.2f}  top{results["topk"]} {metrics["top5"]:.2f}  '
+        f'mean per-class {metrics["mean_class_accuracy"]:.2f}'
+    )
     for pair in results['most_confused'][:5]:
-        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+        print(f'  {pair["true"]} -> {pair["predicted"]}: {pair["count"]}')
     print(f'Wrote {out} and {png}')
     return 0

@@ -1,4 +1,4 @@
-""" `fgvc-zoo explain`: what each head really uses, drawn over the ORIGINAL image.
+"""`fgvc-zoo explain`: what each head really uses, drawn over the ORIGINAL image.
 
 A head's `explain(x)` gives maps and boxes in the pixels of its input, which the eval transform made by resizing
 and centre-cropping the original. `view_geometry` reads that transform and maps input pixels back into the
@@ -10,10 +10,11 @@ What is drawn per head: LFD the attention map and its top-l regions with scores;
 the parts that weigh most in the predicted class (V[pred, p] x part score) and a bar chart of V[pred], the
 class-level part participation; IAGN the stage maps, the fused attention and the attended box.
 """
+
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,13 +25,28 @@ from torchvision import transforms as T
 from .models import DpNet, Explanation, Iagn, Lfd
 
 __all__ = [
-    'ViewGeometry', 'view_geometry', 'Panel', 'ImageExplanation', 'explain_images', 'draw_explanation',
-    'dpnet_top_parts', 'add_explain_arguments', 'explain_main',
+    'ViewGeometry',
+    'view_geometry',
+    'Panel',
+    'ImageExplanation',
+    'explain_images',
+    'draw_explanation',
+    'dpnet_top_parts',
+    'add_explain_arguments',
+    'explain_main',
 ]
 
 # Steps of an eval transform that do not move pixels (tensor conversion, normalisation).
-_PIXEL_WISE = ('ToTensor', 'MaybeToTensor', 'PILToTensor', 'MaybePILToTensor', 'Normalize', 'ConvertImageDtype',
-               'ToImage', 'ToDtype')
+_PIXEL_WISE = (
+    'ToTensor',
+    'MaybeToTensor',
+    'PILToTensor',
+    'MaybePILToTensor',
+    'Normalize',
+    'ConvertImageDtype',
+    'ToImage',
+    'ToDtype',
+)
 PANEL_MIN, PANEL_MAX = 256, 1024  # longest side of an image panel in the PNG, in pixels
 DPI = 100
 BOX_COLOURS = ('#ffdd00', '#00e5ff', '#ff4fd8', '#7cff4f', '#ff8c1a', '#b38cff')
@@ -39,10 +55,11 @@ BOX_COLOURS = ('#ffdd00', '#00e5ff', '#ff4fd8', '#7cff4f', '#ff8c1a', '#b38cff')
 @dataclass
 class ViewGeometry:
     """Where the model's input sits in the original image: original = (input + offset) / scale, per axis."""
-    original_size: Tuple[int, int]  # (W, H) of the original image
-    input_size: Tuple[int, int]  # (w, h) of the model's input
-    scale: Tuple[float, float] = (1.0, 1.0)  # resize factors (x, y)
-    offset: Tuple[float, float] = (0.0, 0.0)  # crop offset in resized pixels (x, y); negative where padded
+
+    original_size: tuple[int, int]  # (W, H) of the original image
+    input_size: tuple[int, int]  # (w, h) of the model's input
+    scale: tuple[float, float] = (1.0, 1.0)  # resize factors (x, y)
+    offset: tuple[float, float] = (0.0, 0.0)  # crop offset in resized pixels (x, y); negative where padded
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) xyxy boxes in input pixels -> original-image pixels."""
@@ -52,12 +69,12 @@ class ViewGeometry:
         return (boxes + offset) / scale
 
     @property
-    def extent(self) -> Tuple[float, float, float, float]:
+    def extent(self) -> tuple[float, float, float, float]:
         """The region of the original the model saw, (x1, y1, x2, y2) in original pixels: where maps are drawn."""
         return tuple(float(v) for v in self.to_original([0, 0, *self.input_size])[0])
 
 
-def _resized_size(resize: T.Resize, width: int, height: int) -> Tuple[int, int]:
+def _resized_size(resize: T.Resize, width: int, height: int) -> tuple[int, int]:
     """Output (w, h) of torchvision's Resize, by its documented rule (shorter side to `size`, long side truncated)."""
     size = resize.size
     if isinstance(size, (list, tuple)) and len(size) == 2:
@@ -70,7 +87,7 @@ def _resized_size(resize: T.Resize, width: int, height: int) -> Tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def view_geometry(transform: Callable, original_size: Tuple[int, int]) -> ViewGeometry:
+def view_geometry(transform: Callable, original_size: tuple[int, int]) -> ViewGeometry:
     """The geometry of an eval transform (timm's Resize + CenterCrop, or any chain of them) on a (W, H) image.
 
     torchvision has no inverse of its geometric transforms, so the two used by timm's eval transform are
@@ -94,33 +111,37 @@ def view_geometry(transform: Callable, original_size: Tuple[int, int]) -> ViewGe
             offset_x, offset_y = offset_x + left, offset_y + top
             width, height = crop_w, crop_h
         elif name not in _PIXEL_WISE:
-            raise ValueError(f'view_geometry cannot map boxes back through {name}: explain supports eval transforms '
-                             f'made of Resize and CenterCrop (timm crop_mode "center" or "squash").')
+            raise ValueError(
+                f'view_geometry cannot map boxes back through {name}: explain supports eval transforms '
+                f'made of Resize and CenterCrop (timm crop_mode "center" or "squash").'
+            )
     return ViewGeometry(tuple(original_size), (width, height), (scale_x, scale_y), (offset_x, offset_y))
 
 
 @dataclass
 class Panel:
     """One picture of the PNG: a map over the seen region (input-pixel array, or None) and boxes (original px)."""
+
     title: str
-    heatmap: Optional[np.ndarray] = None
+    heatmap: np.ndarray | None = None
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
-    box_labels: List[str] = field(default_factory=list)
+    box_labels: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ImageExplanation:
     """Everything `draw_explanation` draws for one image, in original-image pixels."""
+
     image: Image.Image
     geometry: ViewGeometry
     head: str
     label: str
     probability: float
-    panels: List[Panel]
-    participation: Optional[Tuple[List[str], np.ndarray, List[int]]] = None  # DP-Net: part names, V[pred], top
+    panels: list[Panel]
+    participation: tuple[list[str], np.ndarray, list[int]] | None = None  # DP-Net: part names, V[pred], top
 
     @property
-    def map_extent(self) -> Tuple[float, float, float, float]:
+    def map_extent(self) -> tuple[float, float, float, float]:
         return self.geometry.extent
 
     @property
@@ -130,17 +151,17 @@ class ImageExplanation:
         return min(max(1.0, PANEL_MIN / longest), PANEL_MAX / longest)
 
     @property
-    def panel_size(self) -> Tuple[int, int]:
+    def panel_size(self) -> tuple[int, int]:
         return tuple(round(side * self.panel_scale) for side in self.image.size)
 
     @property
-    def png_size(self) -> Tuple[int, int]:
+    def png_size(self) -> tuple[int, int]:
         """(width, height) of the PNG: image panels side by side, plus the participation chart for DP-Net."""
         width, height = self.panel_size
         return width * (len(self.panels) + (self.participation is not None)), height
 
 
-def _lfd_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> List[Panel]:
+def _lfd_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> list[Panel]:
     boxes = geometry.to_original(exp.boxes[i].cpu().numpy())
     box_labels = [f'#{r + 1} {s:.2f}' for r, s in enumerate(exp.scores[i].tolist())]
     return [
@@ -150,25 +171,31 @@ def _lfd_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) ->
     ]
 
 
-def dpnet_top_parts(exp: Explanation, i: int, num_parts: int) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+def dpnet_top_parts(exp: Explanation, i: int, num_parts: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """V[pred] (P,), the parts' weight in the prediction V[pred, p] x score_p (P,), and the `num_parts` heaviest."""
     participation = exp.extras['part_participation'][exp.labels[i]].cpu()
     weight = participation * exp.scores[i].cpu()
     return participation, weight, weight.topk(min(num_parts, weight.numel())).indices.tolist()
 
 
-def _dpnet_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str, num_parts: int) -> List[Panel]:
+def _dpnet_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str, num_parts: int) -> list[Panel]:
     participation, weight, top = dpnet_top_parts(exp, i, num_parts)
     boxes = geometry.to_original(exp.boxes[i, top].cpu().numpy())
     box_labels = [f'part {p}: {weight[p]:.2f}' for p in top]
     panels = [Panel(f'parts weighing most in {label} (V x score)', boxes=boxes, box_labels=box_labels)]
     for rank, p in enumerate(top):
-        panels.append(Panel(f'part {p} map (V={participation[p]:.2f}, score={exp.scores[i, p]:.2f})',
-                            exp.heatmaps['parts'][i, p].cpu().numpy(), boxes[rank:rank + 1], box_labels[rank:rank + 1]))
+        panels.append(
+            Panel(
+                f'part {p} map (V={participation[p]:.2f}, score={exp.scores[i, p]:.2f})',
+                exp.heatmaps['parts'][i, p].cpu().numpy(),
+                boxes[rank : rank + 1],
+                box_labels[rank : rank + 1],
+            )
+        )
     return panels
 
 
-def _iagn_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> List[Panel]:
+def _iagn_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> list[Panel]:
     boxes = geometry.to_original(exp.boxes[i].cpu().numpy())
     box_labels = [f'attended {exp.scores[i, 0]:.2f}']
     stages = exp.heatmaps['stages'][i].cpu().numpy()
@@ -183,18 +210,20 @@ def _head_name(model: nn.Module) -> str:
     for cls, name in ((Lfd, 'lfd'), (DpNet, 'dpnet'), (Iagn, 'iagn')):
         if isinstance(model, cls):
             return name
-    raise TypeError(f'{type(model).__name__} is not an fgvc_zoo head: explain draws lfd, dpnet and iagn models '
-                    f'(their explain() method says what they use).')
+    raise TypeError(
+        f'{type(model).__name__} is not an fgvc_zoo head: explain draws lfd, dpnet and iagn models '
+        f'(their explain() method says what they use).'
+    )
 
 
 @torch.no_grad()
 def explain_images(
-        model: nn.Module,
-        images: Sequence[Image.Image],
-        transform: Callable,
-        label_names: Optional[Sequence[str]] = None,
-        num_parts: int = 3,
-) -> List[ImageExplanation]:
+    model: nn.Module,
+    images: Sequence[Image.Image],
+    transform: Callable,
+    label_names: Sequence[str] | None = None,
+    num_parts: int = 3,
+) -> list[ImageExplanation]:
     """Run `model.explain` on RGB `images` through the eval `transform`; maps and boxes mapped to original pixels.
 
     `num_parts`: how many of DP-Net's parts to draw (those with the largest V[pred, p] x part score).
@@ -210,8 +239,10 @@ def explain_images(
     for i, image in enumerate(images):
         geometry = view_geometry(transform, image.size)
         if geometry.input_size != (x.shape[-1], x.shape[-2]):
-            raise RuntimeError(f'view_geometry found a {geometry.input_size} input but the transform gave '
-                               f'{tuple(x.shape[-2:])[::-1]}: the transform is not the Resize + CenterCrop it reads.')
+            raise RuntimeError(
+                f'view_geometry found a {geometry.input_size} input but the transform gave '
+                f'{tuple(x.shape[-2:])[::-1]}: the transform is not the Resize + CenterCrop it reads.'
+            )
         label_index = int(exp.labels[i])
         label = names[label_index]
         participation = None
@@ -223,8 +254,9 @@ def explain_images(
             participation = ([f'part {p}' for p in range(len(values))], values.numpy(), top)
         else:
             panels = _iagn_panels(exp, i, geometry, label)
-        explained.append(ImageExplanation(image, geometry, head, label, float(probs[i, label_index]), panels,
-                                          participation))
+        explained.append(
+            ImageExplanation(image, geometry, head, label, float(probs[i, label_index]), panels, participation)
+        )
     return explained
 
 
@@ -238,14 +270,29 @@ def _draw_panel(ax, explained: ImageExplanation, panel: Panel) -> None:
     ax.imshow(np.asarray(explained.image), extent=(0, width, height, 0), interpolation='bilinear')
     if panel.heatmap is not None:
         x1, y1, x2, y2 = explained.map_extent
-        ax.imshow(_normalised(panel.heatmap), extent=(x1, x2, y2, y1), cmap='jet', alpha=0.5, vmin=0, vmax=1,
-                  interpolation='bilinear')
+        ax.imshow(
+            _normalised(panel.heatmap),
+            extent=(x1, x2, y2, y1),
+            cmap='jet',
+            alpha=0.5,
+            vmin=0,
+            vmax=1,
+            interpolation='bilinear',
+        )
     import matplotlib.patches as patches
-    for k, (box, text) in enumerate(zip(panel.boxes, panel.box_labels)):
+
+    for k, (box, text) in enumerate(zip(panel.boxes, panel.box_labels, strict=False)):
         colour = BOX_COLOURS[k % len(BOX_COLOURS)]
         ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, lw=2, ec=colour))
-        ax.text(box[0] + 2, box[1] + 2, text, color='black', fontsize=7, va='top',
-                bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+        ax.text(
+            box[0] + 2,
+            box[1] + 2,
+            text,
+            color='black',
+            fontsize=7,
+            va='top',
+            bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0),
+        )
     ax.text(4, 4, panel.title, color='white', fontsize=8, va='top', bbox=dict(facecolor='black', alpha=0.6, pad=2))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
@@ -255,6 +302,7 @@ def _draw_panel(ax, explained: ImageExplanation, panel: Panel) -> None:
 def draw_explanation(explained: ImageExplanation, path: str) -> str:
     """One PNG of `explained.png_size` pixels: each image panel is the whole original at `panel_scale`."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
@@ -266,8 +314,16 @@ def draw_explanation(explained: ImageExplanation, path: str) -> str:
         _draw_panel(ax, explained, panel)
     if explained.participation is not None:
         _draw_participation(fig, explained, len(explained.panels) * panel_width / png_width, panel_width / png_width)
-    fig.text(0.5 * panel_width / png_width, 0.02, f'{explained.head}: {explained.label} ({explained.probability:.1%})',
-             ha='center', va='bottom', fontsize=9, color='white', bbox=dict(facecolor='black', alpha=0.7, pad=2))
+    fig.text(
+        0.5 * panel_width / png_width,
+        0.02,
+        f'{explained.head}: {explained.label} ({explained.probability:.1%})',
+        ha='center',
+        va='bottom',
+        fontsize=9,
+        color='white',
+        bbox=dict(facecolor='black', alpha=0.7, pad=2),
+    )
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -292,12 +348,16 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument('images', nargs='+', help='image files')
     add_model_arguments(parser)
-    parser.add_argument('--out', required=True, help='output folder (one <image>_explain.png each, <folder>_<image>_'
-                                                     'explain.png when names repeat); for one image also a .png path')
+    parser.add_argument(
+        '--out',
+        required=True,
+        help='output folder (one <image>_explain.png each, <folder>_<image>_'
+        'explain.png when names repeat); for one image also a .png path',
+    )
     parser.add_argument('--parts', type=int, default=3, help='DP-Net: parts drawn (largest V[pred] x part score)')
 
 
-def _output_paths(images: Sequence[str], out: str) -> List[Path]:
+def _output_paths(images: Sequence[str], out: str) -> list[Path]:
     if out.lower().endswith('.png'):
         if len(images) != 1:
             raise SystemExit(f'--out {out} is a single PNG but {len(images)} images were given: pass a folder.')
@@ -318,8 +378,8 @@ def explain_main(args: argparse.Namespace) -> int:
 
     model, transform, names, _ = load_from_args(args)
     outputs = _output_paths(args.images, args.out)
-    for image_path, out in zip(args.images, outputs):
-        explained, = explain_images(model, [load_image(image_path)], transform, names, num_parts=args.parts)
+    for image_path, out in zip(args.images, outputs, strict=False):
+        (explained,) = explain_images(model, [load_image(image_path)], transform, names, num_parts=args.parts)
         draw_explanation(explained, str(out))
         print(f'{image_path}: {explained.label} ({explained.probability:.1%}) -> {out}')
     return 0

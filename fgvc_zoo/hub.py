@@ -1,4 +1,4 @@
-""" Hugging Face Hub publishing and loading: `save_pretrained`, `load_model`, `fgvc-zoo export` and `fgvc-zoo push`.
+"""Hugging Face Hub publishing and loading: `save_pretrained`, `load_model`, `fgvc-zoo export` and `fgvc-zoo push`.
 
 An exported folder is what timm itself reads from a Hub repo: `model.safetensors`, `config.json` in timm's format
 (architecture, num_classes, label_names, model_args, pretrained_cfg) and `README.md`, the model card. timm's
@@ -8,13 +8,15 @@ An exported folder is what timm itself reads from a Hub repo: `model.safetensors
 Weights are safetensors only: every config we write pins `hf_hub_filename='model.safetensors'`, so timm never
 falls back to a pickle (`pytorch_model.bin`), and `load_model` refuses folders and repos that hold only pickles.
 """
+
 import argparse
 import contextlib
 import json
 import os
 import string
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import timm
 import torch
@@ -38,8 +40,19 @@ from timm.models import load_checkpoint, save_for_hf
 from timm.models._hub import hf_split
 
 __all__ = [
-    'HUB_ORG', 'WEIGHTS_NAME', 'hub_cfg', 'save_pretrained', 'load_model', 'model_card', 'label_names',
-    'safetensors_only', 'hub_errors', 'push', 'add_export_arguments', 'export_main', 'add_push_arguments',
+    'HUB_ORG',
+    'WEIGHTS_NAME',
+    'hub_cfg',
+    'save_pretrained',
+    'load_model',
+    'model_card',
+    'label_names',
+    'safetensors_only',
+    'hub_errors',
+    'push',
+    'add_export_arguments',
+    'export_main',
+    'add_push_arguments',
     'push_main',
 ]
 
@@ -59,7 +72,7 @@ TEMPLATE_PATH = Path(__file__).resolve().parent.parent / 'model_cards' / 'TEMPLA
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
 
 # Top-1 accuracy (%) the papers report with a ResNet-50 (shared/papers/METHODS.md), by head and dataset.
-PAPER_RESULTS: Dict[str, Dict[str, List[Tuple[str, float]]]] = {
+PAPER_RESULTS: dict[str, dict[str, list[tuple[str, float]]]] = {
     'lfd': {
         'cub_200_2011': [('LFD, ResNet-50', 87.6)],
         'fgvc_aircraft': [('LFD, ResNet-50', 92.1)],
@@ -71,7 +84,7 @@ PAPER_RESULTS: Dict[str, Dict[str, List[Tuple[str, float]]]] = {
 }
 PAPER_BACKBONE = 'resnet50'
 
-HEAD_INFO: Dict[str, Dict[str, str]] = {
+HEAD_INFO: dict[str, dict[str, str]] = {
     'lfd': dict(
         title='LFD (Learning to Focus and Discriminate)',
         description=(
@@ -91,7 +104,7 @@ HEAD_INFO: Dict[str, Dict[str, str]] = {
     'dpnet': dict(
         title='DP-Net (Discriminative Part Network)',
         description=(
-            'Part detectors (q per class) score the cells of a pretrained backbone\'s feature map; the bag-of-parts '
+            "Part detectors (q per class) score the cells of a pretrained backbone's feature map; the bag-of-parts "
             'vector is classified linearly, with optional orthogonality, decisive-assignment and class-specific '
             'constraints. The backbone stays frozen by default.'
         ),
@@ -99,7 +112,7 @@ HEAD_INFO: Dict[str, Dict[str, str]] = {
             '@inproceedings{sicre2023dpnet,\n'
             '  title = {DP-Net: Learning Discriminative Parts for image recognition},\n'
             '  author = {Sicre, Ronan and Zhang, Hanwei and Dejasmin, Julien and Daaloul, Chiheb and '
-            'Ayache, St{\\\'e}phane and Arti{\\`e}res, Thierry},\n'
+            "Ayache, St{\\'e}phane and Arti{\\`e}res, Thierry},\n"
             '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
             '  year = {2023},\n'
             '  eprint = {2404.15037},\n'
@@ -110,8 +123,8 @@ HEAD_INFO: Dict[str, Dict[str, str]] = {
     'iagn': dict(
         title='IAGN (Interpretable Attention Guided Network)',
         description=(
-            '**Reconstruction notice:** reconstructed from the paper\'s abstract; not the authors\' code. The '
-            'paper\'s method section and results were not available to us (no paper number to compare). It follows the '
+            "**Reconstruction notice:** reconstructed from the paper's abstract; not the authors' code. The "
+            "paper's method section and results were not available to us (no paper number to compare). It follows the "
             'closest published mechanism its abstract names (progressive multi-granularity training with '
             'stage-by-stage knowledge distillation), with class-activation attention that picks the region '
             'to zoom into.'
@@ -143,12 +156,12 @@ TIMM_BIBTEX = (
 )
 
 
-def hub_cfg(name: str, org: str = HUB_ORG) -> Dict[str, str]:
+def hub_cfg(name: str, org: str = HUB_ORG) -> dict[str, str]:
     """The cfg entries of a published FGVC tag: our Hub repo, safetensors only (never a pickle fallback)."""
     return dict(hf_hub_id=f'{org}/{name}', hf_hub_filename=WEIGHTS_NAME)
 
 
-def safetensors_only(pretrained_cfg: Dict[str, Any]) -> Dict[str, Any]:
+def safetensors_only(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
     """Pin Hub loads of `pretrained_cfg` to `model.safetensors`; raise if it names a pickle file on the Hub.
 
     timm otherwise falls back to `pytorch_model.bin` when a repo has no safetensors. Meant for the builder
@@ -160,7 +173,7 @@ def safetensors_only(pretrained_cfg: Dict[str, Any]) -> Dict[str, Any]:
     if not filename.endswith('.safetensors'):
         raise ValueError(
             f"Refusing to load '{filename}' from Hub repo '{pretrained_cfg['hf_hub_id']}': fgvc_zoo never loads "
-            f"pickle weights from the Hub. Convert them to {WEIGHTS_NAME} (safetensors) and push that instead."
+            f'pickle weights from the Hub. Convert them to {WEIGHTS_NAME} (safetensors) and push that instead.'
         )
     return dict(pretrained_cfg, hf_hub_filename=filename)
 
@@ -181,29 +194,31 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
             name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(cache_id, name, revision), str)
         ]
         pickle_note = (
-            f" The cache holds only {', '.join(cached_pickles)}: fgvc_zoo never loads pickle weights from the Hub."
-            if filename == WEIGHTS_NAME and cached_pickles else ''
+            f' The cache holds only {", ".join(cached_pickles)}: fgvc_zoo never loads pickle weights from the Hub.'
+            if filename == WEIGHTS_NAME and cached_pickles
+            else ''
         )
         raise OSError(
             f"Cannot load '{filename}' of Hub repo '{repo_id}': {why} and the file is not in the local Hub cache."
-            f"{pickle_note} Connect (or unset HF_HUB_OFFLINE) and retry. {local_hint}"
+            f'{pickle_note} Connect (or unset HF_HUB_OFFLINE) and retry. {local_hint}'
         ) from e
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise OSError(
             f"Hub repo '{repo_id}' does not exist or is private/gated (a private repo needs a token: HF_TOKEN or "
-            f"`hf auth login`). Check the name. {local_hint}"
+            f'`hf auth login`). Check the name. {local_hint}'
         ) from e
     except RevisionNotFoundError as e:
         raise OSError(f"Hub repo '{repo_id}' has no such revision. {local_hint}") from e
     except EntryNotFoundError as e:
         pickle_note = (
             ' fgvc_zoo loads safetensors weights only and never a pickle (pytorch_model.bin) from the Hub.'
-            if filename == WEIGHTS_NAME else ''
+            if filename == WEIGHTS_NAME
+            else ''
         )
         raise OSError(f"Hub repo '{repo_id}' has no '{filename}'.{pickle_note} {local_hint}") from e
 
 
-def _export_model_args(model: torch.nn.Module) -> Dict[str, Any]:
+def _export_model_args(model: torch.nn.Module) -> dict[str, Any]:
     model_args = getattr(model, 'model_args', None)
     if model_args is None:
         raise ValueError(
@@ -214,7 +229,7 @@ def _export_model_args(model: torch.nn.Module) -> Dict[str, Any]:
     return {k: v for k, v in model_args.items() if k not in RUNTIME_ARGS and k != 'num_classes'}
 
 
-def _base_model(model: torch.nn.Module) -> Optional[str]:
+def _base_model(model: torch.nn.Module) -> str | None:
     """The Hub id of the backbone weights the model started from (`timm/resnet50.a1_in1k`)."""
     backbone = getattr(model, 'backbone', None)
     cfg = getattr(backbone, 'pretrained_cfg', None) or {}
@@ -222,12 +237,12 @@ def _base_model(model: torch.nn.Module) -> Optional[str]:
 
 
 def save_pretrained(
-        model: torch.nn.Module,
-        out_dir: Union[str, os.PathLike],
-        label_names: Optional[Sequence[str]] = None,
-        results: Optional[Dict[str, Any]] = None,
-        recipe: Optional[Dict[str, Any]] = None,
-        data_config: Optional[Dict[str, Any]] = None,
+    model: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    label_names: Sequence[str] | None = None,
+    results: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    data_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model.safetensors`, timm's `config.json` and the `README.md` model card into `out_dir`.
 
@@ -238,7 +253,7 @@ def save_pretrained(
     out_dir = Path(out_dir)
     if label_names is not None and len(label_names) != model.num_classes:
         raise ValueError(f'{len(label_names)} label_names for a model with num_classes={model.num_classes}.')
-    model_config: Dict[str, Any] = dict(
+    model_config: dict[str, Any] = dict(
         pretrained_cfg=dict(hf_hub_filename=WEIGHTS_NAME),
         base_model=_base_model(model),
         library='fgvc_zoo',
@@ -266,7 +281,7 @@ def _head_name(architecture: str) -> str:
     return head
 
 
-def _dataset_name(results: Dict[str, Any], recipe: Dict[str, Any]) -> Optional[str]:
+def _dataset_name(results: dict[str, Any], recipe: dict[str, Any]) -> str | None:
     for source in (results, recipe):
         dataset = source.get('dataset')
         if isinstance(dataset, dict):
@@ -276,7 +291,7 @@ def _dataset_name(results: Dict[str, Any], recipe: Dict[str, Any]) -> Optional[s
     return None
 
 
-def _metrics(results: Dict[str, Any]) -> Dict[str, float]:
+def _metrics(results: dict[str, Any]) -> dict[str, float]:
     metrics = results.get('metrics')
     if not isinstance(metrics, dict):
         raise ValueError(f"{RESULTS_NAME} needs a 'metrics' mapping (e.g. {{'top1': 87.1, 'top5': 97.0}}).")
@@ -287,23 +302,23 @@ def _is_accuracy(metric: str) -> bool:
     return metric.startswith('top') or 'acc' in metric
 
 
-def _results_table(head: str, backbone: str, dataset: Optional[str], metrics: Dict[str, float]) -> str:
+def _results_table(head: str, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
     paper = PAPER_RESULTS.get(head, {}).get(dataset or '', []) if backbone.split('.')[0] == PAPER_BACKBONE else []
     paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
     rows = ['| metric | this model | paper |', '|---|---|---|']
     for name, value in metrics.items():
-        rows.append(f"| {name} | {value:.2f} | {paper_top1 if name in ('top1', 'acc1', 'top1_acc') else 'n/a'} |")
+        rows.append(f'| {name} | {value:.2f} | {paper_top1 if name in ("top1", "acc1", "top1_acc") else "n/a"} |')
     if not metrics:
         rows.append(f'| (not evaluated) | n/a | {paper_top1} |')
     return '\n'.join(rows)
 
 
 def model_card(
-        config: Dict[str, Any],
-        results: Optional[Dict[str, Any]] = None,
-        recipe: Optional[Dict[str, Any]] = None,
-        repo_id: Optional[str] = None,
-        template: Union[str, os.PathLike] = TEMPLATE_PATH,
+    config: dict[str, Any],
+    results: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+    template: str | os.PathLike = TEMPLATE_PATH,
 ) -> str:
     """The model card of an export: YAML front matter with model-index, then the filled `model_cards/TEMPLATE.md`."""
     results = results or {}
@@ -332,7 +347,8 @@ def model_card(
                 metric_value=value,
             )
             for name, value in metrics.items()
-        ] or None,
+        ]
+        or None,
     )
     info = HEAD_INFO[head]
     load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
@@ -366,34 +382,36 @@ def _is_pickle(path: Path) -> bool:
     return any(path.name.endswith(suffix) for suffix in PICKLE_SUFFIXES)
 
 
-def _check_local_export(folder: Path) -> Dict[str, Any]:
+def _check_local_export(folder: Path) -> dict[str, Any]:
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"'{folder}' has no {CONFIG_NAME}: export it with `fgvc-zoo export {folder}`.")
     if not (folder / WEIGHTS_NAME).is_file():
         pickles = sorted(p.name for p in folder.iterdir() if _is_pickle(p))
-        found = f" (it holds {', '.join(pickles)}, which fgvc_zoo never loads)" if pickles else ''
-        raise FileNotFoundError(f"'{folder}' has no {WEIGHTS_NAME}{found}. Export safetensors weights with "
-                                f"`fgvc-zoo export {folder} --model NAME --checkpoint FILE`.")
+        found = f' (it holds {", ".join(pickles)}, which fgvc_zoo never loads)' if pickles else ''
+        raise FileNotFoundError(
+            f"'{folder}' has no {WEIGHTS_NAME}{found}. Export safetensors weights with "
+            f'`fgvc-zoo export {folder} --model NAME --checkpoint FILE`.'
+        )
     return json.loads((folder / CONFIG_NAME).read_text())
 
 
-def _check_registered(config: Dict[str, Any], source: str) -> None:
+def _check_registered(config: dict[str, Any], source: str) -> None:
     architecture = config.get('architecture')
     if not architecture or not timm.is_model(architecture):
         raise RuntimeError(
             f"{source} holds a '{architecture}' model, which is not registered with timm. Run {IMPORT_HINT}; "
-            f"this fgvc_zoo registers the heads {', '.join(HEAD_INFO)} (a newer architecture needs "
-            f"`pip install -U fgvc-zoo`)."
+            f'this fgvc_zoo registers the heads {", ".join(HEAD_INFO)} (a newer architecture needs '
+            f'`pip install -U fgvc-zoo`).'
         )
 
 
-def _hub_config(repo: str) -> Dict[str, Any]:
+def _hub_config(repo: str) -> dict[str, Any]:
     repo_id, revision = hf_split(repo)
     with hub_errors(repo_id, CONFIG_NAME):
         return json.loads(Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision)).read_text())
 
 
-def _load_hub(repo: str, expected_architecture: Optional[str] = None, **kwargs: Any) -> torch.nn.Module:
+def _load_hub(repo: str, expected_architecture: str | None = None, **kwargs: Any) -> torch.nn.Module:
     config = _hub_config(repo)
     if expected_architecture is not None and config.get('architecture') != expected_architecture:
         raise ValueError(
@@ -416,7 +434,7 @@ def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
     to re-initialise the heads over the pretrained backbone).
     """
     if path_or_repo.startswith('hf-hub:'):
-        model = _load_hub(path_or_repo[len('hf-hub:'):], **kwargs)
+        model = _load_hub(path_or_repo[len('hf-hub:') :], **kwargs)
     elif Path(path_or_repo).is_dir():
         folder = Path(path_or_repo)
         config = _check_local_export(folder)
@@ -432,12 +450,12 @@ def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
         raise ValueError(
             f"'{path_or_repo}' is not an export folder (no such directory), nor 'hf-hub:ORG/NAME' (a Hub repo needs "
             f"the 'hf-hub:' prefix), nor a registered pretrained tag (see timm.list_pretrained('lfd*')). If it is a "
-            f"tag of ours, {IMPORT_HINT}."
+            f'tag of ours, {IMPORT_HINT}.'
         )
     return model.eval()
 
 
-def label_names(model: torch.nn.Module) -> Optional[List[str]]:
+def label_names(model: torch.nn.Module) -> list[str] | None:
     """The class names of a loaded model, from its pretrained cfg or else its Hub repo's config.json."""
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     if cfg.get('num_classes') not in (None, model.num_classes):
@@ -448,12 +466,12 @@ def label_names(model: torch.nn.Module) -> Optional[List[str]]:
     return list(names) if names is not None else None
 
 
-def _read_results(folder: Path) -> Dict[str, Any]:
+def _read_results(folder: Path) -> dict[str, Any]:
     path = folder / RESULTS_NAME
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_card(folder: Union[str, os.PathLike], repo_id: Optional[str] = None) -> Path:
+def write_card(folder: str | os.PathLike, repo_id: str | None = None) -> Path:
     """(Re-)write `folder/README.md` from its config.json and results.json (if any)."""
     folder = Path(folder)
     config = _check_local_export(folder)
@@ -463,11 +481,11 @@ def write_card(folder: Union[str, os.PathLike], repo_id: Optional[str] = None) -
 
 
 def push(
-        folder: Union[str, os.PathLike],
-        repo_id: str,
-        private: bool = False,
-        token: Optional[str] = None,
-        commit_message: str = 'Upload fgvc_zoo model',
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = 'Upload fgvc_zoo model',
 ) -> str:
     """Create `repo_id` if needed and upload the export in `folder` (safetensors, config, card, results only)."""
     folder = Path(folder)
@@ -490,7 +508,7 @@ def push(
     return str(repo_url)
 
 
-def _read_label_names(path: Optional[str]) -> Optional[List[str]]:
+def _read_label_names(path: str | None) -> list[str] | None:
     if path is None:
         return None
     text = Path(path).read_text()
@@ -498,14 +516,22 @@ def _read_label_names(path: Optional[str]) -> Optional[List[str]]:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('dir', help='a trainer output folder (model.safetensors, config.json, results.json), '
-                                    'or the folder to export --model/--checkpoint into')
+    parser.add_argument(
+        'dir',
+        help='a trainer output folder (model.safetensors, config.json, results.json), '
+        'or the folder to export --model/--checkpoint into',
+    )
     parser.add_argument('--model', help='model name, e.g. lfd_resnet50 (with --checkpoint)')
     parser.add_argument('--checkpoint', help='weights file of --model (safetensors, or a local torch checkpoint)')
     parser.add_argument('--num-classes', type=int, help='classes of the checkpoint')
     parser.add_argument('--label-names', help='class names: a .json list or a text file with one name a line')
-    parser.add_argument('--model-kwargs', nargs='*', default={}, action=timm.utils.ParseKwargs,
-                        help='more model arguments as key=value, e.g. backbone=convnext_tiny num_regions=4')
+    parser.add_argument(
+        '--model-kwargs',
+        nargs='*',
+        default={},
+        action=timm.utils.ParseKwargs,
+        help='more model arguments as key=value, e.g. backbone=convnext_tiny num_regions=4',
+    )
     parser.add_argument('--repo-id', help='ORG/NAME the card tells users to load (default: the local folder)')
 
 
@@ -527,8 +553,9 @@ def export_main(args: argparse.Namespace) -> int:
     model = timm.create_model(args.model, **model_kwargs)
     load_checkpoint(model, args.checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
-    save_pretrained(model.eval(), folder, label_names=_read_label_names(args.label_names),
-                    results=_read_results(folder))
+    save_pretrained(
+        model.eval(), folder, label_names=_read_label_names(args.label_names), results=_read_results(folder)
+    )
     if args.repo_id:
         write_card(folder, repo_id=args.repo_id)
     print(f'Exported {args.model} to {folder}')
@@ -546,7 +573,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
 def push_main(args: argparse.Namespace) -> int:
     url = push(args.dir, args.repo_id, private=args.private, token=args.token)
     if args.keep_card:
-        kept = Path(args.keep_card) / f"{args.repo_id.replace('/', '--')}.md"
+        kept = Path(args.keep_card) / f'{args.repo_id.replace("/", "--")}.md'
         kept.write_text((Path(args.dir) / CARD_NAME).read_text())
         print(f'Kept the card in {kept}')
     print(f'Pushed {args.dir} to {url}')

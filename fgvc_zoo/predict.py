@@ -1,7 +1,9 @@
-""" `fgvc-zoo predict IMAGE...`: the top-k classes of each image with their names and probabilities. """
+"""`fgvc-zoo predict IMAGE...`: the top-k classes of each image with their names and probabilities."""
+
 import argparse
 import json
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -12,12 +14,12 @@ __all__ = ['predict', 'format_predictions', 'add_predict_arguments', 'predict_ma
 
 @torch.no_grad()
 def predict(
-        model: nn.Module,
-        images: Sequence[Image.Image],
-        transform: Callable,
-        label_names: Optional[Sequence[str]] = None,
-        topk: int = 5,
-) -> List[List[Dict[str, Any]]]:
+    model: nn.Module,
+    images: Sequence[Image.Image],
+    transform: Callable,
+    label_names: Sequence[str] | None = None,
+    topk: int = 5,
+) -> list[list[dict[str, Any]]]:
     """Per image, the `topk` most probable classes, best first: {'index', 'label', 'probability'} (softmax)."""
     model.eval()
     device = next(model.parameters()).device
@@ -27,17 +29,20 @@ def predict(
     names = list(label_names) if label_names is not None else [str(k) for k in range(probs.shape[1])]
     values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
     return [
-        [{'index': k, 'label': names[k], 'probability': p} for k, p in zip(row_indices.tolist(), row_values.tolist())]
-        for row_values, row_indices in zip(values, indices)
+        [
+            {'index': k, 'label': names[k], 'probability': p}
+            for k, p in zip(row_indices.tolist(), row_values.tolist(), strict=False)
+        ]
+        for row_values, row_indices in zip(values, indices, strict=False)
     ]
 
 
-def format_predictions(paths: Sequence[str], predictions: Sequence[Sequence[Dict[str, Any]]]) -> str:
+def format_predictions(paths: Sequence[str], predictions: Sequence[Sequence[dict[str, Any]]]) -> str:
     """Text output: the image path, then one '  rank. label  probability%' line per class."""
     lines = []
-    for path, top in zip(paths, predictions):
+    for path, top in zip(paths, predictions, strict=False):
         lines.append(path)
-        lines += [f"  {rank}. {p['label']}  {100 * p['probability']:.2f}%" for rank, p in enumerate(top, 1)]
+        lines += [f'  {rank}. {p["label"]}  {100 * p["probability"]:.2f}%' for rank, p in enumerate(top, 1)]
     return '\n'.join(lines)
 
 
@@ -60,10 +65,14 @@ def predict_main(args: argparse.Namespace) -> int:
     model, transform, names, _ = load_from_args(args)
     predictions = []
     for start in range(0, len(args.images), args.batch_size):
-        batch = [load_image(path) for path in args.images[start:start + args.batch_size]]
+        batch = [load_image(path) for path in args.images[start : start + args.batch_size]]
         predictions += predict(model, batch, transform, names, args.topk)
     if args.json:
-        print(json.dumps([{'image': p, 'predictions': top} for p, top in zip(args.images, predictions)], indent=2))
+        print(
+            json.dumps(
+                [{'image': p, 'predictions': top} for p, top in zip(args.images, predictions, strict=False)], indent=2
+            )
+        )
     else:
         print(format_predictions(args.images, predictions))
     return 0

@@ -1,4 +1,4 @@
-""" The one Accelerate trainer for every fgvc_zoo head.
+"""The one Accelerate trainer for every fgvc_zoo head.
 
 `python -m fgvc_zoo.train`, `accelerate launch -m fgvc_zoo.train`, `torchrun ... -m fgvc_zoo.train` and
 `fgvc-zoo train` all run `train_main`. The trainer knows nothing about any head: it only uses the model contract
@@ -10,6 +10,7 @@ Each epoch a checkpoint is written with `accelerator.save_state` into a temporar
 place (`os.replace`), so a kill at any moment leaves the previous checkpoint whole; `--resume` continues from the
 last complete one to the same weights as an unbroken run.
 """
+
 import argparse
 import csv
 import difflib
@@ -21,8 +22,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -42,9 +44,9 @@ _CHECKPOINT_RE = re.compile(r'^epoch_(\d{3,})$')
 
 # dest -> default and dest -> value type of every flag: the arguments themselves default to SUPPRESS so that
 # `resolve_config` can tell a flag given on the command line (wins) from one left to the recipe or the default.
-_DEFAULTS: Dict[str, Any] = {}
-_TYPES: Dict[str, Any] = {}
-_CHOICES: Dict[str, Sequence[Any]] = {}
+_DEFAULTS: dict[str, Any] = {}
+_TYPES: dict[str, Any] = {}
+_CHOICES: dict[str, Sequence[Any]] = {}
 
 
 def _add(group, *flags: str, default: Any = None, help: str = '', **kwargs: Any) -> None:
@@ -62,33 +64,63 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('model')
     _add(group, '--model', help='registered model (lfd_resnet50) or a generic head (lfd) with --backbone')
     _add(group, '--backbone', help='timm backbone of a generic head, e.g. resnet50 or convnext_tiny')
-    _add(group, '--pretrained', action=argparse.BooleanOptionalAction, default=False,
-         help='start from pretrained weights (the backbone ImageNet weights for a fresh head)')
+    _add(
+        group,
+        '--pretrained',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='start from pretrained weights (the backbone ImageNet weights for a fresh head)',
+    )
     _add(group, '--num-classes', type=int, help='number of classes; default: the number in the dataset')
     _add(group, '--model-args', help="head options as 'key=value,key=value' (values parsed as YAML)")
     _add(group, '--model-kwargs', help='head options as a YAML mapping, inline or a .yaml file path')
-    _add(group, '--channels-last', action=argparse.BooleanOptionalAction, default=False,
-         help='channels-last memory format')
-    _add(group, '--grad-checkpointing', action=argparse.BooleanOptionalAction, default=False,
-         help='gradient checkpointing in the backbone (less memory, more compute)')
+    _add(
+        group,
+        '--channels-last',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='channels-last memory format',
+    )
+    _add(
+        group,
+        '--grad-checkpointing',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='gradient checkpointing in the backbone (less memory, more compute)',
+    )
 
     group = parser.add_argument_group('data')
     _add(group, '--data-dir', help='dataset root (any layout create_dataset knows) or a Hugging Face dataset name')
     _add(group, '--dataset-name', help='dataset name for the model card (cub_200_2011, ...); default: folder name')
     _add(group, '--dataset-layout', default='auto', help='layout of --data-dir (auto detects it)')
-    _add(group, '--synthetic', action=argparse.BooleanOptionalAction, default=False,
-         help='generate a tiny synthetic dataset into OUTPUT/synthetic_data and train on it (demo, no download)')
+    _add(
+        group,
+        '--synthetic',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='generate a tiny synthetic dataset into OUTPUT/synthetic_data and train on it (demo, no download)',
+    )
     _add(group, '--train-split', default='train', help='split to train on')
     _add(group, '--val-split', default='val', help='split to evaluate on')
     _add(group, '--dataset-args', help="layout options as 'key=value,...', e.g. 'level=family' for aircraft")
-    _add(group, '--max-unreadable', type=float, default=0.01,
-         help='fraction of a split that may fail to decode (dropped, listed) before training stops')
+    _add(
+        group,
+        '--max-unreadable',
+        type=float,
+        default=0.01,
+        help='fraction of a split that may fail to decode (dropped, listed) before training stops',
+    )
     _add(group, '--img-size', type=int, default=448, help='training and evaluation resolution')
     _add(group, '--scale', type=float, nargs=2, help='random-resized-crop area range; default: the data config')
     _add(group, '--hflip', type=float, help='horizontal flip probability; default: the data config')
     _add(group, '--color-jitter', type=float, help='colour jitter strength; default: the data config')
-    _add(group, '--workers', type=int, default=min(4, os.cpu_count() or 1),
-         help='data loader worker processes per training process')
+    _add(
+        group,
+        '--workers',
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help='data loader worker processes per training process',
+    )
 
     group = parser.add_argument_group('optimisation')
     _add(group, '--epochs', type=int, default=100, help='training epochs')
@@ -110,22 +142,47 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, '--mixup', type=float, default=0.0, help='mixup alpha (0: off)')
     _add(group, '--cutmix', type=float, default=0.0, help='cutmix alpha (0: off)')
     _add(group, '--mixup-prob', type=float, default=1.0, help='probability of mixing a batch')
-    _add(group, '--model-ema', action=argparse.BooleanOptionalAction, default=False,
-         help="keep an EMA of the weights (timm ModelEmaV3); it is evaluated and exported")
+    _add(
+        group,
+        '--model-ema',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='keep an EMA of the weights (timm ModelEmaV3); it is evaluated and exported',
+    )
     _add(group, '--model-ema-decay', type=float, default=0.9998, help='EMA decay')
 
     group = parser.add_argument_group('run')
     _add(group, '--amp', default='no', choices=('no', 'bf16', 'fp16'), help='mixed precision (Accelerate)')
-    _add(group, '--cpu', action=argparse.BooleanOptionalAction, default=False,
-         help='train on CPU even when an accelerator exists')
-    _add(group, '--find-unused-parameters', action=argparse.BooleanOptionalAction, default=False,
-         help='DDP searches for unused parameters (on by itself for models with several steps per batch)')
+    _add(
+        group,
+        '--cpu',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='train on CPU even when an accelerator exists',
+    )
+    _add(
+        group,
+        '--find-unused-parameters',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='DDP searches for unused parameters (on by itself for models with several steps per batch)',
+    )
     _add(group, '--seed', type=int, default=42, help='seed of weights, augmentation and the per-epoch shuffle')
-    _add(group, '--deterministic', action=argparse.BooleanOptionalAction, default=False,
-         help='torch deterministic algorithms (bitwise-reproducible GPU runs, slower)')
+    _add(
+        group,
+        '--deterministic',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='torch deterministic algorithms (bitwise-reproducible GPU runs, slower)',
+    )
     _add(group, '--output', default='output/train', help='output folder (checkpoints, logs, exported model)')
-    _add(group, '--resume', nargs='?', const='auto',
-         help='continue from a checkpoint folder, or (flag alone) from the last complete one in OUTPUT')
+    _add(
+        group,
+        '--resume',
+        nargs='?',
+        const='auto',
+        help='continue from a checkpoint folder, or (flag alone) from the last complete one in OUTPUT',
+    )
     _add(group, '--keep-checkpoints', type=int, default=2, help='epoch checkpoints kept (the last K)')
     _add(group, '--eval-every', type=int, default=1, help='evaluate every N epochs (and always after the last)')
     _add(group, '--log-with', help='Accelerate tracker: tensorboard, wandb, ... (also logs to metrics.csv/jsonl)')
@@ -139,21 +196,21 @@ def _convert(dest: str, value: Any, source: str) -> Any:
     elif value is not None:
         value = _convert_one(dest, value, value_type, source)
     if dest in _CHOICES and value is not None and value not in _CHOICES[dest]:
-        raise ValueError(f"{source}: {dest.replace('_', '-')}={value!r} is not one of {list(_CHOICES[dest])}.")
+        raise ValueError(f'{source}: {dest.replace("_", "-")}={value!r} is not one of {list(_CHOICES[dest])}.')
     return value
 
 
 def _convert_one(dest: str, value: Any, value_type: Any, source: str) -> Any:
     if value_type is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{source}: {dest.replace('_', '-')} must be true or false, got {value!r}.")
+            raise ValueError(f'{source}: {dest.replace("_", "-")} must be true or false, got {value!r}.')
         return value
     if value_type is str and isinstance(value, dict):
         return value  # model-kwargs may be a mapping in a recipe
     try:
         return value_type(value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {dest.replace('_', '-')}={value!r} is not a valid {value_type.__name__}.") from e
+        raise ValueError(f'{source}: {dest.replace("_", "-")}={value!r} is not a valid {value_type.__name__}.') from e
 
 
 def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
@@ -174,7 +231,7 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
             dest = str(key).lstrip('-').replace('-', '_')
             if dest not in _DEFAULTS or dest == 'recipe':
                 close = difflib.get_close_matches(dest, list(_DEFAULTS), n=3)
-                hint = f" Did you mean {', '.join(c.replace('_', '-') for c in close)}?" if close else ''
+                hint = f' Did you mean {", ".join(c.replace("_", "-") for c in close)}?' if close else ''
                 raise ValueError(f"--recipe {recipe}: unknown option '{key}'.{hint}")
             config[dest] = _convert(dest, value, f'--recipe {recipe}')
     config.update({k: v for k, v in vars(args).items() if k in _DEFAULTS})
@@ -185,17 +242,17 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError('Pass exactly one of --data-dir DIR and --synthetic.')
     for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints'):
         if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}.")
+            raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
     return config
 
 
 def parse_model_kwargs(
-        model_args: Optional[str],
-        model_kwargs: Any = None,
-        flag: str = '--model-args',
-) -> Dict[str, Any]:
+    model_args: str | None,
+    model_kwargs: Any = None,
+    flag: str = '--model-args',
+) -> dict[str, Any]:
     """Head options from `--model-kwargs` (YAML mapping, inline or file) updated by `--model-args 'k=v,...'`."""
-    kwargs: Dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     if isinstance(model_kwargs, dict):
         kwargs.update(model_kwargs)
     elif model_kwargs:
@@ -215,7 +272,7 @@ def parse_model_kwargs(
     return kwargs
 
 
-def state_dict_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """A digest of the exact bytes of every tensor (by sorted name): equal digests mean bitwise-equal weights."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
@@ -239,8 +296,9 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
     options = parse_model_kwargs(config.dataset_args, None, flag='--dataset-args')
     splits = []
     for split in (config.train_split, config.val_split):
-        dataset = create_dataset(root, split=split, layout=config.dataset_layout,
-                                 max_unreadable_fraction=config.max_unreadable, **options)
+        dataset = create_dataset(
+            root, split=split, layout=config.dataset_layout, max_unreadable_fraction=config.max_unreadable, **options
+        )
         try:
             dataset.check_images()  # every process drops the same images
         except UnreadableDataError as e:
@@ -269,7 +327,7 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     architecture = config.model.split('.')[0]
     if ':' not in config.model and not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, timm.list_models(module=['lfd', 'dpnet', 'iagn']), n=5)
-        hint = f" Close matches: {', '.join(close)}." if close else ''
+        hint = f' Close matches: {", ".join(close)}.' if close else ''
         raise ValueError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
     if config.backbone:
         kwargs['backbone'] = config.backbone
@@ -277,8 +335,8 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     for name in ('num_train_steps', 'backbone_parameters', 'model_args'):
         if not hasattr(model, name):
             raise TypeError(
-                f"--model {config.model} is not an fgvc_zoo head (no `{name}`): pass a head such as lfd, dpnet "
-                f"or iagn with --backbone {config.model}."
+                f'--model {config.model} is not an fgvc_zoo head (no `{name}`): pass a head such as lfd, dpnet '
+                f'or iagn with --backbone {config.model}.'
             )
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -299,7 +357,8 @@ def _build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.opti
     ]
     groups = [g for g in groups if g['params']]  # a frozen backbone leaves its group empty
     return create_optimizer_v2(
-        groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum)
+        groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )
 
 
 def _build_scheduler(config: argparse.Namespace, optimizer: torch.optim.Optimizer):
@@ -330,15 +389,23 @@ def _train_loader(config: argparse.Namespace, train_set, num_processes: int, pin
     batch = config.batch_size if drop_last or num_processes > 1 else len(train_set)
     if (config.mixup > 0 or config.cutmix > 0) and batch % 2:
         at_most = f' of at most {len(train_set)}' if batch < config.batch_size else ''
-        raise ValueError(f'--mixup/--cutmix mix the images of a batch in pairs, so a batch must be even, but it holds '
-                         f'{batch} images ({len(train_set)} training images, --batch-size {config.batch_size}): '
-                         f'pass an even --batch-size{at_most}.')
+        raise ValueError(
+            f'--mixup/--cutmix mix the images of a batch in pairs, so a batch must be even, but it holds '
+            f'{batch} images ({len(train_set)} training images, --batch-size {config.batch_size}): '
+            f'pass an even --batch-size{at_most}.'
+        )
     return torch.utils.data.DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.workers, drop_last=drop_last,
-        pin_memory=pin_memory, persistent_workers=config.workers > 0)
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=config.workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=config.workers > 0,
+    )
 
 
-def _complete_checkpoints(root: Path) -> List[Path]:
+def _complete_checkpoints(root: Path) -> list[Path]:
     """Checkpoint folders that were renamed into place (so are whole), oldest first."""
     if not root.is_dir():
         return []
@@ -356,12 +423,14 @@ def _lock_output(output: Path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the OS when the process ends, even on kill
     except BlockingIOError:
         lock.close()
-        raise RuntimeError(f'{output} is in use by another run (it holds the lock {output / LOCK_NAME}): wait for '
-                           f'it to finish, or pass another --output.') from None
+        raise RuntimeError(
+            f'{output} is in use by another run (it holds the lock {output / LOCK_NAME}): wait for '
+            f'it to finish, or pass another --output.'
+        ) from None
     return lock
 
 
-def _find_resume(config: argparse.Namespace) -> Optional[Path]:
+def _find_resume(config: argparse.Namespace) -> Path | None:
     checkpoints = _complete_checkpoints(Path(config.output) / CHECKPOINT_DIR)
     if config.resume is None:
         if checkpoints:
@@ -397,15 +466,17 @@ def _load_extra_state(folder: Path, scheduler, ema) -> None:
     scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
     if ema is not None:
         if not (folder / EMA_WEIGHTS).is_file():
-            raise FileNotFoundError(f'--model-ema, but checkpoint {folder} has no {EMA_WEIGHTS}: it was trained '
-                                    f'without EMA. Resume without --model-ema, or start a new --output.')
+            raise FileNotFoundError(
+                f'--model-ema, but checkpoint {folder} has no {EMA_WEIGHTS}: it was trained '
+                f'without EMA. Resume without --model-ema, or start a new --output.'
+            )
         ema.module.load_state_dict(load_file(str(folder / EMA_WEIGHTS)))
 
 
-def _save_checkpoint(accelerator, output: Path, trainer_state: Dict[str, Any], keep: int, scheduler, ema) -> Path:
+def _save_checkpoint(accelerator, output: Path, trainer_state: dict[str, Any], keep: int, scheduler, ema) -> Path:
     """`save_state` into a temporary folder renamed into place, so a kill leaves the previous one whole."""
     root = output / CHECKPOINT_DIR
-    final = root / f"epoch_{trainer_state['epoch']:03d}"
+    final = root / f'epoch_{trainer_state["epoch"]:03d}'
     tmp = root / f'.{final.name}.tmp'
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -423,10 +494,14 @@ def _save_checkpoint(accelerator, output: Path, trainer_state: Dict[str, Any], k
             os.replace(tmp, final)
     except OSError as e:
         kept = _complete_checkpoints(root)
-        raise OSError(e.errno, (
-            f'Writing checkpoint {final} failed ({e.strerror or e}). The last complete checkpoint, '
-            f"{kept[-1] if kept else 'none'}, is untouched: free space or fix {root}, then rerun with --resume."
-        ), e.filename) from e
+        raise OSError(
+            e.errno,
+            (
+                f'Writing checkpoint {final} failed ({e.strerror or e}). The last complete checkpoint, '
+                f'{kept[-1] if kept else "none"}, is untouched: free space or fix {root}, then rerun with --resume.'
+            ),
+            e.filename,
+        ) from e
     if accelerator.is_main_process:
         for old in _complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old)
@@ -434,7 +509,7 @@ def _save_checkpoint(accelerator, output: Path, trainer_state: Dict[str, Any], k
     return final
 
 
-def _check_finite(accelerator, loss: torch.Tensor, epoch: int, batch: int, step: int, last_good: Optional[Path]):
+def _check_finite(accelerator, loss: torch.Tensor, epoch: int, batch: int, step: int, last_good: Path | None):
     """Stop every process together when any has a non-finite loss, before it reaches the weights."""
     bad = accelerator.gather(torch.isfinite(loss.detach()).logical_not().reshape(1)).any()
     if bad:
@@ -446,29 +521,29 @@ def _check_finite(accelerator, loss: torch.Tensor, epoch: int, batch: int, step:
 
 
 def _train_one_epoch(
-        config: argparse.Namespace,
-        epoch: int,
-        model: nn.Module,
-        loader,
-        optimizer,
-        accelerator,
-        ema,
-        mixup,
-        num_classes: int,
-        trainer_state: Dict[str, Any],
-        last_good: Optional[Path],
-) -> Dict[str, float]:
+    config: argparse.Namespace,
+    epoch: int,
+    model: nn.Module,
+    loader,
+    optimizer,
+    accelerator,
+    ema,
+    mixup,
+    num_classes: int,
+    trainer_state: dict[str, Any],
+    last_good: Path | None,
+) -> dict[str, float]:
     from timm.data.mixup import mixup_target
     from tqdm.auto import tqdm
 
     model.train()
     unwrapped = accelerator.unwrap_model(model)
     num_steps = unwrapped.num_train_steps
-    totals: Dict[str, torch.Tensor] = {}
+    totals: dict[str, torch.Tensor] = {}
     num_forward = 0
     num_images = 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process)
+    bar = tqdm(loader, desc=f'epoch {epoch + 1}/{config.epochs}', disable=not accelerator.is_local_main_process)
     for batch_index, (x, y) in enumerate(bar):
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -496,15 +571,16 @@ def _train_one_epoch(
             num_forward += 1
         num_images += x.shape[0] * accelerator.num_processes
         images_per_s = num_images / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{output.loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                        img_s=f'{images_per_s:.1f}')
+        bar.set_postfix(
+            loss=f'{output.loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}', img_s=f'{images_per_s:.1f}'
+        )
     means = {k: accelerator.reduce(v / num_forward, reduction='mean').item() for k, v in sorted(totals.items())}
     means['images_per_s'] = num_images / (time.perf_counter() - start)
     return {f'train_{k}': v for k, v in means.items()}
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader, accelerator, prefix: str = 'val') -> Dict[str, float]:
+def _evaluate(model: nn.Module, loader, accelerator, prefix: str = 'val') -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole split, gathered from every process."""
     model.eval()
     loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
@@ -516,11 +592,14 @@ def _evaluate(model: nn.Module, loader, accelerator, prefix: str = 'val') -> Dic
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         count += y.numel()
-    return {f'{prefix}_loss': loss_sum / count, f'{prefix}_top1': 100 * correct1 / count,
-            f'{prefix}_top5': 100 * correct5 / count}
+    return {
+        f'{prefix}_loss': loss_sum / count,
+        f'{prefix}_top1': 100 * correct1 / count,
+        f'{prefix}_top5': 100 * correct5 / count,
+    }
 
 
-def _write_metrics(output: Path, history: List[Dict[str, Any]]) -> None:
+def _write_metrics(output: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.csv/jsonl from the checkpointed history, so a resumed run never duplicates an epoch."""
     with open(output / 'metrics.jsonl', 'w') as f:
         f.writelines(json.dumps(row) + '\n' for row in history)
@@ -531,8 +610,9 @@ def _write_metrics(output: Path, history: List[Dict[str, Any]]) -> None:
         writer.writerows(history)
 
 
-def _plot_curves(output: Path, history: List[Dict[str, Any]]) -> None:
+def _plot_curves(output: Path, history: list[dict[str, Any]]) -> None:
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
@@ -540,11 +620,11 @@ def _plot_curves(output: Path, history: List[Dict[str, Any]]) -> None:
     for key in ('train_loss', 'val_loss'):
         points = [(row['epoch'], row[key]) for row in history if key in row]
         if points:
-            ax_loss.plot(*zip(*points), marker='o', label=key)
+            ax_loss.plot(*zip(*points, strict=False), marker='o', label=key)
     for key in ('val_top1', 'val_top5', 'ema_top1'):
         points = [(row['epoch'], row[key]) for row in history if key in row]
         if points:
-            ax_acc.plot(*zip(*points), marker='o', label=key)
+            ax_acc.plot(*zip(*points, strict=False), marker='o', label=key)
     ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
     ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy')
     for ax in (ax_loss, ax_acc):
@@ -556,11 +636,11 @@ def _plot_curves(output: Path, history: List[Dict[str, Any]]) -> None:
 
 
 def _export(
-        model: nn.Module,
-        output: Path,
-        label_names: Optional[List[str]],
-        results: Dict[str, Any],
-        img_size: int,
+    model: nn.Module,
+    output: Path,
+    label_names: list[str] | None,
+    results: dict[str, Any],
+    img_size: int,
 ) -> None:
     """model.safetensors + config.json (timm format, label names, trained input size) + card, via fgvc_zoo.hub."""
     from .hub import save_pretrained
@@ -569,13 +649,19 @@ def _export(
     save_pretrained(model, output, label_names=label_names, results=results, data_config=data_config)
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     import accelerate
     import timm
 
     import fgvc_zoo
-    return {'torch': torch.__version__, 'timm': timm.__version__, 'accelerate': accelerate.__version__,
-            'fgvc_zoo': fgvc_zoo.__version__, 'python': sys.version.split()[0]}
+
+    return {
+        'torch': torch.__version__,
+        'timm': timm.__version__,
+        'accelerate': accelerate.__version__,
+        'fgvc_zoo': fgvc_zoo.__version__,
+        'python': sys.version.split()[0],
+    }
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -629,7 +715,7 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         if config.grad_accum > 1:
             raise ValueError(
                 f'--model {config.model} takes {model.num_train_steps} optimiser steps per batch, which cannot be '
-                f'combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head\'s single-step '
+                f"combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head's single-step "
                 f'option in --model-args).'
             )
     optimizer = _build_optimizer(config, model)
@@ -637,21 +723,34 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
 
     mixing = config.mixup > 0 or config.cutmix > 0
-    mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-                  label_smoothing=config.label_smoothing, num_classes=num_classes) if mixing else None
+    mixup = (
+        Mixup(
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            prob=config.mixup_prob,
+            label_smoothing=config.label_smoothing,
+            num_classes=num_classes,
+        )
+        if mixing
+        else None
+    )
     train_loader = _train_loader(config, train_set, accelerator.num_processes, accelerator.device.type == 'cuda')
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
-        pin_memory=accelerator.device.type == 'cuda')
+        val_set,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=config.workers,
+        pin_memory=accelerator.device.type == 'cuda',
+    )
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed by us, not prepared.
 
-    trainer_state: Dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
+    trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         _load_extra_state(resume_from, scheduler, ema)
         trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
-        accelerator.print(f"Resumed from {resume_from} (epoch {trainer_state['epoch']}, step {trainer_state['step']}).")
+        accelerator.print(f'Resumed from {resume_from} (epoch {trainer_state["epoch"]}, step {trainer_state["step"]}).')
     last_good = resume_from
 
     resolved = dict(vars(config))
@@ -661,14 +760,26 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     accelerator.print(
         f'Training {config.model} on {len(train_set)} images ({num_classes} classes), world size '
         f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} epochs from epoch '
-        f"{trainer_state['epoch'] + 1}.")
+        f'{trainer_state["epoch"] + 1}.'
+    )
 
     for epoch in range(trainer_state['epoch'], config.epochs):
         scheduler.step(epoch)
         train_loader.set_epoch(epoch)
         row = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr']}
-        row |= _train_one_epoch(config, epoch, model, train_loader, optimizer, accelerator, ema, mixup,
-                                num_classes, trainer_state, last_good)
+        row |= _train_one_epoch(
+            config,
+            epoch,
+            model,
+            train_loader,
+            optimizer,
+            accelerator,
+            ema,
+            mixup,
+            num_classes,
+            trainer_state,
+            last_good,
+        )
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             row |= _evaluate(model, val_loader, accelerator)
             if ema is not None:
@@ -692,12 +803,17 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         final = trainer_state['history'][-1]
         results = {
             # Metrics of the exported weights (the EMA's with --model-ema), named as the model card expects.
-            'metrics': {k[len(prefix):]: v for k, v in final.items() if k.startswith(prefix)},
+            'metrics': {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)},
             'train_metrics': {k: v for k, v in final.items() if k.startswith('train_')},
             'history': trainer_state['history'],
-            'dataset': {'name': config.dataset_name or Path(train_set.root).name, 'layout': train_set.layout,
-                        'root': str(train_set.root), 'train_images': len(train_set), 'val_images': len(val_set),
-                        'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable}},
+            'dataset': {
+                'name': config.dataset_name or Path(train_set.root).name,
+                'layout': train_set.layout,
+                'root': str(train_set.root),
+                'train_images': len(train_set),
+                'val_images': len(val_set),
+                'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable},
+            },
             'exported_weights': 'ema' if ema is not None else 'model',
             'weights_sha256_per_rank': digests,
             'world_size': accelerator.num_processes,
@@ -708,18 +824,23 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             'versions': _versions(),
         }
         if len(label_names) != num_classes:
-            _logger.warning('--num-classes %d differs from the %d dataset classes: config.json gets no label_names.',
-                            num_classes, len(label_names))
+            _logger.warning(
+                '--num-classes %d differs from the %d dataset classes: config.json gets no label_names.',
+                num_classes,
+                len(label_names),
+            )
         _export(exported, output, label_names if len(label_names) == num_classes else None, results, config.img_size)
         (output / 'results.json').write_text(json.dumps(results, indent=2, default=str))
         _plot_curves(output, trainer_state['history'])
-        accelerator.print(f'World size {accelerator.num_processes}; weights identical on every rank ({digest[:12]}). '
-                          f'Exported to {output}.')
+        accelerator.print(
+            f'World size {accelerator.num_processes}; weights identical on every rank ({digest[:12]}). '
+            f'Exported to {output}.'
+        )
     accelerator.end_training()
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     parser = argparse.ArgumentParser(prog='python -m fgvc_zoo.train', description=__doc__.split('\n')[1])
     add_train_arguments(parser)

@@ -1,10 +1,11 @@
-""" A minimal Hugging Face Hub for tests: the endpoints `HfApi.create_repo`, `upload_folder`/`create_commit` and
+"""A minimal Hugging Face Hub for tests: the endpoints `HfApi.create_repo`, `upload_folder`/`create_commit` and
 `hf_hub_download` call, served on 127.0.0.1 from memory.
 
 Written by hand because huggingface_hub ships no test server. Every file is stored as a regular git blob (the
 preupload answer is always `regular`, so no LFS or Xet transfer is involved), and every request is recorded so a
 test can check what the client sent (token, visibility, file paths).
 """
+
 import base64
 import hashlib
 import json
@@ -12,7 +13,6 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional, Tuple
 
 import yaml
 
@@ -22,7 +22,7 @@ REPO = r'(?P<repo>[\w.-]+/[\w.-]+)'
 @dataclass
 class Repo:
     private: bool
-    files: Dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
     commit: str = '0' * 40
 
 
@@ -30,7 +30,7 @@ class Repo:
 class Request:
     method: str
     path: str
-    authorization: Optional[str]
+    authorization: str | None
     body: bytes
 
 
@@ -39,8 +39,8 @@ class HubServer:
 
     def __init__(self, token: str = 'hf_test_token'):
         self.token = token
-        self.repos: Dict[str, Repo] = {}
-        self.requests: List[Request] = []
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[Request] = []
         self._server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
         self.endpoint = f'http://127.0.0.1:{self._server.server_address[1]}'
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -53,11 +53,11 @@ class HubServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def add_repo(self, repo_id: str, files: Dict[str, bytes], private: bool = False) -> None:
+    def add_repo(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> None:
         self.repos[repo_id] = Repo(private=private)
         self._commit(repo_id, files)
 
-    def _commit(self, repo_id: str, files: Dict[str, bytes]) -> str:
+    def _commit(self, repo_id: str, files: dict[str, bytes]) -> str:
         repo = self.repos[repo_id]
         repo.files.update(files)
         digest = hashlib.sha1(repo.commit.encode())
@@ -73,7 +73,7 @@ class HubServer:
             def log_message(self, *args) -> None:  # keep pytest output clean
                 pass
 
-            def _reply(self, status: int, body: bytes = b'', headers: Optional[Dict[str, str]] = None) -> None:
+            def _reply(self, status: int, body: bytes = b'', headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -82,7 +82,7 @@ class HubServer:
                 if self.command != 'HEAD':
                     self.wfile.write(body)
 
-            def _json(self, status: int, payload, headers: Optional[Dict[str, str]] = None) -> None:
+            def _json(self, status: int, payload, headers: dict[str, str] | None = None) -> None:
                 headers = {'Content-Type': 'application/json', **(headers or {})}
                 self._reply(status, json.dumps(payload).encode(), headers)
 
@@ -98,7 +98,7 @@ class HubServer:
             def _authorised(self) -> bool:
                 return self.headers.get('Authorization') == f'Bearer {hub.token}'
 
-            def _repo(self, repo_id: str) -> Optional[Repo]:
+            def _repo(self, repo_id: str) -> Repo | None:
                 repo = hub.repos.get(repo_id)
                 if repo is None or (repo.private and not self._authorised()):
                     self._error(404, 'RepoNotFound')
@@ -112,7 +112,7 @@ class HubServer:
                     return self._error(401, 'Unauthorized')
                 if path == '/api/repos/create':
                     payload = json.loads(body)
-                    repo_id = f"{payload['organization']}/{payload['name']}"
+                    repo_id = f'{payload["organization"]}/{payload["name"]}'
                     if repo_id in hub.repos:
                         return self._json(409, {'error': 'You already created this model repo', 'url': repo_id})
                     hub.add_repo(repo_id, {}, private=payload.get('visibility') == 'private')
@@ -132,9 +132,9 @@ class HubServer:
                     if item['key'] == 'file':
                         added[item['value']['path']] = base64.b64decode(item['value']['content'])
                     elif item['key'] != 'header':
-                        return self._json(400, {'error': f"this test Hub takes regular files only, not {item['key']}"})
+                        return self._json(400, {'error': f'this test Hub takes regular files only, not {item["key"]}'})
                 commit = hub._commit(match['repo'], added)
-                self._json(200, {'commitUrl': f"{hub.endpoint}/{match['repo']}/commit/{commit}", 'commitOid': commit})
+                self._json(200, {'commitUrl': f'{hub.endpoint}/{match["repo"]}/commit/{commit}', 'commitOid': commit})
 
             def _validate_yaml(self, card: str) -> None:
                 # The real Hub rejects a README whose front matter is not a YAML mapping.
@@ -151,10 +151,15 @@ class HubServer:
                 if info is not None:
                     repo = self._repo(info['repo'])
                     if repo is not None:
-                        self._json(200, {
-                            'id': info['repo'], 'sha': repo.commit, 'private': repo.private,
-                            'siblings': [{'rfilename': name} for name in sorted(repo.files)],
-                        })
+                        self._json(
+                            200,
+                            {
+                                'id': info['repo'],
+                                'sha': repo.commit,
+                                'private': repo.private,
+                                'siblings': [{'rfilename': name} for name in sorted(repo.files)],
+                            },
+                        )
                     return
                 self._resolve(path)
 
@@ -178,6 +183,6 @@ class HubServer:
         return Handler
 
 
-def served_files(hub: HubServer, repo_id: str) -> Tuple[str, ...]:
+def served_files(hub: HubServer, repo_id: str) -> tuple[str, ...]:
     """The file names a repo on the test Hub holds."""
     return tuple(sorted(hub.repos[repo_id].files))

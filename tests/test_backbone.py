@@ -1,4 +1,5 @@
-""" The backbone adapter: any timm model -> NCHW maps with channels and strides from feature_info. """
+"""The backbone adapter: any timm model -> NCHW maps with channels and strides from feature_info."""
+
 import pytest
 import timm
 import torch
@@ -14,7 +15,7 @@ def test_maps_match_the_channels_and_strides_of_feature_info(name):
     assert backbone.strides == [f['reduction'] for f in reference]
     maps = backbone(torch.randn(2, 3, 64, 64))
     assert len(maps) == 2
-    for feature_map, channels, stride in zip(maps, backbone.channels, backbone.strides):
+    for feature_map, channels, stride in zip(maps, backbone.channels, backbone.strides, strict=False):
         assert feature_map.shape == (2, channels, 64 // stride, 64 // stride)
     assert backbone.num_features == backbone.channels[-1]
 
@@ -56,5 +57,5 @@ def test_asking_for_fewer_stages_returns_the_same_shallow_maps(name):
     with torch.no_grad():
         every_stage, first_two = backbone(x), backbone(x, num_stages=2)
     assert len(first_two) == 2
-    for full, early in zip(every_stage[:2], first_two):
+    for full, early in zip(every_stage[:2], first_two, strict=False):
         torch.testing.assert_close(early, full)

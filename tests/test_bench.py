@@ -1,6 +1,7 @@
-""" `fgvc-zoo bench`: the ratio arithmetic, the interleaving, the backbone passes each head is charged against, and
+"""`fgvc-zoo bench`: the ratio arithmetic, the interleaving, the backbone passes each head is charged against, and
 that the command runs end to end on a tiny setting. No timing is asserted: timings belong in benchmarks/RESULTS.md.
 """
+
 import dataclasses
 import json
 
@@ -8,7 +9,13 @@ import pytest
 import torch
 
 from fgvc_zoo.bench import (
-    BenchConfig, backbone_passes, bench_head, build_model, format_table, interleaved_times, median_ratio,
+    BenchConfig,
+    backbone_passes,
+    bench_head,
+    build_model,
+    format_table,
+    interleaved_times,
+    median_ratio,
     train_peak_memory,
 )
 from fgvc_zoo.cli import run
@@ -22,8 +29,9 @@ TINY_ARGS = 'lfd:zoom_size=24,region_sizes=[0.35,0.5];iagn:mid_channels=8,featur
 
 
 def _config(head: str, **kwargs) -> BenchConfig:
-    return BenchConfig(head=head, backbone='test_resnet', img_size=64, batch_size=2, num_classes=3,
-                       head_args=TINY[head], **kwargs)
+    return BenchConfig(
+        head=head, backbone='test_resnet', img_size=64, batch_size=2, num_classes=3, head_args=TINY[head], **kwargs
+    )
 
 
 def test_median_ratio_is_the_median_of_per_pair_ratios_not_the_ratio_of_medians():
@@ -61,7 +69,8 @@ def test_frozen_dpnet_is_charged_one_gradient_free_pass():
     cfg = _config('dpnet')
     model = build_model(cfg)
     assert [[(tuple(x.shape), grad) for x, grad, _ in step] for step in backbone_passes(model, cfg, train=True)] == [
-        [((2, 3, 64, 64), False)]]
+        [((2, 3, 64, 64), False)]
+    ]
 
 
 def test_progressive_iagn_is_charged_its_s_plus_one_steps():
@@ -73,7 +82,8 @@ def test_progressive_iagn_is_charged_its_s_plus_one_steps():
     assert len(steps) == model.stages + 1 == model.num_train_steps
     # stage step k: a grad-free pass for the box, then a trained pass on the zoomed jigsaw whose loss reads map k
     assert [[(grad, stage) for _, grad, stage in step] for step in steps[:-1]] == [
-        [(False, None), (True, k)] for k in range(model.stages)]
+        [(False, None), (True, k)] for k in range(model.stages)
+    ]
     # the fused step trains through every map of both passes
     assert [(grad, stage) for _, grad, stage in steps[-1]] == [(True, None), (True, None)]
 
@@ -102,9 +112,21 @@ def test_bf16_autocast_setting_runs(head):
 
 
 def test_table_flags_ratios_above_target():
-    row = dict(head='lfd', backbone='b', img_size=64, batch_size=2, grad_checkpointing=False, infer_head_ms=2.2,
-               infer_backbone_ms=2.0, infer_ratio=1.10, infer_flop_ratio=1.01, train_head_ms=3.0,
-               train_backbone_ms=3.0, train_ratio=1.0, train_flop_ratio=1.02)
+    row = dict(
+        head='lfd',
+        backbone='b',
+        img_size=64,
+        batch_size=2,
+        grad_checkpointing=False,
+        infer_head_ms=2.2,
+        infer_backbone_ms=2.0,
+        infer_ratio=1.10,
+        infer_flop_ratio=1.01,
+        train_head_ms=3.0,
+        train_backbone_ms=3.0,
+        train_ratio=1.0,
+        train_flop_ratio=1.02,
+    )
     line = format_table([row]).splitlines()[-1]
     assert '| 1.100 (>1.05) | 1.010 |' in line and '| 1.000 | 1.020 |' in line and '(>1.10)' not in line
 
@@ -118,8 +140,26 @@ def test_train_step_peak_memory_grows_with_the_batch():
 
 def test_bench_command_prints_the_ratio_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / 'bench.json'
-    code = run(['bench', '--backbone', 'test_resnet', '--img-size', '64', '--num-classes', '3', '--reps', '1',
-                '--warmup', '0', '--no-memory', '--head-args', TINY_ARGS, '--json', str(out)])
+    code = run(
+        [
+            'bench',
+            '--backbone',
+            'test_resnet',
+            '--img-size',
+            '64',
+            '--num-classes',
+            '3',
+            '--reps',
+            '1',
+            '--warmup',
+            '0',
+            '--no-memory',
+            '--head-args',
+            TINY_ARGS,
+            '--json',
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert 'infer ratio' in printed and 'train ratio' in printed

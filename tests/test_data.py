@@ -1,5 +1,6 @@
-""" Specification of fgvc_zoo.data: the six FGVC layouts, image folders and HF datasets on miniature trees made
-here; robust decoding of every image fault; dataset faults; transforms. """
+"""Specification of fgvc_zoo.data: the six FGVC layouts, image folders and HF datasets on miniature trees made
+here; robust decoding of every image fault; dataset faults; transforms."""
+
 import contextlib
 import io
 import os
@@ -9,8 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from fgvc_zoo.data import (DatasetError, UnreadableDataError, UnreadableImageError, check_image, create_dataset,
-                           create_transforms, detect_layout, load_image)
+from fgvc_zoo.data import (
+    DatasetError,
+    UnreadableDataError,
+    UnreadableImageError,
+    check_image,
+    create_dataset,
+    create_transforms,
+    detect_layout,
+    load_image,
+)
 
 scipy_io = pytest.importorskip('scipy.io')
 
@@ -38,11 +47,16 @@ def _folder(root, classes=('a', 'b'), per_split=2):
 
 # --- the six FGVC layouts -----------------------------------------------------------------------------------
 
+
 def _cub(root, images=None, labels=None, split=None, bounding_boxes=True):
     classes = '1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n3 003.Sooty_Albatross\n'
-    images = images or {1: '001.Black_footed_Albatross/x1.jpg', 2: '001.Black_footed_Albatross/x2.jpg',
-                        3: '002.Laysan_Albatross/y1.jpg', 4: '003.Sooty_Albatross/z1.jpg',
-                        5: '003.Sooty_Albatross/z2.jpg'}
+    images = images or {
+        1: '001.Black_footed_Albatross/x1.jpg',
+        2: '001.Black_footed_Albatross/x2.jpg',
+        3: '002.Laysan_Albatross/y1.jpg',
+        4: '003.Sooty_Albatross/z1.jpg',
+        5: '003.Sooty_Albatross/z2.jpg',
+    }
     labels = labels or {1: 1, 2: 1, 3: 2, 4: 3, 5: 3}
     split = split or {1: 1, 2: 0, 3: 1, 4: 1, 5: 0}
     for relative in images.values():
@@ -65,9 +79,11 @@ def test_cub_nested_download_folder_detected_with_names_labels_splits_and_boxes(
     assert (train.layout, train.root, train.split, val.split) == ('cub', cub, 'train', 'val')
     assert train.classes == ['Black footed Albatross', 'Laysan Albatross', 'Sooty Albatross']
     images = os.path.join(cub, 'images')
-    assert train.samples == [(os.path.join(images, '001.Black_footed_Albatross/x1.jpg'), 0),
-                             (os.path.join(images, '002.Laysan_Albatross/y1.jpg'), 1),
-                             (os.path.join(images, '003.Sooty_Albatross/z1.jpg'), 2)]
+    assert train.samples == [
+        (os.path.join(images, '001.Black_footed_Albatross/x1.jpg'), 0),
+        (os.path.join(images, '002.Laysan_Albatross/y1.jpg'), 1),
+        (os.path.join(images, '003.Sooty_Albatross/z1.jpg'), 2),
+    ]
     assert val.targets == [0, 2]
     assert train.boxes == [(1.0, 2.0, 4.0, 6.0)] * 3  # x, y, w, h -> x1, y1, x2, y2
     image, label = train[1]
@@ -99,8 +115,9 @@ def _cars(root, test_classes=(2, 1)):
     names = np.array(['AM General Hummer SUV 2000', 'Acura RL Sedan 2012'], dtype=object)
     os.makedirs(root / 'devkit')
     scipy_io.savemat(root / 'devkit' / 'cars_meta.mat', {'class_names': names})
-    train = _cars_annotations([(1, 2, 5, 6, 1, '00001.jpg'), (0, 0, 3, 3, 2, '00002.jpg'),
-                               (0, 0, 4, 4, 2, '00003.jpg')])
+    train = _cars_annotations(
+        [(1, 2, 5, 6, 1, '00001.jpg'), (0, 0, 3, 3, 2, '00002.jpg'), (0, 0, 4, 4, 2, '00003.jpg')]
+    )
     scipy_io.savemat(root / 'devkit' / 'cars_train_annos.mat', {'annotations': train})
     test = _cars_annotations([(0, 0, 2, 2, c, f'{i:05d}.jpg') for i, c in enumerate(test_classes, 1)])
     scipy_io.savemat(root / 'cars_test_annos_withlabels.mat', {'annotations': test})
@@ -119,17 +136,31 @@ def test_stanford_cars_devkit_layout(tmp_path):
     assert train.samples == [(os.path.join(root, 'cars_train', f'0000{i}.jpg'), y) for i, y in ((1, 0), (2, 1), (3, 1))]
     assert train.boxes[0] == (1.0, 2.0, 5.0, 6.0)
     val = create_dataset(root, 'val')
-    assert val.samples == [(os.path.join(root, 'cars_test', '00001.jpg'), 1),
-                           (os.path.join(root, 'cars_test', '00002.jpg'), 0)]
+    assert val.samples == [
+        (os.path.join(root, 'cars_test', '00001.jpg'), 1),
+        (os.path.join(root, 'cars_test', '00002.jpg'), 0),
+    ]
 
 
 def test_stanford_cars_single_annotation_file_layout(tmp_path):
-    fields = [('relative_im_path', 'O'), ('bbox_x1', 'O'), ('bbox_y1', 'O'), ('bbox_x2', 'O'), ('bbox_y2', 'O'),
-              ('class', 'O'), ('test', 'O')]
-    rows = [('car_ims/000001.jpg', 0, 0, 2, 2, 2, 0), ('car_ims/000002.jpg', 0, 0, 2, 2, 1, 1),
-            ('car_ims/000003.jpg', 0, 0, 2, 2, 1, 0)]
-    scipy_io.savemat(tmp_path / 'cars_annos.mat', {'annotations': np.array(rows, dtype=fields),
-                                                   'class_names': np.array(['Hummer', 'Acura'], dtype=object)})
+    fields = [
+        ('relative_im_path', 'O'),
+        ('bbox_x1', 'O'),
+        ('bbox_y1', 'O'),
+        ('bbox_x2', 'O'),
+        ('bbox_y2', 'O'),
+        ('class', 'O'),
+        ('test', 'O'),
+    ]
+    rows = [
+        ('car_ims/000001.jpg', 0, 0, 2, 2, 2, 0),
+        ('car_ims/000002.jpg', 0, 0, 2, 2, 1, 1),
+        ('car_ims/000003.jpg', 0, 0, 2, 2, 1, 0),
+    ]
+    scipy_io.savemat(
+        tmp_path / 'cars_annos.mat',
+        {'annotations': np.array(rows, dtype=fields), 'class_names': np.array(['Hummer', 'Acura'], dtype=object)},
+    )
     for row in rows:
         _image(os.path.join(tmp_path, row[0]))
     train = create_dataset(str(tmp_path), 'train')
@@ -140,8 +171,12 @@ def test_stanford_cars_single_annotation_file_layout(tmp_path):
 
 def _aircraft(root):
     data = root / 'fgvc-aircraft-2013b' / 'data'
-    ids = {'1025794': ('707-320', 'Boeing 707', 'Boeing'), '1340192': ('A300B4', 'A300', 'Airbus'),
-           '0056978': ('727-200', 'Boeing 727', 'Boeing'), '0062765': ('A300B4', 'A300', 'Airbus')}
+    ids = {
+        '1025794': ('707-320', 'Boeing 707', 'Boeing'),
+        '1340192': ('A300B4', 'A300', 'Airbus'),
+        '0056978': ('727-200', 'Boeing 727', 'Boeing'),
+        '0062765': ('A300B4', 'A300', 'Airbus'),
+    }
     for image_id in ids:
         _image(os.path.join(data, 'images', image_id + '.jpg'))
     _write(data / 'variants.txt', '707-320\n727-200\nA300B4\n')
@@ -169,8 +204,10 @@ def test_fgvc_aircraft_levels_and_trainval_test_protocol(tmp_path):
 
 
 def _dogs(root, lists='mat'):
-    files = {'n02085620-Chihuahua': ['n02085620_1.jpg', 'n02085620_2.jpg'],
-             'n02085782-Japanese_spaniel': ['n02085782_1.jpg', 'n02085782_2.jpg']}
+    files = {
+        'n02085620-Chihuahua': ['n02085620_1.jpg', 'n02085620_2.jpg'],
+        'n02085782-Japanese_spaniel': ['n02085782_1.jpg', 'n02085782_2.jpg'],
+    }
     for folder, names in files.items():
         for name in names:
             _image(os.path.join(root, 'Images', folder, name))
@@ -179,8 +216,9 @@ def _dogs(root, lists='mat'):
     if lists == 'mat':
         os.makedirs(root / 'lists')
         for stem, paths, labels in (('train_list', train, [1, 2]), ('test_list', test, [2, 1])):
-            scipy_io.savemat(root / 'lists' / f'{stem}.mat',
-                             {'file_list': np.array(paths, dtype=object), 'labels': np.array(labels)})
+            scipy_io.savemat(
+                root / 'lists' / f'{stem}.mat', {'file_list': np.array(paths, dtype=object), 'labels': np.array(labels)}
+            )
     else:
         _write(root / 'train_list.txt', '\n'.join(train))
         _write(root / 'test_list.txt', '\n'.join(test))
@@ -201,13 +239,17 @@ def test_oxford_flowers_train_is_trnid_plus_valid_and_names_are_the_102_flowers(
     for i in range(1, 7):
         _image(os.path.join(tmp_path, 'jpg', f'image_{i:05d}.jpg'))
     scipy_io.savemat(tmp_path / 'imagelabels.mat', {'labels': np.array([[1, 2, 102, 2, 1, 102]])})
-    scipy_io.savemat(tmp_path / 'setid.mat', {'trnid': np.array([[1, 2]]), 'valid': np.array([[3]]),
-                                              'tstid': np.array([[4, 5, 6]])})
+    scipy_io.savemat(
+        tmp_path / 'setid.mat', {'trnid': np.array([[1, 2]]), 'valid': np.array([[3]]), 'tstid': np.array([[4, 5, 6]])}
+    )
     train = create_dataset(str(tmp_path), 'train')
     assert train.layout == 'flowers' and len(train.classes) == 102
     assert train.classes[0] == 'pink primrose' and train.classes[101] == 'blackberry lily'
     assert [(os.path.basename(p), y) for p, y in train.samples] == [
-        ('image_00001.jpg', 0), ('image_00002.jpg', 1), ('image_00003.jpg', 101)]
+        ('image_00001.jpg', 0),
+        ('image_00002.jpg', 1),
+        ('image_00003.jpg', 101),
+    ]
     assert create_dataset(str(tmp_path), 'val').targets == [1, 0, 101]
 
 
@@ -223,6 +265,7 @@ def test_image_folder_train_and_test_alias(tmp_path):
 
 def _hf_dataset(path, image_bytes=None):
     import datasets
+
     features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=['cat', 'dog'])})
     colours = [(255, 0, 0), (0, 0, 255)]
     images = [Image.new('RGB', (5, 4), c) for c in colours]
@@ -256,8 +299,16 @@ def test_unrecognised_folder_lists_what_each_layout_expects(tmp_path):
     _write(tmp_path / 'notes.txt', 'hello')
     with pytest.raises(DatasetError, match='could not recognise') as error:
         create_dataset(str(tmp_path))
-    for expected in ('cub:', 'cars_meta.mat', 'images_{variant,family,manufacturer}', 'setid.mat', 'train_list',
-                     'hierarchy.txt', 'train/<class>', 'save_to_disk'):
+    for expected in (
+        'cub:',
+        'cars_meta.mat',
+        'images_{variant,family,manufacturer}',
+        'setid.mat',
+        'train_list',
+        'hierarchy.txt',
+        'train/<class>',
+        'save_to_disk',
+    ):
         assert expected in str(error.value)
 
 
@@ -272,6 +323,7 @@ def test_unknown_split_layout_and_option_are_refused(tmp_path):
 
 
 # --- image faults -------------------------------------------------------------------------------------------
+
 
 def test_grayscale_becomes_grey_rgb(tmp_path):
     Image.new('L', (3, 3), 100).save(tmp_path / 'g.png')
@@ -352,13 +404,13 @@ def _jpeg_bytes() -> bytes:
 def _corrupt_png() -> bytes:
     data = bytearray(_valid_png_bytes())
     start = data.find(b'IDAT') + 10
-    data[start:start + 20] = bytes(20)  # zeros inside the compressed pixel stream
+    data[start : start + 20] = bytes(20)  # zeros inside the compressed pixel stream
     return bytes(data)
 
 
 BAD_FILES = {
     'corrupt.png': (_corrupt_png, 'broken data stream'),
-    'truncated.jpg': (lambda: _jpeg_bytes()[:len(_jpeg_bytes()) // 2], 'truncated'),
+    'truncated.jpg': (lambda: _jpeg_bytes()[: len(_jpeg_bytes()) // 2], 'truncated'),
     'empty.jpg': (lambda: b'', 'zero-byte'),
     'text.png': (lambda: b'this is a README, not an image\n', 'cannot identify'),
 }
@@ -417,6 +469,7 @@ def test_unreadable_file_met_while_training_is_replaced_by_the_next_sample(tmp_p
 
 # --- dataset faults -----------------------------------------------------------------------------------------
 
+
 def test_missing_split_file_names_it_and_the_layout(tmp_path):
     root = _cub(tmp_path)
     os.remove(tmp_path / 'train_test_split.txt')
@@ -474,8 +527,9 @@ def test_non_utf8_path_in_metadata_loads(tmp_path):
 
 @pytest.mark.parametrize('path', ['../../etc/passwd', '/etc/passwd', 'ok/../../outside.jpg'])
 def test_metadata_paths_cannot_escape_the_root(tmp_path, path):
-    root = _cub(tmp_path, images={1: '001.Black_footed_Albatross/x1.jpg', 2: path, 3: 'a/b.jpg', 4: 'c/d.jpg',
-                                  5: 'e/f.jpg'})
+    root = _cub(
+        tmp_path, images={1: '001.Black_footed_Albatross/x1.jpg', 2: path, 3: 'a/b.jpg', 4: 'c/d.jpg', 5: 'e/f.jpg'}
+    )
     with pytest.raises(DatasetError, match=r'images.txt line 2: path .* escapes the dataset root'):
         create_dataset(root, 'val')
 
@@ -489,9 +543,15 @@ def test_dogs_list_cannot_escape_the_root(tmp_path):
 
 # --- transforms ---------------------------------------------------------------------------------------------
 
+
 def test_eval_transform_resizes_by_crop_pct_then_centre_crops():
-    config = {'input_size': (3, 448, 448), 'crop_pct': 0.875, 'interpolation': 'bilinear',
-              'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
+    config = {
+        'input_size': (3, 448, 448),
+        'crop_pct': 0.875,
+        'interpolation': 'bilinear',
+        'mean': (0.5, 0.5, 0.5),
+        'std': (0.5, 0.5, 0.5),
+    }
     transform = create_transforms(config, is_training=False, img_size=56)
     resize, crop = transform.transforms[0], transform.transforms[1]
     assert resize.size == 64 and crop.size == (56, 56)  # 56 / 0.875 = 64
@@ -501,6 +561,7 @@ def test_eval_transform_resizes_by_crop_pct_then_centre_crops():
 
 def test_train_transform_is_random_resized_crop_and_flip_at_the_config_size():
     import timm
+
     model = timm.create_model('test_resnet', pretrained=False)
     names = [type(t).__name__ for t in create_transforms(model, is_training=True).transforms]
     assert names[:2] == ['RandomResizedCropAndInterpolation', 'RandomHorizontalFlip'] and 'ColorJitter' not in names

@@ -1,8 +1,9 @@
-""" DP-Net: the part scores, pooling and three constraints against hand-computed values, and the head's contract.
+"""DP-Net: the part scores, pooling and three constraints against hand-computed values, and the head's contract.
 
 Formulas are those of `shared/papers/METHODS.md` section 2; every expected number below is worked out by hand
 in the comment next to it.
 """
+
 import math
 
 import pytest
@@ -12,7 +13,12 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from fgvc_zoo.layers.parts import (
-    assignment_loss, best_region_boxes, class_specific_loss, orthogonality_loss, part_owner, part_scores,
+    assignment_loss,
+    best_region_boxes,
+    class_specific_loss,
+    orthogonality_loss,
+    part_owner,
+    part_scores,
     pool_part_scores,
 )
 from fgvc_zoo.models import DpNet
@@ -25,6 +31,7 @@ def _dpnet(backbone: str = 'test_resnet', **kwargs) -> DpNet:
 
 
 # ----------------------------------------------------------------------------------------- part scores and pooling
+
 
 def test_parts_belong_to_classes_by_index_blocks_of_q():
     # q = 2, C = 3: parts [0, 2) -> class 0, [2, 4) -> class 1, [4, 6) -> class 2.
@@ -40,11 +47,14 @@ def test_part_scores_project_regions_on_normalised_detectors():
     torch.testing.assert_close(part_scores(features, detectors), expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize('pool, expected_part_0', [
-    ('max', 6.0),
-    ('avg', 3.0),  # (1 + 2 + 3 + 6) / 4
-    ('lse', math.log((math.e ** 1 + math.e ** 2 + math.e ** 3 + math.e ** 6) / 4)),  # log-mean-exp = 5.0296...
-])
+@pytest.mark.parametrize(
+    'pool, expected_part_0',
+    [
+        ('max', 6.0),
+        ('avg', 3.0),  # (1 + 2 + 3 + 6) / 4
+        ('lse', math.log((math.e**1 + math.e**2 + math.e**3 + math.e**6) / 4)),  # log-mean-exp = 5.0296...
+    ],
+)
 def test_pooling_modes_against_hand_values(pool, expected_part_0):
     scores = torch.tensor([[[1.0, 2.0], [3.0, 6.0]], [[2.0, 2.0], [2.0, 2.0]]]).view(1, 2, 2, 2)
     pooled = pool_part_scores(scores, pool)
@@ -67,6 +77,7 @@ def test_unknown_pool_is_rejected_with_the_choices():
 
 # ---------------------------------------------------------------------------------------- the three constraints
 
+
 def test_orthogonal_detectors_give_zero_c_perp_whatever_their_length():
     assert orthogonality_loss(torch.tensor([[2.0, 0.0, 0.0], [0.0, -5.0, 0.0]])).item() == pytest.approx(0, abs=1e-6)
 
@@ -88,10 +99,12 @@ def test_c_assign_against_hand_value():
     #          region 2: scores (5, 5) -> (1/2, 1/2) -> entropy log 2.
     # Image 2: both regions decisive (a 1000 margin: softmax exactly one-hot) -> 0.
     # Sum over regions / R (= 2), mean over the batch (= 2).
-    scores = torch.tensor([
-        [[0.0, 5.0], [math.log(3), 5.0]],
-        [[1000.0, 0.0], [0.0, 1000.0]],
-    ]).view(2, 2, 1, 2)
+    scores = torch.tensor(
+        [
+            [[0.0, 5.0], [math.log(3), 5.0]],
+            [[1000.0, 0.0], [0.0, 1000.0]],
+        ]
+    ).view(2, 2, 1, 2)
     expected = ((math.log(4) - 0.75 * math.log(3) + math.log(2)) / 2 + 0) / 2
     assert assignment_loss(scores).item() == pytest.approx(expected, abs=1e-6)
 
@@ -124,6 +137,7 @@ def test_cs_rejects_a_v_that_does_not_match_q():
 
 # ------------------------------------------------------------------------------------------------------ best boxes
 
+
 def test_best_region_box_is_centred_on_the_best_cell_and_clipped_to_the_image():
     # 2 x 2 cells on a 64 x 64 image (32 px cells). Part 0 peaks at row 1, column 0: centre (16, 48); a side
     # of 48 gives (-8, 24, 40, 72), clipped to (0, 24, 40, 64). Part 1 peaks at row 0, column 1: centre (48, 16)
@@ -135,6 +149,7 @@ def test_best_region_box_is_centred_on_the_best_cell_and_clipped_to_the_image():
 
 
 # ---------------------------------------------------------------------------------------------------- the model
+
 
 def test_model_has_q_parts_per_class_and_v_over_parts():
     model = _dpnet(parts_per_class=3)
@@ -268,7 +283,10 @@ def test_pretrained_weights_for_other_classes_drop_parts_and_classifier(tmp_path
     source = _dpnet()
     save_file(source.state_dict(), str(tmp_path / 'model.safetensors'))
     model = timm.create_model(
-        'dpnet', backbone='test_resnet', num_classes=3, pretrained=True,
+        'dpnet',
+        backbone='test_resnet',
+        num_classes=3,
+        pretrained=True,
         pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')),
     )
     assert model.parts.weight.shape[0] == 6 and model.head.weight.shape == (3, 6)

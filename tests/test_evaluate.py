@@ -1,4 +1,5 @@
-""" `fgvc_zoo.evaluate`: exact counts, batch-size invariance, forced eval mode, TTA recorded, `fgvc-zoo eval`. """
+"""`fgvc_zoo.evaluate`: exact counts, batch-size invariance, forced eval mode, TTA recorded, `fgvc-zoo eval`."""
+
 import json
 
 import pytest
@@ -79,6 +80,7 @@ def test_most_confused_pairs_are_sorted_and_skip_the_diagonal():
 
 class HalvesModel(nn.Module):
     """Logits [L, R, 0.75 (L + R)] of the mean of the image's left half L and right half R."""
+
     num_classes = 3
 
     def __init__(self):
@@ -142,31 +144,59 @@ def test_eval_mode_is_forced_and_the_mode_restored(head_and_data):
 
 
 def test_eval_cli_writes_results_the_model_card_consumes(tmp_path):
-    data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=3,
-                               image_size=64)
+    data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=3, image_size=64)
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=2)
-    folder = save_pretrained(model, tmp_path / 'model', label_names=synthetic_class_names(2),
-                             data_config=dict(input_size=(3, 64, 64)))
+    folder = save_pretrained(
+        model, tmp_path / 'model', label_names=synthetic_class_names(2), data_config=dict(input_size=(3, 64, 64))
+    )
     out = tmp_path / 'eval' / 'results.json'
     # no --img-size: the export's recorded input size (64), not the cfg's 448
-    assert run(['eval', '--checkpoint', str(folder), '--data-dir', data, '--batch-size', '4', '--workers', '0',
-                '--out', str(out)]) == 0
+    assert (
+        run(
+            [
+                'eval',
+                '--checkpoint',
+                str(folder),
+                '--data-dir',
+                data,
+                '--batch-size',
+                '4',
+                '--workers',
+                '0',
+                '--out',
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     assert set(results['metrics']) == {'top1', 'top5', 'mean_class_accuracy'}
     assert results['num_images'] == 6 and results['tta'] is None and results['dataset']['split'] == 'val'
     assert results['data_config']['input_size'] == [3, 64, 64]
     assert (tmp_path / 'eval' / 'results_confusion.png').stat().st_size > 0
     card = model_card(json.loads((folder / 'config.json').read_text()), results=results)
-    assert f"| top1 | {results['metrics']['top1']:.2f} |" in card
+    assert f'| top1 | {results["metrics"]["top1"]:.2f} |' in card
     assert 'datasets:\n- data\n' in card  # the dataset folder's name
 
 
 def test_eval_refuses_a_model_trained_on_other_classes(tmp_path):
-    data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=1,
-                               image_size=64)
+    data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=1, image_size=64)
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=2)
     first, second = synthetic_class_names(2)
     folder = save_pretrained(model, tmp_path / 'model', label_names=[second, first])
     with pytest.raises(ValueError, match=f"class 0 is '{second}' but the dataset's is '{first}'"):
-        run(['eval', '--checkpoint', str(folder), '--data-dir', data, '--img-size', '64', '--workers', '0',
-             '--out', str(tmp_path / 'r.json')])
+        run(
+            [
+                'eval',
+                '--checkpoint',
+                str(folder),
+                '--data-dir',
+                data,
+                '--img-size',
+                '64',
+                '--workers',
+                '0',
+                '--out',
+                str(tmp_path / 'r.json'),
+            ]
+        )

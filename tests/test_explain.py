@@ -1,5 +1,6 @@
-""" `fgvc_zoo.explain`: geometry back to the original image, what each head's PNG shows, `fgvc-zoo explain` on a
-real photo; and the pointing benchmark's box choices and metric on hand-made cases. """
+"""`fgvc_zoo.explain`: geometry back to the original image, what each head's PNG shows, `fgvc-zoo explain` on a
+real photo; and the pointing benchmark's box choices and metric on hand-made cases."""
+
 import argparse
 import importlib.util
 from pathlib import Path
@@ -49,8 +50,9 @@ def test_geometry_of_resize_and_centre_crop_is_hand_computed():
     assert geometry.scale == pytest.approx((186 / 512, 109 / 300))
     assert geometry.offset == (45, 6)
     assert geometry.extent == pytest.approx((45 * 512 / 186, 6 * 300 / 109, 141 * 512 / 186, 102 * 300 / 109))
-    assert geometry.to_original([[0, 0, 48, 48]]) == pytest.approx(np.array([[45 * 512 / 186, 6 * 300 / 109,
-                                                                              93 * 512 / 186, 54 * 300 / 109]]))
+    assert geometry.to_original([[0, 0, 48, 48]]) == pytest.approx(
+        np.array([[45 * 512 / 186, 6 * 300 / 109, 93 * 512 / 186, 54 * 300 / 109]])
+    )
 
 
 def test_geometry_of_squash_resize_then_crop():
@@ -82,20 +84,32 @@ def test_dpnet_draws_the_parts_that_weigh_most_in_the_predicted_class():
     # (by score alone it would be 3, 1, 0; by V alone 2, 0, 3).
     participation = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.5, -1.0, 2.0, 0.3]])
     part_boxes = torch.arange(16, dtype=torch.float32).view(1, 4, 4)  # part p's box: [4p, 4p + 1, 4p + 2, 4p + 3]
-    exp = Explanation(heatmaps={}, boxes=part_boxes, scores=torch.tensor([[1.0, 3.0, 0.3, 4.0]]),
-                      labels=torch.tensor([1]), logits=torch.zeros(1, 2),
-                      extras={'part_participation': participation})
+    exp = Explanation(
+        heatmaps={},
+        boxes=part_boxes,
+        scores=torch.tensor([[1.0, 3.0, 0.3, 4.0]]),
+        labels=torch.tensor([1]),
+        logits=torch.zeros(1, 2),
+        extras={'part_participation': participation},
+    )
     values, weight, top = dpnet_top_parts(exp, 0, num_parts=3)
     assert top == [3, 2, 0]
     assert weight.tolist() == pytest.approx([0.5, -3.0, 0.6, 1.2])
     assert pointing.pointing_boxes('dpnet', exp).tolist() == [[12, 13, 14, 15]]  # the best box of part 3
 
 
-@pytest.mark.parametrize('head, model_args, panels', [
-    ('lfd', {}, 3),  # regions; attention map; predicted class map
-    ('dpnet', {'part_box_cells': 1}, 1 + 3),  # top parts' boxes; 3 part maps (+ the participation chart)
-    ('iagn', {'mid_channels': 16, 'feature_channels': 32, 'hidden_features': 16}, 1 + 3 + 1),  # box; 3 stages; fused
-])
+@pytest.mark.parametrize(
+    'head, model_args, panels',
+    [
+        ('lfd', {}, 3),  # regions; attention map; predicted class map
+        ('dpnet', {'part_box_cells': 1}, 1 + 3),  # top parts' boxes; 3 part maps (+ the participation chart)
+        (
+            'iagn',
+            {'mid_channels': 16, 'feature_channels': 32, 'hidden_features': 16},
+            1 + 3 + 1,
+        ),  # box; 3 stages; fused
+    ],
+)
 def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, model_args, panels):
     photo = real_photo(tmp_path)
     model = timm.create_model(head, backbone='test_resnet', num_classes=3, **model_args)
@@ -108,7 +122,7 @@ def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     loaded, transform, names, _ = load_from_args(parser.parse_args(['--checkpoint', str(folder), '--img-size', '96']))
-    explained, = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names)
+    (explained,) = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names)
     x1, y1, x2, y2 = explained.map_extent
     assert (x1, y1, x2, y2) == pytest.approx((45 * 512 / 186, 6 * 300 / 109, 141 * 512 / 186, 102 * 300 / 109))
     assert len(explained.panels) == panels
@@ -144,37 +158,50 @@ def test_cam_boxes_bound_the_pixels_at_half_the_max_after_min_max_scaling():
 
 
 def test_pointing_boxes_of_each_head_and_the_centre_baseline():
-    exp = Explanation(heatmaps={'predicted_class': torch.zeros(1, 1, 8, 8)}, boxes=torch.tensor([[[1., 2, 3, 4],
-                                                                                                 [0, 0, 8, 8]]]),
-                      scores=torch.ones(1, 2), labels=torch.tensor([0]), logits=torch.zeros(1, 2))
+    exp = Explanation(
+        heatmaps={'predicted_class': torch.zeros(1, 1, 8, 8)},
+        boxes=torch.tensor([[[1.0, 2, 3, 4], [0, 0, 8, 8]]]),
+        scores=torch.ones(1, 2),
+        labels=torch.tensor([0]),
+        logits=torch.zeros(1, 2),
+    )
     exp.heatmaps['predicted_class'][0, 0, 6, 5] = 1
     assert pointing.pointing_boxes('lfd', exp).tolist() == [[1, 2, 3, 4]]
     assert pointing.pointing_boxes('iagn', exp).tolist() == [[1, 2, 3, 4]]
     assert pointing.pointing_boxes('plain_cam', exp).tolist() == [[5, 6, 6, 7]]
-    assert pointing.centred(torch.tensor([[1., 2, 3, 4]]), 10, 20).tolist() == [[4, 9, 6, 11]]
+    assert pointing.centred(torch.tensor([[1.0, 2, 3, 4]]), 10, 20).tolist() == [[4, 9, 6, 11]]
 
 
 def test_pointing_counts_part_centres_inside_boxes_mapped_to_the_original():
     # A 2x downscale (Resize(50) of 100 x 100, no crop): input box (10, 10, 20, 20) is original (20, 20, 40, 40).
     geometry = view_geometry(T.Compose([T.Resize(50), T.CenterCrop(50)]), (100, 100))
     boxes = geometry.to_original([[10, 10, 20, 20], [10, 10, 20, 20], [0, 0, 5, 5]])
-    parts = [[25, 25, 35, 35],  # centre (30, 30): inside
-             [36, 36, 44, 44],  # centre (40, 40): on the border, counts
-             [20, 20, 30, 30]]  # centre (25, 25): outside (0, 0, 10, 10)
+    parts = [
+        [25, 25, 35, 35],  # centre (30, 30): inside
+        [36, 36, 44, 44],  # centre (40, 40): on the border, counts
+        [20, 20, 30, 30],
+    ]  # centre (25, 25): outside (0, 0, 10, 10)
     assert pointing_accuracy(boxes, parts) == pytest.approx(2 / 3)
 
 
 def test_explain_refuses_a_model_that_is_not_a_head():
     with pytest.raises(TypeError, match='not an fgvc_zoo head'):
-        explain_images(timm.create_model('test_resnet', num_classes=2), [Image.new('RGB', (64, 64))],
-                       T.Compose([T.Resize(64), T.CenterCrop(64), T.ToTensor()]))
+        explain_images(
+            timm.create_model('test_resnet', num_classes=2),
+            [Image.new('RGB', (64, 64))],
+            T.Compose([T.Resize(64), T.CenterCrop(64), T.ToTensor()]),
+        )
 
 
 def test_output_names_take_the_folder_when_file_names_repeat(tmp_path):
     out = str(tmp_path / 'out')
-    assert _output_paths(['a/x.jpg', 'b/y.jpg'], out) == [tmp_path / 'out' / 'x_explain.png',
-                                                          tmp_path / 'out' / 'y_explain.png']
+    assert _output_paths(['a/x.jpg', 'b/y.jpg'], out) == [
+        tmp_path / 'out' / 'x_explain.png',
+        tmp_path / 'out' / 'y_explain.png',
+    ]
     assert _output_paths(['cub/bird/0001.jpg', 'cub/cat/0001.jpg'], out) == [
-        tmp_path / 'out' / 'bird_0001_explain.png', tmp_path / 'out' / 'cat_0001_explain.png']
+        tmp_path / 'out' / 'bird_0001_explain.png',
+        tmp_path / 'out' / 'cat_0001_explain.png',
+    ]
     with pytest.raises(SystemExit, match='single PNG but 2 images'):
         _output_paths(['a.jpg', 'b.jpg'], str(tmp_path / 'one.png'))

@@ -1,9 +1,10 @@
-""" Hub publishing and loading: export, the Hub cache offline, push to a Hub on 127.0.0.1, and the errors.
+"""Hub publishing and loading: export, the Hub cache offline, push to a Hub on 127.0.0.1, and the errors.
 
 Every model is an LFD over timm's `test_resnet` with 3 classes on 64 px images; a Hub cache is built in tmp_path in
 the layout huggingface_hub uses (`models--ORG--NAME/{blobs,refs/main,snapshots/<sha>/}`) and `HF_HUB_OFFLINE=1`
 (tests/conftest.py) holds throughout, except in the push subprocess, which talks only to the test Hub.
 """
+
 import dataclasses
 import hashlib
 import io
@@ -13,18 +14,17 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict
 
 import huggingface_hub.constants
 import pytest
 import timm
 import torch
 import yaml
+from hub_server import HubServer, served_files
 from safetensors.torch import load_file, save_file
 from timm.models import _registry
 
 from fgvc_zoo import cli, hub
-from hub_server import HubServer, served_files
 
 HEAD_ARGS = dict(backbone='test_resnet', num_regions=2, num_hybrid_regions=1, zoom_size=32, region_sizes=(0.5,))
 LABELS = ['sparrow', 'wren', 'finch']
@@ -50,9 +50,9 @@ def exported(tmp_path):
     return model, folder
 
 
-def _cache_repo(cache: Path, repo_id: str, files: Dict[str, bytes]) -> None:
+def _cache_repo(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
     """Lay out `files` as huggingface_hub caches a downloaded repo: content-addressed blobs, a ref, a snapshot."""
-    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    repo_dir = cache / f'models--{repo_id.replace("/", "--")}'
     commit = hashlib.sha1(repo_id.encode()).hexdigest()
     snapshot = repo_dir / 'snapshots' / commit
     (repo_dir / 'blobs').mkdir(parents=True)
@@ -65,7 +65,7 @@ def _cache_repo(cache: Path, repo_id: str, files: Dict[str, bytes]) -> None:
         (snapshot / name).symlink_to(Path('..', '..', 'blobs', blob))
 
 
-def _folder_files(folder: Path) -> Dict[str, bytes]:
+def _folder_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.name in hub.PUSHED_FILES}
 
 
@@ -83,12 +83,15 @@ def _register_tag(monkeypatch, tag: str, repo_id: str, num_classes: int = 3) -> 
     """What a head's default_cfgs gets for a published model: `'lfd.<tag>': _cfg(..., **hub_cfg(name))`."""
     org, name = repo_id.split('/')
     cfg = dataclasses.replace(
-        timm.models.get_pretrained_cfg('lfd'), tag=tag, num_classes=num_classes, **hub.hub_cfg(name, org=org),
+        timm.models.get_pretrained_cfg('lfd'),
+        tag=tag,
+        num_classes=num_classes,
+        **hub.hub_cfg(name, org=org),
     )
     monkeypatch.setitem(_registry._model_pretrained_cfgs, f'lfd.{tag}', cfg)
 
 
-def _pickle_bytes(state_dict: Dict[str, torch.Tensor]) -> bytes:
+def _pickle_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     return buffer.getvalue()
@@ -99,8 +102,7 @@ def _pickle_bytes(state_dict: Dict[str, torch.Tensor]) -> bytes:
 
 def test_export_writes_safetensors_timm_config_and_card(exported):
     model, folder = exported
-    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors',
-                                                        'results.json']
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors', 'results.json']
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'lfd'
     assert config['num_classes'] == 3
@@ -171,8 +173,10 @@ def test_pretrained_with_other_num_classes_keeps_backbone_and_reinitialises_head
     _cache_repo(hub_cache, REPO, _folder_files(folder))
     _register_tag(monkeypatch, TAG, REPO)
 
-    for five in (timm.create_model(f'lfd.{TAG}', pretrained=True, num_classes=5, **HEAD_ARGS),
-                 timm.create_model(f'hf-hub:{REPO}', pretrained=True, num_classes=5)):
+    for five in (
+        timm.create_model(f'lfd.{TAG}', pretrained=True, num_classes=5, **HEAD_ARGS),
+        timm.create_model(f'hf-hub:{REPO}', pretrained=True, num_classes=5),
+    ):
         backbone = five.backbone.state_dict()
         assert all(torch.equal(v, backbone[k]) for k, v in model.backbone.state_dict().items())
         for head in ('image_head', 'region_head', 'hybrid_head'):
@@ -185,10 +189,14 @@ def test_pickle_only_repo_in_the_cache_is_refused(exported, hub_cache):
     model, folder = exported
     foreign_config = json.loads((folder / 'config.json').read_text())
     del foreign_config['pretrained_cfg']['hf_hub_filename']  # as another exporter would write it
-    _cache_repo(hub_cache, 'someone/pickled', {
-        'config.json': json.dumps(foreign_config).encode(),
-        'pytorch_model.bin': _pickle_bytes(model.state_dict()),
-    })
+    _cache_repo(
+        hub_cache,
+        'someone/pickled',
+        {
+            'config.json': json.dumps(foreign_config).encode(),
+            'pytorch_model.bin': _pickle_bytes(model.state_dict()),
+        },
+    )
     with pytest.raises(OSError, match=r"'someone/pickled'.*holds only pytorch_model\.bin: fgvc_zoo never loads"):
         hub.load_model('hf-hub:someone/pickled')
 
@@ -197,10 +205,14 @@ def test_plain_timm_hf_hub_refuses_a_pickle_only_repo(exported, hub_cache):
     model, folder = exported
     foreign_config = json.loads((folder / 'config.json').read_text())
     del foreign_config['pretrained_cfg']['hf_hub_filename']
-    _cache_repo(hub_cache, 'someone/pickled', {
-        'config.json': json.dumps(foreign_config).encode(),
-        'pytorch_model.bin': _pickle_bytes(model.state_dict()),
-    })
+    _cache_repo(
+        hub_cache,
+        'someone/pickled',
+        {
+            'config.json': json.dumps(foreign_config).encode(),
+            'pytorch_model.bin': _pickle_bytes(model.state_dict()),
+        },
+    )
     with pytest.raises(OSError, match='pickle'):
         timm.create_model('hf-hub:someone/pickled', pretrained=True)
 
@@ -220,8 +232,11 @@ def test_tag_whose_repo_holds_another_architecture_is_refused(exported, hub_cach
     config.update(architecture='test_resnet', num_classes=10)
     _cache_repo(hub_cache, 'fgvc-zoo/other', {'config.json': json.dumps(config).encode()})
     _register_tag(monkeypatch, 'other', 'fgvc-zoo/other')
-    with pytest.raises(ValueError, match=r"'fgvc-zoo/other' holds a 'test_resnet' model with num_classes=10, not "
-                                         r"the 'lfd'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'fgvc-zoo/other' holds a 'test_resnet' model with num_classes=10, not "
+        r"the 'lfd'",
+    ):
         hub.load_model('lfd.other')
 
 
@@ -229,8 +244,11 @@ def test_config_naming_an_unregistered_architecture_says_import_fgvc_zoo(exporte
     _, folder = exported
     config = json.loads((folder / 'config.json').read_text())
     (folder / 'config.json').write_text(json.dumps(dict(config, architecture='lfd_from_a_newer_release')))
-    with pytest.raises(RuntimeError, match=r"'lfd_from_a_newer_release' model, which is not registered.*"
-                                           r"`import fgvc_zoo`"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"'lfd_from_a_newer_release' model, which is not registered.*"
+        r'`import fgvc_zoo`',
+    ):
         hub.load_model(str(folder))
 
 
@@ -255,7 +273,9 @@ def _front_matter_and_body(card: str):
 
 def _card(architecture: str, backbone: str, results: dict) -> str:
     config = {
-        'architecture': architecture, 'num_classes': 200, 'model_args': {'backbone': backbone},
+        'architecture': architecture,
+        'num_classes': 200,
+        'model_args': {'backbone': backbone},
         'pretrained_cfg': {'input_size': [3, 448, 448], 'license': 'apache-2.0'},
         'base_model': f'timm/{backbone}.a1_in1k',
     }
@@ -270,8 +290,10 @@ def test_card_front_matter_has_model_index_of_results_and_base_model():
     assert meta['datasets'] == ['cub_200_2011']
     assert meta['base_model'] == 'timm/resnet50.a1_in1k'
     [result] = meta['model-index'][0]['results']
-    assert result['metrics'] == [{'type': 'accuracy', 'value': 86.5, 'name': 'top1'},
-                                 {'type': 'loss', 'value': 0.61, 'name': 'loss'}]
+    assert result['metrics'] == [
+        {'type': 'accuracy', 'value': 86.5, 'name': 'top1'},
+        {'type': 'loss', 'value': 0.61, 'name': 'loss'},
+    ]
     assert result['dataset'] == {'name': 'cub_200_2011', 'type': 'cub_200_2011'}
     # the paper's number beside ours, the exact recipe, usage with the import first, both BibTeX entries
     assert '| top1 | 86.50 | 87.6 (LFD, ResNet-50) |' in body and '| loss | 0.61 | n/a |' in body
@@ -283,8 +305,9 @@ def test_card_front_matter_has_model_index_of_results_and_base_model():
 
 def test_card_paper_numbers_per_head():
     dpnet = _card('dpnet_resnet50', 'resnet50', dict(RESULTS, metrics={'top1': 84.0}))
-    assert '| top1 | 84.00 | 84.9 (DP-Net, ResNet-50, no constraint); 85.0 (DP-Net, ResNet-50, all constraints) |' \
-        in dpnet
+    assert (
+        '| top1 | 84.00 | 84.9 (DP-Net, ResNet-50, no constraint); 85.0 (DP-Net, ResNet-50, all constraints) |' in dpnet
+    )
     iagn = _card('iagn_resnet50', 'resnet50', dict(RESULTS, metrics={'top1': 88.0}))
     assert "reconstructed from the paper's abstract; not the authors' code" in iagn
     assert '| top1 | 88.00 | n/a |' in iagn
@@ -316,8 +339,25 @@ def test_cli_export_of_a_checkpoint_loads_bit_for_bit(exported, tmp_path):
     (tmp_path / 'labels.txt').write_text('\n'.join(LABELS))
     out = tmp_path / 'from_checkpoint'
     kwargs = [f'{k}={v!r}' for k, v in HEAD_ARGS.items()]
-    assert cli.run(['export', str(out), '--model', 'lfd', '--checkpoint', str(checkpoint), '--num-classes', '3',
-                    '--label-names', str(tmp_path / 'labels.txt'), '--model-kwargs', *kwargs]) == 0
+    assert (
+        cli.run(
+            [
+                'export',
+                str(out),
+                '--model',
+                'lfd',
+                '--checkpoint',
+                str(checkpoint),
+                '--num-classes',
+                '3',
+                '--label-names',
+                str(tmp_path / 'labels.txt'),
+                '--model-kwargs',
+                *kwargs,
+            ]
+        )
+        == 0
+    )
     loaded = hub.load_model(str(out))
     x = _images()
     assert torch.equal(loaded(x), model(x))
@@ -329,13 +369,13 @@ def test_push_without_token_says_how_to_get_one(exported, tmp_path, monkeypatch)
     monkeypatch.delenv('HF_TOKEN', raising=False)
     monkeypatch.delenv('HUGGING_FACE_HUB_TOKEN', raising=False)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_TOKEN_PATH', str(tmp_path / 'no_token'))
-    with pytest.raises(PermissionError, match=r"No Hugging Face token to push .* pass --token .* set HF_TOKEN"):
+    with pytest.raises(PermissionError, match=r'No Hugging Face token to push .* pass --token .* set HF_TOKEN'):
         hub.push(folder, REPO)
 
 
 # ---------------------------------------------------------------------------------------------- push to a local Hub
 
-PUSH_AND_LOAD = textwrap.dedent('''
+PUSH_AND_LOAD = textwrap.dedent("""
     import json, sys
     import timm
     from safetensors.torch import load_file, save_file
@@ -354,7 +394,7 @@ PUSH_AND_LOAD = textwrap.dedent('''
     except OSError as e:
         pickle_error = str(e)
     json.dump({'labels': hub.label_names(by_client), 'pickle_error': pickle_error}, open(f'{out}/out.json', 'w'))
-''')
+""")
 
 
 def test_push_to_a_local_hub_then_load_back(exported, tmp_path):
@@ -364,14 +404,28 @@ def test_push_to_a_local_hub_then_load_back(exported, tmp_path):
     x = _images()
     save_file({'x': x}, out / 'images.safetensors')
     with HubServer(token='hf_test_token') as server:
-        server.add_repo('someone/pickled', {
-            'config.json': (folder / 'config.json').read_bytes(),
-            'pytorch_model.bin': _pickle_bytes(model.state_dict()),
-        })
-        env = dict(os.environ, HF_ENDPOINT=server.endpoint, HF_HUB_OFFLINE='0', HF_HOME=str(tmp_path / 'hf_home'),
-                   HF_TOKEN='hf_test_token')  # reading a private repo back needs the token too
-        run = subprocess.run([sys.executable, '-c', PUSH_AND_LOAD, str(folder), REPO, str(out)],
-                             env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        server.add_repo(
+            'someone/pickled',
+            {
+                'config.json': (folder / 'config.json').read_bytes(),
+                'pytorch_model.bin': _pickle_bytes(model.state_dict()),
+            },
+        )
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=server.endpoint,
+            HF_HUB_OFFLINE='0',
+            HF_HOME=str(tmp_path / 'hf_home'),
+            HF_TOKEN='hf_test_token',
+        )  # reading a private repo back needs the token too
+        run = subprocess.run(
+            [sys.executable, '-c', PUSH_AND_LOAD, str(folder), REPO, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         create = next(r for r in server.requests if r.path == '/api/repos/create')
         stored = server.repos[REPO]
@@ -385,7 +439,7 @@ def test_push_to_a_local_hub_then_load_back(exported, tmp_path):
     metrics = {m['name']: m['value'] for m in meta['model-index'][0]['results'][0]['metrics']}
     assert metrics == RESULTS['metrics']
     assert '| top1 | 66.67 |' in body and '| top5 | 100.00 |' in body
-    assert (out / f"{REPO.replace('/', '--')}.md").read_text() == stored.files['README.md'].decode()
+    assert (out / f'{REPO.replace("/", "--")}.md').read_text() == stored.files['README.md'].decode()
 
     logits = load_file(out / 'logits.safetensors')
     expected = model(x)

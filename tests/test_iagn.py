@@ -1,5 +1,6 @@
-""" IAGN (a reconstruction from the abstract, METHODS.md section 3): jigsaw, distillation, attended box and the
-progressive schedule, on timm's tiny test_resnet with shrunk head widths. """
+"""IAGN (a reconstruction from the abstract, METHODS.md section 3): jigsaw, distillation, attended box and the
+progressive schedule, on timm's tiny test_resnet with shrunk head widths."""
+
 import copy
 import math
 
@@ -46,7 +47,7 @@ def test_jigsaw_is_a_permutation_of_cells(n):
 
 
 def test_jigsaw_shuffles_every_image_with_its_own_permutation():
-    images = torch.arange(16.).view(1, 1, 4, 4).expand(32, 1, 4, 4)
+    images = torch.arange(16.0).view(1, 1, 4, 4).expand(32, 1, 4, 4)
     shuffled = jigsaw(images, 4)
     assert not torch.equal(shuffled, images)
     assert len({tuple(s.flatten().tolist()) for s in shuffled}) > 1
@@ -64,9 +65,9 @@ def test_jigsaw_keeps_leftover_pixels_and_granularity_one():
 
 def test_distillation_loss_hand_computed():
     # T = 2: teacher logits (2 ln 3, 0) soften to (3/4, 1/4); student (0, 0) to (1/2, 1/2).
-    teacher = torch.tensor([[2 * math.log(3), 0.]])
+    teacher = torch.tensor([[2 * math.log(3), 0.0]])
     student = torch.zeros(1, 2, requires_grad=True)
-    expected = 2 ** 2 * (0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5))
+    expected = 2**2 * (0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5))
     loss = distillation_loss(student, teacher, temperature=2.0)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert loss.item() > 0
@@ -91,7 +92,7 @@ def test_attended_box_hand_computed():
     attention[1, 0, 7, 7] = 1.0
     boxes = model.attended_boxes(attention)
     # xyxy in pixels, one past the last pixel: rows 2..5 and columns 1..5; the single pixel (7, 7).
-    assert boxes.tolist() == [[[1., 2., 6., 6.]], [[7., 7., 8., 8.]]]
+    assert boxes.tolist() == [[[1.0, 2.0, 6.0, 6.0]], [[7.0, 7.0, 8.0, 8.0]]]
 
 
 def test_attended_box_inside_image_and_contains_attention_max(batch):
@@ -128,7 +129,7 @@ def test_box_score_is_the_attention_share_inside_the_box(batch):
     # A high threshold: a part of the image, scored by the attention summed over its pixel slice over the total.
     part = _model(attn_threshold=0.9).eval().explain(x)
     boxes = part.boxes[:, 0].int().tolist()
-    for attention, (x1, y1, x2, y2), score in zip(part.heatmaps['attention'][:, 0], boxes, part.scores):
+    for attention, (x1, y1, x2, y2), score in zip(part.heatmaps['attention'][:, 0], boxes, part.scores, strict=False):
         assert score.item() == pytest.approx((attention[y1:y2, x1:x2].sum() / attention.sum()).item(), rel=1e-5)
     assert (part.scores < 1).any()
 
@@ -150,10 +151,10 @@ def test_cell_scores_are_the_classifier_on_a_cell():
 def test_inference_is_fused_image_plus_fused_zoom(batch):
     x, _ = batch
     model = _model(attn_threshold=0.0).eval()  # every pixel is attended: the box is the whole image
-    assert model.explain(x).boxes.tolist() == [[[0., 0., IMG, IMG]]] * 4
+    assert model.explain(x).boxes.tolist() == [[[0.0, 0.0, IMG, IMG]]] * 4
     with torch.no_grad():
         fused = model.fused_classifier(torch.cat([f.amax(dim=(2, 3)) for f in model.stage_features(x)], dim=1))
-        zoom = model.zoom(x, torch.tensor([[[0., 0., IMG, IMG]]]).expand(4, 1, 4))
+        zoom = model.zoom(x, torch.tensor([[[0.0, 0.0, IMG, IMG]]]).expand(4, 1, 4))
         fused_zoom = model.fused_classifier(torch.cat([f.amax(dim=(2, 3)) for f in model.stage_features(zoom)], 1))
         assert torch.allclose(model(x), fused + fused_zoom, atol=1e-5)
 
@@ -172,7 +173,7 @@ def test_progressive_steps_update_only_their_part(batch):
         optimizer.step()
         changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
 
-        def touched(prefix: str) -> bool:
+        def touched(prefix: str, changed: set = changed) -> bool:
             return any(name.startswith(prefix) for name in changed)
 
         if step < 3:  # stage step: this stage's head and the backbone up to this stage, nothing else
@@ -227,7 +228,7 @@ def test_folded_loss_is_the_sum_of_the_progressive_step_losses(batch):
 def test_soft_targets_train():
     model = _model(progressive=False).train()
     x = torch.randn(2, 3, IMG, IMG)
-    soft = torch.tensor([[0.9, 0.1, 0., 0., 0.], [0., 0., 0.2, 0., 0.8]])
+    soft = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0], [0.0, 0.0, 0.2, 0.0, 0.8]])
     output = model(x, target=soft)
     assert torch.isfinite(output.loss)
 
@@ -250,15 +251,20 @@ def test_registered_variants_and_arguments():
 def test_weights_for_other_classes_drop_every_stage_classifier(stages, tmp_path):
     # The class layers timm drops follow `stages`: 4 stage classifiers and the fused one for stages=4.
     save_file(_model(stages=stages).state_dict(), str(tmp_path / 'model.safetensors'))
-    model = _model(stages=stages, num_classes=3, pretrained=True,
-                   pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')))
+    model = _model(
+        stages=stages,
+        num_classes=3,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')),
+    )
     expected = tuple(f'stage_classifiers.{i}.fc' for i in range(stages)) + ('fused_classifier.fc',)
     assert model.pretrained_cfg['classifier'] == expected
     assert all(c.fc.out_features == 3 for c in [*model.stage_classifiers, model.fused_classifier])
 
 
 def test_a_training_batch_of_one_is_a_clear_error():
-    model = timm.create_model('iagn', backbone='test_resnet', num_classes=3, mid_channels=8, feature_channels=16,
-                              hidden_features=8).train()
+    model = timm.create_model(
+        'iagn', backbone='test_resnet', num_classes=3, mid_channels=8, feature_channels=16, hidden_features=8
+    ).train()
     with pytest.raises(ValueError, match='batches of at least 2 images'):
         model(torch.randn(1, 3, 64, 64), target=torch.tensor([0]))

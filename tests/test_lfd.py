@@ -1,4 +1,5 @@
-""" LFD as METHODS.md section 1 specifies it, checked against hand-computed values. """
+"""LFD as METHODS.md section 1 specifies it, checked against hand-computed values."""
+
 import math
 
 import pytest
@@ -25,8 +26,9 @@ def test_attention_map_is_the_elementwise_max_over_all_class_maps():
     expected_max = torch.tensor([[[[3.0, 2.0], [1.0, 1.0]]]])
     torch.testing.assert_close(model.attention_map(features), expected_max)
     # the single-class ablation ('pred'/'target' cam_mode) picks one map
-    torch.testing.assert_close(model.attention_map(features, torch.tensor([2])), torch.tensor([[[[-2.0, 2.0],
-                                                                                                 [-1.0, -2.0]]]]))
+    torch.testing.assert_close(
+        model.attention_map(features, torch.tensor([2])), torch.tensor([[[[-2.0, 2.0], [-1.0, -2.0]]]])
+    )
 
 
 def test_gaussian_smoothing_of_a_delta_is_the_normalised_gaussian():
@@ -37,7 +39,7 @@ def test_gaussian_smoothing_of_a_delta_is_the_normalised_gaussian():
     # kernel radius 3 sigma: 1D weights g(d) = exp(-d^2 / 2) / sum_{|d|<=3} exp(-d^2 / 2); the 2D kernel is g x g
     norm = sum(math.exp(-d * d / 2) for d in range(-3, 4))
     for dy, dx in [(0, 0), (1, 0), (1, 2), (3, 3)]:
-        expected = math.exp(-dy * dy / 2) * math.exp(-dx * dx / 2) / norm ** 2
+        expected = math.exp(-dy * dy / 2) * math.exp(-dx * dx / 2) / norm**2
         assert smoothed[0, 0, 4 + dy, 4 + dx].item() == pytest.approx(expected, rel=1e-5)
     assert smooth_maps(delta, 0.0) is delta
 
@@ -74,8 +76,9 @@ def test_when_nms_leaves_too_few_boxes_the_best_suppressed_ones_fill_the_slots()
 
 def test_each_crop_equals_an_independent_bilinear_crop_and_resize_of_its_box():
     images = torch.rand(2, 3, 40, 40)
-    boxes = torch.tensor([[[4.0, 6.0, 20.0, 22.0], [10.0, 12.0, 34.0, 36.0]],
-                          [[8.0, 2.0, 24.0, 18.0], [15.0, 15.0, 31.0, 31.0]]])
+    boxes = torch.tensor(
+        [[[4.0, 6.0, 20.0, 22.0], [10.0, 12.0, 34.0, 36.0]], [[8.0, 2.0, 24.0, 18.0], [15.0, 15.0, 31.0, 31.0]]]
+    )
     size = 24
     crops = crop_and_zoom(images, boxes, size)
     assert crops.shape == (4, 3, size, size)
@@ -86,8 +89,8 @@ def test_each_crop_equals_an_independent_bilinear_crop_and_resize_of_its_box():
         ys = y1 + (torch.arange(size) + 0.5) * (y2 - y1) / size
         grid_y, grid_x = torch.meshgrid(ys * 2 / 40 - 1, xs * 2 / 40 - 1, indexing='ij')
         grid = torch.stack([grid_x, grid_y], dim=-1)[None]
-        expected = F.grid_sample(images[image:image + 1], grid, mode='bilinear', align_corners=False)
-        torch.testing.assert_close(crops[i:i + 1], expected, atol=1e-5, rtol=1e-5)
+        expected = F.grid_sample(images[image : image + 1], grid, mode='bilinear', align_corners=False)
+        torch.testing.assert_close(crops[i : i + 1], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_explained_boxes_have_the_configured_size_and_lie_inside_the_image():

@@ -1,8 +1,9 @@
-""" The model matrix: every registered head over tiny timm backbones keeps the model contract.
+"""The model matrix: every registered head over tiny timm backbones keeps the model contract.
 
 In the spirit of timm's own tests/test_models.py: shapes, gradients, batch-size invariance, classifier reset,
 safetensors round trip, and the timm API (optimiser grouping, grad checkpointing).
 """
+
 import pytest
 import timm
 import torch
@@ -78,7 +79,7 @@ def test_eval_logits_do_not_depend_on_the_batch(head, backbone, batch):
     model = _create(head, backbone).eval()
     with torch.no_grad():
         together = model(x)
-        alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+        alone = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
     torch.testing.assert_close(alone, together, atol=1e-4, rtol=1e-4)
 
 
@@ -169,8 +170,15 @@ def test_named_variants_are_registered_for_the_popular_backbones(head):
     if not timm.is_model(head):
         pytest.skip(f"head '{head}' is not registered yet")
     names = timm.list_models(f'{head}*')
-    for backbone in ['resnet50', 'resnet101', 'convnext_tiny', 'convnext_base', 'tf_efficientnet_lite0',
-                     'vit_base_patch16_224', 'swin_base_patch4_window7_224']:
+    for backbone in [
+        'resnet50',
+        'resnet101',
+        'convnext_tiny',
+        'convnext_base',
+        'tf_efficientnet_lite0',
+        'vit_base_patch16_224',
+        'swin_base_patch4_window7_224',
+    ]:
         assert f'{head}_{backbone}' in names
     model = timm.create_model(f'{head}_resnet50', num_classes=11)
     cfg = model.pretrained_cfg
@@ -187,6 +195,7 @@ def test_no_weight_decay_names_parameters_of_the_model():
 
 def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(monkeypatch):
     import fgvc_zoo.models._backbone as backbone_module
+
     calls = []
     create_model = timm.create_model
 

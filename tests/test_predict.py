@@ -1,4 +1,5 @@
-""" `fgvc_zoo.predict` and `fgvc-zoo predict`: top-k names and probabilities, text and JSON. """
+"""`fgvc_zoo.predict` and `fgvc-zoo predict`: top-k names and probabilities, text and JSON."""
+
 import json
 import math
 
@@ -41,8 +42,9 @@ def test_topk_names_and_probabilities_are_the_softmax_best_first():
 
 
 def test_text_format():
-    predictions = [[{'index': 2, 'label': 'cat', 'probability': 0.625}, {'index': 1, 'label': 'bee',
-                                                                         'probability': 0.25}]]
+    predictions = [
+        [{'index': 2, 'label': 'cat', 'probability': 0.625}, {'index': 1, 'label': 'bee', 'probability': 0.25}]
+    ]
     assert format_predictions(['img.png'], predictions) == 'img.png\n  1. cat  62.50%\n  2. bee  25.00%'
 
 
@@ -54,8 +56,9 @@ def test_predict_refuses_label_names_of_another_length():
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp('model')
-    save_pretrained(timm.create_model('lfd', backbone='test_resnet', num_classes=3), folder,
-                    label_names=['ant', 'bee', 'cat'])
+    save_pretrained(
+        timm.create_model('lfd', backbone='test_resnet', num_classes=3), folder, label_names=['ant', 'bee', 'cat']
+    )
     images = []
     for k, colour in enumerate([(250, 10, 10), (10, 250, 10), (10, 10, 250)]):
         images.append(folder / f'image{k}.png')
@@ -65,8 +68,24 @@ def exported(tmp_path_factory):
 
 def test_predict_cli_json(exported, capsys):
     folder, images = exported
-    assert run(['predict', *images, '--checkpoint', str(folder), '--img-size', '96', '--topk', '2', '--json',
-                '--batch-size', '2']) == 0
+    assert (
+        run(
+            [
+                'predict',
+                *images,
+                '--checkpoint',
+                str(folder),
+                '--img-size',
+                '96',
+                '--topk',
+                '2',
+                '--json',
+                '--batch-size',
+                '2',
+            ]
+        )
+        == 0
+    )
     output = json.loads(capsys.readouterr().out)
     assert [entry['image'] for entry in output] == images
     for entry in output:

@@ -1,4 +1,5 @@
-""" kill -9 during epoch 2, then `--resume`: the final weights equal an unbroken run's, bit for bit. """
+"""kill -9 during epoch 2, then `--resume`: the final weights equal an unbroken run's, bit for bit."""
+
 import os
 import signal
 import subprocess
@@ -6,7 +7,6 @@ import time
 
 import torch
 from safetensors.torch import load_file
-
 from test_train import make_tiny_folder, run, train_command
 
 # EMA and mixup put the EMA weights and numpy's RNG into the checkpoint too; augmentation uses torch's RNG.
@@ -19,8 +19,9 @@ def test_kill_9_in_epoch_2_then_resume_gives_the_unbroken_weights(tmp_path):
     run(train_command(data, unbroken, 'lfd', 2, *EXTRA))
 
     env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
-    process = subprocess.Popen(train_command(data, killed, 'lfd', 2, *EXTRA), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        train_command(data, killed, 'lfd', 2, *EXTRA), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first = killed / 'checkpoints' / 'epoch_001' / 'trainer_state.json'
     deadline = time.monotonic() + 180
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -31,7 +32,7 @@ def test_kill_9_in_epoch_2_then_resume_gives_the_unbroken_weights(tmp_path):
     assert not (killed / 'checkpoints' / 'epoch_002').exists() and not (killed / 'model.safetensors').exists()
 
     result = run(train_command(data, killed, 'lfd', 2, *EXTRA, '--resume'))
-    assert f"Resumed from {killed / 'checkpoints' / 'epoch_001'} (epoch 1" in result.stdout
+    assert f'Resumed from {killed / "checkpoints" / "epoch_001"} (epoch 1' in result.stdout
     expected, resumed = load_file(unbroken / 'model.safetensors'), load_file(killed / 'model.safetensors')
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)

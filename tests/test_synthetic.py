@@ -1,4 +1,5 @@
-""" Specification of the synthetic fine-grained dataset and the pointing metric. """
+"""Specification of the synthetic fine-grained dataset and the pointing metric."""
+
 import json
 import os
 
@@ -47,8 +48,9 @@ def test_folder_layout_with_one_class_per_glyph(tmp_path):
 
 
 def test_part_box_holds_the_class_glyph_tile(tmp_path):
-    root = make_synthetic_fgvc(str(tmp_path), num_classes=2, train_per_class=4, val_per_class=2, image_size=128,
-                               part_size=0.15)
+    root = make_synthetic_fgvc(
+        str(tmp_path), num_classes=2, train_per_class=4, val_per_class=2, image_size=128, part_size=0.15
+    )
     parts = read_part_boxes(root)
     with open(os.path.join(root, 'parts.json')) as f:
         assert len(json.load(f)) == 2 * 4 + 2 * 2
@@ -67,8 +69,9 @@ def test_part_box_holds_the_class_glyph_tile(tmp_path):
 
 
 def test_every_glyph_survives_a_horizontal_flip_and_glyphs_differ(tmp_path):
-    root = make_synthetic_fgvc(str(tmp_path), num_classes=len(GLYPHS), train_per_class=1, val_per_class=1,
-                               image_size=128)
+    root = make_synthetic_fgvc(
+        str(tmp_path), num_classes=len(GLYPHS), train_per_class=1, val_per_class=1, image_size=128
+    )
     tiles = {}
     for path, (x1, y1, x2, y2) in read_part_boxes(root).items():
         if path.startswith(os.path.join(root, 'train')):
@@ -93,10 +96,12 @@ def test_bad_arguments_are_refused(tmp_path):
 
 def test_pointing_accuracy_with_boxes_hand_computed():
     predicted = [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 5, 5], [5, 5, 9, 9]]
-    parts = [[4, 4, 6, 6],  # centre (5, 5) inside [0, 10]^2: hit
-             [0, 0, 2, 2],  # centre (1, 1) outside [20, 30]^2: miss
-             [4, 4, 6, 6],  # centre (5, 5) on the border of [0, 5]^2: hit
-             [0, 0, 8, 2]]  # centre (4, 1) left of x1 = 5: miss
+    parts = [
+        [4, 4, 6, 6],  # centre (5, 5) inside [0, 10]^2: hit
+        [0, 0, 2, 2],  # centre (1, 1) outside [20, 30]^2: miss
+        [4, 4, 6, 6],  # centre (5, 5) on the border of [0, 5]^2: hit
+        [0, 0, 8, 2],
+    ]  # centre (4, 1) left of x1 = 5: miss
     assert pointing_accuracy(predicted, parts) == 0.5
     assert pointing_accuracy(torch.tensor(predicted[:1]), torch.tensor(parts[:1])) == 1.0
 

@@ -1,5 +1,6 @@
-""" The trainer: every head trains end to end on a tiny folder and exports a model timm reloads; options and recipes
-resolve as documented; the optimiser and schedule follow the papers' recipe; checkpoints are found safely. """
+"""The trainer: every head trains end to end on a tiny folder and exports a model timm reloads; options and recipes
+resolve as documented; the optimiser and schedule follow the papers' recipe; checkpoints are found safely."""
+
 import argparse
 import json
 import os
@@ -15,8 +16,15 @@ from PIL import Image
 
 from fgvc_zoo.data import create_dataset, create_transforms
 from fgvc_zoo.train import (
-    _build_optimizer, _build_scheduler, _check_finite, _find_resume, _train_loader, add_train_arguments,
-    parse_model_kwargs, resolve_config, state_dict_sha256,
+    _build_optimizer,
+    _build_scheduler,
+    _check_finite,
+    _find_resume,
+    _train_loader,
+    add_train_arguments,
+    parse_model_kwargs,
+    resolve_config,
+    state_dict_sha256,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,10 +63,32 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 def train_command(data_dir: Path, output: Path, head: str = 'lfd', epochs: int = 2, *extra: str) -> list:
     return [
-        sys.executable, '-m', 'fgvc_zoo.train', '--model', head, '--backbone', 'test_resnet',
-        '--model-args', HEAD_ARGS[head], '--data-dir', str(data_dir), '--output', str(output),
-        '--img-size', '64', '--epochs', str(epochs), '--batch-size', '4', '--workers', '0', '--lr', '0.01',
-        '--seed', '7', *extra,
+        sys.executable,
+        '-m',
+        'fgvc_zoo.train',
+        '--model',
+        head,
+        '--backbone',
+        'test_resnet',
+        '--model-args',
+        HEAD_ARGS[head],
+        '--data-dir',
+        str(data_dir),
+        '--output',
+        str(output),
+        '--img-size',
+        '64',
+        '--epochs',
+        str(epochs),
+        '--batch-size',
+        '4',
+        '--workers',
+        '0',
+        '--lr',
+        '0.01',
+        '--seed',
+        '7',
+        *extra,
     ]
 
 
@@ -79,8 +109,9 @@ def reload_exported(output: Path) -> torch.nn.Module:
     model_args = dict(config['model_args'])  # timm's export may record num_classes among the model args
     model_args.setdefault('num_classes', config['num_classes'])
     weights = dict(config['pretrained_cfg'], file=str(output / 'model.safetensors'))
-    return timm.create_model(config['architecture'], pretrained=True, pretrained_cfg_overlay=weights,
-                             **model_args).eval()
+    return timm.create_model(
+        config['architecture'], pretrained=True, pretrained_cfg_overlay=weights, **model_args
+    ).eval()
 
 
 def top1(model: torch.nn.Module, data_dir: Path, img_size: int) -> float:
@@ -128,8 +159,18 @@ def test_fgvc_zoo_train_is_the_same_command(capsys):
     with pytest.raises(SystemExit):
         cli.run(['train', '--help'])
     help_text = capsys.readouterr().out
-    for flag in ('--recipe', '--backbone-lr-mult', '--model-ema', '--amp', '--resume', '--keep-checkpoints',
-                 '--synthetic', '--model-args', '--max-unreadable', '--log-with'):
+    for flag in (
+        '--recipe',
+        '--backbone-lr-mult',
+        '--model-ema',
+        '--amp',
+        '--resume',
+        '--keep-checkpoints',
+        '--synthetic',
+        '--model-args',
+        '--max-unreadable',
+        '--log-with',
+    ):
         assert flag in help_text
 
 
@@ -142,8 +183,10 @@ def parse(argv: list) -> argparse.Namespace:
 def test_recipe_values_are_typed_and_command_line_flags_win(tmp_path):
     recipe = tmp_path / 'recipe.yaml'
     # YAML 1.1 reads 1e-3 (no dot) as a string: the trainer casts it with the flag's type.
-    recipe.write_text('model: lfd_resnet50\nlr: 1e-3\nbatch-size: 8\nsched: cosine\nchannels-last: true\n'
-                      'model-kwargs:\n  num_regions: 4\n')
+    recipe.write_text(
+        'model: lfd_resnet50\nlr: 1e-3\nbatch-size: 8\nsched: cosine\nchannels-last: true\n'
+        'model-kwargs:\n  num_regions: 4\n'
+    )
     config = parse(['--recipe', str(recipe), '--batch-size', '2', '--synthetic', '--no-channels-last'])
     assert config.model == 'lfd_resnet50' and config.lr == 0.001 and config.sched == 'cosine'
     assert config.batch_size == 2 and config.channels_last is False
@@ -164,10 +207,16 @@ def test_recipe_errors_name_the_file_and_the_fix(tmp_path):
 
 
 def test_model_args_keep_lists_and_yaml_types():
-    kwargs = parse_model_kwargs('region_sizes=[0.25,0.5],zoom_size=32,cam_mode=pred,image_only=true',
-                                '{num_regions: 4, zoom_size: 64}')
-    assert kwargs == {'region_sizes': [0.25, 0.5], 'zoom_size': 32, 'cam_mode': 'pred', 'image_only': True,
-                      'num_regions': 4}
+    kwargs = parse_model_kwargs(
+        'region_sizes=[0.25,0.5],zoom_size=32,cam_mode=pred,image_only=true', '{num_regions: 4, zoom_size: 64}'
+    )
+    assert kwargs == {
+        'region_sizes': [0.25, 0.5],
+        'zoom_size': 32,
+        'cam_mode': 'pred',
+        'image_only': True,
+        'num_regions': 4,
+    }
     with pytest.raises(ValueError, match="'zoom_size' is not key=value"):
         parse_model_kwargs('zoom_size')
 
@@ -234,8 +283,9 @@ def test_a_split_smaller_than_one_batch_still_trains_and_mixup_refuses_an_odd_ba
     with pytest.raises(ValueError, match=r'holds 5 images .* pass an even --batch-size of at most 5\.'):
         _train_loader(mixup, list(range(5)), 1, False)
     with pytest.raises(ValueError, match=r'holds 3 images .* pass an even --batch-size\.'):
-        _train_loader(parse(['--model', 'lfd', '--synthetic', '--batch-size', '3', '--cutmix', '1']), list(range(9)),
-                      1, False)
+        _train_loader(
+            parse(['--model', 'lfd', '--synthetic', '--batch-size', '3', '--cutmix', '1']), list(range(9)), 1, False
+        )
     assert len(_train_loader(mixup, list(range(6)), 2, False)) == 1  # padded to 8 on each process: even
 
 

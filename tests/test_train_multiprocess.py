@@ -1,11 +1,12 @@
-""" Two CPU processes (torchrun, gloo) train as one: world size 2, the same weights on both ranks, one set of files. """
+"""Two CPU processes (torchrun, gloo) train as one: world size 2, the same weights on both ranks, one set of files."""
+
 import json
 import sys
 
 from safetensors.torch import load_file
+from test_train import make_tiny_folder, run, train_command
 
 from fgvc_zoo.train import state_dict_sha256
-from test_train import make_tiny_folder, run, train_command
 
 
 def test_torchrun_two_processes_share_one_model_and_one_output(tmp_path):
@@ -25,8 +26,10 @@ def test_torchrun_two_processes_share_one_model_and_one_output(tmp_path):
     assert sorted(p.name for p in output.glob('model*.safetensors')) == ['model.safetensors']
     assert len((output / 'metrics.jsonl').read_text().splitlines()) == 1
     checkpoint = output / 'checkpoints' / 'epoch_001'
-    assert sorted(p.name for p in checkpoint.glob('random_states_*.pkl')) == ['random_states_0.pkl',
-                                                                             'random_states_1.pkl']
+    assert sorted(p.name for p in checkpoint.glob('random_states_*.pkl')) == [
+        'random_states_0.pkl',
+        'random_states_1.pkl',
+    ]
     # 16 training images, batch 4 per rank: the epoch is 2 steps on each of the 2 ranks, not 4.
     assert results['dataset']['train_images'] == 16
     assert json.loads((checkpoint / 'trainer_state.json').read_text())['step'] == 2

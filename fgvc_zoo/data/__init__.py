@@ -1,7 +1,29 @@
-""" FGVC datasets: the native layouts of six FGVC benchmarks, image folders, Hugging Face datasets; robust image
-decoding; timm transforms at the FGVC resolution; a synthetic dataset with known discriminative parts. """
+"""FGVC datasets: the native layouts of six FGVC benchmarks, image folders, Hugging Face datasets; robust image
+decoding; timm transforms at the FGVC resolution; a synthetic dataset with known discriminative parts."""
+
 from .dataset import LAYOUT_NAMES, FgvcDataset, create_dataset, normalize_split
 from .images import DatasetError, UnreadableDataError, UnreadableImageError, check_image, load_image
 from .layouts import LAYOUTS, detect_layout
 from .synthetic import GLYPHS, make_synthetic_fgvc, pointing_accuracy, read_part_boxes, synthetic_class_names
 from .transforms import create_transforms, resolve_fgvc_data_config
+
+__all__ = [
+    'LAYOUT_NAMES',
+    'FgvcDataset',
+    'create_dataset',
+    'normalize_split',
+    'DatasetError',
+    'UnreadableDataError',
+    'UnreadableImageError',
+    'check_image',
+    'load_image',
+    'LAYOUTS',
+    'detect_layout',
+    'GLYPHS',
+    'make_synthetic_fgvc',
+    'pointing_accuracy',
+    'read_part_boxes',
+    'synthetic_class_names',
+    'create_transforms',
+    'resolve_fgvc_data_config',
+]

@@ -1,4 +1,4 @@
-""" `FgvcDataset` over any supported layout, and `create_dataset`, the one entry point of the trainer and eval.
+"""`FgvcDataset` over any supported layout, and `create_dataset`, the one entry point of the trainer and eval.
 
 Unreadable images. `check_images()` decodes every image once up front (a thread pool; JPEGs at 1/8 scale, which
 still reads the whole stream) and drops the unreadable ones from `.samples` with a warning naming each; their
@@ -10,12 +10,14 @@ A file that still fails later (changed on disk after the check, or no check was 
 and replaced by the next readable sample, so a long run does not die on one file; it is recorded in that
 process's copy of `.unreadable` only.
 """
+
 import io
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch.utils.data
 from PIL import Image
@@ -50,16 +52,16 @@ class FgvcDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-            self,
-            root: str,
-            split: str,
-            layout: str,
-            classes: List[str],
-            samples: List[Tuple[str, int]],
-            transform: Optional[Callable] = None,
-            boxes: Optional[List[Optional[Box]]] = None,
-            max_unreadable_fraction: float = 0.01,
-            hf_images: Optional[Any] = None,
+        self,
+        root: str,
+        split: str,
+        layout: str,
+        classes: list[str],
+        samples: list[tuple[str, int]],
+        transform: Callable | None = None,
+        boxes: list[Box | None] | None = None,
+        max_unreadable_fraction: float = 0.01,
+        hf_images: Any | None = None,
     ):
         """
         Args:
@@ -81,24 +83,26 @@ class FgvcDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.boxes = list(boxes) if boxes is not None else None
         self.max_unreadable_fraction = max_unreadable_fraction
-        self.unreadable: List[str] = []
-        self.unreadable_reasons: Dict[str, str] = {}
+        self.unreadable: list[str] = []
+        self.unreadable_reasons: dict[str, str] = {}
         self._hf_images = hf_images
         self._rows = list(range(len(self.samples)))  # sample -> row of hf_images; kept aligned when filtering
         self._total = len(self.samples)
         bad = [(path, label) for path, label in self.samples if not 0 <= label < len(self.classes)]
         if bad:
-            raise DatasetError(f'{root} ({layout}, {split}): label {bad[0][1]} of {bad[0][0]!r} is outside '
-                               f'0..{len(self.classes) - 1} (label out of range; {len(bad)} samples in all)')
+            raise DatasetError(
+                f'{root} ({layout}, {split}): label {bad[0][1]} of {bad[0][0]!r} is outside '
+                f'0..{len(self.classes) - 1} (label out of range; {len(bad)} samples in all)'
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @property
-    def targets(self) -> List[int]:
+    def targets(self) -> list[int]:
         return [label for _, label in self.samples]
 
-    def _image_source(self, index: int) -> Tuple[str, Optional[io.BytesIO]]:
+    def _image_source(self, index: int) -> tuple[str, io.BytesIO | None]:
         path = self.samples[index][0]
         if self._hf_images is None:
             return path, None
@@ -128,13 +132,16 @@ class FgvcDataset(torch.utils.data.Dataset):
             return (self.transform(image) if self.transform is not None else image), label
         raise UnreadableDataError(f'no readable image left in {self.root} ({self.layout}, {self.split})')
 
-    def _record_unreadable(self, failures: List[Tuple[str, str]]) -> None:
+    def _record_unreadable(self, failures: list[tuple[str, str]]) -> None:
         new = [(path, reason) for path, reason in dict(failures).items() if path not in self.unreadable_reasons]
         for path, reason in new[:MAX_WARNINGS]:
-            warnings.warn(f'skipping unreadable image {path!r}: {reason}')
+            warnings.warn(f'skipping unreadable image {path!r}: {reason}', stacklevel=2)
         if len(new) > MAX_WARNINGS:
-            warnings.warn(f'skipping {len(new) - MAX_WARNINGS} more unreadable images of {self.root} '
-                          f'({self.split}); dataset.unreadable lists them all')
+            warnings.warn(
+                f'skipping {len(new) - MAX_WARNINGS} more unreadable images of {self.root} '
+                f'({self.split}); dataset.unreadable lists them all',
+                stacklevel=2,
+            )
         for path, reason in new:
             self.unreadable.append(path)
             self.unreadable_reasons[path] = reason
@@ -145,21 +152,29 @@ class FgvcDataset(torch.utils.data.Dataset):
             raise UnreadableDataError(
                 f'{len(self.unreadable)} of {self._total} images ({fraction:.1%}) of {self.root} ({self.layout}, '
                 f'{self.split}) are unreadable, more than max_unreadable_fraction={self.max_unreadable_fraction}:'
-                f'\n{shown}{more}\nFix or remove these files, or raise max_unreadable_fraction')
+                f'\n{shown}{more}\nFix or remove these files, or raise max_unreadable_fraction'
+            )
 
-    def check_images(self, progress: bool = False, num_workers: Optional[int] = None) -> List[str]:
+    def check_images(self, progress: bool = False, num_workers: int | None = None) -> list[str]:
         """Decode every image once; drop the unreadable ones from the split and return their paths.
 
         Raises `UnreadableDataError` if more than `max_unreadable_fraction` of the split is unreadable.
         """
-        def check(index: int) -> Optional[str]:
+
+        def check(index: int) -> str | None:
             path, source = self._image_source(index)
             return check_image(path, source)
 
         workers = num_workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-            reasons = list(tqdm(pool.map(check, range(len(self.samples))), total=len(self.samples),
-                                desc=f'checking {self.split} images', disable=not progress))
+            reasons = list(
+                tqdm(
+                    pool.map(check, range(len(self.samples))),
+                    total=len(self.samples),
+                    desc=f'checking {self.split} images',
+                    disable=not progress,
+                )
+            )
         failures = [(self.samples[i][0], r) for i, r in enumerate(reasons) if r is not None]
         keep = [i for i, r in enumerate(reasons) if r is None]
         self.samples = [self.samples[i] for i in keep]
@@ -170,14 +185,23 @@ class FgvcDataset(torch.utils.data.Dataset):
         return [path for path, _ in failures]
 
     def __repr__(self) -> str:
-        return (f'FgvcDataset(root={self.root!r}, layout={self.layout!r}, split={self.split!r}, '
-                f'images={len(self)}, classes={len(self.classes)}, unreadable={len(self.unreadable)})')
+        return (
+            f'FgvcDataset(root={self.root!r}, layout={self.layout!r}, split={self.split!r}, '
+            f'images={len(self)}, classes={len(self.classes)}, unreadable={len(self.unreadable)})'
+        )
 
 
-def _hf_split(root: str, split: str, image_column: str = 'image', label_column: str = 'label',
-              hf_split: Optional[str] = None, name: Optional[str] = None) -> Tuple[Any, List[int], List[str], str]:
+def _hf_split(
+    root: str,
+    split: str,
+    image_column: str = 'image',
+    label_column: str = 'label',
+    hf_split: str | None = None,
+    name: str | None = None,
+) -> tuple[Any, list[int], list[str], str]:
     """The split's datasets.Dataset of undecoded images, its labels, its class names, and its split key."""
     import datasets
+
     if os.path.isdir(root) and LAYOUTS['hf'].detect(root):
         loaded = datasets.load_from_disk(root)
     elif os.path.isdir(root):
@@ -188,20 +212,28 @@ def _hf_split(root: str, split: str, image_column: str = 'image', label_column: 
         wanted = (hf_split,) if hf_split else HF_SPLIT_NAMES[split]
         key = next((k for k in wanted if k in loaded), None)
         if key is None:
-            raise DatasetError(f'{root} has splits {sorted(loaded)} but none of {list(wanted)} for the {split!r} '
-                               'split; pass hf_split=... to name it')
+            raise DatasetError(
+                f'{root} has splits {sorted(loaded)} but none of {list(wanted)} for the {split!r} '
+                'split; pass hf_split=... to name it'
+            )
         ds = loaded[key]
     else:
-        raise DatasetError(f'{root} holds a single split; save a DatasetDict with "train" and "validation" (or '
-                           '"test") splits, e.g. ds.train_test_split(test_size=0.2).save_to_disk(...)')
+        raise DatasetError(
+            f'{root} holds a single split; save a DatasetDict with "train" and "validation" (or '
+            '"test") splits, e.g. ds.train_test_split(test_size=0.2).save_to_disk(...)'
+        )
     for column in (image_column, label_column):
         if column not in ds.column_names:
-            raise DatasetError(f'{root}[{key}] has no column {column!r} (columns: {ds.column_names}); pass '
-                               'image_column=... / label_column=...')
+            raise DatasetError(
+                f'{root}[{key}] has no column {column!r} (columns: {ds.column_names}); pass '
+                'image_column=... / label_column=...'
+            )
     feature = ds.features[label_column]
     if not isinstance(feature, datasets.ClassLabel):
-        raise DatasetError(f'{root}[{key}] column {label_column!r} is {feature}, not a ClassLabel, so it has no '
-                           f'class names; encode it first: ds = ds.class_encode_column({label_column!r})')
+        raise DatasetError(
+            f'{root}[{key}] column {label_column!r} is {feature}, not a ClassLabel, so it has no '
+            f'class names; encode it first: ds = ds.class_encode_column({label_column!r})'
+        )
     if not isinstance(ds.features[image_column], datasets.Image):
         raise DatasetError(f'{root}[{key}] column {image_column!r} is {ds.features[image_column]}, not an Image')
     images = ds.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
@@ -215,7 +247,7 @@ class _HfImages:
         self.images = images
         self.column = column
 
-    def __getitem__(self, row: int) -> Dict[str, Any]:
+    def __getitem__(self, row: int) -> dict[str, Any]:
         return self.images[row][self.column]
 
 
@@ -227,8 +259,9 @@ def _resolve_root(layout: str, root: str) -> str:
     return nested[0] if len(nested) == 1 else root
 
 
-def create_dataset(root: str, split: str = 'train', layout: str = 'auto', transform: Optional[Callable] = None,
-                   **options) -> FgvcDataset:
+def create_dataset(
+    root: str, split: str = 'train', layout: str = 'auto', transform: Callable | None = None, **options
+) -> FgvcDataset:
     """One split of the dataset at `root`.
 
     Args:
@@ -250,8 +283,10 @@ def create_dataset(root: str, split: str = 'train', layout: str = 'auto', transf
         root = _resolve_root(layout, root)
     unknown = sorted(set(options) - set(LAYOUT_OPTIONS.get(layout, ())))
     if unknown:
-        raise DatasetError(f'options {unknown} are not accepted by the {layout!r} layout '
-                           f'(it accepts: {list(LAYOUT_OPTIONS.get(layout, ())) + ["max_unreadable_fraction"]})')
+        raise DatasetError(
+            f'options {unknown} are not accepted by the {layout!r} layout '
+            f'(it accepts: {list(LAYOUT_OPTIONS.get(layout, ())) + ["max_unreadable_fraction"]})'
+        )
     common = dict(transform=transform, max_unreadable_fraction=max_unreadable_fraction)
     if layout == 'hf':
         images, labels, classes, key = _hf_split(root, split, **options)

@@ -1,12 +1,13 @@
-""" Robust image decoding: every image that can be converted becomes RGB, every other one is refused by name.
+"""Robust image decoding: every image that can be converted becomes RGB, every other one is refused by name.
 
 Scraped FGVC data holds grayscale, CMYK, palette, transparent, 16-bit and EXIF-rotated files, and the occasional
 corrupt, truncated, empty or non-image file. `load_image` turns the first group into plain RGB and raises
 `UnreadableImageError` (naming the file and the cause) for the second, so that a dataset can skip and count it.
 """
+
 import io
 import os
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -63,10 +64,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert('RGB')  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def _open_checked(source: Union[str, BinaryIO], path: str) -> Image.Image:
+def _open_checked(source: str | BinaryIO, path: str) -> Image.Image:
     """Open `source` (a file path, or the bytes of the image named `path`) and refuse decompression bombs."""
-    empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else os.path.isfile(source) and \
-        os.path.getsize(source) == 0
+    empty = (
+        source.getbuffer().nbytes == 0
+        if isinstance(source, io.BytesIO)
+        else os.path.isfile(source) and os.path.getsize(source) == 0
+    )
     if empty:
         raise UnreadableImageError(path, 'zero-byte file')
     try:
@@ -82,12 +86,14 @@ def _open_checked(source: Union[str, BinaryIO], path: str) -> Image.Image:
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
         img.close()
         raise UnreadableImageError(
-            path, f'decompression-bomb sized ({pixels} pixels > PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS});'
-            ' raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine')
+            path,
+            f'decompression-bomb sized ({pixels} pixels > PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS});'
+            ' raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine',
+        )
     return img
 
 
-def load_image(path: str, source: Optional[BinaryIO] = None) -> Image.Image:
+def load_image(path: str, source: BinaryIO | None = None) -> Image.Image:
     """Decode `path` (or `source`, the image's bytes, named `path` in messages) fully into an upright 8-bit RGB
     image, or raise `UnreadableImageError` naming it.
 
@@ -105,7 +111,7 @@ def load_image(path: str, source: Optional[BinaryIO] = None) -> Image.Image:
         raise UnreadableImageError(path, f'{type(e).__name__}: {e}') from None
 
 
-def check_image(path: str, source: Optional[BinaryIO] = None) -> Optional[str]:
+def check_image(path: str, source: BinaryIO | None = None) -> str | None:
     """Return None if `path` decodes, else the reason it does not. Cheaper than `load_image`.
 
     JPEGs are decoded at 1/8 scale (`Image.draft`): the decoder still reads every byte of the stream, so a
@@ -124,4 +130,3 @@ def check_image(path: str, source: Optional[BinaryIO] = None) -> Optional[str]:
     except Exception as e:
         return f'{type(e).__name__}: {e}'
     return None
-

@@ -1,4 +1,4 @@
-""" Readers of the native folder layouts of the FGVC datasets, and detection of which layout a folder holds.
+"""Readers of the native folder layouts of the FGVC datasets, and detection of which layout a folder holds.
 
 torchvision's loaders (StanfordCars, FGVCAircraft, Flowers102; none for CUB, NABirds, Dogs) fix the nesting of
 the download folder and decode with a bare PIL loader, so we parse the (small) metadata files ourselves: the
@@ -7,12 +7,13 @@ download folder may sit one level down, every label and path is checked, and dec
 
 Every reader returns a `LayoutData` for one split: 'train' or 'val' (the layout's test split).
 """
+
 import logging
 import os
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from timm.data.readers.img_extensions import get_img_extensions
@@ -23,15 +24,16 @@ __all__ = ['LayoutData', 'LAYOUTS', 'detect_layout', 'read_layout', 'safe_join',
 
 _logger = logging.getLogger(__name__)
 
-Box = Tuple[float, float, float, float]
+Box = tuple[float, float, float, float]
 
 
 @dataclass
 class LayoutData:
     """One split of a file layout: (path, label) samples, class names in label order, optional boxes."""
-    samples: List[Tuple[str, int]]
-    classes: List[str]
-    boxes: Optional[List[Box]] = None  # x1, y1, x2, y2 in pixels of the image, one per sample
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    boxes: list[Box] | None = None  # x1, y1, x2, y2 in pixels of the image, one per sample
 
 
 def display_name(name: str) -> str:
@@ -48,7 +50,8 @@ def safe_join(root: str, relative: str, source: str) -> str:
     if os.path.isabs(relative) or os.path.commonpath([joined, os.path.normpath(root)]) != os.path.normpath(root):
         raise DatasetError(
             f'{source}: path {display_name(relative)!r} escapes the dataset root {root!r}; metadata paths must be '
-            'relative and stay inside the root (fix or remove that line)')
+            'relative and stay inside the root (fix or remove that line)'
+        )
     return joined
 
 
@@ -56,11 +59,12 @@ def _require(path: str, layout: str) -> str:
     if not os.path.isfile(path):
         raise DatasetError(
             f'missing {os.path.basename(path)!r} of the {layout!r} layout (looked for {path}); '
-            f'the {layout!r} layout expects: {LAYOUTS[layout].expects}')
+            f'the {layout!r} layout expects: {LAYOUTS[layout].expects}'
+        )
     return path
 
 
-def _read_rows(path: str, layout: str, columns: int) -> List[Tuple[int, List[str]]]:
+def _read_rows(path: str, layout: str, columns: int) -> list[tuple[int, list[str]]]:
     """(line number, fields) of a whitespace table; the last field keeps its spaces (file or class names)."""
     rows = []
     # surrogateescape: a non-UTF-8 file name in the metadata still maps back to the same bytes on disk.
@@ -75,7 +79,7 @@ def _read_rows(path: str, layout: str, columns: int) -> List[Tuple[int, List[str
     return rows
 
 
-def _load_mat(path: str, layout: str) -> Dict:
+def _load_mat(path: str, layout: str) -> dict:
     try:
         from scipy.io import loadmat
     except ImportError:
@@ -88,11 +92,12 @@ def _flat(values) -> np.ndarray:
     return np.atleast_1d(values).reshape(-1)
 
 
-def _first_file(root: str, names: Sequence[str]) -> Optional[str]:
+def _first_file(root: str, names: Sequence[str]) -> str | None:
     return next((os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n))), None)
 
 
 # --- CUB-200-2011 and NABirds -----------------------------------------------------------------------------------
+
 
 def _read_cub_like(root: str, split: str, layout: str) -> LayoutData:
     """images.txt / image_class_labels.txt / train_test_split.txt / classes.txt (both datasets share them)."""
@@ -109,7 +114,8 @@ def _read_cub_like(root: str, split: str, layout: str) -> LayoutData:
         if class_id not in name_of:
             raise DatasetError(
                 f'{label_path} line {number}: class id {class_id} of image {image_id} is not in classes.txt '
-                f'(label out of range; valid ids: {class_rows[0][1][0]}..{class_rows[-1][1][0]})')
+                f'(label out of range; valid ids: {class_rows[0][1][0]}..{class_rows[-1][1][0]})'
+            )
         used.add(class_id)
     # NABirds lists its whole taxonomy in classes.txt; only the classes that label images are classes to learn.
     class_ids = [c for _, (c, _) in class_rows if c in used]
@@ -135,8 +141,7 @@ def _read_cub_like(root: str, split: str, layout: str) -> LayoutData:
             raise DatasetError(f'image id {image_id} (images.txt line {number}) has no row in {missing}')
         if is_train[image_id] != want:
             continue
-        samples.append((safe_join(images_root, relative, f'images.txt line {number}'),
-                        index_of[label_of[image_id][1]]))
+        samples.append((safe_join(images_root, relative, f'images.txt line {number}'), index_of[label_of[image_id][1]]))
         boxes.append(boxes_of.get(image_id))
     return LayoutData(samples, classes, boxes if boxes_of else None)
 
@@ -150,6 +155,7 @@ def _read_nabirds(root: str, split: str) -> LayoutData:
 
 
 # --- Stanford Cars ----------------------------------------------------------------------------------------------
+
 
 def _cars_devkit(root: str) -> str:
     return os.path.join(root, 'devkit') if os.path.isdir(os.path.join(root, 'devkit')) else root
@@ -183,8 +189,10 @@ def _read_cars(root: str, split: str) -> LayoutData:
     for number, a in enumerate(annotations, 1):
         label = int(a['class'])
         if not 1 <= label <= len(classes):
-            raise DatasetError(f'{source} annotation {number}: class {label} is outside 1..{len(classes)} of '
-                               'cars_meta.mat (label out of range)')
+            raise DatasetError(
+                f'{source} annotation {number}: class {label} is outside 1..{len(classes)} of '
+                'cars_meta.mat (label out of range)'
+            )
         samples.append((safe_join(image_root, str(a[path_field]), f'{source} annotation {number}'), label - 1))
         boxes.append(tuple(float(a[k]) for k in ('bbox_x1', 'bbox_y1', 'bbox_x2', 'bbox_y2')))
     return LayoutData(samples, classes, boxes)
@@ -217,8 +225,9 @@ def _read_aircraft(root: str, split: str, level: str = 'variant') -> LayoutData:
     samples, boxes = [], []
     for number, (image_id, name) in _read_rows(list_path, 'aircraft', 2):
         if name not in index_of:
-            raise DatasetError(f'{list_path} line {number}: {name!r} is not a class of {names_path} '
-                               '(label out of range)')
+            raise DatasetError(
+                f'{list_path} line {number}: {name!r} is not a class of {names_path} (label out of range)'
+            )
         source = f'{list_path} line {number}'
         samples.append((safe_join(os.path.join(data, 'images'), image_id + '.jpg', source), index_of[name]))
         boxes.append(box_of.get(image_id))
@@ -226,6 +235,7 @@ def _read_aircraft(root: str, split: str, level: str = 'variant') -> LayoutData:
 
 
 # --- Stanford Dogs ----------------------------------------------------------------------------------------------
+
 
 def _dogs_lists(root: str) -> str:
     return os.path.join(root, 'lists') if os.path.isdir(os.path.join(root, 'lists')) else root
@@ -245,25 +255,31 @@ def _read_dogs(root: str, split: str) -> LayoutData:
         for number, (relative,) in _read_rows(txt, 'dogs', 1):
             folder = relative.replace('\\', '/').split('/')[0]
             if folder not in index_of:
-                raise DatasetError(f'{txt} line {number}: class folder {display_name(folder)!r} is not in '
-                                   f'{images_root} (label out of range)')
+                raise DatasetError(
+                    f'{txt} line {number}: class folder {display_name(folder)!r} is not in '
+                    f'{images_root} (label out of range)'
+                )
             samples.append((safe_join(images_root, relative, f'{txt} line {number}'), index_of[folder]))
         return LayoutData(samples, classes)
     source = os.path.join(lists, stem + '.mat')
     mat = _load_mat(source, 'dogs')
-    for number, (relative, label) in enumerate(zip(_flat(mat['file_list']), _flat(mat['labels'])), 1):
+    for number, (relative, label) in enumerate(zip(_flat(mat['file_list']), _flat(mat['labels']), strict=False), 1):
         if not 1 <= int(label) <= len(folders):
-            raise DatasetError(f'{source} entry {number}: label {int(label)} is outside 1..{len(folders)} '
-                               f'(the class folders of {images_root}; label out of range)')
+            raise DatasetError(
+                f'{source} entry {number}: label {int(label)} is outside 1..{len(folders)} '
+                f'(the class folders of {images_root}; label out of range)'
+            )
         samples.append((safe_join(images_root, str(relative), f'{source} entry {number}'), int(label) - 1))
     return LayoutData(samples, classes)
 
 
 # --- Oxford Flowers-102 -----------------------------------------------------------------------------------------
 
+
 def _read_flowers(root: str, split: str) -> LayoutData:
     """jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat: 'train' is trnid + valid (1020 + 1020), 'val' is tstid."""
     from torchvision.datasets import Flowers102  # the 102 names are not in the dataset's files; reuse its list
+
     classes = list(Flowers102.classes)
     labels_path = os.path.join(root, 'imagelabels.mat')
     labels = _flat(_load_mat(labels_path, 'flowers')['labels'])
@@ -275,8 +291,9 @@ def _read_flowers(root: str, split: str) -> LayoutData:
             raise DatasetError(f'setid.mat: image id {image_id} is outside 1..{len(labels)} of {labels_path}')
         label = int(labels[image_id - 1])
         if not 1 <= label <= len(classes):
-            raise DatasetError(f'{labels_path}: label {label} of image {image_id} is outside 1..{len(classes)} '
-                               '(label out of range)')
+            raise DatasetError(
+                f'{labels_path}: label {label} of image {image_id} is outside 1..{len(classes)} (label out of range)'
+            )
         samples.append((os.path.join(root, 'jpg', f'image_{image_id:05d}.jpg'), label - 1))
     return LayoutData(samples, classes)
 
@@ -286,17 +303,20 @@ def _read_flowers(root: str, split: str) -> LayoutData:
 FOLDER_SPLITS = {'train': ('train',), 'val': ('val', 'test', 'validation')}
 
 
-def _class_files(folder: str) -> List[str]:
+def _class_files(folder: str) -> list[str]:
     extensions = get_img_extensions()
     files = []
     for directory, subdirs, names in os.walk(folder):
         subdirs.sort()
-        files += [os.path.join(directory, n) for n in sorted(names)
-                  if not n.startswith('.') and os.path.splitext(n)[1].lower() in extensions]
+        files += [
+            os.path.join(directory, n)
+            for n in sorted(names)
+            if not n.startswith('.') and os.path.splitext(n)[1].lower() in extensions
+        ]
     return files
 
 
-def _read_split_folder(split_root: str) -> Dict[str, List[str]]:
+def _read_split_folder(split_root: str) -> dict[str, list[str]]:
     """class folder -> image files; empty class folders are warned about and skipped."""
     files_of = {}
     for name in sorted(os.listdir(split_root)):
@@ -305,8 +325,11 @@ def _read_split_folder(split_root: str) -> Dict[str, List[str]]:
             continue
         files = _class_files(folder)
         if not files:
-            warnings.warn(f'class folder {display_name(folder)!r} holds no images ({"/".join(get_img_extensions())})'
-                          ': skipped, the class is not part of the dataset')
+            warnings.warn(
+                f'class folder {display_name(folder)!r} holds no images ({"/".join(get_img_extensions())})'
+                ': skipped, the class is not part of the dataset',
+                stacklevel=2,
+            )
             continue
         files_of[name] = files
     return files_of
@@ -315,8 +338,10 @@ def _read_split_folder(split_root: str) -> Dict[str, List[str]]:
 def _folder_split_root(root: str, split: str) -> str:
     found = next((os.path.join(root, d) for d in FOLDER_SPLITS[split] if os.path.isdir(os.path.join(root, d))), None)
     if found is None:
-        raise DatasetError(f'{root} has no {" or ".join(d + "/" for d in FOLDER_SPLITS[split])} folder for the '
-                           f'{split!r} split; the folder layout expects: {LAYOUTS["folder"].expects}')
+        raise DatasetError(
+            f'{root} has no {" or ".join(d + "/" for d in FOLDER_SPLITS[split])} folder for the '
+            f'{split!r} split; the folder layout expects: {LAYOUTS["folder"].expects}'
+        )
     return found
 
 
@@ -335,7 +360,8 @@ def _read_folder(root: str, split: str) -> LayoutData:
             raise DatasetError(
                 f'{_folder_split_root(root, "val")} has class folders that are not in the train split: '
                 f'{[display_name(u) for u in unknown]}; the model cannot predict them. Add training images for '
-                'them or remove them from the validation folder')
+                'them or remove them from the validation folder'
+            )
     index_of = {name: i for i, name in enumerate(folders)}
     samples = [(path, index_of[name]) for name in sorted(files_of) for path in files_of[name]]
     return LayoutData(samples, [display_name(f) for f in folders])
@@ -343,11 +369,12 @@ def _read_folder(root: str, split: str) -> LayoutData:
 
 # --- detection --------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Layout:
     expects: str
     detect: Callable[[str], bool]
-    read: Optional[Callable[..., LayoutData]]  # None: not a file layout ('hf', read by dataset.py)
+    read: Callable[..., LayoutData] | None  # None: not a file layout ('hf', read by dataset.py)
 
 
 def _has(root: str, *names: str) -> bool:
@@ -356,41 +383,56 @@ def _has(root: str, *names: str) -> bool:
 
 _CUB_FILES = ('images.txt', 'image_class_labels.txt', 'train_test_split.txt', 'classes.txt')
 
-LAYOUTS: Dict[str, Layout] = {
+LAYOUTS: dict[str, Layout] = {
     'hf': Layout(
         'a Hugging Face datasets folder written by save_to_disk (dataset_dict.json or state.json), '
         'an image folder for load_dataset("imagefolder"), or a load_dataset name',
-        lambda r: _has(r, 'dataset_dict.json') or _has(r, 'state.json', 'dataset_info.json'), None),
+        lambda r: _has(r, 'dataset_dict.json') or _has(r, 'state.json', 'dataset_info.json'),
+        None,
+    ),
     'cub': Layout(
-        'images/, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt '
-        '(optional bounding_boxes.txt)',
-        lambda r: _has(r, *_CUB_FILES) and not _has(r, 'hierarchy.txt'), _read_cub),
+        'images/, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt (optional bounding_boxes.txt)',
+        lambda r: _has(r, *_CUB_FILES) and not _has(r, 'hierarchy.txt'),
+        _read_cub,
+    ),
     'nabirds': Layout(
         'the CUB files (images/, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt) '
         'plus hierarchy.txt',
-        lambda r: _has(r, *_CUB_FILES, 'hierarchy.txt'), _read_nabirds),
+        lambda r: _has(r, *_CUB_FILES, 'hierarchy.txt'),
+        _read_nabirds,
+    ),
     'cars': Layout(
         'cars_train/, cars_test/, devkit/cars_meta.mat, devkit/cars_train_annos.mat and '
         'cars_test_annos_withlabels.mat (in devkit/ or the root); or car_ims/ with cars_annos.mat',
         lambda r: _has(r, 'devkit', 'cars_train') or _has(r, 'cars_meta.mat') or _has(r, 'cars_annos.mat'),
-        _read_cars),
+        _read_cars,
+    ),
     'aircraft': Layout(
         'data/images/, data/images_{variant,family,manufacturer}_{trainval,test}.txt, '
         'data/{variants,families,manufacturers}.txt',
-        lambda r: _has(_aircraft_data(r), 'variants.txt', 'images'), _read_aircraft),
+        lambda r: _has(_aircraft_data(r), 'variants.txt', 'images'),
+        _read_aircraft,
+    ),
     'dogs': Layout(
         'Images/<wnid>-<breed>/*.jpg, train_list.mat and test_list.mat (in lists/ or the root), or train_list.txt and '
         'test_list.txt (one path under Images/ per line)',
-        lambda r: _has(r, 'Images') and (_has(_dogs_lists(r), 'train_list.mat') or
-                                        _has(_dogs_lists(r), 'train_list.txt')), _read_dogs),
-    'flowers': Layout('jpg/, imagelabels.mat, setid.mat',
-                      lambda r: _has(r, 'jpg', 'imagelabels.mat', 'setid.mat'), _read_flowers),
-    'folder': Layout('train/<class>/*.jpg|png and val/<class>/* (or test/<class>/*)',
-                     lambda r: _has(r, 'train') and any(_has(r, d) for d in FOLDER_SPLITS['val']), _read_folder),
+        lambda r: (
+            _has(r, 'Images') and (_has(_dogs_lists(r), 'train_list.mat') or _has(_dogs_lists(r), 'train_list.txt'))
+        ),
+        _read_dogs,
+    ),
+    'flowers': Layout(
+        'jpg/, imagelabels.mat, setid.mat', lambda r: _has(r, 'jpg', 'imagelabels.mat', 'setid.mat'), _read_flowers
+    ),
+    'folder': Layout(
+        'train/<class>/*.jpg|png and val/<class>/* (or test/<class>/*)',
+        lambda r: _has(r, 'train') and any(_has(r, d) for d in FOLDER_SPLITS['val']),
+        _read_folder,
+    ),
 }
 
 
-def detect_layout(root: str) -> Tuple[str, str]:
+def detect_layout(root: str) -> tuple[str, str]:
     """(layout, folder that holds it): the root itself, else its single sub-folder that matches (a download
     folder such as CUB_200_2011/ inside the given root)."""
     if not os.path.isdir(root):
@@ -400,16 +442,17 @@ def detect_layout(root: str) -> Tuple[str, str]:
             return name, root
     matches = []
     for folder in (os.path.join(root, d) for d in sorted(os.listdir(root))):
-        name = next((name for name, layout in LAYOUTS.items() if os.path.isdir(folder) and layout.detect(folder)),
-                    None)
+        name = next((name for name, layout in LAYOUTS.items() if os.path.isdir(folder) and layout.detect(folder)), None)
         if name is not None:
             matches.append((name, folder))
     if len(matches) == 1:
         return matches[0]
     expected = '\n'.join(f'  {name}: {layout.expects}' for name, layout in LAYOUTS.items())
     found = f'several candidates {matches}' if matches else 'none of them'
-    raise DatasetError(f'could not recognise the dataset layout of {root!r} ({found}); pass layout=... or arrange '
-                       f'the files as one of:\n{expected}')
+    raise DatasetError(
+        f'could not recognise the dataset layout of {root!r} ({found}); pass layout=... or arrange '
+        f'the files as one of:\n{expected}'
+    )
 
 
 def read_layout(layout: str, root: str, split: str, **options) -> LayoutData:
@@ -417,6 +460,7 @@ def read_layout(layout: str, root: str, split: str, **options) -> LayoutData:
     data = LAYOUTS[layout].read(root, split, **options)
     if not data.samples:
         raise DatasetError(f'the {split!r} split of {root!r} ({layout} layout) has no images')
-    _logger.info('%s: %s layout, %s split, %d images, %d classes', root, layout, split, len(data.samples),
-                 len(data.classes))
+    _logger.info(
+        '%s: %s layout, %s split, %d images, %d classes', root, layout, split, len(data.samples), len(data.classes)
+    )
     return data

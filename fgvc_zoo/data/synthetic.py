@@ -1,4 +1,4 @@
-""" A synthetic fine-grained dataset whose discriminative part is known, and the pointing metric that uses it.
+"""A synthetic fine-grained dataset whose discriminative part is known, and the pointing metric that uses it.
 
 Every image shows the same kind of object (a brown ellipse "body") on a cluttered background (a smooth random
 colour field, pixel noise and random shapes). The classes differ ONLY by a small square part on the body: a
@@ -8,9 +8,10 @@ spot of the body, so a head that localises well puts its box on the part; `point
 that. Each image is generated from its own seed (seed, split, class, index), so the output is byte-identical
 for a seed whatever the order or the number of images asked for.
 """
+
 import json
 import os
-from typing import Dict, List, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ BODY_COLOUR = (150, 115, 80)
 SPLIT_SEEDS = {'train': 0, 'val': 1}
 
 
-def _glyph_masks(u: np.ndarray, v: np.ndarray) -> Dict[str, np.ndarray]:
+def _glyph_masks(u: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
     """Class name -> glyph mask over part coordinates u (right), v (down) in [-1, 1]; all symmetric in u."""
     r = np.hypot(u, v)
     return {
@@ -44,11 +45,13 @@ def _glyph_masks(u: np.ndarray, v: np.ndarray) -> Dict[str, np.ndarray]:
 GLYPHS = tuple(_glyph_masks(np.zeros(1), np.zeros(1)))
 
 
-def synthetic_class_names(num_classes: int) -> List[str]:
+def synthetic_class_names(num_classes: int) -> list[str]:
     """Folder (= class) names: the glyph of each class, e.g. ['hbar', 'vbar', 'plus', 'cross']."""
     if not 2 <= num_classes <= len(GLYPHS):
-        raise ValueError(f'num_classes={num_classes}: the synthetic dataset has 2 to {len(GLYPHS)} classes '
-                         f'(one per glyph: {", ".join(GLYPHS)})')
+        raise ValueError(
+            f'num_classes={num_classes}: the synthetic dataset has 2 to {len(GLYPHS)} classes '
+            f'(one per glyph: {", ".join(GLYPHS)})'
+        )
     return list(GLYPHS[:num_classes])
 
 
@@ -85,7 +88,7 @@ def _render(rng: np.random.Generator, size: int, glyph: str, part_side: int):
     cx, cy = rng.uniform(0.4, 0.6, 2) * size
     ax, ay = rng.uniform(0.22, 0.34, 2) * size
     jitter = rng.integers(-15, 16, 3)
-    body = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(BODY_COLOUR, jitter))
+    body = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(BODY_COLOUR, jitter, strict=False))
     ImageDraw.Draw(image).ellipse((cx - ax, cy - ay, cx + ax, cy + ay), fill=body)
     # the part's centre: uniform in the body ellipse shrunk by the part's half side, so the part stays on it
     radius, theta = np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
@@ -95,12 +98,19 @@ def _render(rng: np.random.Generator, size: int, glyph: str, part_side: int):
     x1 = int(np.clip(round(px - half), 0, size - part_side))
     y1 = int(np.clip(round(py - half), 0, size - part_side))
     pixels = np.array(image)
-    pixels[y1:y1 + part_side, x1:x1 + part_side] = _part_tile(part_side, glyph)
+    pixels[y1 : y1 + part_side, x1 : x1 + part_side] = _part_tile(part_side, glyph)
     return Image.fromarray(pixels), [x1, y1, x1 + part_side, y1 + part_side]
 
 
-def make_synthetic_fgvc(root: str, num_classes: int = 4, train_per_class: int = 16, val_per_class: int = 8,
-                        image_size: int = 128, seed: int = 0, part_size: float = 0.15) -> str:
+def make_synthetic_fgvc(
+    root: str,
+    num_classes: int = 4,
+    train_per_class: int = 16,
+    val_per_class: int = 8,
+    image_size: int = 128,
+    seed: int = 0,
+    part_size: float = 0.15,
+) -> str:
     """Write root/{train,val}/<class>/*.png (a 'folder' layout) and root/parts.json; return root.
 
     parts.json maps each image's path relative to root ('train/hbar/0000.png') to its part box
@@ -108,8 +118,10 @@ def make_synthetic_fgvc(root: str, num_classes: int = 4, train_per_class: int = 
     """
     part_side = max(3, round(part_size * image_size))
     if part_side > image_size // 2:
-        raise ValueError(f'part_size={part_size} makes a part of {part_side} px, more than half of image_size='
-                         f'{image_size}; the part must be small (e.g. 0.1-0.2)')
+        raise ValueError(
+            f'part_size={part_size} makes a part of {part_side} px, more than half of image_size='
+            f'{image_size}; the part must be small (e.g. 0.1-0.2)'
+        )
     names = synthetic_class_names(num_classes)
     parts = {}
     for split, per_class in (('train', train_per_class), ('val', val_per_class)):
@@ -126,30 +138,37 @@ def make_synthetic_fgvc(root: str, num_classes: int = 4, train_per_class: int = 
     return root
 
 
-def read_part_boxes(root: str) -> Dict[str, List[int]]:
+def read_part_boxes(root: str) -> dict[str, list[int]]:
     """parts.json of a synthetic dataset, keyed by absolute image path (as in `FgvcDataset.samples`)."""
     with open(os.path.join(root, 'parts.json')) as f:
         return {os.path.join(root, relative): box for relative, box in json.load(f).items()}
 
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
+ArrayLike = np.ndarray | torch.Tensor | Sequence[Sequence[float]]
 
 
 def pointing_accuracy(boxes_or_points: ArrayLike, part_boxes: ArrayLike) -> float:
     """Share of images whose predicted box [x1, y1, x2, y2] contains the centre of the part box (borders count),
     or, given (N, 2) points (x, y), whose point falls inside the part box."""
-    predicted = np.asarray(boxes_or_points.detach().cpu() if torch.is_tensor(boxes_or_points) else boxes_or_points,
-                           dtype=np.float64)
+    predicted = np.asarray(
+        boxes_or_points.detach().cpu() if torch.is_tensor(boxes_or_points) else boxes_or_points, dtype=np.float64
+    )
     parts = np.asarray(part_boxes.detach().cpu() if torch.is_tensor(part_boxes) else part_boxes, dtype=np.float64)
     if predicted.ndim != 2 or predicted.shape[1] not in (2, 4) or parts.shape != (len(predicted), 4):
-        raise ValueError(f'pointing_accuracy needs (N, 4) boxes or (N, 2) points and (N, 4) part boxes, got '
-                         f'{predicted.shape} and {parts.shape}')
+        raise ValueError(
+            f'pointing_accuracy needs (N, 4) boxes or (N, 2) points and (N, 4) part boxes, got '
+            f'{predicted.shape} and {parts.shape}'
+        )
     if len(predicted) == 0:
         raise ValueError('pointing_accuracy of zero images is undefined')
     if predicted.shape[1] == 4:
         region, point = predicted, (parts[:, :2] + parts[:, 2:]) / 2
     else:
         region, point = parts, predicted
-    inside = (region[:, 0] <= point[:, 0]) & (point[:, 0] <= region[:, 2]) & \
-             (region[:, 1] <= point[:, 1]) & (point[:, 1] <= region[:, 3])
+    inside = (
+        (region[:, 0] <= point[:, 0])
+        & (point[:, 0] <= region[:, 2])
+        & (region[:, 1] <= point[:, 1])
+        & (point[:, 1] <= region[:, 3])
+    )
     return float(inside.mean())

@@ -1,5 +1,7 @@
-""" Train and eval transforms from a model's timm data config, at the FGVC resolution. """
-from typing import Any, Callable, Dict, Optional, Union
+"""Train and eval transforms from a model's timm data config, at the FGVC resolution."""
+
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 from timm.data import create_transform, resolve_data_config
@@ -7,8 +9,9 @@ from timm.data import create_transform, resolve_data_config
 __all__ = ['create_transforms', 'resolve_fgvc_data_config']
 
 
-def resolve_fgvc_data_config(model_or_data_config: Union[nn.Module, Dict[str, Any]],
-                             img_size: Optional[int] = None) -> Dict[str, Any]:
+def resolve_fgvc_data_config(
+    model_or_data_config: nn.Module | dict[str, Any], img_size: int | None = None
+) -> dict[str, Any]:
     """timm's data config (input_size, interpolation, mean, std, crop_pct, crop_mode) of a model or a config dict.
 
     `img_size` overrides the square input size; None keeps the config's, which is 448 for every fgvc_zoo head
@@ -23,8 +26,9 @@ def resolve_fgvc_data_config(model_or_data_config: Union[nn.Module, Dict[str, An
     return config
 
 
-def create_transforms(model_or_data_config: Union[nn.Module, Dict[str, Any]], is_training: bool,
-                      img_size: Optional[int] = None, **aug: Any) -> Callable:
+def create_transforms(
+    model_or_data_config: nn.Module | dict[str, Any], is_training: bool, img_size: int | None = None, **aug: Any
+) -> Callable:
     """PIL image -> normalised tensor.
 
     Train: random resized crop + horizontal flip (the FGVC papers' augmentation; colour jitter is off unless

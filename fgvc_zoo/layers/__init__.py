@@ -1,8 +1,33 @@
 from .boxes import cell_boxes, crop_and_zoom, select_boxes
 from .cam import class_activation_maps, smooth_maps, upsample_maps
-from .parts import (
-    PART_POOLS, assignment_loss, best_region_boxes, class_specific_loss, orthogonality_loss, part_owner, part_scores,
-    pool_part_scores,
-)
 from .distill import distillation_loss
 from .jigsaw import jigsaw
+from .parts import (
+    PART_POOLS,
+    assignment_loss,
+    best_region_boxes,
+    class_specific_loss,
+    orthogonality_loss,
+    part_owner,
+    part_scores,
+    pool_part_scores,
+)
+
+__all__ = [
+    'cell_boxes',
+    'crop_and_zoom',
+    'select_boxes',
+    'class_activation_maps',
+    'smooth_maps',
+    'upsample_maps',
+    'PART_POOLS',
+    'assignment_loss',
+    'best_region_boxes',
+    'class_specific_loss',
+    'orthogonality_loss',
+    'part_owner',
+    'part_scores',
+    'pool_part_scores',
+    'distillation_loss',
+    'jigsaw',
+]

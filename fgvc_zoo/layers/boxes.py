@@ -1,9 +1,10 @@
-""" Box proposals from a score map, batched NMS with static output shapes, and batched crop-and-zoom.
+"""Box proposals from a score map, batched NMS with static output shapes, and batched crop-and-zoom.
 
 Every function works on the whole batch at once: no Python loop over images, so the cost does not grow with
 batch size in interpreter overhead and the shapes stay static for `torch.compile`.
 """
-from typing import Sequence, Tuple
+
+from collections.abc import Sequence
 
 import torch
 from torchvision.ops import batched_nms, roi_align
@@ -12,10 +13,10 @@ __all__ = ['cell_boxes', 'select_boxes', 'crop_and_zoom']
 
 
 def cell_boxes(
-        map_size: Tuple[int, int],
-        image_size: Tuple[int, int],
-        region_sizes: Sequence[float],
-        device: torch.device = None,
+    map_size: tuple[int, int],
+    image_size: tuple[int, int],
+    region_sizes: Sequence[float],
+    device: torch.device = None,
 ) -> torch.Tensor:
     """One square box per map cell and region size, centred on the cell and shifted to lie inside the image.
 
@@ -36,11 +37,11 @@ def cell_boxes(
 
 
 def select_boxes(
-        boxes: torch.Tensor,
-        scores: torch.Tensor,
-        num: int,
-        iou_threshold: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    num: int,
+    iou_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top `num` boxes per image after NMS, best first: (K, 4) boxes, (B, K) scores -> (B, num, 4), (B, num).
 
     When NMS leaves fewer than `num` boxes, the best suppressed boxes fill the remaining slots, so that the

@@ -1,4 +1,5 @@
-""" Class activation maps (Zhou et al., CVPR 2016) and their smoothing, shared by the heads. """
+"""Class activation maps (Zhou et al., CVPR 2016) and their smoothing, shared by the heads."""
+
 import math
 
 import torch

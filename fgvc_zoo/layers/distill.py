@@ -1,4 +1,5 @@
-""" Knowledge distillation loss (Hinton, Vinyals, Dean, 2015) with softened outputs. """
+"""Knowledge distillation loss (Hinton, Vinyals, Dean, 2015) with softened outputs."""
+
 import torch
 import torch.nn.functional as F
 
@@ -16,4 +17,4 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction='batchmean', log_target=True)
-    return temperature ** 2 * kl
+    return temperature**2 * kl

@@ -1,12 +1,11 @@
-""" Part detectors and the three DP-Net constraints (Sicre et al., ICIP 2023), as plain functions of U, S and V.
+"""Part detectors and the three DP-Net constraints (Sicre et al., ICIP 2023), as plain functions of U, S and V.
 
 Notation of `shared/papers/METHODS.md` section 2: U (P, D) part detectors, one per row; S (B, P, h, w) part
 scores of the h x w regions; V (C, P) the classifier's part weights; q parts per class, part p belongs to class
 p // q. Each loss is a scalar that is minimised.
 """
-import math
 
-from typing import Tuple
+import math
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +14,14 @@ from torchvision.ops import clip_boxes_to_image
 from .cam import class_activation_maps
 
 __all__ = [
-    'PART_POOLS', 'part_owner', 'part_scores', 'pool_part_scores', 'orthogonality_loss', 'assignment_loss',
-    'class_specific_loss', 'best_region_boxes',
+    'PART_POOLS',
+    'part_owner',
+    'part_scores',
+    'pool_part_scores',
+    'orthogonality_loss',
+    'assignment_loss',
+    'class_specific_loss',
+    'best_region_boxes',
 ]
 
 PART_POOLS = ('max', 'lse', 'avg')
@@ -61,7 +66,7 @@ def orthogonality_loss(detectors: torch.Tensor) -> torch.Tensor:
     gram = unit @ unit.t()
     num_parts = detectors.shape[0]
     off_diagonal = ~torch.eye(num_parts, dtype=torch.bool, device=detectors.device)
-    return gram.pow(2)[off_diagonal].sum() / num_parts ** 2
+    return gram.pow(2)[off_diagonal].sum() / num_parts**2
 
 
 def assignment_loss(scores: torch.Tensor) -> torch.Tensor:
@@ -98,10 +103,10 @@ def class_specific_loss(classifier_weight: torch.Tensor, parts_per_class: int) -
 
 
 def best_region_boxes(
-        scores: torch.Tensor,
-        image_size: Tuple[int, int],
-        side: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    scores: torch.Tensor,
+    image_size: tuple[int, int],
+    side: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each part's most activating region as a box: (B, P, h, w) scores -> (B, P, 4) xyxy pixel boxes, (B, P) scores.
 
     The box is a square of `side` pixels centred on the best cell's centre (the centre convention of

@@ -1,4 +1,4 @@
-""" Backbone adapter: any timm model -> NCHW feature maps of its last stages.
+"""Backbone adapter: any timm model -> NCHW feature maps of its last stages.
 
 Every head in fgvc_zoo reaches its backbone through this module and nothing else, so a head never knows
 whether it sits on a ResNet, a ConvNeXt, an EfficientNet, a ViT or a Swin. Feature maps come from timm's own
@@ -6,8 +6,9 @@ whether it sits on a ResNet, a ConvNeXt, an EfficientNet, a ViT or a Swin. Featu
 model-dependent decision is asking for `dynamic_img_size=True` where the model class supports it, so that a
 448 image and 224 crops go through the same weights (ViT, Swin, ...).
 """
+
 import difflib
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import timm
 import torch
@@ -23,7 +24,7 @@ def check_backbone_name(name: str) -> None:
         return
     candidates = timm.list_models()
     close = difflib.get_close_matches(arch, candidates, n=5, cutoff=0.6)
-    hint = f" Close matches: {', '.join(close)}." if close else ''
+    hint = f' Close matches: {", ".join(close)}.' if close else ''
     raise ValueError(
         f"Unknown backbone '{name}': it is not a timm model.{hint} "
         f"See `timm.list_models('*{arch[:4]}*')` for the available names."
@@ -51,24 +52,24 @@ class Backbone(nn.Module):
     """
 
     def __init__(
-            self,
-            name: str,
-            pretrained: bool = False,
-            num_stages: int = 1,
-            **kwargs: Any,
+        self,
+        name: str,
+        pretrained: bool = False,
+        num_stages: int = 1,
+        **kwargs: Any,
     ):
         super().__init__()
         self.model = create_backbone_model(name, pretrained=pretrained, **kwargs)
         if not hasattr(self.model, 'forward_intermediates'):
             raise ValueError(
                 f"Backbone '{name}' does not implement timm's `forward_intermediates`, which fgvc_zoo needs to read "
-                f"its feature maps. Pick a backbone that does (most timm CNNs, ConvNeXt, EfficientNet, ViT, Swin)."
+                f'its feature maps. Pick a backbone that does (most timm CNNs, ConvNeXt, EfficientNet, ViT, Swin).'
             )
         feature_info = self.model.feature_info
         if num_stages < 1 or num_stages > len(feature_info):
             raise ValueError(
                 f"num_stages={num_stages} is out of range for backbone '{name}', which has {len(feature_info)} "
-                f"feature stages."
+                f'feature stages.'
             )
         self.name = name
         self.num_stages = num_stages
@@ -83,11 +84,11 @@ class Backbone(nn.Module):
         self.grad_checkpointing = False
 
     @property
-    def pretrained_cfg(self) -> Dict[str, Any]:
+    def pretrained_cfg(self) -> dict[str, Any]:
         """The timm model's pretrained cfg (its Hub id is the `base_model` of an exported card)."""
         return self.model.pretrained_cfg
 
-    def forward(self, x: torch.Tensor, num_stages: Optional[int] = None) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor, num_stages: int | None = None) -> list[torch.Tensor]:
         """Return the NCHW maps of the configured stages, shallowest first.
 
         `num_stages` returns only the first that many of them and stops the backbone there (a head that trains one
@@ -107,7 +108,7 @@ class Backbone(nn.Module):
         self.grad_checkpointing = enable
         self.model.set_grad_checkpointing(enable)
 
-    def group_matcher(self, coarse: bool = False, prefix: str = 'backbone.model.') -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False, prefix: str = 'backbone.model.') -> dict[str, Any]:
         """The backbone's own parameter groups with every regex re-rooted under `prefix`."""
         matcher = self.model.group_matcher(coarse=coarse)
         return {k: _prefix_matcher(v, prefix) for k, v in matcher.items()}

@@ -1,4 +1,4 @@
-""" The model contract every fgvc_zoo head keeps, and the builder that makes a head a timm citizen.
+"""The model contract every fgvc_zoo head keeps, and the builder that makes a head a timm citizen.
 
 A head subclasses `FgvcModel` and implements `forward_features`, `forward_head`, `forward_train`, `explain` and
 `reset_classifier`. `forward` is shared so that `model(x)` is logits in train and eval mode alike, and
@@ -6,11 +6,13 @@ A head subclasses `FgvcModel` and implements `forward_features`, `forward_head`,
 through `forward`, so DDP hooks see it, and one trainer serves every head (`num_train_steps` tells it how many
 optimiser steps a batch takes).
 """
+
 import contextlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Type
+from typing import Any
 
 import timm
 import torch
@@ -23,13 +25,20 @@ from ..hub import hub_cfg, hub_errors, safetensors_only
 from ._backbone import Backbone, check_backbone_name
 
 __all__ = [
-    'FgvcOutput', 'Explanation', 'FgvcModel', 'build_fgvc_model', 'fgvc_cfg', 'generate_head_cfgs', 'register_variants',
-    'POPULAR_BACKBONES', 'FGVC_DATASETS',
+    'FgvcOutput',
+    'Explanation',
+    'FgvcModel',
+    'build_fgvc_model',
+    'fgvc_cfg',
+    'generate_head_cfgs',
+    'register_variants',
+    'POPULAR_BACKBONES',
+    'FGVC_DATASETS',
 ]
 
 # Backbones that get a named variant per head (`lfd_resnet50`, ...), with the ImageNet tag of timm's Hub weights
 # the variant's default tag loads into the backbone. `create_model('lfd', backbone=...)` takes any other.
-POPULAR_BACKBONES: Dict[str, str] = {
+POPULAR_BACKBONES: dict[str, str] = {
     'resnet50': 'a1_in1k',
     'resnet101': 'a1h_in1k',
     'convnext_tiny': 'fb_in22k_ft_in1k',
@@ -42,15 +51,16 @@ POPULAR_BACKBONES: Dict[str, str] = {
 # Preprocessing fields of an export's config.json that a local weights file brings with it.
 EXPORTED_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 # The datasets of the papers' recipes: `<head>_resnet50.<dataset>` tags name fgvc_zoo's Hub repos for them.
-FGVC_DATASETS: Dict[str, int] = {'cub_200_2011': 200, 'stanford_cars': 196, 'fgvc_aircraft': 100}
+FGVC_DATASETS: dict[str, int] = {'cub_200_2011': 200, 'stanford_cars': 196, 'fgvc_aircraft': 100}
 
 
 @dataclass
 class FgvcOutput:
     """What `model(x, target=y)` returns in train mode: the total loss, the logits and every named loss term."""
+
     loss: torch.Tensor
     logits: torch.Tensor
-    losses: Dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,24 +72,26 @@ class Explanation:
     labels: (B,) predicted class; logits: (B, C).
     extras: head-specific tensors (e.g. DP-Net's class-level part participation).
     """
-    heatmaps: Dict[str, torch.Tensor]
+
+    heatmaps: dict[str, torch.Tensor]
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
     logits: torch.Tensor
-    extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class FgvcModel(nn.Module):
     """Shared behaviour of the heads: the forward contract and the timm model API around `self.backbone`."""
+
     backbone: Backbone
     num_train_steps: int = 1
 
     def forward(
-            self,
-            x: torch.Tensor,
-            target: Optional[torch.Tensor] = None,
-            step: int = 0,
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor | None = None,
+        step: int = 0,
     ):
         if target is None or not self.training:
             return self.forward_head(self.forward_features(x))
@@ -103,7 +115,7 @@ class FgvcModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         raise NotImplementedError
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         raise NotImplementedError
 
     @torch.jit.ignore
@@ -111,7 +123,7 @@ class FgvcModel(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         # Head parameters match no backbone group, so timm puts them in the last group (highest layer-decay lr).
         return self.backbone.group_matcher(coarse=coarse, prefix='backbone.model.')
 
@@ -124,7 +136,7 @@ class FgvcModel(nn.Module):
         return self.backbone.parameters()
 
 
-def fgvc_cfg(backbone: Optional[str], classifier: Sequence[str], **kwargs: Any) -> Dict:
+def fgvc_cfg(backbone: str | None, classifier: Sequence[str], **kwargs: Any) -> dict:
     """A pretrained cfg at the FGVC resolution (448) with the mean/std of the backbone's ImageNet weights."""
     cfg = {
         'url': '',
@@ -148,15 +160,17 @@ def fgvc_cfg(backbone: Optional[str], classifier: Sequence[str], **kwargs: Any) 
     return cfg
 
 
-def generate_head_cfgs(head: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict[str, Any]:
+def generate_head_cfgs(head: str, cfg_fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """A head's `default_cfgs`: generic, ImageNet backbone tags (the defaults), then the FGVC Hub tags."""
     entries = {head: cfg_fn()}
     entries.update({f'{head}_{name}.{tag}': cfg_fn(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()})
-    resnet50 = f"resnet50.{POPULAR_BACKBONES['resnet50']}"
-    entries.update({
-        f'{head}_resnet50.{dataset}': cfg_fn(resnet50, num_classes=n, **hub_cfg(f'{head}_resnet50.{dataset}'))
-        for dataset, n in FGVC_DATASETS.items()
-    })
+    resnet50 = f'resnet50.{POPULAR_BACKBONES["resnet50"]}'
+    entries.update(
+        {
+            f'{head}_resnet50.{dataset}': cfg_fn(resnet50, num_classes=n, **hub_cfg(f'{head}_resnet50.{dataset}'))
+            for dataset, n in FGVC_DATASETS.items()
+        }
+    )
     cfgs = generate_default_cfgs(entries)
     # timm makes the first tag with weights of its own the default; `pretrained=True` on a bare variant name must
     # instead mean the backbone's ImageNet weights (the FGVC tags are for their dataset's classes).
@@ -167,7 +181,7 @@ def generate_head_cfgs(head: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict
     return cfgs
 
 
-def _backbone_cfg_fields(backbone_cfg) -> Dict[str, Any]:
+def _backbone_cfg_fields(backbone_cfg) -> dict[str, Any]:
     # The backbone decides normalisation and where its first conv is (for in_chans adaptation on load).
     first_conv = backbone_cfg.first_conv
     if isinstance(first_conv, str):
@@ -177,7 +191,7 @@ def _backbone_cfg_fields(backbone_cfg) -> Dict[str, Any]:
     return dict(mean=backbone_cfg.mean, std=backbone_cfg.std, first_conv=first_conv)
 
 
-def _align_with_weights_file(pretrained_cfg: Dict[str, Any], variant: str) -> None:
+def _align_with_weights_file(pretrained_cfg: dict[str, Any], variant: str) -> None:
     """Check a local weights file against the requested head and take what it was trained with from its export.
 
     The registered cfg says 1000 classes at 448 px with generic mean/std; without this, timm would drop the trained
@@ -207,16 +221,16 @@ def _align_with_weights_file(pretrained_cfg: Dict[str, Any], variant: str) -> No
         pretrained_cfg['num_classes'] = f.get_slice(classifier).get_shape()[0]
 
 
-def _has_weights(cfg: Dict[str, Any]) -> bool:
+def _has_weights(cfg: dict[str, Any]) -> bool:
     return any(cfg.get(k) for k in ('url', 'file', 'state_dict', 'hf_hub_id'))
 
 
 def build_fgvc_model(
-        model_cls: Type[FgvcModel],
-        variant: str,
-        pretrained: bool = False,
-        backbone: Optional[str] = None,
-        **kwargs: Any,
+    model_cls: type[FgvcModel],
+    variant: str,
+    pretrained: bool = False,
+    backbone: str | None = None,
+    **kwargs: Any,
 ) -> FgvcModel:
     """Build a head the timm way, deciding where `pretrained=True` weights come from.
 
@@ -272,15 +286,17 @@ def build_fgvc_model(
 
 
 def register_variants(
-        head: str,
-        create_fn: Callable[..., FgvcModel],
-        namespace: Dict[str, Any],
+    head: str,
+    create_fn: Callable[..., FgvcModel],
+    namespace: dict[str, Any],
 ) -> None:
     """Register `<head>_<backbone>` entrypoints for the popular backbones into a model file's namespace."""
     for backbone in POPULAR_BACKBONES:
+
         def entrypoint(pretrained: bool = False, _backbone: str = backbone, **kwargs) -> FgvcModel:
             kwargs.setdefault('backbone', _backbone)
             return create_fn(f'{head}_{_backbone}', pretrained=pretrained, **kwargs)
+
         entrypoint.__name__ = f'{head}_{backbone}'
         entrypoint.__qualname__ = entrypoint.__name__
         entrypoint.__module__ = namespace['__name__']

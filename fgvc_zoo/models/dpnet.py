@@ -1,4 +1,4 @@
-""" DP-Net: Learning Discriminative Parts for image recognition
+"""DP-Net: Learning Discriminative Parts for image recognition
 
 Sicre, Zhang, Dejasmin, Daaloul, Ayache, Artieres, ICIP 2023 (arXiv 2404.15037). P = q C part detectors score
 every region of a pretrained backbone's last feature map; the pooled part scores (a bag of parts) feed a linear
@@ -7,7 +7,8 @@ classifier V. Three constraints make the parts complementary (C_perp), each regi
 
 Where the paper is silent, the choices of `shared/papers/METHODS.md` section 2 are constructor arguments.
 """
-from typing import Any, Dict, Optional, Tuple
+
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -16,12 +17,23 @@ from timm.models import register_model
 
 from ..layers.cam import class_activation_maps, upsample_maps
 from ..layers.parts import (
-    PART_POOLS, assignment_loss, best_region_boxes, class_specific_loss, orthogonality_loss, part_scores,
+    PART_POOLS,
+    assignment_loss,
+    best_region_boxes,
+    class_specific_loss,
+    orthogonality_loss,
+    part_scores,
     pool_part_scores,
 )
 from ._backbone import Backbone
 from ._base import (
-    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, generate_head_cfgs, register_variants,
+    Explanation,
+    FgvcModel,
+    FgvcOutput,
+    build_fgvc_model,
+    fgvc_cfg,
+    generate_head_cfgs,
+    register_variants,
 )
 
 __all__ = ['DpNet']
@@ -36,21 +48,21 @@ class DpNet(FgvcModel):
     """
 
     def __init__(
-            self,
-            backbone: str = 'resnet50',
-            num_classes: int = 1000,
-            parts_per_class: int = 2,
-            pool: str = 'max',
-            use_global: bool = False,
-            freeze_backbone: bool = True,
-            w_perp: float = 1.0,
-            w_assign: float = 0.1,
-            w_cs: float = 0.1,
-            part_box_cells: float = 3.0,
-            drop_rate: float = 0.0,
-            in_chans: int = 3,
-            pretrained_backbone: bool = False,
-            backbone_args: Optional[Dict[str, Any]] = None,
+        self,
+        backbone: str = 'resnet50',
+        num_classes: int = 1000,
+        parts_per_class: int = 2,
+        pool: str = 'max',
+        use_global: bool = False,
+        freeze_backbone: bool = True,
+        w_perp: float = 1.0,
+        w_assign: float = 0.1,
+        w_cs: float = 0.1,
+        part_box_cells: float = 3.0,
+        drop_rate: float = 0.0,
+        in_chans: int = 3,
+        pretrained_backbone: bool = False,
+        backbone_args: dict[str, Any] | None = None,
     ):
         """
         Args:
@@ -104,7 +116,7 @@ class DpNet(FgvcModel):
             self.backbone.eval()
         return self
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New part detectors U (q k, D) and classifier V for k = `num_classes` classes."""
         if num_classes < 1:
             raise ValueError(f'DP-Net needs num_classes >= 1 (its parts belong to classes), got {num_classes}.')
@@ -119,9 +131,9 @@ class DpNet(FgvcModel):
 
     def part_participation(self) -> torch.Tensor:
         """Class-level explanation: how much each part takes part in each class, the part columns of V (C, P)."""
-        return self.head.weight[:, :self.num_parts]
+        return self.head.weight[:, : self.num_parts]
 
-    def _part_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _part_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The region descriptors X (B, D, h, w) and the part scores S (B, P, h, w)."""
         features = self.backbone(x)[-1]
         return features, part_scores(features, self.parts.weight)
@@ -140,7 +152,7 @@ class DpNet(FgvcModel):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def constraint_losses(self, scores: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def constraint_losses(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unweighted constraints whose weight is not 0; a switched-off term is neither computed nor listed."""
         losses = {}
         if self.w_perp:
@@ -172,7 +184,7 @@ class DpNet(FgvcModel):
         labels = logits.argmax(dim=1)
         class_maps = class_activation_maps(scores, self.part_participation())
         if self.use_global:
-            class_maps = class_maps + class_activation_maps(features, self.head.weight[:, self.num_parts:])
+            class_maps = class_maps + class_activation_maps(features, self.head.weight[:, self.num_parts :])
         predicted_map = class_maps.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *class_maps.shape[-2:]))
         box_side = self.part_box_cells * self.backbone.stride
         boxes, box_scores = best_region_boxes(scores, x.shape[-2:], box_side)
@@ -194,7 +206,7 @@ def _create_dpnet(variant: str, pretrained: bool = False, **kwargs) -> DpNet:
     return build_fgvc_model(DpNet, variant, pretrained=pretrained, **kwargs)
 
 
-def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
+def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
     return fgvc_cfg(backbone, classifier=('parts', 'head'), **kwargs)
 
 

@@ -1,4 +1,4 @@
-""" IAGN: Interpretable Attention Guided Network for Fine-grained Visual Classification
+"""IAGN: Interpretable Attention Guided Network for Fine-grained Visual Classification
 
 RECONSTRUCTION FROM THE ABSTRACT, NOT THE AUTHORS' CODE. Only the paper's abstract is available: it names an
 attention guided framework that finds discriminative regions interpretably, a progressive training mechanism
@@ -14,8 +14,10 @@ these three mechanisms on progressive multi-granularity training (PMG, Du et al.
 - Progressive training: S + 1 optimiser steps per batch, stage l on jigsaw(zoom(x, box), 2^(S-l+1)) distilled
   from stage l - 1, then the fused head on x and the zoom distilled from the mean of the stage outputs.
 """
+
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,7 +31,13 @@ from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
 from ._backbone import Backbone
 from ._base import (
-    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, generate_head_cfgs, register_variants,
+    Explanation,
+    FgvcModel,
+    FgvcOutput,
+    build_fgvc_model,
+    fgvc_cfg,
+    generate_head_cfgs,
+    register_variants,
 )
 
 __all__ = ['Iagn']
@@ -39,13 +47,17 @@ class IagnClassifier(nn.Sequential):
     """PMG's classifier BN-FC-BN-ELU-FC on a pooled feature vector."""
 
     def __init__(self, in_features: int, hidden_features: int, num_classes: int):
-        super().__init__(OrderedDict([
-            ('norm_in', nn.BatchNorm1d(in_features)),
-            ('fc_hidden', nn.Linear(in_features, hidden_features)),
-            ('norm_hidden', nn.BatchNorm1d(hidden_features)),
-            ('act', nn.ELU(inplace=True)),
-            ('fc', nn.Linear(hidden_features, num_classes)),
-        ]))
+        super().__init__(
+            OrderedDict(
+                [
+                    ('norm_in', nn.BatchNorm1d(in_features)),
+                    ('fc_hidden', nn.Linear(in_features, hidden_features)),
+                    ('norm_hidden', nn.BatchNorm1d(hidden_features)),
+                    ('act', nn.ELU(inplace=True)),
+                    ('fc', nn.Linear(hidden_features, num_classes)),
+                ]
+            )
+        )
 
     def forward_cells(self, cells: torch.Tensor) -> torch.Tensor:
         """Class scores of single feature-map cells, (N, in_features) -> (N, num_classes).
@@ -70,24 +82,24 @@ class Iagn(FgvcModel):
     """
 
     def __init__(
-            self,
-            backbone: str = 'resnet50',
-            num_classes: int = 1000,
-            stages: int = 3,
-            mid_channels: int = 512,
-            feature_channels: int = 1024,
-            hidden_features: int = 512,
-            attn_threshold: float = 0.5,
-            zoom_size: Optional[int] = None,
-            jigsaw_sizes: Optional[Sequence[int]] = None,
-            progressive: bool = True,
-            kd_weight: float = 1.0,
-            kd_temperature: float = 4.0,
-            fused_loss_weight: float = 2.0,
-            drop_rate: float = 0.0,
-            in_chans: int = 3,
-            pretrained_backbone: bool = False,
-            backbone_args: Optional[Dict[str, Any]] = None,
+        self,
+        backbone: str = 'resnet50',
+        num_classes: int = 1000,
+        stages: int = 3,
+        mid_channels: int = 512,
+        feature_channels: int = 1024,
+        hidden_features: int = 512,
+        attn_threshold: float = 0.5,
+        zoom_size: int | None = None,
+        jigsaw_sizes: Sequence[int] | None = None,
+        progressive: bool = True,
+        kd_weight: float = 1.0,
+        kd_temperature: float = 4.0,
+        fused_loss_weight: float = 2.0,
+        drop_rate: float = 0.0,
+        in_chans: int = 3,
+        pretrained_backbone: bool = False,
+        backbone_args: dict[str, Any] | None = None,
     ):
         """
         Args:
@@ -111,7 +123,7 @@ class Iagn(FgvcModel):
         """
         super().__init__()
         if jigsaw_sizes is None:
-            jigsaw_sizes = tuple(2 ** (stages - l + 1) for l in range(1, stages + 1))
+            jigsaw_sizes = tuple(2 ** (stages - stage + 1) for stage in range(1, stages + 1))
         if len(jigsaw_sizes) != stages or not all(n >= 1 for n in jigsaw_sizes):
             raise ValueError(f'jigsaw_sizes={jigsaw_sizes} must hold {stages} positive cell counts, one per stage.')
         if not 0 <= attn_threshold <= 1:
@@ -130,24 +142,27 @@ class Iagn(FgvcModel):
         self.drop_rate = drop_rate
 
         self.backbone = Backbone(
-            backbone, pretrained=pretrained_backbone, num_stages=stages, in_chans=in_chans, **(backbone_args or {}))
-        self.stage_convs = nn.ModuleList([
-            nn.Sequential(
-                ConvNormAct(channels, mid_channels, kernel_size=1),
-                ConvNormAct(mid_channels, feature_channels, kernel_size=3),
-            )
-            for channels in self.backbone.channels
-        ])
+            backbone, pretrained=pretrained_backbone, num_stages=stages, in_chans=in_chans, **(backbone_args or {})
+        )
+        self.stage_convs = nn.ModuleList(
+            [
+                nn.Sequential(
+                    ConvNormAct(channels, mid_channels, kernel_size=1),
+                    ConvNormAct(mid_channels, feature_channels, kernel_size=3),
+                )
+                for channels in self.backbone.channels
+            ]
+        )
         # A fused feature per view (image or zoom); the pre-logits hold both views side by side.
         self.num_features = stages * feature_channels
         self.head_hidden_size = 2 * self.num_features
         self.head_drop = nn.Dropout(drop_rate)
-        self.stage_classifiers = nn.ModuleList([
-            IagnClassifier(feature_channels, hidden_features, num_classes) for _ in range(stages)
-        ])
+        self.stage_classifiers = nn.ModuleList(
+            [IagnClassifier(feature_channels, hidden_features, num_classes) for _ in range(stages)]
+        )
         self.fused_classifier = IagnClassifier(self.num_features, hidden_features, num_classes)
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New class layers (the last FC of every stage classifier and of the fused one) for `num_classes`."""
         self.num_classes = num_classes
         for classifier in [*self.stage_classifiers, self.fused_classifier]:
@@ -156,9 +171,9 @@ class Iagn(FgvcModel):
     def get_classifier(self) -> nn.Module:
         return self.fused_classifier.fc
 
-    def stage_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The S stage heads' conv feature maps (B, feature_channels, h_l, w_l), shallowest first."""
-        return [conv(stage_map) for conv, stage_map in zip(self.stage_convs, self.backbone(x))]
+        return [conv(stage_map) for conv, stage_map in zip(self.stage_convs, self.backbone(x), strict=False)]
 
     def stage_logits(self, features: torch.Tensor, stage: int) -> torch.Tensor:
         """Stage `stage` (0-based) classifier on its max-pooled conv features."""
@@ -166,11 +181,11 @@ class Iagn(FgvcModel):
 
     @torch.no_grad()
     def attention_maps(
-            self,
-            features: Sequence[torch.Tensor],
-            class_index: torch.Tensor,
-            image_size: Tuple[int, int],
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self,
+        features: Sequence[torch.Tensor],
+        class_index: torch.Tensor,
+        image_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage class maps (B, S, H, W) and the attention map (B, 1, H, W) in input pixels, each in [0, 1].
 
         Grad-free CAM: stage l's classifier scores every cell of its conv feature map (`forward_cells`, a 1x1
@@ -178,7 +193,7 @@ class Iagn(FgvcModel):
         normalised per image so that no stage dominates; A is the min-max normalised mean of the upsampled maps.
         """
         stage_maps = []
-        for classifier, stage_features in zip(self.stage_classifiers, features):
+        for classifier, stage_features in zip(self.stage_classifiers, features, strict=False):
             batch_size, channels, height, width = stage_features.shape
             cells = stage_features.permute(0, 2, 3, 1).reshape(-1, channels)
             # float32: min-max of near-constant maps and pixel box corners are not safe in half precision.
@@ -204,10 +219,10 @@ class Iagn(FgvcModel):
         return torch.cat([f.amax(dim=(2, 3)) for f in features], dim=1)
 
     def _image_and_zoom(
-            self,
-            x: torch.Tensor,
-            target: Optional[torch.Tensor],
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor | None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage features of x and of its attended zoom, the stage maps, the attention map and the boxes.
 
         The maps look at the target class when one is given (training), else at the fused head's prediction on x.
@@ -263,13 +278,13 @@ class Iagn(FgvcModel):
     def _fused_step(self, x: torch.Tensor, target: torch.Tensor) -> FgvcOutput:
         """The fused head on x and on the attended zoom, distilled from the mean of the S stage logits on each."""
         features, zoom_features, _, _, _ = self._image_and_zoom(x, target)
-        losses, loss, logits = {}, 0., 0.
+        losses, loss, logits = {}, 0.0, 0.0
         for name, stage_features in (('fused', features), ('fused_zoom', zoom_features)):
             fused_logits = self.fused_classifier(self.head_drop(self._fused_feature(stage_features)))
             with torch.no_grad():
-                teacher = torch.stack([
-                    self.stage_logits(f, stage) for stage, f in enumerate(stage_features)
-                ]).mean(dim=0)
+                teacher = torch.stack([self.stage_logits(f, stage) for stage, f in enumerate(stage_features)]).mean(
+                    dim=0
+                )
             losses[f'ce_{name}'] = F.cross_entropy(fused_logits, target)
             losses[f'kd_{name}'] = distillation_loss(fused_logits, teacher, self.kd_temperature)
             loss = loss + self.fused_loss_weight * losses[f'ce_{name}'] + self.kd_weight * losses[f'kd_{name}']
@@ -333,14 +348,14 @@ def _min_max(maps: torch.Tensor) -> torch.Tensor:
     return (maps - low) / (high - low).clamp_min(1e-12)
 
 
-def _first_last(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _first_last(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the first and of the last True of every row of a (B, N) mask with at least one True per row."""
     first = mask.int().argmax(dim=1)
     last = mask.shape[1] - 1 - mask.flip(1).int().argmax(dim=1)
     return first, last
 
 
-def _classifier_names(stages: int) -> Tuple[str, ...]:
+def _classifier_names(stages: int) -> tuple[str, ...]:
     """The class layers timm drops from weights trained for other classes: every stage's, then the fused one."""
     return (*(f'stage_classifiers.{i}.fc' for i in range(stages)), 'fused_classifier.fc')
 
@@ -354,7 +369,7 @@ def _create_iagn(variant: str, pretrained: bool = False, **kwargs) -> Iagn:
     return build_fgvc_model(Iagn, variant, pretrained=pretrained, **kwargs)
 
 
-def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
+def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
     return fgvc_cfg(backbone, classifier=_classifier_names(3), **kwargs)
 
 

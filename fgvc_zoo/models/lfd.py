@@ -1,4 +1,4 @@
-""" LFD: Learning to Focus and Discriminate for Fine-grained Classification
+"""LFD: Learning to Focus and Discriminate for Fine-grained Classification
 
 Feng, Fu, Zhao, ICIP 2019. An image-level classifier's class activation maps, max-pooled over all classes,
 score square regions of the input; NMS keeps the m most discriminative ones, which are cropped, zoomed and
@@ -6,7 +6,9 @@ passed through the same backbone. A hybrid classifier on [image feature, top-l r
 
 Where the paper is silent, the choices of `shared/papers/METHODS.md` section 1 are constructor arguments.
 """
-from typing import Any, Dict, Optional, Sequence, Tuple
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,7 +19,13 @@ from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
 from ._backbone import Backbone
 from ._base import (
-    Explanation, FgvcModel, FgvcOutput, build_fgvc_model, fgvc_cfg, generate_head_cfgs, register_variants,
+    Explanation,
+    FgvcModel,
+    FgvcOutput,
+    build_fgvc_model,
+    fgvc_cfg,
+    generate_head_cfgs,
+    register_variants,
 )
 
 __all__ = ['Lfd']
@@ -32,22 +40,22 @@ class Lfd(FgvcModel):
     """
 
     def __init__(
-            self,
-            backbone: str = 'resnet50',
-            num_classes: int = 1000,
-            num_regions: int = 6,
-            num_hybrid_regions: int = 4,
-            region_sizes: Sequence[float] = (160 / 448,),
-            zoom_size: int = 224,
-            nms_iou: float = 0.25,
-            cam_sigma: float = 1.0,
-            cam_mode: str = 'max',
-            image_only: bool = False,
-            loss_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0),
-            drop_rate: float = 0.0,
-            in_chans: int = 3,
-            pretrained_backbone: bool = False,
-            backbone_args: Optional[Dict[str, Any]] = None,
+        self,
+        backbone: str = 'resnet50',
+        num_classes: int = 1000,
+        num_regions: int = 6,
+        num_hybrid_regions: int = 4,
+        region_sizes: Sequence[float] = (160 / 448,),
+        zoom_size: int = 224,
+        nms_iou: float = 0.25,
+        cam_sigma: float = 1.0,
+        cam_mode: str = 'max',
+        image_only: bool = False,
+        loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        drop_rate: float = 0.0,
+        in_chans: int = 3,
+        pretrained_backbone: bool = False,
+        backbone_args: dict[str, Any] | None = None,
     ):
         """
         Args:
@@ -92,7 +100,7 @@ class Lfd(FgvcModel):
         self.head_drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New image, region and hybrid classifiers for `num_classes` classes."""
         self.num_classes = num_classes
         # Eq. (1) of the paper has no bias: the class maps M_k = W_k Z are exactly the image classifier's scores.
@@ -103,7 +111,7 @@ class Lfd(FgvcModel):
     def get_classifier(self) -> nn.Module:
         return self.image_head if self.image_only else self.hybrid_head
 
-    def attention_map(self, features: torch.Tensor, class_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def attention_map(self, features: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
         """The smoothed attention map M (B, 1, h, w): max over all class maps, or the map of `class_index`."""
         maps = class_activation_maps(features, self.image_head.weight)
         if class_index is None:
@@ -112,7 +120,7 @@ class Lfd(FgvcModel):
             attention = maps.gather(1, class_index.view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:]))
         return smooth_maps(attention, self.cam_sigma)
 
-    def _cam_class(self, image_logits: torch.Tensor, target: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _cam_class(self, image_logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor | None:
         if self.cam_mode == 'max':
             return None
         if self.cam_mode == 'target' and target is not None:
@@ -121,13 +129,13 @@ class Lfd(FgvcModel):
 
     @torch.no_grad()
     def select_regions(
-            self,
-            features: torch.Tensor,
-            image_logits: torch.Tensor,
-            image_size: Tuple[int, int],
-            num: int,
-            target: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self,
+        features: torch.Tensor,
+        image_logits: torch.Tensor,
+        image_size: tuple[int, int],
+        num: int,
+        target: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The `num` most discriminative regions per image: (B, num, 4) xyxy input-pixel boxes and their scores."""
         attention = self.attention_map(features, self._cam_class(image_logits, target))
         num_candidates = attention.shape[-2] * attention.shape[-1] * len(self.region_sizes)
@@ -147,7 +155,7 @@ class Lfd(FgvcModel):
         crops = crop_and_zoom(x, boxes, self.zoom_size)
         return self.backbone(crops)[-1].mean(dim=(2, 3)).view(*boxes.shape[:2], -1)
 
-    def _image_forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _image_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.backbone(x)[-1]
         image_feature = features.mean(dim=(2, 3))
         return features, image_feature, self.image_head(self.head_drop(image_feature))
@@ -175,10 +183,10 @@ class Lfd(FgvcModel):
         region_logits = self.region_head(self.head_drop(region_features))
         region_target = target.repeat_interleave(self.num_regions, dim=0)
         losses['region'] = F.cross_entropy(region_logits.flatten(0, 1), region_target)
-        hybrid = torch.cat([image_feature, region_features[:, :self.num_hybrid_regions].flatten(1)], dim=1)
+        hybrid = torch.cat([image_feature, region_features[:, : self.num_hybrid_regions].flatten(1)], dim=1)
         logits = self.hybrid_head(self.head_drop(hybrid))
         losses['hybrid'] = F.cross_entropy(logits, target)
-        loss = sum(w * term for w, term in zip(self.loss_weights, losses.values()))
+        loss = sum(w * term for w, term in zip(self.loss_weights, losses.values(), strict=False))
         return FgvcOutput(loss=loss, logits=logits, losses=losses)
 
     @torch.no_grad()
@@ -205,7 +213,7 @@ def _create_lfd(variant: str, pretrained: bool = False, **kwargs) -> Lfd:
     return build_fgvc_model(Lfd, variant, pretrained=pretrained, **kwargs)
 
 
-def _cfg(backbone: Optional[str] = None, **kwargs) -> Dict[str, Any]:
+def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
     return fgvc_cfg(backbone, classifier=('image_head', 'region_head', 'hybrid_head'), **kwargs)
 
 

@@ -1,4 +1,4 @@
-""" `python fault_runner.py ARGS...` is `fgvc-zoo ARGS...` with one fault armed by environment variables.
+"""`python fault_runner.py ARGS...` is `fgvc-zoo ARGS...` with one fault armed by environment variables.
 
 FGVC_FAULT_SIGNAL: KILL or TERM, sent by the process to itself at the point FGVC_FAULT_AT names:
   forward:N          the N-th training forward pass (`model(x, target=y)`), i.e. in the middle of a step;
@@ -7,6 +7,7 @@ FGVC_FAULT_SIGNAL: KILL or TERM, sent by the process to itself at the point FGVC
   after-save-state:E after accelerate wrote every file of epoch E's checkpoint, before the trainer records it.
 The hooks wrap library functions the trainer calls; the trainer's own code runs unchanged.
 """
+
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ from fgvc_zoo.models._base import FgvcModel
 
 
 def _die() -> None:
-    os.kill(os.getpid(), getattr(signal, f"SIG{os.environ['FGVC_FAULT_SIGNAL']}"))
+    os.kill(os.getpid(), getattr(signal, f'SIG{os.environ["FGVC_FAULT_SIGNAL"]}'))
     signal.pause()  # SIGTERM is delivered asynchronously: never return into the trainer
 
 
@@ -34,6 +35,7 @@ def _arm(point: str, value: int) -> None:
                 if calls[0] == value:
                     _die()
             return original_forward(self, x, target=target, step=step)
+
         FgvcModel.forward = forward
     elif point == 'checkpoint-write':
         original_save = accelerate.checkpointing.save
@@ -44,6 +46,7 @@ def _arm(point: str, value: int) -> None:
                 os.truncate(f, os.path.getsize(f) // 2)
                 _die()
             return result
+
         accelerate.checkpointing.save = save
     elif point == 'after-save-state':
         original_save_state = accelerate.Accelerator.save_state
@@ -53,6 +56,7 @@ def _arm(point: str, value: int) -> None:
             if f'.epoch_{value:03d}.tmp' in str(output_dir):
                 _die()
             return result
+
         accelerate.Accelerator.save_state = save_state
     else:
         raise ValueError(f'FGVC_FAULT_AT={point}:{value}: unknown point')

@@ -1,10 +1,11 @@
-""" Tiny datasets and training commands shared by the reliability tests (each run takes seconds on a CPU). """
+"""Tiny datasets and training commands shared by the reliability tests (each run takes seconds on a CPU)."""
+
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -18,8 +19,9 @@ COLOURS = ((20, 40, 230), (230, 30, 20), (30, 220, 40))
 LFD_ARGS = 'zoom_size=32,num_regions=2,num_hybrid_regions=1'
 
 
-def make_folder(root: Path, train_per_class: int = 8, val_per_class: int = 2, size: int = 64,
-                classes: Sequence[str] = CLASSES) -> Path:
+def make_folder(
+    root: Path, train_per_class: int = 8, val_per_class: int = 2, size: int = 64, classes: Sequence[str] = CLASSES
+) -> Path:
     """root/{train,val}/<class>/NNN.png: noise with a square of the class's colour (an imagefolder layout)."""
     rng = np.random.default_rng(0)
     for split, count in (('train', train_per_class), ('val', val_per_class)):
@@ -28,21 +30,43 @@ def make_folder(root: Path, train_per_class: int = 8, val_per_class: int = 2, si
             for i in range(count):
                 image = rng.integers(0, 80, (size, size, 3)).astype(np.uint8)
                 x, y = rng.integers(0, size // 2, 2)
-                image[y:y + size // 4, x:x + size // 4] = COLOURS[label]
+                image[y : y + size // 4, x : x + size // 4] = COLOURS[label]
                 Image.fromarray(image).save(root / split / name / f'{i:03d}.png')
     return root
 
 
-def train_args(data: Path, output: Path, epochs: int = 2, *extra: str, model: str = 'lfd') -> List[str]:
+def train_args(data: Path, output: Path, epochs: int = 2, *extra: str, model: str = 'lfd') -> list[str]:
     """`fgvc-zoo` arguments of a tiny CPU training run (batch 4, no worker processes, seed 7)."""
     head_args = ['--model-args', LFD_ARGS] if model == 'lfd' else []
-    return ['train', '--model', model, '--backbone', 'test_resnet', *head_args, '--data-dir', str(data),
-            '--output', str(output), '--img-size', '64', '--epochs', str(epochs), '--batch-size', '4',
-            '--workers', '0', '--lr', '0.01', '--seed', '7', '--cpu', *extra]
+    return [
+        'train',
+        '--model',
+        model,
+        '--backbone',
+        'test_resnet',
+        *head_args,
+        '--data-dir',
+        str(data),
+        '--output',
+        str(output),
+        '--img-size',
+        '64',
+        '--epochs',
+        str(epochs),
+        '--batch-size',
+        '4',
+        '--workers',
+        '0',
+        '--lr',
+        '0.01',
+        '--seed',
+        '7',
+        '--cpu',
+        *extra,
+    ]
 
 
-def run_cli(args: Sequence[str], fault: Optional[Dict[str, str]] = None, timeout: float = 180,
-            background: bool = False):
+def run_cli(args: Sequence[str], fault: dict[str, str] | None = None, timeout: float = 180, background: bool = False):
     """`fgvc-zoo ARGS` in a fresh interpreter; with `fault`, through `fault_runner.py` with that fault armed."""
     env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', **(fault or {}))
     command = [sys.executable, str(FAULT_RUNNER) if fault else '-m', *([] if fault else ['fgvc_zoo.cli']), *args]

@@ -1,11 +1,12 @@
-""" Unreadable images end to end (the loaders' own cases are in tests/test_data.py): a training run skips a corrupt
+"""Unreadable images end to end (the loaders' own cases are in tests/test_data.py): a training run skips a corrupt
 file with a warning naming it and lists it in its results; a run whose data is mostly unreadable stops before
-training with an error naming the files and the flag to change. """
+training with an error naming the files and the flag to change."""
+
 import pytest
+from reliability_helpers import make_folder, results, train_args
 
 from fgvc_zoo import cli
 from fgvc_zoo.data import UnreadableDataError
-from reliability_helpers import make_folder, results, train_args
 
 
 @pytest.fixture(scope='module')

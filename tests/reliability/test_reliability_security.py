@@ -1,6 +1,7 @@
-""" Security: weights load only through safetensors or `torch.load(weights_only=True)`, so a pickle checkpoint
+"""Security: weights load only through safetensors or `torch.load(weights_only=True)`, so a pickle checkpoint
 cannot run code; recipes and head options are parsed as plain YAML; dataset metadata cannot point outside the
-dataset root. """
+dataset root."""
+
 import contextlib
 import pickle
 import re
@@ -8,15 +9,17 @@ import re
 import pytest
 import timm
 import yaml
+from reliability_helpers import PACKAGE, train_args
 
 from fgvc_zoo import cli
 from fgvc_zoo.data import DatasetError
 from fgvc_zoo.hub import load_model
-from reliability_helpers import PACKAGE, train_args
 
 # Calls that deserialise with pickle, or build Python objects from YAML tags.
-UNSAFE_CALLS = re.compile(r'\bpickle\.loads?\(|\bdill\.|\byaml\.(load|full_load|unsafe_load|load_all)\(|'
-                          r'\bUnsafeLoader\b|\bnp\.load\([^)]*allow_pickle=True')
+UNSAFE_CALLS = re.compile(
+    r'\bpickle\.loads?\(|\bdill\.|\byaml\.(load|full_load|unsafe_load|load_all)\(|'
+    r'\bUnsafeLoader\b|\bnp\.load\([^)]*allow_pickle=True'
+)
 
 
 def package_sources():
@@ -28,16 +31,19 @@ def test_the_package_never_calls_torch_load_without_weights_only_true():
     for path in package_sources():
         text = path.read_text()
         for match in re.finditer(r'torch\.load\(', text):
-            call = text[match.start():text.find(')', match.end()) + 1]
+            call = text[match.start() : text.find(')', match.end()) + 1]
             if 'weights_only=True' not in call:
                 offending.append(f'{path.relative_to(PACKAGE.parent)}: {call}')
     assert offending == []
 
 
 def test_the_package_never_unpickles_or_loads_yaml_unsafely():
-    offending = [f'{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}'
-                 for path in package_sources()
-                 for number, line in enumerate(path.read_text().splitlines(), 1) if UNSAFE_CALLS.search(line)]
+    offending = [
+        f'{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}'
+        for path in package_sources()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if UNSAFE_CALLS.search(line)
+    ]
     assert offending == []
 
 
@@ -65,8 +71,20 @@ def test_a_malicious_pickle_checkpoint_is_refused_unexecuted_by_export(tmp_path)
     marker = tmp_path / 'executed'
     checkpoint = write_malicious_pickle(tmp_path / 'lfd.pth', marker)
     with pytest.raises(RuntimeError, match='weights_only=True blocked loading this checkpoint'):
-        cli.run(['export', str(tmp_path / 'out'), '--model', 'lfd', '--num-classes', '2', '--checkpoint',
-                 str(checkpoint), '--model-kwargs', 'backbone=test_resnet'])
+        cli.run(
+            [
+                'export',
+                str(tmp_path / 'out'),
+                '--model',
+                'lfd',
+                '--num-classes',
+                '2',
+                '--checkpoint',
+                str(checkpoint),
+                '--model-kwargs',
+                'backbone=test_resnet',
+            ]
+        )
     assert not marker.exists()
 
 
@@ -74,8 +92,13 @@ def test_a_malicious_pickle_weights_file_is_refused_unexecuted_by_create_model(t
     marker = tmp_path / 'executed'
     checkpoint = write_malicious_pickle(tmp_path / 'model.pth', marker)
     with pytest.raises(RuntimeError, match='weights_only=True blocked loading this checkpoint'):
-        timm.create_model('lfd', backbone='test_resnet', num_classes=2, pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(checkpoint)))
+        timm.create_model(
+            'lfd',
+            backbone='test_resnet',
+            num_classes=2,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(checkpoint)),
+        )
     assert not marker.exists()
 
 
@@ -83,8 +106,11 @@ def test_an_export_folder_holding_only_a_pickle_is_refused_by_load_model(tmp_pat
     marker = tmp_path / 'executed'
     write_malicious_pickle(tmp_path / 'pytorch_model.bin', marker)
     (tmp_path / 'config.json').write_text('{"architecture": "lfd", "num_classes": 2}')
-    with pytest.raises(FileNotFoundError, match=r'no model.safetensors \(it holds pytorch_model.bin, which fgvc_zoo '
-                                                r'never loads\)'):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r'no model.safetensors \(it holds pytorch_model.bin, which fgvc_zoo '
+        r'never loads\)',
+    ):
         load_model(str(tmp_path))
     assert not marker.exists()
 
@@ -104,15 +130,18 @@ def test_a_recipe_with_a_python_tag_is_refused_and_nothing_runs(tiny_data, tmp_p
     marker = tmp_path / 'executed'
     recipe = tmp_path / 'recipe.yaml'
     recipe.write_text(f"lr: 0.01\nepochs: !!python/object/apply:builtins.open ['{marker}', 'w']\n")
-    with pytest.raises((yaml.YAMLError, ValueError), match=r"could not determine a constructor for the tag "
-                                             r"'tag:yaml.org,2002:python/object/apply:builtins.open'"):
+    with pytest.raises(
+        (yaml.YAMLError, ValueError),
+        match=r'could not determine a constructor for the tag '
+        r"'tag:yaml.org,2002:python/object/apply:builtins.open'",
+    ):
         cli.run(train_args(tiny_data, tmp_path / 'run', 1, '--recipe', str(recipe)))
     assert not marker.exists()
 
 
 def test_a_recipe_yaml_error_names_the_recipe_file(tiny_data, tmp_path):
     recipe = tmp_path / 'recipe.yaml'
-    recipe.write_text("epochs: !!python/object/apply:os.getcwd []\n")
+    recipe.write_text('epochs: !!python/object/apply:os.getcwd []\n')
     with pytest.raises(ValueError, match=r'--recipe \S*recipe.yaml'):
         cli.run(train_args(tiny_data, tmp_path / 'run', 1, '--recipe', str(recipe)))
 
@@ -120,8 +149,15 @@ def test_a_recipe_yaml_error_names_the_recipe_file(tiny_data, tmp_path):
 def test_head_options_with_a_python_tag_are_refused_and_nothing_runs(tiny_data, tmp_path):
     marker = tmp_path / 'executed'
     with pytest.raises((yaml.YAMLError, ValueError), match='could not determine a constructor'):
-        cli.run(train_args(tiny_data, tmp_path / 'run', 1, '--model-kwargs',
-                           f"{{zoom_size: !!python/object/apply:builtins.open ['{marker}', 'w']}}"))
+        cli.run(
+            train_args(
+                tiny_data,
+                tmp_path / 'run',
+                1,
+                '--model-kwargs',
+                f"{{zoom_size: !!python/object/apply:builtins.open ['{marker}', 'w']}}",
+            )
+        )
     assert not marker.exists()
 
 
@@ -130,6 +166,7 @@ def make_cub(root, image_paths):
     (root / 'images' / '001.A').mkdir(parents=True)
     (root / 'images' / '002.B').mkdir(parents=True)
     from PIL import Image
+
     Image.new('RGB', (64, 64), 'red').save(root / 'images' / '001.A' / 'a.jpg')
     Image.new('RGB', (64, 64), 'blue').save(root / 'images' / '002.B' / 'b.jpg')
     (root / 'classes.txt').write_text('1 001.A\n2 002.B\n')

@@ -1,16 +1,17 @@
-""" Training faults: a run killed at any moment (SIGKILL or SIGTERM, in a step or while a checkpoint is written)
+"""Training faults: a run killed at any moment (SIGKILL or SIGTERM, in a step or while a checkpoint is written)
 resumes to the bitwise-same weights as an unbroken run; a failed checkpoint write leaves the previous checkpoint
-whole; two runs pointed at one output folder do not mix their files. """
+whole; two runs pointed at one output folder do not mix their files."""
+
 import errno
 import json
 import signal
 
 import pytest
 import torch
+from reliability_helpers import results, run_cli, train_args, weights_digest
 from safetensors.torch import load_file
 
 from fgvc_zoo import cli
-from reliability_helpers import results, run_cli, train_args, weights_digest
 
 EPOCHS = 3  # 16 images at batch 4: 4 training steps an epoch, forward passes 1-12
 
@@ -36,24 +37,28 @@ def checkpoint_names(output) -> list:
     return sorted(p.name for p in (output / 'checkpoints').iterdir())
 
 
-@pytest.mark.parametrize('sig, point, complete_before, left_partial', [
-    ('KILL', 'forward:6', ['epoch_001'], []),  # epoch 2, second step
-    ('TERM', 'forward:11', ['epoch_001', 'epoch_002'], []),  # epoch 3, third step
-    ('KILL', 'checkpoint-write:2', ['epoch_001'], ['.epoch_002.tmp']),  # a file of the checkpoint half written
-    ('TERM', 'after-save-state:2', ['epoch_001'], ['.epoch_002.tmp']),  # all files written, not yet renamed
-], ids=['sigkill-in-step', 'sigterm-in-step', 'sigkill-in-checkpoint-write', 'sigterm-before-rename'])
+@pytest.mark.parametrize(
+    'sig, point, complete_before, left_partial',
+    [
+        ('KILL', 'forward:6', ['epoch_001'], []),  # epoch 2, second step
+        ('TERM', 'forward:11', ['epoch_001', 'epoch_002'], []),  # epoch 3, third step
+        ('KILL', 'checkpoint-write:2', ['epoch_001'], ['.epoch_002.tmp']),  # a file of the checkpoint half written
+        ('TERM', 'after-save-state:2', ['epoch_001'], ['.epoch_002.tmp']),  # all files written, not yet renamed
+    ],
+    ids=['sigkill-in-step', 'sigterm-in-step', 'sigkill-in-checkpoint-write', 'sigterm-before-rename'],
+)
 def test_a_killed_run_resumes_to_the_weights_of_an_unbroken_run(
-        sig, point, complete_before, left_partial, unbroken, tiny_data, tmp_path, capsys):
+    sig, point, complete_before, left_partial, unbroken, tiny_data, tmp_path, capsys
+):
     output = tmp_path / 'run'
-    killed = run_cli(train_args(tiny_data, output, EPOCHS),
-                     fault={'FGVC_FAULT_SIGNAL': sig, 'FGVC_FAULT_AT': point})
+    killed = run_cli(train_args(tiny_data, output, EPOCHS), fault={'FGVC_FAULT_SIGNAL': sig, 'FGVC_FAULT_AT': point})
     assert killed.returncode == -getattr(signal, f'SIG{sig}'), killed.stderr[-3000:]
     # The kill hit where we aimed: only whole checkpoints carry a name, the interrupted one is a hidden temp folder.
     assert checkpoint_names(output) == sorted(complete_before + left_partial)
     assert not (output / 'model.safetensors').exists()
 
     assert cli.run(train_args(tiny_data, output, EPOCHS, '--resume')) == 0
-    assert f"Resumed from {output / 'checkpoints' / complete_before[-1]}" in capsys.readouterr().out
+    assert f'Resumed from {output / "checkpoints" / complete_before[-1]}' in capsys.readouterr().out
     assert weights_digest(output) == unbroken
     assert [row['epoch'] for row in results(output)['history']] == [1, 2, 3]  # no epoch twice, none missing
 
@@ -88,11 +93,13 @@ def _disk_full_from_epoch_2(monkeypatch):
         if '.epoch_002.tmp' in str(f):
             raise OSError(errno.ENOSPC, 'No space left on device', str(f))
         return real_save(obj, f, *args, **kwargs)
+
     monkeypatch.setattr(torch, 'save', save)
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_resume_finishes_the_run(
-        unbroken, tiny_data, tmp_path, monkeypatch):
+    unbroken, tiny_data, tmp_path, monkeypatch
+):
     output = tmp_path / 'run'
     with monkeypatch.context() as patch:
         _disk_full_from_epoch_2(patch)
