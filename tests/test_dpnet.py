@@ -173,7 +173,7 @@ def test_logits_are_v_of_the_pooled_normalised_part_scores(pool):
     model = _dpnet(pool=pool).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        regions = model.backbone(x)[-1].flatten(2)  # (B, D, R)
+        regions = model.backbone(x).flatten(2)  # (B, D, R)
         unit = model.parts.weight / model.parts.weight.norm(dim=1, keepdim=True)
         scores = torch.einsum('pd,bdr->bpr', unit, regions)
         bag = {'max': scores.amax(2), 'avg': scores.mean(2), 'lse': scores.exp().mean(2).log()}[pool]
@@ -252,7 +252,7 @@ def test_explain_gives_part_maps_class_map_best_boxes_and_participation():
     torch.testing.assert_close(explanation.extras['part_participation'], model.head.weight)
     # With one-cell boxes, each part's box is exactly the 32 px cell where its score is largest.
     with torch.no_grad():
-        scores = part_scores(model.backbone(x)[-1], model.parts.weight)
+        scores = part_scores(model.backbone(x), model.parts.weight)
     best, cell = scores.flatten(2).max(dim=2)
     row, col = cell // 3, cell % 3
     expected = torch.stack([col * 32, row * 32, col * 32 + 32, row * 32 + 32], dim=-1).float()

@@ -141,7 +141,7 @@ def test_image_only_ablation_predicts_with_the_image_classifier_and_crops_nothin
     assert set(out.losses) == {'image'}
     assert _backbone_batch_sizes(model.eval(), x) == [2]
     with torch.no_grad():
-        expected = model.image_head(model.backbone(x)[-1].mean(dim=(2, 3)))
+        expected = model.image_head(model.backbone(x).mean(dim=(2, 3)))
         torch.testing.assert_close(model(x), expected)
     assert model.get_classifier() is model.image_head
 
@@ -151,7 +151,7 @@ def test_cam_mode_target_selects_regions_from_the_target_class_map():
     x = torch.randn(2, 3, 64, 64)
     target = torch.tensor([2, 0])
     with torch.no_grad():
-        features = model.backbone(x)[-1]
+        features = model.backbone(x)
         logits = model.image_head(features.mean(dim=(2, 3)))
         boxes, scores = model.select_regions(features, logits, (64, 64), 4, target)
         class_maps = torch.einsum('bnhw,cn->bchw', features, model.image_head.weight)

@@ -135,7 +135,7 @@ class DpNet(FgvcModel):
 
     def _part_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The region descriptors X (B, D, h, w) and the part scores S (B, P, h, w)."""
-        features = self.backbone(x)[-1]
+        features = self.backbone(x)
         return features, part_scores(features, self.parts.weight)
 
     def _bag_of_parts(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

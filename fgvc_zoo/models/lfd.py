@@ -153,10 +153,10 @@ class Lfd(FgvcModel):
     def _region_features(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """GAP features of the zoomed crops of (B, N, 4) boxes through the shared backbone: (B, N, n)."""
         crops = crop_and_zoom(x, boxes, self.zoom_size)
-        return self.backbone(crops)[-1].mean(dim=(2, 3)).view(*boxes.shape[:2], -1)
+        return self.backbone(crops).mean(dim=(2, 3)).view(*boxes.shape[:2], -1)
 
     def _image_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.backbone(x)[-1]
+        features = self.backbone(x)
         image_feature = features.mean(dim=(2, 3))
         return features, image_feature, self.image_head(self.head_drop(image_feature))
 
