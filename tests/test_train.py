@@ -357,3 +357,56 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_training(tmp_path)
     with pytest.raises(ValueError, match='--log-with tensorboard: that tracker is not installed'):
         train_main(config)
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_plain_timm_classifier_trains_exports_and_reloads_with_equal_logits(tiny_folder, tmp_path):
+    """The baseline the heads must beat trains in the same tool: no head, the trainer's cross-entropy."""
+    from safetensors.torch import load_file
+
+    from fgvc_zoo.hub import load_model
+
+    output = tmp_path / 'plain'
+    command = train_command(tiny_folder, output, 'lfd', 1)
+    model_at = command.index('--model')
+    del command[model_at : model_at + 6]  # --model lfd --backbone test_resnet --model-args ...
+    run([*command, '--model', 'test_resnet', '--model-ema', '--model-ema-decay', '0.5'])
+
+    results = json.loads((output / 'results.json').read_text())
+    config = json.loads((output / 'config.json').read_text())
+    assert config['architecture'] == 'test_resnet' and config['num_classes'] == 2
+    assert config['label_names'] == list(CLASSES)
+    assert "timm's own classifier head over a `test_resnet` backbone" in (output / 'README.md').read_text()
+    loaded = load_model(str(output))
+    assert state_dict_sha256(loaded.state_dict()) == results['weights_sha256_per_rank'][0]
+    assert top1(loaded, tiny_folder, 64) == pytest.approx(results['metrics']['top1'], abs=1e-6)
+    by_hand = timm.create_model('test_resnet', num_classes=2)
+    by_hand.load_state_dict(load_file(str(output / 'model.safetensors')))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), by_hand.eval()(x), rtol=0, atol=0)
+
+
+def test_a_plain_classifier_trains_its_classifier_at_lr_and_the_rest_at_the_backbone_lr():
+    from fgvc_zoo.train import _build_model
+
+    config = parse(['--model', 'test_resnet', '--synthetic', '--lr', '0.02', '--backbone-lr-mult', '0.1'])
+    model = _build_model(config, num_classes=3)
+    head_group, backbone_group = _build_optimizer(config, model).param_groups
+    assert {id(p) for p in head_group['params']} == {id(p) for p in model.get_classifier().parameters()}
+    assert len(head_group['params']) + len(backbone_group['params']) == len(list(model.parameters()))
+    assert (head_group['lr'], backbone_group['lr']) == (0.02, pytest.approx(0.002))
+
+
+def test_a_plain_classifier_refuses_head_options_naming_them():
+    from fgvc_zoo.train import _build_model
+
+    config = parse(['--model', 'test_resnet', '--backbone', 'resnet50', '--synthetic'])
+    with pytest.raises(
+        ValueError,
+        match=r'test_resnet is a plain timm classifier, which takes no --backbone .*'
+        r'--model lfd --backbone test_resnet',
+    ):
+        _build_model(config, num_classes=2)
+    config = parse(['--model', 'test_resnet', '--model-args', 'num_regions=2', '--synthetic'])
+    with pytest.raises(ValueError, match=r'takes no --model-args/--model-kwargs'):
+        _build_model(config, num_classes=2)
