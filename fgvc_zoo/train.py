@@ -752,7 +752,6 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             )
     optimizer = _build_optimizer(config, model)
     scheduler = _build_scheduler(config, optimizer)
-    ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
 
     mixing = config.mixup > 0 or config.cutmix > 0
     mixup = (
@@ -775,6 +774,9 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         pin_memory=accelerator.device.type == 'cuda',
     )
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # The EMA copy is taken of the prepared model, so it lives on the device (and in the dtype) prepare gave it:
+    # a copy taken before would stay on the CPU, and timm's update would mix CPU and GPU tensors.
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.model_ema_decay) if config.model_ema else None
     # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed by us, not prepared.
 
     trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}

@@ -410,3 +410,43 @@ def test_a_plain_classifier_refuses_head_options_naming_them():
     config = parse(['--model', 'test_resnet', '--model-args', 'num_regions=2', '--synthetic'])
     with pytest.raises(ValueError, match=r'takes no --model-args/--model-kwargs'):
         _build_model(config, num_classes=2)
+
+
+class _StopBeforeTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    'move',
+    [
+        'float64',  # on a CPU, a dtype change that prepare makes stands in for its move to the GPU
+        pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')),
+    ],
+)
+def test_the_ema_lives_where_prepare_put_the_model(move, tiny_folder, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from fgvc_zoo import train
+
+    real_prepare = Accelerator.prepare
+
+    def prepare(self, *objects):
+        prepared = real_prepare(self, *objects)
+        if move == 'float64':
+            prepared[0].to(torch.float64)
+        return prepared
+
+    seen = {}
+
+    def first_epoch(config, epoch, model, loader, optimizer, accelerator, ema, *rest):
+        seen['model'] = next(accelerator.unwrap_model(model).parameters())
+        seen['ema'] = next(ema.module.parameters())
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(Accelerator, 'prepare', prepare)
+    monkeypatch.setattr(train, '_train_one_epoch', first_epoch)
+    argv = train_command(tiny_folder, tmp_path / 'out', 'lfd', 1, '--model-ema')[3:]
+    with pytest.raises(_StopBeforeTraining):
+        train.train_main(parse(argv))
+    assert seen['model'].device.type == ('cuda' if move == 'cuda' else 'cpu')
+    assert (seen['ema'].device, seen['ema'].dtype) == (seen['model'].device, seen['model'].dtype)
