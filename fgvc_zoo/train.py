@@ -115,6 +115,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help='fraction of a split that may fail to decode (dropped, listed) before training stops',
     )
     _add(group, '--img-size', type=int, default=448, help='training and evaluation resolution')
+    _add(
+        group,
+        '--train-crop',
+        default='rrc',
+        choices=('rrc', 'resize_crop'),
+        help="training crop: 'rrc' timm's random resized crop (area --scale); 'resize_crop' the FGVC references' "
+        'resize of the short side to img-size / crop_pct (448 -> 512) then a random img-size crop',
+    )
     _add(group, '--scale', type=float, nargs=2, help='random-resized-crop area range; default: the data config')
     _add(group, '--hflip', type=float, help='horizontal flip probability; default: the data config')
     _add(group, '--color-jitter', type=float, help='colour jitter strength; default: the data config')
@@ -312,13 +320,20 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
 
 
 def _set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val_set) -> None:
-    """Train (random resized crop, flip, ...) and eval (resize, centre crop) transforms from the model's config."""
+    """Train (`--train-crop`, flip, ...) and eval (resize, centre crop) transforms from the model's config."""
     from .data import create_transforms
 
     aug = {k: getattr(config, k) for k in ('scale', 'hflip', 'color_jitter') if getattr(config, k) is not None}
     if 'scale' in aug:
+        if config.train_crop != 'rrc':
+            raise ValueError(
+                f'--scale sets the random resized crop, which --train-crop {config.train_crop} does not do: '
+                f'drop --scale or pass --train-crop rrc.'
+            )
         aug['scale'] = tuple(aug['scale'])
-    train_set.transform = create_transforms(model, is_training=True, img_size=config.img_size, **aug)
+    train_set.transform = create_transforms(
+        model, is_training=True, img_size=config.img_size, train_crop=config.train_crop, **aug
+    )
     val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
 
 

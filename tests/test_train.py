@@ -369,9 +369,10 @@ def test_a_plain_timm_classifier_trains_exports_and_reloads_with_equal_logits(ti
     command = train_command(tiny_folder, output, 'lfd', 1)
     model_at = command.index('--model')
     del command[model_at : model_at + 6]  # --model lfd --backbone test_resnet --model-args ...
-    run([*command, '--model', 'test_resnet', '--model-ema', '--model-ema-decay', '0.5'])
+    run([*command, '--model', 'test_resnet', '--model-ema', '--model-ema-decay', '0.5', '--train-crop', 'resize_crop'])
 
     results = json.loads((output / 'results.json').read_text())
+    assert results['config']['train_crop'] == 'resize_crop'  # the recipe records the augmentation
     config = json.loads((output / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet' and config['num_classes'] == 2
     assert config['label_names'] == list(CLASSES)
@@ -450,3 +451,17 @@ def test_the_ema_lives_where_prepare_put_the_model(move, tiny_folder, tmp_path, 
         train.train_main(parse(argv))
     assert seen['model'].device.type == ('cuda' if move == 'cuda' else 'cpu')
     assert (seen['ema'].device, seen['ema'].dtype) == (seen['model'].device, seen['model'].dtype)
+
+
+def test_train_crop_picks_the_training_crop_and_refuses_scale_without_rrc():
+    from fgvc_zoo.train import _set_transforms
+
+    model = timm.create_model('test_resnet', num_classes=2)
+    train_set, val_set = argparse.Namespace(), argparse.Namespace()
+    config = parse(['--model', 'test_resnet', '--synthetic', '--img-size', '64', '--train-crop', 'resize_crop'])
+    _set_transforms(config, model, train_set, val_set)
+    assert [type(t).__name__ for t in train_set.transform.transforms[:2]] == ['Resize', 'RandomCrop']
+    assert parse(['--model', 'test_resnet', '--synthetic']).train_crop == 'rrc'  # the default, until measured
+    config = parse(['--model', 'test_resnet', '--synthetic', '--train-crop', 'resize_crop', '--scale', '0.5', '1'])
+    with pytest.raises(ValueError, match='--scale sets the random resized crop, which --train-crop resize_crop'):
+        _set_transforms(config, model, train_set, val_set)
