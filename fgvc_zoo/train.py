@@ -7,7 +7,8 @@
 A plain timm classifier (`--model resnet50`, the baseline the heads must beat) trains through the same loop with
 the contract's defaults: one step a batch, the trainer's cross-entropy on its logits (soft targets with mixup or
 label smoothing), every parameter but `get_classifier()`'s as the backbone (so `--backbone-lr-mult` means the
-same for both), and no model args.
+same for both), and no model args of fgvc_zoo's (`--model-args` reach timm's constructor: drop_rate,
+pretrained_cfg_overlay, ...).
 
 Every option is a flag; `--recipe FILE.yaml` holds flag names as keys, and flags on the command line win.
 Each epoch a checkpoint is written with `accelerator.save_state` into a temporary folder that is renamed into
@@ -349,17 +350,25 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
         close = difflib.get_close_matches(architecture, heads, n=5)
         hint = f' Close matches: {", ".join(close)}.' if close else ''
         raise ValueError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
-    if ':' not in config.model and architecture not in heads and (config.backbone or kwargs):
-        given = ' and '.join(
-            f for f, v in (('--backbone', config.backbone), ('--model-args/--model-kwargs', kwargs)) if v
-        )
+    plain = ':' not in config.model and architecture not in heads
+    if plain and config.backbone:
         raise ValueError(
-            f'--model {config.model} is a plain timm classifier, which takes no {given} (they configure an fgvc_zoo '
-            f'head): train it without them, or train a head over it with --model lfd --backbone {architecture}.'
+            f'--model {config.model} is a plain timm classifier, which takes no --backbone (it configures an fgvc_zoo '
+            f'head): train it without, or train a head over it with --model lfd --backbone {architecture}.'
         )
     if config.backbone:
         kwargs['backbone'] = config.backbone
-    model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+    try:
+        model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if not (plain and kwargs and 'unexpected keyword argument' in str(e)):
+            raise
+        # A plain model takes timm's own arguments only (drop_rate, pretrained_cfg_overlay, ...), never a head's.
+        raise ValueError(
+            f'--model-args/--model-kwargs: {config.model} is a plain timm classifier and refuses them ({e}). '
+            f'Pass only its timm arguments (e.g. drop_rate), or train a head over it with --model lfd --backbone '
+            f'{architecture}.'
+        ) from e
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if config.channels_last:

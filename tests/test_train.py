@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from fgvc_zoo.data import create_dataset, create_transforms
 from fgvc_zoo.train import (
@@ -398,19 +400,30 @@ def test_a_plain_classifier_trains_its_classifier_at_lr_and_the_rest_at_the_back
     assert (head_group['lr'], backbone_group['lr']) == (0.02, pytest.approx(0.002))
 
 
-def test_a_plain_classifier_refuses_head_options_naming_them():
+def test_a_plain_classifier_refuses_head_options_naming_them_and_takes_timms_own():
     from fgvc_zoo.train import _build_model
 
     config = parse(['--model', 'test_resnet', '--backbone', 'resnet50', '--synthetic'])
     with pytest.raises(
         ValueError,
-        match=r'test_resnet is a plain timm classifier, which takes no --backbone .*'
-        r'--model lfd --backbone test_resnet',
+        match=r'test_resnet is a plain timm classifier, which takes no --backbone .*--model lfd --backbone test_resnet',
     ):
         _build_model(config, num_classes=2)
     config = parse(['--model', 'test_resnet', '--model-args', 'num_regions=2', '--synthetic'])
-    with pytest.raises(ValueError, match=r'takes no --model-args/--model-kwargs'):
+    with pytest.raises(
+        ValueError, match=r"--model-args/--model-kwargs: test_resnet is a plain timm classifier .*'num_regions'"
+    ):
         _build_model(config, num_classes=2)
+    # timm's own arguments reach timm, e.g. a local ImageNet weights file with --pretrained (no Hub needed).
+    weights = {k: v.clone() for k, v in timm.create_model('test_resnet').state_dict().items()}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / 'weights.safetensors'
+        save_file(weights, str(path))
+        kwargs = f'{{drop_rate: 0.5, pretrained_cfg_overlay: {{file: {path}}}}}'
+        config = parse(['--model', 'test_resnet', '--pretrained', '--model-kwargs', kwargs, '--synthetic'])
+        model = _build_model(config, num_classes=3)
+    assert model.drop_rate == 0.5 and model.num_classes == 3
+    torch.testing.assert_close(model.conv1[0].weight, weights['conv1.0.weight'])  # loaded; the classifier is new
 
 
 class _StopBeforeTraining(Exception):
