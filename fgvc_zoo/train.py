@@ -576,6 +576,16 @@ def _check_finite(accelerator, loss: torch.Tensor, epoch: int, batch: int, step:
         )
 
 
+def _broadcast_buffers(accelerator, model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), as DDP does at the start of its next forward.
+
+    Each rank's last forward updated them from its own images; an EMA taken of those would differ across ranks.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 def _train_one_epoch(
     config: argparse.Namespace,
     epoch: int,
@@ -621,6 +631,7 @@ def _train_one_epoch(
             if accelerator.sync_gradients:
                 trainer_state['step'] += 1
                 if ema is not None:
+                    _broadcast_buffers(accelerator, unwrapped)
                     ema.update(unwrapped, step=trainer_state['step'])
             for name, value in {'loss': output.loss, **{f'loss_{k}': v for k, v in output.losses.items()}}.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().float()
