@@ -332,7 +332,7 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     if config.backbone:
         kwargs['backbone'] = config.backbone
     model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
-    for name in ('num_train_steps', 'backbone_parameters', 'model_args'):
+    for name in ('num_train_steps', 'backbone_parameters', 'model_args', 'pretrained_weights'):
         if not hasattr(model, name):
             raise TypeError(
                 f'--model {config.model} is not an fgvc_zoo head (no `{name}`): pass a head such as lfd, dpnet '
@@ -487,6 +487,10 @@ def _save_checkpoint(accelerator, output: Path, trainer_state: dict[str, Any], k
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _save_extra_state(tmp, scheduler, ema)
+            from .hub import share_file
+
+            for weights in tmp.glob('*.safetensors'):  # safetensors writes 0600; teammates need to read them
+                share_file(weights)
             # Written last: a folder with a trainer state is whole (see `_complete_checkpoints`).
             (tmp / CHECKPOINT_STATE).write_text(json.dumps(trainer_state, indent=2))
             if final.exists():  # left by an earlier run into the same output
@@ -815,6 +819,8 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
                 'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable},
             },
             'exported_weights': 'ema' if ema is not None else 'model',
+            # What --pretrained really loaded (None: random init): the card's base_model comes from this only.
+            'pretrained_weights': exported.pretrained_weights,
             'weights_sha256_per_rank': digests,
             'world_size': accelerator.num_processes,
             'seed': config.seed,
