@@ -32,9 +32,9 @@ from huggingface_hub import (
     ModelCardData,
     get_token,
     hf_hub_download,
-    is_offline_mode,
     try_to_load_from_cache,
 )
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -200,7 +200,8 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
     try:
         yield
     except LocalEntryNotFoundError as e:
-        why = 'HF_HUB_OFFLINE is set' if is_offline_mode() else 'the Hub could not be reached'
+        # constants.HF_HUB_OFFLINE, not is_offline_mode(): the function is exported only by recent huggingface_hub.
+        why = 'HF_HUB_OFFLINE is set' if hf_constants.HF_HUB_OFFLINE else 'the Hub could not be reached'
         cache_id, revision = hf_split(repo_id)
         cached_pickles = [
             name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(cache_id, name, revision), str)
