@@ -369,7 +369,8 @@ def _describe_weights(weights: dict[str, str] | None | object) -> tuple[str, str
         name = f'[`{weights["id"]}`](https://huggingface.co/{weights["id"]})'
     else:
         name = f'`{weights["id"]}` ({weights.get("source", "file")})'
-    return f'Fine-tuned from {name} ({part} weights).', f'{name} ({part})'
+    head_note = '; the head started from random initialisation' if part == 'backbone' else ''
+    return f'Fine-tuned from {name} ({part} weights{head_note}).', f'{name} ({part})'
 
 
 def read_template(template: str | os.PathLike | None = None) -> str:

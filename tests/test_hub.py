@@ -185,7 +185,10 @@ def test_a_model_built_from_imagenet_weights_names_exactly_them_as_base_model(hu
     assert config['base_model'] == TEST_RESNET_HUB_ID
     card = ModelCard.load(folder / 'README.md')
     assert card.data.base_model == TEST_RESNET_HUB_ID
-    assert f'Fine-tuned from [`{TEST_RESNET_HUB_ID}`]' in card.text and '(backbone weights)' in card.text
+    assert (
+        f'Fine-tuned from [`{TEST_RESNET_HUB_ID}`]' in card.text
+        and '(backbone weights; the head started from random initialisation)' in card.text
+    )
 
 
 def test_the_trainer_records_what_pretrained_loaded_and_shares_its_weights(hub_cache, tmp_path):
