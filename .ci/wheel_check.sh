@@ -11,7 +11,11 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+if [ -n "${WHEEL_CHECK_KEEP:-}" ]; then  # keep the venv, the demo run and its PNGs to look at
+    trap 'echo "wheel_check: kept $WORK"' EXIT
+else
+    trap 'rm -rf "$WORK"' EXIT
+fi
 unset PYTHONPATH
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 before="$(git -C "$REPO" status --porcelain)"
@@ -40,7 +44,7 @@ FGVC="$WORK/venv/bin/fgvc-zoo"
 
 "$PY" - "$REPO" <<'EOF'
 import sys
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import fgvc_zoo
@@ -50,7 +54,10 @@ template = resources.files('fgvc_zoo') / 'templates' / 'model_card.md'
 for what, path in (('fgvc_zoo', fgvc_zoo.__file__), ('its card template', str(template))):
     if Path(path).resolve().is_relative_to(repo) or not Path(path).resolve().is_relative_to(sys.prefix):
         sys.exit(f'wheel_check: {what} resolves to {path}, not into the fresh venv {sys.prefix}')
-print(f'fgvc_zoo {fgvc_zoo.__version__} from {Path(fgvc_zoo.__file__).parent}')
+version = metadata.version('fgvc-zoo')
+if version != fgvc_zoo.__version__:
+    sys.exit(f'wheel_check: the wheel says version {version}, fgvc_zoo.__version__ {fgvc_zoo.__version__}')
+print(f'fgvc_zoo {version} from {Path(fgvc_zoo.__file__).parent}')
 EOF
 
 echo "== demo train, export, eval, explain from $WORK/run"
