@@ -218,7 +218,8 @@ def train_fns(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], C
                 with torch.set_grad_enabled(needs_grad), _autocast(cfg):
                     maps = backbone(inputs) if stage is None else backbone(inputs, num_stages=stage + 1)
                 if needs_grad:
-                    loss = loss + sum(m.float().mean() for m in (maps if stage is None else maps[stage : stage + 1]))
+                    maps = [maps] if torch.is_tensor(maps) else maps if stage is None else maps[stage : stage + 1]
+                    loss = loss + sum(m.float().mean() for m in maps)
             if torch.is_tensor(loss):
                 loss.backward()
                 backbone_opt.step()

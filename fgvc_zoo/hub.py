@@ -43,6 +43,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from timm.models import load_checkpoint, save_for_hf
+from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import hf_split
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     'model_card',
     'read_template',
     'base_model',
+    'weights_record',
+    'pretrained_weights_of',
     'share_file',
     'label_names',
     'safetensors_only',
@@ -233,6 +236,9 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
 
 def _export_model_args(model: torch.nn.Module) -> dict[str, Any]:
     model_args = getattr(model, 'model_args', None)
+    architecture = getattr(model, 'pretrained_cfg', {}).get('architecture', '')
+    if model_args is None and architecture and not _is_head(architecture):
+        return {}  # a plain timm classifier: timm's factory records its own arguments
     if model_args is None:
         raise ValueError(
             f'{type(model).__name__} has no `model_args`: build it with timm.create_model on an fgvc_zoo head '
@@ -247,6 +253,31 @@ def _pretrained_weights(model: torch.nn.Module, results: dict[str, Any] | None) 
     if results and 'pretrained_weights' in results:
         return results['pretrained_weights']
     return getattr(model, 'pretrained_weights', NOT_RECORDED)
+
+
+def weights_record(pretrained_cfg: dict[str, Any], part: str) -> dict[str, str]:
+    """Name the weights timm loads for `pretrained_cfg`, by timm's own resolution (a file first, the Hub, a URL)."""
+    source, location = _resolve_pretrained_source(pretrained_cfg)
+    if source == 'state_dict':
+        location = 'a state_dict passed in pretrained_cfg'
+    elif isinstance(location, tuple):  # (hub id, filename)
+        location = location[0]
+    return dict(source=source or 'unknown', id=str(location), part=part)
+
+
+def pretrained_weights_of(model: torch.nn.Module, pretrained: bool) -> dict[str, str] | None:
+    """What `create_model(..., pretrained=pretrained)` loaded into `model` (None: nothing, random initialisation).
+
+    A head carries its own record (`build_fgvc_model` sets `pretrained_weights`); a plain timm classifier loads
+    its pretrained_cfg's weights, less the classifier when its number of classes differs.
+    """
+    if hasattr(model, 'pretrained_weights'):
+        return model.pretrained_weights
+    if not pretrained:
+        return None
+    cfg = dict(model.pretrained_cfg)
+    dropped = cfg.get('num_classes') not in (None, model.num_classes)
+    return weights_record(cfg, 'model except classifiers' if dropped else 'model')
 
 
 def base_model(pretrained_weights: dict[str, str] | None) -> str | None:
@@ -309,11 +340,27 @@ def save_pretrained(
     return out_dir
 
 
+def _is_head(architecture: str) -> bool:
+    return architecture.split('_')[0] in HEAD_INFO
+
+
 def _head_name(architecture: str) -> str:
     head = architecture.split('_')[0]
     if head not in HEAD_INFO:
         raise ValueError(f"architecture '{architecture}' is not an fgvc_zoo head ({', '.join(HEAD_INFO)}).")
     return head
+
+
+def _plain_info(architecture: str) -> dict[str, str]:
+    """The card text of a plain timm classifier that fgvc_zoo's trainer fine-tuned (the heads' baseline)."""
+    return dict(
+        title="timm's own classifier",
+        description=(
+            f"A plain fine-tune of timm's `{architecture}` (its own pooling and linear classifier, no FGVC head), "
+            'trained with cross-entropy by the fgvc_zoo trainer: the baseline that the FGVC heads are compared with.'
+        ),
+        bibtex='% no FGVC method: a plain timm fine-tune (cite timm, below)',
+    )
 
 
 def _dataset_name(results: dict[str, Any], recipe: dict[str, Any]) -> str | None:
@@ -344,7 +391,7 @@ def _is_accuracy(metric: str) -> bool:
     return (metric.startswith('top') and metric[3:].isdigit()) or 'acc' in metric
 
 
-def _results_table(head: str, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
+def _results_table(head: str | None, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
     paper = PAPER_RESULTS.get(head, {}).get(dataset or '', []) if backbone.split('.')[0] == PAPER_BACKBONE else []
     paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
     rows = ['| metric | this model | paper |', '|---|---|---|']
@@ -397,9 +444,9 @@ def model_card(
     results = results or {}
     recipe = recipe if recipe is not None else results.get('config', {})
     architecture = config['architecture']
-    head = _head_name(architecture)
+    head = _head_name(architecture) if _is_head(architecture) else None
     model_args = config.get('model_args', {})
-    backbone = model_args.get('backbone', architecture.split('_', 1)[-1])
+    backbone = model_args.get('backbone', architecture.split('_', 1)[-1]) if head else architecture
     dataset = _dataset_name(results, recipe)
     metrics = _metrics(results, config['num_classes']) if results else {}
     model_name = repo_id.split('/')[-1] if repo_id else architecture
@@ -408,7 +455,7 @@ def model_card(
         pipeline_tag='image-classification',
         library_name='timm',
         license=config.get('pretrained_cfg', {}).get('license', 'apache-2.0'),
-        tags=['image-classification', 'timm', 'fgvc', 'fine-grained', head, 'fgvc_zoo'],
+        tags=['image-classification', 'timm', 'fgvc', 'fine-grained', head or 'fine-tune', 'fgvc_zoo'],
         datasets=[dataset] if dataset else None,
         base_model=base_model(weights),
         model_name=model_name,
@@ -426,7 +473,7 @@ def model_card(
         ]
         or None,
     )
-    info = HEAD_INFO[head]
+    info = HEAD_INFO[head] if head else _plain_info(architecture)
     load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
     provenance, initial_weights = _describe_weights(weights)
     body = string.Template(read_template(template)).substitute(

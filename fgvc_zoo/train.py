@@ -4,6 +4,11 @@
 `fgvc-zoo train` all run `train_main`. The trainer knows nothing about any head: it only uses the model contract
 (`model(x, target=y, step=k)` -> `FgvcOutput` for k < `model.num_train_steps`, `model(x)` -> logits,
 `model.backbone_parameters()`, `model.model_args`), so LFD, DP-Net, IAGN and any future head train unchanged.
+A plain timm classifier (`--model resnet50`, the baseline the heads must beat) trains through the same loop with
+the contract's defaults: one step a batch, the trainer's cross-entropy on its logits (soft targets with mixup or
+label smoothing), every parameter but `get_classifier()`'s as the backbone (so `--backbone-lr-mult` means the
+same for both), and no model args of fgvc_zoo's (`--model-args` reach timm's constructor: drop_rate,
+pretrained_cfg_overlay, ...).
 
 Every option is a flag; `--recipe FILE.yaml` holds flag names as keys, and flags on the command line win.
 Each epoch a checkpoint is written with `accelerator.save_state` into a temporary folder that is renamed into
@@ -111,6 +116,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help='fraction of a split that may fail to decode (dropped, listed) before training stops',
     )
     _add(group, '--img-size', type=int, default=448, help='training and evaluation resolution')
+    _add(
+        group,
+        '--train-crop',
+        default='rrc',
+        choices=('rrc', 'resize_crop'),
+        help="training crop: 'rrc' timm's random resized crop (area --scale); 'resize_crop' the FGVC references' "
+        'resize of the short side to img-size / crop_pct (448 -> 512) then a random img-size crop',
+    )
     _add(group, '--scale', type=float, nargs=2, help='random-resized-crop area range; default: the data config')
     _add(group, '--hflip', type=float, help='horizontal flip probability; default: the data config')
     _add(group, '--color-jitter', type=float, help='colour jitter strength; default: the data config')
@@ -308,13 +321,20 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
 
 
 def _set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val_set) -> None:
-    """Train (random resized crop, flip, ...) and eval (resize, centre crop) transforms from the model's config."""
+    """Train (`--train-crop`, flip, ...) and eval (resize, centre crop) transforms from the model's config."""
     from .data import create_transforms
 
     aug = {k: getattr(config, k) for k in ('scale', 'hflip', 'color_jitter') if getattr(config, k) is not None}
     if 'scale' in aug:
+        if config.train_crop != 'rrc':
+            raise ValueError(
+                f'--scale sets the random resized crop, which --train-crop {config.train_crop} does not do: '
+                f'drop --scale or pass --train-crop rrc.'
+            )
         aug['scale'] = tuple(aug['scale'])
-    train_set.transform = create_transforms(model, is_training=True, img_size=config.img_size, **aug)
+    train_set.transform = create_transforms(
+        model, is_training=True, img_size=config.img_size, train_crop=config.train_crop, **aug
+    )
     val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
 
 
@@ -325,19 +345,30 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
 
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
     architecture = config.model.split('.')[0]
+    heads = timm.list_models(module=['lfd', 'dpnet', 'iagn'])
     if ':' not in config.model and not timm.is_model(architecture):
-        close = difflib.get_close_matches(architecture, timm.list_models(module=['lfd', 'dpnet', 'iagn']), n=5)
+        close = difflib.get_close_matches(architecture, heads, n=5)
         hint = f' Close matches: {", ".join(close)}.' if close else ''
         raise ValueError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
+    plain = ':' not in config.model and architecture not in heads
+    if plain and config.backbone:
+        raise ValueError(
+            f'--model {config.model} is a plain timm classifier, which takes no --backbone (it configures an fgvc_zoo '
+            f'head): train it without, or train a head over it with --model lfd --backbone {architecture}.'
+        )
     if config.backbone:
         kwargs['backbone'] = config.backbone
-    model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
-    for name in ('num_train_steps', 'backbone_parameters', 'model_args', 'pretrained_weights'):
-        if not hasattr(model, name):
-            raise TypeError(
-                f'--model {config.model} is not an fgvc_zoo head (no `{name}`): pass a head such as lfd, dpnet '
-                f'or iagn with --backbone {config.model}.'
-            )
+    try:
+        model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if not (plain and kwargs and 'unexpected keyword argument' in str(e)):
+            raise
+        # A plain model takes timm's own arguments only (drop_rate, pretrained_cfg_overlay, ...), never a head's.
+        raise ValueError(
+            f'--model-args/--model-kwargs: {config.model} is a plain timm classifier and refuses them ({e}). '
+            f'Pass only its timm arguments (e.g. drop_rate), or train a head over it with --model lfd --backbone '
+            f'{architecture}.'
+        ) from e
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if config.channels_last:
@@ -345,11 +376,36 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     return model
 
 
+def _num_train_steps(model: nn.Module) -> int:
+    """Optimiser steps a batch takes: what the model declares, else one (a plain timm classifier)."""
+    return getattr(model, 'num_train_steps', 1)
+
+
+def _backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The model's `backbone_parameters()`, else every parameter but its classifier's (a plain timm classifier)."""
+    if hasattr(model, 'backbone_parameters'):
+        return list(model.backbone_parameters())
+    classifier_ids = {id(p) for p in model.get_classifier().parameters()}
+    return [p for p in model.parameters() if id(p) not in classifier_ids]
+
+
+def _train_output(model: nn.Module, unwrapped: nn.Module, x: torch.Tensor, target: torch.Tensor, step: int):
+    """The step's `FgvcOutput`: a head (it declares `num_train_steps`) computes its own loss terms; for a plain
+    classifier the trainer takes the cross-entropy of its logits (class indices, or the soft targets of mixup and
+    label smoothing). `model` is the prepared (maybe DDP-wrapped) model, called so that DDP sees the forward."""
+    if hasattr(unwrapped, 'num_train_steps'):
+        return model(x, target=target, step=step)
+    from .models import FgvcOutput
+
+    logits = model(x)
+    return FgvcOutput(loss=F.cross_entropy(logits, target), logits=logits)
+
+
 def _build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
     """timm's optimiser over two groups: the backbone at `backbone_lr_mult` x lr (as the papers do), the head."""
     from timm.optim import create_optimizer_v2
 
-    backbone_ids = {id(p) for p in model.backbone_parameters()}
+    backbone_ids = {id(p) for p in _backbone_parameters(model)}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {'params': [p for p in trainable if id(p) not in backbone_ids], 'lr': config.lr},
@@ -524,6 +580,16 @@ def _check_finite(accelerator, loss: torch.Tensor, epoch: int, batch: int, step:
         )
 
 
+def _broadcast_buffers(accelerator, model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), as DDP does at the start of its next forward.
+
+    Each rank's last forward updated them from its own images; an EMA taken of those would differ across ranks.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 def _train_one_epoch(
     config: argparse.Namespace,
     epoch: int,
@@ -542,7 +608,7 @@ def _train_one_epoch(
 
     model.train()
     unwrapped = accelerator.unwrap_model(model)
-    num_steps = unwrapped.num_train_steps
+    num_steps = _num_train_steps(unwrapped)
     totals: dict[str, torch.Tensor] = {}
     num_forward = 0
     num_images = 0
@@ -559,7 +625,7 @@ def _train_one_epoch(
             target = y
         for step in range(num_steps):
             with accelerator.accumulate(model):
-                output = model(x, target=target, step=step)
+                output = _train_output(model, unwrapped, x, target, step)
                 _check_finite(accelerator, output.loss, epoch, batch_index, step, last_good)
                 accelerator.backward(output.loss)
                 if config.clip_grad and accelerator.sync_gradients:
@@ -569,6 +635,7 @@ def _train_one_epoch(
             if accelerator.sync_gradients:
                 trainer_state['step'] += 1
                 if ema is not None:
+                    _broadcast_buffers(accelerator, unwrapped)
                     ema.update(unwrapped, step=trainer_state['step'])
             for name, value in {'loss': output.loss, **{f'loss_{k}': v for k, v in output.losses.items()}}.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().float()
@@ -713,18 +780,17 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         raise ValueError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
     model = _build_model(config, num_classes)
     _set_transforms(config, model, train_set, val_set)
-    if model.num_train_steps > 1:
+    if _num_train_steps(model) > 1:
         # Each of the model's steps trains part of it; DDP must not wait for the gradients of the other parts.
         ddp_kwargs.find_unused_parameters = True
         if config.grad_accum > 1:
             raise ValueError(
-                f'--model {config.model} takes {model.num_train_steps} optimiser steps per batch, which cannot be '
+                f'--model {config.model} takes {_num_train_steps(model)} optimiser steps per batch, which cannot be '
                 f"combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head's single-step "
                 f'option in --model-args).'
             )
     optimizer = _build_optimizer(config, model)
     scheduler = _build_scheduler(config, optimizer)
-    ema = ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None
 
     mixing = config.mixup > 0 or config.cutmix > 0
     mixup = (
@@ -747,6 +813,9 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         pin_memory=accelerator.device.type == 'cuda',
     )
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # The EMA copy is taken of the prepared model, so it lives on the device (and in the dtype) prepare gave it:
+    # a copy taken before would stay on the CPU, and timm's update would mix CPU and GPU tensors.
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.model_ema_decay) if config.model_ema else None
     # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed by us, not prepared.
 
     trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
@@ -803,6 +872,8 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     if accelerator.is_main_process:
         if len(set(digests)) != 1:
             raise RuntimeError(f'Weights differ across ranks after training: {digests}. Please report this.')
+        from .hub import pretrained_weights_of
+
         prefix = 'ema_' if ema is not None else 'val_'
         final = trainer_state['history'][-1]
         results = {
@@ -820,7 +891,7 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             },
             'exported_weights': 'ema' if ema is not None else 'model',
             # What --pretrained really loaded (None: random init): the card's base_model comes from this only.
-            'pretrained_weights': exported.pretrained_weights,
+            'pretrained_weights': pretrained_weights_of(exported, config.pretrained),
             'weights_sha256_per_rank': digests,
             'world_size': accelerator.num_processes,
             'seed': config.seed,

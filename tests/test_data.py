@@ -567,3 +567,49 @@ def test_train_transform_is_random_resized_crop_and_flip_at_the_config_size():
     assert names[:2] == ['RandomResizedCropAndInterpolation', 'RandomHorizontalFlip'] and 'ColorJitter' not in names
     fgvc = {'input_size': (3, 448, 448), 'crop_pct': 0.875, 'interpolation': 'bilinear'}
     assert create_transforms(fgvc, True).transforms[0].size == (448, 448)
+
+
+def _square_image(width: int = 120, height: int = 80, side: int = 16) -> Image.Image:
+    """Black, with a white `side` x `side` square at the centre: its side in an output measures the zoom."""
+    image = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - side) // 2, (width - side) // 2
+    image[top : top + side, left : left + side] = 255
+    return Image.fromarray(image)
+
+
+def _square_sides(transform, image: Image.Image, draws: int = 30) -> list[float]:
+    torch.manual_seed(0)
+    return [(transform(image)[0] > 0.5).sum().item() ** 0.5 for _ in range(draws)]
+
+
+def test_resize_crop_zooms_every_draw_by_exactly_img_size_over_crop_pct_and_rrc_does_not():
+    # mean 0 / std 1: the output is the image in [0, 1]. 64 / 0.875 = 73 px short side: a fixed zoom of 73 / 80.
+    config = {
+        'input_size': (3, 64, 64),
+        'crop_pct': 0.875,
+        'interpolation': 'bilinear',
+        'mean': (0,) * 3,
+        'std': (1,) * 3,
+    }
+    image, side = _square_image(side=16), 16
+    resize_crop = create_transforms(config, is_training=True, train_crop='resize_crop')
+    assert [type(t).__name__ for t in resize_crop.transforms[:3]] == ['Resize', 'RandomCrop', 'RandomHorizontalFlip']
+    zoom = (64 // 0.875) / 80
+    assert resize_crop(image).shape == (3, 64, 64) and resize_crop(image.transpose(Image.TRANSPOSE)).shape == (
+        3,
+        64,
+        64,
+    )
+    assert all(abs(s - side * zoom) < 1 for s in _square_sides(resize_crop, image))
+    # timm's random resized crop (area 0.08-1) zooms the object by up to 1 / sqrt(0.08) = 3.5x the whole-image scale.
+    rrc = create_transforms(config, is_training=True, train_crop='rrc')
+    assert rrc(image).shape == (3, 64, 64)
+    assert max(_square_sides(rrc, image)) > 1.5 * side * zoom
+
+
+def test_resize_crop_refuses_the_random_resized_crop_options_and_unknown_crops():
+    config = {'input_size': (3, 64, 64), 'crop_pct': 0.875, 'interpolation': 'bilinear'}
+    with pytest.raises(ValueError, match=r"scale set the random resized crop's range.*train_crop='rrc'"):
+        create_transforms(config, True, train_crop='resize_crop', scale=(0.5, 1.0))
+    with pytest.raises(ValueError, match=r"train_crop='centre' is not one of \('rrc', 'resize_crop'\)"):
+        create_transforms(config, True, train_crop='centre')

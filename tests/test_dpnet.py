@@ -94,25 +94,49 @@ def test_c_perp_is_positive_and_largest_for_identical_detectors():
     assert orthogonality_loss(torch.tensor([[1.0, 2.0], [2.0, 4.0]])).item() == pytest.approx(0.5, abs=1e-6)
 
 
+# S of 2 images x 2 parts x 2 regions (B, P, h, w):
+# Image 1, region 1: scores (0, log 3) -> softmax (1/4, 3/4) -> entropy log 4 - (3/4) log 3.
+#          region 2: scores (5, 5) -> (1/2, 1/2) -> entropy log 2.
+# Image 2: both regions decisive (a 1000 margin: softmax exactly one-hot) -> 0.
+TINY_S = torch.tensor(
+    [
+        [[0.0, 5.0], [math.log(3), 5.0]],
+        [[1000.0, 0.0], [0.0, 1000.0]],
+    ]
+).view(2, 2, 1, 2)
+TINY_S_IMAGE_1 = math.log(4) - 0.75 * math.log(3) + math.log(2)
+
+
 def test_c_assign_against_hand_value():
-    # Image 1, region 1: scores (0, log 3) -> softmax (1/4, 3/4) -> entropy log 4 - (3/4) log 3.
-    #          region 2: scores (5, 5) -> (1/2, 1/2) -> entropy log 2.
-    # Image 2: both regions decisive (a 1000 margin: softmax exactly one-hot) -> 0.
-    # Sum over regions / R (= 2), mean over the batch (= 2).
-    scores = torch.tensor(
-        [
-            [[0.0, 5.0], [math.log(3), 5.0]],
-            [[1000.0, 0.0], [0.0, 1000.0]],
-        ]
-    ).view(2, 2, 1, 2)
-    expected = ((math.log(4) - 0.75 * math.log(3) + math.log(2)) / 2 + 0) / 2
-    assert assignment_loss(scores).item() == pytest.approx(expected, abs=1e-6)
+    # The formula, - sum_r sum_p s_pr log s_pr per image, then the mean over the batch (= 2).
+    assert assignment_loss(TINY_S).item() == pytest.approx((TINY_S_IMAGE_1 + 0) / 2, abs=1e-6)
+    # 'mean' also divides by R (= 2).
+    assert assignment_loss(TINY_S, reduction='mean').item() == pytest.approx((TINY_S_IMAGE_1 / 2 + 0) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match=r"reduction='max' is not one of \('sum', 'mean'\)"):
+        assignment_loss(TINY_S, reduction='max')
 
 
-def test_one_hot_assignment_gives_zero_c_assign_and_uniform_gives_log_p():
+def test_one_hot_assignment_gives_zero_c_assign_and_uniform_gives_r_log_p():
     decisive = torch.tensor([[1000.0, 0.0, 0.0], [0.0, 0.0, 1000.0]]).t().reshape(1, 3, 1, 2)
     assert assignment_loss(decisive).item() == pytest.approx(0, abs=1e-6)
-    assert assignment_loss(torch.zeros(2, 3, 2, 2)).item() == pytest.approx(math.log(3), abs=1e-6)
+    # 3 parts, 2 x 2 regions, each region uniform: log 3 per region, 4 log 3 per image (log 3 per region with 'mean').
+    assert assignment_loss(torch.zeros(2, 3, 2, 2)).item() == pytest.approx(4 * math.log(3), abs=1e-6)
+    assert assignment_loss(torch.zeros(2, 3, 2, 2), 'mean').item() == pytest.approx(math.log(3), abs=1e-6)
+
+
+@pytest.mark.parametrize('reduction', ['sum', 'mean'])
+def test_the_model_weights_c_assign_of_its_part_scores_with_the_formulas_strength_by_default(reduction, monkeypatch):
+    kwargs = {} if reduction == 'sum' else {'assign_reduction': 'mean'}
+    model = _dpnet(num_classes=1, w_perp=0.0, w_assign=0.1, w_cs=0.0, **kwargs).train()
+    assert model.assign_reduction == reduction
+    features = torch.zeros(2, model.region_features, 1, 2)
+    monkeypatch.setattr(model, '_part_maps', lambda x: (features, TINY_S))  # S: 2 parts (q = 2 of 1 class)
+    out = model(torch.zeros(2, 3, 64, 64), target=torch.tensor([0, 0]))
+    hand = (TINY_S_IMAGE_1 + 0) / 2 if reduction == 'sum' else (TINY_S_IMAGE_1 / 2 + 0) / 2
+    assert out.losses['assign'].item() == pytest.approx(hand, abs=1e-6)
+    torch.testing.assert_close(out.loss, out.losses['ce'] + 0.1 * out.losses['assign'])
+    with pytest.raises(ValueError, match=r"assign_reduction='max' is not one of \('sum', 'mean'\)"):
+        _dpnet(assign_reduction='max')
 
 
 def test_cs_against_hand_value():
@@ -173,7 +197,7 @@ def test_logits_are_v_of_the_pooled_normalised_part_scores(pool):
     model = _dpnet(pool=pool).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        regions = model.backbone(x)[-1].flatten(2)  # (B, D, R)
+        regions = model.backbone(x).flatten(2)  # (B, D, R)
         unit = model.parts.weight / model.parts.weight.norm(dim=1, keepdim=True)
         scores = torch.einsum('pd,bdr->bpr', unit, regions)
         bag = {'max': scores.amax(2), 'avg': scores.mean(2), 'lse': scores.exp().mean(2).log()}[pool]
@@ -252,7 +276,7 @@ def test_explain_gives_part_maps_class_map_best_boxes_and_participation():
     torch.testing.assert_close(explanation.extras['part_participation'], model.head.weight)
     # With one-cell boxes, each part's box is exactly the 32 px cell where its score is largest.
     with torch.no_grad():
-        scores = part_scores(model.backbone(x)[-1], model.parts.weight)
+        scores = part_scores(model.backbone(x), model.parts.weight)
     best, cell = scores.flatten(2).max(dim=2)
     row, col = cell // 3, cell % 3
     expected = torch.stack([col * 32, row * 32, col * 32 + 32, row * 32 + 32], dim=-1).float()

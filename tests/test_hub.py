@@ -191,6 +191,15 @@ def test_a_model_built_from_imagenet_weights_names_exactly_them_as_base_model(hu
     )
 
 
+def test_a_plain_timm_classifier_is_recorded_by_what_timm_loaded_into_it(hub_cache):
+    """The trainer's baseline (`--model test_resnet`) is no head: its record comes from timm's own pretrained_cfg."""
+    _cache_imagenet_test_resnet(hub_cache)
+    pretrained = timm.create_model('test_resnet', pretrained=True, num_classes=3)
+    expected = {'source': 'hf-hub', 'id': TEST_RESNET_HUB_ID, 'part': 'model except classifiers'}
+    assert hub.pretrained_weights_of(pretrained, pretrained=True) == expected
+    assert hub.pretrained_weights_of(timm.create_model('test_resnet', num_classes=3), pretrained=False) is None
+
+
 def test_the_trainer_records_what_pretrained_loaded_and_shares_its_weights(hub_cache, tmp_path):
     """`--pretrained` end to end: results.json, config.json and the card name the loaded weights; files are 0644."""
     _cache_imagenet_test_resnet(hub_cache)

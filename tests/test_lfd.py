@@ -1,5 +1,6 @@
 """LFD as METHODS.md section 1 specifies it, checked against hand-computed values."""
 
+import copy
 import math
 
 import pytest
@@ -111,6 +112,53 @@ def test_hybrid_feature_is_the_image_feature_and_l_region_features():
     assert model.hybrid_head.in_features == 4 * model.num_features == model.head_hidden_size
 
 
+def test_the_hybrid_feature_is_scaled_to_the_squared_norm_of_one_feature_by_default():
+    # l = 3: [F^I, F^R_1..3] has 4 parts; the default factor is 1 / sqrt(4) = 0.5, hybrid_scale=1.0 is the paper's.
+    plain = _lfd(num_regions=5, num_hybrid_regions=3, hybrid_scale=1.0).eval()
+    scaled = _lfd(num_regions=5, num_hybrid_regions=3).eval()
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled.forward_features(x), 0.5 * plain.forward_features(x))
+
+
+def test_crops_and_images_keep_separate_batchnorm_running_statistics():
+    model = _lfd(num_regions=6, num_hybrid_regions=4).train()
+    images_only, crops_only = copy.deepcopy(model.backbone), copy.deepcopy(model.backbone)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    crops = []
+    model.backbone.register_forward_hook(lambda m, inputs, out: crops.append(inputs[0]))
+    model(x, target=y)
+    images_only(x)
+    crops_only(crops[1])  # the second backbone call of the step is the one on the B x m crops
+    bn = 'model.bn1'
+    assert not torch.equal(
+        images_only.state_dict()[f'{bn}.running_mean'], crops_only.state_dict()[f'{bn}.running_mean']
+    )
+    for key, value in model.backbone.state_dict().items():
+        if 'running_' in key or 'num_batches_tracked' in key:
+            torch.testing.assert_close(value, images_only.state_dict()[key])
+            torch.testing.assert_close(getattr(model.crop_stats, key.replace('.', '__')), crops_only.state_dict()[key])
+    # Shared statistics (the plain reading of the paper) add nothing to the state dict.
+    assert not any('crop_stats' in k for k in _lfd(crop_norm_stats=False).state_dict())
+
+
+def test_eval_crops_are_normalised_with_the_crop_statistics():
+    model = _lfd(num_regions=6, num_hybrid_regions=4).eval()
+    crops_backbone = copy.deepcopy(model.backbone)
+    for key in model.crop_stats.keys:
+        getattr(model.crop_stats, key.replace('.', '__')).add_(0.5 if 'running_mean' in key else 0)
+        crops_backbone.state_dict()[key].add_(0.5 if 'running_mean' in key else 0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        boxes, _ = model.select_regions(
+            model.backbone(x), model.image_head(model.backbone(x).mean((2, 3))), (64, 64), 4
+        )
+        expected = crops_backbone(crop_and_zoom(x, boxes, model.zoom_size)).mean(dim=(2, 3))
+        hybrid = model.forward_features(x)
+    torch.testing.assert_close(hybrid[:, model.num_features :] / model.hybrid_scale, expected.flatten()[None])
+
+
 def _backbone_batch_sizes(model, x, **kwargs):
     sizes = []
     handle = model.backbone.register_forward_hook(lambda m, inputs, out: sizes.append(inputs[0].shape[0]))
@@ -141,9 +189,12 @@ def test_image_only_ablation_predicts_with_the_image_classifier_and_crops_nothin
     assert set(out.losses) == {'image'}
     assert _backbone_batch_sizes(model.eval(), x) == [2]
     with torch.no_grad():
-        expected = model.image_head(model.backbone(x)[-1].mean(dim=(2, 3)))
+        expected = model.image_head(model.backbone(x).mean(dim=(2, 3)))
         torch.testing.assert_close(model(x), expected)
     assert model.get_classifier() is model.image_head
+    # The region and hybrid classifiers take no part: none of their parameters waits for a gradient (DDP).
+    assert not any(p.requires_grad for p in [*model.region_head.parameters(), *model.hybrid_head.parameters()])
+    assert model.crop_stats is None
 
 
 def test_cam_mode_target_selects_regions_from_the_target_class_map():
@@ -151,7 +202,7 @@ def test_cam_mode_target_selects_regions_from_the_target_class_map():
     x = torch.randn(2, 3, 64, 64)
     target = torch.tensor([2, 0])
     with torch.no_grad():
-        features = model.backbone(x)[-1]
+        features = model.backbone(x)
         logits = model.image_head(features.mean(dim=(2, 3)))
         boxes, scores = model.select_regions(features, logits, (64, 64), 4, target)
         class_maps = torch.einsum('bnhw,cn->bchw', features, model.image_head.weight)

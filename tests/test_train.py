@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from fgvc_zoo.data import create_dataset, create_transforms
 from fgvc_zoo.train import (
@@ -357,3 +359,122 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_training(tmp_path)
     with pytest.raises(ValueError, match='--log-with tensorboard: that tracker is not installed'):
         train_main(config)
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_plain_timm_classifier_trains_exports_and_reloads_with_equal_logits(tiny_folder, tmp_path):
+    """The baseline the heads must beat trains in the same tool: no head, the trainer's cross-entropy."""
+    from safetensors.torch import load_file
+
+    from fgvc_zoo.hub import load_model
+
+    output = tmp_path / 'plain'
+    command = train_command(tiny_folder, output, 'lfd', 1)
+    model_at = command.index('--model')
+    del command[model_at : model_at + 6]  # --model lfd --backbone test_resnet --model-args ...
+    run([*command, '--model', 'test_resnet', '--model-ema', '--model-ema-decay', '0.5', '--train-crop', 'resize_crop'])
+
+    results = json.loads((output / 'results.json').read_text())
+    assert results['config']['train_crop'] == 'resize_crop'  # the recipe records the augmentation
+    config = json.loads((output / 'config.json').read_text())
+    assert config['architecture'] == 'test_resnet' and config['num_classes'] == 2
+    assert config['label_names'] == list(CLASSES)
+    assert "timm's own classifier head over a `test_resnet` backbone" in (output / 'README.md').read_text()
+    loaded = load_model(str(output))
+    assert state_dict_sha256(loaded.state_dict()) == results['weights_sha256_per_rank'][0]
+    assert top1(loaded, tiny_folder, 64) == pytest.approx(results['metrics']['top1'], abs=1e-6)
+    by_hand = timm.create_model('test_resnet', num_classes=2)
+    by_hand.load_state_dict(load_file(str(output / 'model.safetensors')))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), by_hand.eval()(x), rtol=0, atol=0)
+
+
+def test_a_plain_classifier_trains_its_classifier_at_lr_and_the_rest_at_the_backbone_lr():
+    from fgvc_zoo.train import _build_model
+
+    config = parse(['--model', 'test_resnet', '--synthetic', '--lr', '0.02', '--backbone-lr-mult', '0.1'])
+    model = _build_model(config, num_classes=3)
+    head_group, backbone_group = _build_optimizer(config, model).param_groups
+    assert {id(p) for p in head_group['params']} == {id(p) for p in model.get_classifier().parameters()}
+    assert len(head_group['params']) + len(backbone_group['params']) == len(list(model.parameters()))
+    assert (head_group['lr'], backbone_group['lr']) == (0.02, pytest.approx(0.002))
+
+
+def test_a_plain_classifier_refuses_head_options_naming_them_and_takes_timms_own():
+    from fgvc_zoo.train import _build_model
+
+    config = parse(['--model', 'test_resnet', '--backbone', 'resnet50', '--synthetic'])
+    with pytest.raises(
+        ValueError,
+        match=r'test_resnet is a plain timm classifier, which takes no --backbone .*--model lfd --backbone test_resnet',
+    ):
+        _build_model(config, num_classes=2)
+    config = parse(['--model', 'test_resnet', '--model-args', 'num_regions=2', '--synthetic'])
+    with pytest.raises(
+        ValueError, match=r"--model-args/--model-kwargs: test_resnet is a plain timm classifier .*'num_regions'"
+    ):
+        _build_model(config, num_classes=2)
+    # timm's own arguments reach timm, e.g. a local ImageNet weights file with --pretrained (no Hub needed).
+    weights = {k: v.clone() for k, v in timm.create_model('test_resnet').state_dict().items()}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / 'weights.safetensors'
+        save_file(weights, str(path))
+        kwargs = f'{{drop_rate: 0.5, pretrained_cfg_overlay: {{file: {path}}}}}'
+        config = parse(['--model', 'test_resnet', '--pretrained', '--model-kwargs', kwargs, '--synthetic'])
+        model = _build_model(config, num_classes=3)
+    assert model.drop_rate == 0.5 and model.num_classes == 3
+    torch.testing.assert_close(model.conv1[0].weight, weights['conv1.0.weight'])  # loaded; the classifier is new
+
+
+class _StopBeforeTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    'move',
+    [
+        'float64',  # on a CPU, a dtype change that prepare makes stands in for its move to the GPU
+        pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')),
+    ],
+)
+def test_the_ema_lives_where_prepare_put_the_model(move, tiny_folder, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from fgvc_zoo import train
+
+    real_prepare = Accelerator.prepare
+
+    def prepare(self, *objects):
+        prepared = real_prepare(self, *objects)
+        if move == 'float64':
+            prepared[0].to(torch.float64)
+        return prepared
+
+    seen = {}
+
+    def first_epoch(config, epoch, model, loader, optimizer, accelerator, ema, *rest):
+        seen['model'] = next(accelerator.unwrap_model(model).parameters())
+        seen['ema'] = next(ema.module.parameters())
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(Accelerator, 'prepare', prepare)
+    monkeypatch.setattr(train, '_train_one_epoch', first_epoch)
+    argv = train_command(tiny_folder, tmp_path / 'out', 'lfd', 1, '--model-ema')[3:]
+    with pytest.raises(_StopBeforeTraining):
+        train.train_main(parse(argv))
+    assert seen['model'].device.type == ('cuda' if move == 'cuda' else 'cpu')
+    assert (seen['ema'].device, seen['ema'].dtype) == (seen['model'].device, seen['model'].dtype)
+
+
+def test_train_crop_picks_the_training_crop_and_refuses_scale_without_rrc():
+    from fgvc_zoo.train import _set_transforms
+
+    model = timm.create_model('test_resnet', num_classes=2)
+    train_set, val_set = argparse.Namespace(), argparse.Namespace()
+    config = parse(['--model', 'test_resnet', '--synthetic', '--img-size', '64', '--train-crop', 'resize_crop'])
+    _set_transforms(config, model, train_set, val_set)
+    assert [type(t).__name__ for t in train_set.transform.transforms[:2]] == ['Resize', 'RandomCrop']
+    assert parse(['--model', 'test_resnet', '--synthetic']).train_crop == 'rrc'  # the default, until measured
+    config = parse(['--model', 'test_resnet', '--synthetic', '--train-crop', 'resize_crop', '--scale', '0.5', '1'])
+    with pytest.raises(ValueError, match='--scale sets the random resized crop, which --train-crop resize_crop'):
+        _set_transforms(config, model, train_set, val_set)

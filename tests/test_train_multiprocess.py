@@ -33,3 +33,19 @@ def test_torchrun_two_processes_share_one_model_and_one_output(tmp_path):
     # 16 training images, batch 4 per rank: the epoch is 2 steps on each of the 2 ranks, not 4.
     assert results['dataset']['train_images'] == 16
     assert json.loads((checkpoint / 'trainer_state.json').read_text())['step'] == 2
+
+
+def test_torchrun_trains_a_plain_classifier_with_an_ema_identical_on_both_ranks(tmp_path):
+    # The EMA also averages the BatchNorm statistics, which each rank's last forward set from its own images.
+    data = make_tiny_folder(tmp_path / 'data')
+    output = tmp_path / 'out'
+    command = train_command(data, output, 'lfd', 1, '--model-ema', '--model-ema-decay', '0.5')
+    model_at = command.index('--model')
+    del command[model_at : model_at + 6]  # --model lfd --backbone test_resnet --model-args ...
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
+    run([*torchrun, *command[1:], '--model', 'test_resnet'], timeout=240)
+
+    results = json.loads((output / 'results.json').read_text())
+    assert results['world_size'] == 2 and results['exported_weights'] == 'ema'
+    rank0, rank1 = results['weights_sha256_per_rank']
+    assert rank0 == rank1 == state_dict_sha256(load_file(output / 'model.safetensors'))

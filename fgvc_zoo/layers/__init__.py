@@ -2,6 +2,7 @@ from .boxes import cell_boxes, crop_and_zoom, select_boxes
 from .cam import class_activation_maps, smooth_maps, upsample_maps
 from .distill import distillation_loss
 from .jigsaw import jigsaw
+from .norm_stats import SecondaryNormStats
 from .parts import (
     PART_POOLS,
     assignment_loss,
@@ -30,4 +31,5 @@ __all__ = [
     'pool_part_scores',
     'distillation_loss',
     'jigsaw',
+    'SecondaryNormStats',
 ]

@@ -15,6 +15,7 @@ from .cam import class_activation_maps
 
 __all__ = [
     'PART_POOLS',
+    'ASSIGN_REDUCTIONS',
     'part_owner',
     'part_scores',
     'pool_part_scores',
@@ -69,17 +70,24 @@ def orthogonality_loss(detectors: torch.Tensor) -> torch.Tensor:
     return gram.pow(2)[off_diagonal].sum() / num_parts**2
 
 
-def assignment_loss(scores: torch.Tensor) -> torch.Tensor:
-    """C_Assign: entropy of the softmax over parts of each region's scores, averaged over regions and batch.
+ASSIGN_REDUCTIONS = ('sum', 'mean')
 
-    The slides write - sum_r sum_p s_pr log s_pr (after a softmax over parts, for each region r) for one image;
-    this is that sum over regions divided by the number of regions R = h w, then averaged over the batch, so
-    that its weight does not depend on the input size or the backbone's stride. (B, P, h, w) scores -> scalar;
-    0 when every region is assigned to one part.
+
+def assignment_loss(scores: torch.Tensor, reduction: str = 'sum') -> torch.Tensor:
+    """C_Assign: entropy of the softmax over parts of each region's scores, per image, averaged over the batch.
+
+    The slides write C_Assign = - sum_r sum_p s_pr log s_pr (after a softmax over parts, for each region r) for one
+    image. `reduction='sum'` is that formula: the sum over the R = h w regions (mean over the batch only), so a
+    weight has the formula's strength, which grows with R (196 regions at 448 px on a stride-32 backbone).
+    `reduction='mean'` divides it by R as well, so that a weight does not depend on the input size or the
+    backbone's stride; the same strength then needs a weight R times larger. (B, P, h, w) scores -> scalar; 0
+    when every region is assigned to one part.
     """
+    if reduction not in ASSIGN_REDUCTIONS:
+        raise ValueError(f"reduction='{reduction}' is not one of {ASSIGN_REDUCTIONS}.")
     log_assignment = F.log_softmax(scores.flatten(2), dim=1)
-    entropy = -(log_assignment.exp() * log_assignment).sum(dim=1)
-    return entropy.mean()
+    entropy = -(log_assignment.exp() * log_assignment).sum(dim=1)  # (B, R)
+    return entropy.sum(dim=1).mean() if reduction == 'sum' else entropy.mean()
 
 
 def class_specific_loss(classifier_weight: torch.Tensor, parts_per_class: int) -> torch.Tensor:

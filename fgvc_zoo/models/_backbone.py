@@ -1,8 +1,9 @@
-"""Backbone adapter: any timm model -> NCHW feature maps of its last stages.
+"""Backbone adapter: any timm model -> its final NCHW feature map, and the maps of its last stages.
 
 Every head in fgvc_zoo reaches its backbone through this module and nothing else, so a head never knows
 whether it sits on a ResNet, a ConvNeXt, an EfficientNet, a ViT or a Swin. Feature maps come from timm's own
-`forward_intermediates(..., output_fmt='NCHW')`; channels and strides come from `feature_info`. The only
+`forward_intermediates(..., output_fmt='NCHW')`; channels and strides come from `feature_info`. The final map
+is the one timm's own classifier pools (see `Backbone`), so a head keeps every pretrained layer. The only
 model-dependent decision is asking for `dynamic_img_size=True` where the model class supports it, so that a
 448 image and 224 crops go through the same weights (ViT, Swin, ...).
 """
@@ -45,19 +46,32 @@ def create_backbone_model(name: str, pretrained: bool = False, **kwargs: Any) ->
 
 
 class Backbone(nn.Module):
-    """A timm model seen as a list of NCHW maps from its last `num_stages` feature stages.
+    """A timm model seen as its final feature map and, on request, the NCHW maps of its last `num_stages` stages.
 
-    The last map (`maps[-1]`) is the final feature map the heads pool and classify; `channels[i]` and
-    `strides[i]` describe `maps[i]`.
+    `forward` returns the final map (B, num_features, h, w): every layer timm runs before its classifier pools
+    (EfficientNet's conv_head/bn2, ViT's norm), and a norm that the classifier applies after pooling (ConvNeXt's
+    `head.norm`, ViT's `fc_norm`) folded in per image, so the map's average pool is exactly
+    `forward_head(forward_features(x), pre_logits=True)`: a head starts from the features the pretrained classifier
+    was trained on. `forward_stages` returns the stage maps of `forward_intermediates`; `channels[i]` and
+    `strides[i]` describe them, `stride` is the final map's.
     """
 
     def __init__(
         self,
         name: str,
         pretrained: bool = False,
-        num_stages: int = 1,
+        num_stages: int = 0,
         **kwargs: Any,
     ):
+        """
+        Args:
+            name: any timm model name (with an optional pretrained tag).
+            pretrained: load the model's pretrained weights.
+            num_stages: how many last stages `forward_stages` reads; 0 for a head that reads only the final map. A
+                head that reads stage maps never runs the layers after the last stage, so they are removed (unused
+                parameters would get no gradient: DDP's unused-parameter error).
+            kwargs: keyword arguments of the timm constructor.
+        """
         super().__init__()
         self.model = create_backbone_model(name, pretrained=pretrained, **kwargs)
         if not hasattr(self.model, 'forward_intermediates'):
@@ -66,21 +80,24 @@ class Backbone(nn.Module):
                 f'its feature maps. Pick a backbone that does (most timm CNNs, ConvNeXt, EfficientNet, ViT, Swin).'
             )
         feature_info = self.model.feature_info
-        if num_stages < 1 or num_stages > len(feature_info):
+        if num_stages < 0 or num_stages > len(feature_info):
             raise ValueError(
                 f"num_stages={num_stages} is out of range for backbone '{name}', which has {len(feature_info)} "
                 f'feature stages.'
             )
         self.name = name
         self.num_stages = num_stages
-        self.stage_indices = list(range(len(feature_info) - num_stages, len(feature_info)))
-        # Drop the classifier head and any layer after the last stage we read: unused parameters would get no
-        # gradient (DDP's unused-parameter error) and cost memory.
-        self.model.prune_intermediate_layers(self.stage_indices, prune_norm=False, prune_head=True)
+        self.stage_indices = list(range(len(feature_info) - max(num_stages, 1), len(feature_info)))
         self.channels = [feature_info[i]['num_chs'] for i in self.stage_indices]
         self.strides = [feature_info[i]['reduction'] for i in self.stage_indices]
-        self.num_features = self.channels[-1]
         self.stride = self.strides[-1]
+        if num_stages:
+            self.model.prune_intermediate_layers(self.stage_indices, prune_norm=False, prune_head=True)
+            self.num_features = self.channels[-1]
+        else:
+            self.num_features = self.model.num_features
+            _pooled_norm(self.model)  # refuse an unsupported norm now rather than at the first forward
+        self.input_fmt = getattr(self.model, 'output_fmt', 'NCHW')
         self.grad_checkpointing = False
 
     @property
@@ -88,7 +105,34 @@ class Backbone(nn.Module):
         """The timm model's pretrained cfg: the weights `pretrained=True` loads (or would have loaded)."""
         return self.model.pretrained_cfg
 
-    def forward(self, x: torch.Tensor, num_stages: int | None = None) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, num_stages: int | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The final feature map (B, num_features, h, w), whose average pool is timm's pre-logits feature; the stage
+        maps (`forward_stages`) for a backbone built with `num_stages > 0`."""
+        if self.num_stages:
+            return self.forward_stages(x, num_stages)
+        final, stage_maps = self.model.forward_intermediates(
+            x, indices=self.stage_indices[-1:], norm=True, output_fmt='NCHW'
+        )
+        final = self._as_nchw(final, stage_maps[-1].shape[-2:])
+        norm = _pooled_norm(self.model)  # looked up, not stored: a second reference would duplicate state-dict keys
+        if norm is None:
+            return final
+        # The classifier normalises the pooled vector; the same per-image affine map applied to every position
+        # keeps the map linear (class maps stay class maps) and makes its average the normalised vector.
+        pooled = final.mean(dim=(2, 3))
+        scale = torch.rsqrt(pooled.var(dim=1, unbiased=False) + norm.eps).view(-1, 1, 1, 1)
+        centred = (final - pooled.mean(dim=1).view(-1, 1, 1, 1)) * scale
+        return centred * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+
+    def _as_nchw(self, final: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if final.ndim == 3:  # tokens (B, prefix + h * w, C): drop the prefix tokens, lay the rest on the grid
+            patches = final[:, final.shape[1] - grid[0] * grid[1] :]
+            return patches.transpose(1, 2).reshape(final.shape[0], -1, *grid)
+        if self.input_fmt == 'NHWC':
+            return final.permute(0, 3, 1, 2)
+        return final
+
+    def forward_stages(self, x: torch.Tensor, num_stages: int | None = None) -> list[torch.Tensor]:
         """Return the NCHW maps of the configured stages, shallowest first.
 
         `num_stages` returns only the first that many of them and stops the backbone there (a head that trains one
@@ -118,6 +162,24 @@ class Backbone(nn.Module):
         # timm lists names of optional tokens too (ViT's dist_token, reg_token); keep the ones this model has.
         existing = {n for n, _ in self.model.named_parameters()}
         return {prefix + n for n in names if n in existing}
+
+
+def _pooled_norm(model: nn.Module) -> nn.LayerNorm | None:
+    """The LayerNorm that timm's classifier applies after average pooling, if any.
+
+    timm's two places for it: a `NormMlpClassifierHead`'s `head.norm` (ConvNeXt and its kin) and `fc_norm`
+    (ViT and its kin with average pooling). Any other non-identity norm there is refused rather than skipped.
+    """
+    for norm in (getattr(getattr(model, 'head', None), 'norm', None), getattr(model, 'fc_norm', None)):
+        if norm is None or isinstance(norm, nn.Identity):
+            continue
+        if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.weight.ndim == 1:
+            return norm
+        raise ValueError(
+            f'The backbone normalises pooled features with {type(norm).__name__}, which fgvc_zoo cannot '
+            f'fold into its feature map; pick a backbone whose classifier uses a LayerNorm or none.'
+        )
+    return None
 
 
 def _prefix_regex(regex: str, prefix: str) -> str:

@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
+from timm.models._builder import resolve_pretrained_cfg
 
-from ..hub import hub_cfg, hub_errors, safetensors_only
+from ..hub import hub_cfg, hub_errors, safetensors_only, weights_record
 from ._backbone import Backbone, check_backbone_name
 
 __all__ = [
@@ -308,20 +308,10 @@ def build_fgvc_model(
         model.pretrained_weights = None
     elif full_weights:
         dropped = pretrained_cfg.get('num_classes') not in (None, model.num_classes)
-        model.pretrained_weights = _weights_record(pretrained_cfg, 'model except classifiers' if dropped else 'model')
+        model.pretrained_weights = weights_record(pretrained_cfg, 'model except classifiers' if dropped else 'model')
     else:
-        model.pretrained_weights = _weights_record(model.backbone.pretrained_cfg, 'backbone')
+        model.pretrained_weights = weights_record(model.backbone.pretrained_cfg, 'backbone')
     return model
-
-
-def _weights_record(pretrained_cfg: dict[str, Any], part: str) -> dict[str, str]:
-    """Name the weights timm loads for `pretrained_cfg` (its own resolution: a file first, then the Hub, a URL)."""
-    source, location = _resolve_pretrained_source(pretrained_cfg)
-    if source == 'state_dict':
-        location = 'a state_dict passed in pretrained_cfg'
-    elif isinstance(location, tuple):  # (hub id, filename)
-        location = location[0]
-    return dict(source=source or 'unknown', id=str(location), part=part)
 
 
 def register_variants(

@@ -17,6 +17,7 @@ from timm.models import register_model
 
 from ..layers.cam import class_activation_maps, upsample_maps
 from ..layers.parts import (
+    ASSIGN_REDUCTIONS,
     PART_POOLS,
     assignment_loss,
     best_region_boxes,
@@ -58,6 +59,7 @@ class DpNet(FgvcModel):
         w_perp: float = 1.0,
         w_assign: float = 0.1,
         w_cs: float = 0.1,
+        assign_reduction: str = 'sum',
         part_box_cells: float = 3.0,
         drop_rate: float = 0.0,
         in_chans: int = 3,
@@ -74,6 +76,11 @@ class DpNet(FgvcModel):
             freeze_backbone: keep the backbone's weights and BatchNorm statistics fixed (paper); False fine-tunes.
             w_perp: weight of the orthogonality constraint C_perp (0 switches it off).
             w_assign: weight of the decisive assignment constraint C_Assign (0 switches it off).
+            assign_reduction: how C_Assign adds up its regions. 'sum' (default): the formula of the slides,
+                - sum_r sum_p s_pr log s_pr per image (mean over the batch), so `w_assign` has the formula's
+                strength. 'mean': also divided by the R = h w regions, independent of the input size; `w_assign`
+                then acts R times weaker (R = 196 at 448 px on a stride-32 backbone: `w_assign=0.1` with 'sum'
+                is `w_assign=19.6` with 'mean').
             w_cs: weight of the class-specific parts constraint CS (0 switches it off).
             part_box_cells: side of a part's best box in backbone strides. 3: the best cell and one neighbour
                 each side, because a cell of the last map sees well beyond its own stride x stride patch.
@@ -89,6 +96,8 @@ class DpNet(FgvcModel):
             raise ValueError(f'parts_per_class={parts_per_class} must be at least 1.')
         if min(w_perp, w_assign, w_cs) < 0:
             raise ValueError(f'Constraint weights must be >= 0, got w_perp={w_perp}, w_assign={w_assign}, w_cs={w_cs}.')
+        if assign_reduction not in ASSIGN_REDUCTIONS:
+            raise ValueError(f"assign_reduction='{assign_reduction}' is not one of {ASSIGN_REDUCTIONS}.")
         if part_box_cells <= 0:
             raise ValueError(f'part_box_cells={part_box_cells} must be positive.')
         self.parts_per_class = parts_per_class
@@ -98,6 +107,7 @@ class DpNet(FgvcModel):
         self.w_perp = w_perp
         self.w_assign = w_assign
         self.w_cs = w_cs
+        self.assign_reduction = assign_reduction
         self.part_box_cells = part_box_cells
         self.drop_rate = drop_rate
 
@@ -135,7 +145,7 @@ class DpNet(FgvcModel):
 
     def _part_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The region descriptors X (B, D, h, w) and the part scores S (B, P, h, w)."""
-        features = self.backbone(x)[-1]
+        features = self.backbone(x)
         return features, part_scores(features, self.parts.weight)
 
     def _bag_of_parts(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -158,7 +168,7 @@ class DpNet(FgvcModel):
         if self.w_perp:
             losses['perp'] = orthogonality_loss(self.parts.weight)
         if self.w_assign:
-            losses['assign'] = assignment_loss(scores)
+            losses['assign'] = assignment_loss(scores, self.assign_reduction)
         if self.w_cs:
             losses['cs'] = class_specific_loss(self.part_participation(), self.parts_per_class)
         return losses

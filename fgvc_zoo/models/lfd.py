@@ -17,6 +17,7 @@ from timm.models import register_model
 
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
+from ..layers.norm_stats import SecondaryNormStats
 from ._backbone import Backbone
 from ._base import (
     Explanation,
@@ -51,6 +52,8 @@ class Lfd(FgvcModel):
         cam_sigma: float = 1.0,
         cam_mode: str = 'max',
         image_only: bool = False,
+        hybrid_scale: float | None = None,
+        crop_norm_stats: bool = True,
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         drop_rate: float = 0.0,
         in_chans: int = 3,
@@ -69,6 +72,12 @@ class Lfd(FgvcModel):
             cam_sigma: Gaussian smoothing of the attention map, in feature cells (0 disables).
             cam_mode: 'max' over all class maps (paper), or the single map of the 'pred' or 'target' class.
             image_only: train and predict with the image-level classifier alone (the paper's ablation).
+            hybrid_scale: factor on the hybrid feature before its classifier. None: 1 / sqrt(l + 1), so that the
+                concatenation of l + 1 features has the squared norm of one and the hybrid classifier takes the
+                image classifier's effective step at the shared lr (unscaled, it takes l + 1 times larger ones and
+                diverges); 1.0 is the paper's plain concatenation.
+            crop_norm_stats: zoomed crops get their own BatchNorm running statistics (whole images and close-ups
+                differ); False shares the image's, as a plain reading of the paper would.
             loss_weights: weights of the image, mean region and hybrid cross-entropies.
             drop_rate: dropout before the classifiers.
             in_chans: input image channels.
@@ -91,6 +100,8 @@ class Lfd(FgvcModel):
         self.cam_sigma = cam_sigma
         self.cam_mode = cam_mode
         self.image_only = image_only
+        self.hybrid_scale = (num_hybrid_regions + 1) ** -0.5 if hybrid_scale is None else hybrid_scale
+        self.crop_norm_stats = crop_norm_stats
         self.loss_weights = tuple(loss_weights)
         self.drop_rate = drop_rate
 
@@ -98,6 +109,8 @@ class Lfd(FgvcModel):
         self.num_features = self.backbone.num_features
         self.head_hidden_size = self.num_features * (1 if image_only else num_hybrid_regions + 1)
         self.head_drop = nn.Dropout(drop_rate)
+        # Crop statistics start from the backbone's current ones (the ImageNet weights' when pretrained).
+        self.crop_stats = SecondaryNormStats(self.backbone) if crop_norm_stats and not image_only else None
         self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
@@ -107,6 +120,9 @@ class Lfd(FgvcModel):
         self.image_head = nn.Linear(self.num_features, num_classes, bias=False)
         self.region_head = nn.Linear(self.num_features, num_classes)
         self.hybrid_head = nn.Linear(self.num_features * (self.num_hybrid_regions + 1), num_classes)
+        if self.image_only:  # kept for the cfg's classifier names, but unused: no gradient for DDP to wait for
+            self.region_head.requires_grad_(False)
+            self.hybrid_head.requires_grad_(False)
 
     def get_classifier(self) -> nn.Module:
         return self.image_head if self.image_only else self.hybrid_head
@@ -153,10 +169,11 @@ class Lfd(FgvcModel):
     def _region_features(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """GAP features of the zoomed crops of (B, N, 4) boxes through the shared backbone: (B, N, n)."""
         crops = crop_and_zoom(x, boxes, self.zoom_size)
-        return self.backbone(crops)[-1].mean(dim=(2, 3)).view(*boxes.shape[:2], -1)
+        features = self.backbone(crops) if self.crop_stats is None else self.crop_stats(self.backbone, crops)
+        return features.mean(dim=(2, 3)).view(*boxes.shape[:2], -1)
 
     def _image_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.backbone(x)[-1]
+        features = self.backbone(x)
         image_feature = features.mean(dim=(2, 3))
         return features, image_feature, self.image_head(self.head_drop(image_feature))
 
@@ -166,7 +183,10 @@ class Lfd(FgvcModel):
         if self.image_only:
             return image_feature
         boxes, _ = self.select_regions(features, image_logits, x.shape[-2:], self.num_hybrid_regions)
-        return torch.cat([image_feature, self._region_features(x, boxes).flatten(1)], dim=1)
+        return self._hybrid_feature(image_feature, self._region_features(x, boxes))
+
+    def _hybrid_feature(self, image_feature: torch.Tensor, region_features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([image_feature, region_features.flatten(1)], dim=1) * self.hybrid_scale
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x)
@@ -183,7 +203,7 @@ class Lfd(FgvcModel):
         region_logits = self.region_head(self.head_drop(region_features))
         region_target = target.repeat_interleave(self.num_regions, dim=0)
         losses['region'] = F.cross_entropy(region_logits.flatten(0, 1), region_target)
-        hybrid = torch.cat([image_feature, region_features[:, : self.num_hybrid_regions].flatten(1)], dim=1)
+        hybrid = self._hybrid_feature(image_feature, region_features[:, : self.num_hybrid_regions])
         logits = self.hybrid_head(self.head_drop(hybrid))
         losses['hybrid'] = F.cross_entropy(logits, target)
         loss = sum(w * term for w, term in zip(self.loss_weights, losses.values(), strict=False))
@@ -198,7 +218,7 @@ class Lfd(FgvcModel):
         if self.image_only:
             logits = image_logits
         else:
-            hybrid = torch.cat([image_feature, self._region_features(x, boxes).flatten(1)], dim=1)
+            hybrid = self._hybrid_feature(image_feature, self._region_features(x, boxes))
             logits = self.hybrid_head(hybrid)
         labels = logits.argmax(dim=1)
         heatmaps = {
