@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     'explain': ('fgvc_zoo.explain', 'draw what a head looks at (maps and boxes) over images, as PNG'),
     'export': ('fgvc_zoo.hub', 'write model.safetensors + config.json + model card for the Hub'),
     'push': ('fgvc_zoo.hub', 'upload an exported or trained model folder to a Hub repo'),
-    'list': ('fgvc_zoo.cli', 'list the registered fgvc_zoo models'),
+    'list': ('fgvc_zoo.cli', 'list the registered fgvc_zoo models and tags, and which weights each loads'),
     'bench': ('fgvc_zoo.bench', 'time each head against the backbone passes it needs'),
 }
 
@@ -25,12 +25,33 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('filter', nargs='?', default='*', help='wildcard filter, e.g. "lfd*"')
 
 
+def _weights_of(name: str) -> str:
+    """What `pretrained=True` loads for a registered name (the tag's own weights, or the backbone's)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        return f'published weights: hf-hub:{cfg.hf_hub_id}'
+    architecture, _, tag = name.partition('.')
+    backbone = architecture.split('_', 1)[1] if '_' in architecture else None
+    if backbone is None:
+        return "any timm backbone (backbone=...): pretrained=True loads the backbone's default weights"
+    backbone_cfg = timm.models.get_pretrained_cfg(f'{backbone}.{tag}' if tag else backbone)
+    hub_id = getattr(backbone_cfg, 'hf_hub_id', None)
+    return f'backbone weights {hub_id}, head from random init' if hub_id else 'no weights'
+
+
 def list_main(args: argparse.Namespace) -> int:
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
+    from fgvc_zoo.models import PUBLISHED_TAGS
 
-    print('\n'.join(timm.list_models(args.filter, module=['lfd', 'dpnet', 'iagn'])))
+    names = timm.list_models(args.filter, module=['lfd', 'dpnet', 'iagn'], include_tags=True)
+    width = max((len(n) for n in names), default=0)
+    print('\n'.join(f'{name:<{width}}  {_weights_of(name)}' for name in names))
+    published = ', '.join(sorted(PUBLISHED_TAGS)) or 'none yet'
+    print(f'\nFine-grained (FGVC) weights published on the Hub: {published}.')
     return 0
 
 

@@ -2,8 +2,13 @@
 
 An exported folder is what timm itself reads from a Hub repo: `model.safetensors`, `config.json` in timm's format
 (architecture, num_classes, label_names, model_args, pretrained_cfg) and `README.md`, the model card. timm's
-`save_for_hf` writes the first two; the card comes from `model_cards/TEMPLATE.md` filled with huggingface_hub's
-`ModelCardData` front matter and the numbers of the trainer's `results.json`.
+`save_for_hf` writes the first two; the card comes from the template that ships in the package
+(`fgvc_zoo/templates/model_card.md`, read with importlib.resources) filled with huggingface_hub's `ModelCardData`
+front matter and the numbers of the trainer's `results.json`.
+
+Provenance is recorded, not guessed: `build_fgvc_model` notes on the model which weights `pretrained=True` really
+loaded (`model.pretrained_weights`), the trainer copies that into `results.json`, and only weights loaded from a Hub
+repo become the card's `base_model`.
 
 Weights are safetensors only: every config we write pins `hf_hub_filename='model.safetensors'`, so timm never
 falls back to a pickle (`pytorch_model.bin`), and `load_model` refuses folders and repos that hold only pickles.
@@ -15,6 +20,7 @@ import json
 import os
 import string
 from collections.abc import Iterator, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +32,9 @@ from huggingface_hub import (
     ModelCardData,
     get_token,
     hf_hub_download,
-    is_offline_mode,
     try_to_load_from_cache,
 )
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -37,6 +43,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from timm.models import load_checkpoint, save_for_hf
+from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import hf_split
 
 __all__ = [
@@ -46,6 +53,11 @@ __all__ = [
     'save_pretrained',
     'load_model',
     'model_card',
+    'read_template',
+    'base_model',
+    'weights_record',
+    'pretrained_weights_of',
+    'share_file',
     'label_names',
     'safetensors_only',
     'hub_errors',
@@ -68,7 +80,10 @@ PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'open_c
 PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME)
 # Keyword arguments timm's factory passes along that describe where weights come from, not the architecture.
 RUNTIME_ARGS = ('cache_dir', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_model_args', 'device', 'dtype')
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / 'model_cards' / 'TEMPLATE.md'
+# The card template is package data: a wheel installed anywhere has it (see [tool.setuptools.package-data]).
+TEMPLATE_RESOURCE = ('templates', 'model_card.md')
+# `pretrained_weights` of a model whose start is unknown (built from a bare checkpoint): the card says so.
+NOT_RECORDED = object()
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
 
 # Top-1 accuracy (%) the papers report with a ResNet-50 (shared/papers/METHODS.md), by head and dataset.
@@ -188,7 +203,8 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
     try:
         yield
     except LocalEntryNotFoundError as e:
-        why = 'HF_HUB_OFFLINE is set' if is_offline_mode() else 'the Hub could not be reached'
+        # constants.HF_HUB_OFFLINE, not is_offline_mode(): the function is exported only by recent huggingface_hub.
+        why = 'HF_HUB_OFFLINE is set' if hf_constants.HF_HUB_OFFLINE else 'the Hub could not be reached'
         cache_id, revision = hf_split(repo_id)
         cached_pickles = [
             name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(cache_id, name, revision), str)
@@ -232,11 +248,53 @@ def _export_model_args(model: torch.nn.Module) -> dict[str, Any]:
     return {k: v for k, v in model_args.items() if k not in RUNTIME_ARGS and k != 'num_classes'}
 
 
-def _base_model(model: torch.nn.Module) -> str | None:
-    """The Hub id of the backbone weights the model started from (`timm/resnet50.a1_in1k`)."""
-    backbone = getattr(model, 'backbone', None)
-    cfg = getattr(backbone, 'pretrained_cfg', None) or {}
-    return cfg.get('hf_hub_id') or None
+def _pretrained_weights(model: torch.nn.Module, results: dict[str, Any] | None) -> dict[str, str] | None | object:
+    """What the weights started from: the trainer's record in results.json, else the model's own (set at build)."""
+    if results and 'pretrained_weights' in results:
+        return results['pretrained_weights']
+    return getattr(model, 'pretrained_weights', NOT_RECORDED)
+
+
+def weights_record(pretrained_cfg: dict[str, Any], part: str) -> dict[str, str]:
+    """Name the weights timm loads for `pretrained_cfg`, by timm's own resolution (a file first, the Hub, a URL)."""
+    source, location = _resolve_pretrained_source(pretrained_cfg)
+    if source == 'state_dict':
+        location = 'a state_dict passed in pretrained_cfg'
+    elif isinstance(location, tuple):  # (hub id, filename)
+        location = location[0]
+    return dict(source=source or 'unknown', id=str(location), part=part)
+
+
+def pretrained_weights_of(model: torch.nn.Module, pretrained: bool) -> dict[str, str] | None:
+    """What `create_model(..., pretrained=pretrained)` loaded into `model` (None: nothing, random initialisation).
+
+    A head carries its own record (`build_fgvc_model` sets `pretrained_weights`); a plain timm classifier loads
+    its pretrained_cfg's weights, less the classifier when its number of classes differs.
+    """
+    if hasattr(model, 'pretrained_weights'):
+        return model.pretrained_weights
+    if not pretrained:
+        return None
+    cfg = dict(model.pretrained_cfg)
+    dropped = cfg.get('num_classes') not in (None, model.num_classes)
+    return weights_record(cfg, 'model except classifiers' if dropped else 'model')
+
+
+def base_model(pretrained_weights: dict[str, str] | None) -> str | None:
+    """The Hub repo the weights started from (`timm/resnet50.a1_in1k`), or None: random init or a non-Hub source."""
+    if isinstance(pretrained_weights, dict) and pretrained_weights.get('source') == 'hf-hub':
+        return pretrained_weights['id']
+    return None
+
+
+def share_file(path: str | os.PathLike) -> None:
+    """Give a written file the mode a plain `open()` would (0644 under umask 022): safetensors writes 0600.
+
+    Teammates on a shared cluster need to read exported weights and checkpoints; the umask still decides.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def save_pretrained(
@@ -258,10 +316,14 @@ def save_pretrained(
         raise ValueError(f'{len(label_names)} label_names for a model with num_classes={model.num_classes}.')
     model_config: dict[str, Any] = dict(
         pretrained_cfg=dict(hf_hub_filename=WEIGHTS_NAME),
-        base_model=_base_model(model),
         library='fgvc_zoo',
         requires=IMPORT_HINT,
     )
+    weights = _pretrained_weights(model, results)
+    if weights is not NOT_RECORDED:
+        model_config['pretrained_weights'] = weights  # None: trained from random initialisation
+    if base_model(weights):
+        model_config['base_model'] = base_model(weights)
     if label_names is not None:
         model_config['label_names'] = list(label_names)
     save_for_hf(
@@ -272,6 +334,7 @@ def save_pretrained(
         data_config=data_config,
         safe_serialization=True,
     )
+    share_file(out_dir / WEIGHTS_NAME)
     config = json.loads((out_dir / CONFIG_NAME).read_text())
     (out_dir / CARD_NAME).write_text(model_card(config, results=results, recipe=recipe))
     return out_dir
@@ -310,15 +373,22 @@ def _dataset_name(results: dict[str, Any], recipe: dict[str, Any]) -> str | None
     return None
 
 
-def _metrics(results: dict[str, Any]) -> dict[str, float]:
+def _metrics(results: dict[str, Any], num_classes: int) -> dict[str, float]:
+    """The numeric metrics of results.json, `top5` renamed to the k it really is (`top4` for 4 classes)."""
     metrics = results.get('metrics')
     if not isinstance(metrics, dict):
         raise ValueError(f"{RESULTS_NAME} needs a 'metrics' mapping (e.g. {{'top1': 87.1, 'top5': 97.0}}).")
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # The trainer and `fgvc-zoo eval` compute "top5" with k = min(5, num_classes).
+    topk = results.get('topk', min(5, num_classes))
+    return {
+        (f'top{topk}' if k == 'top5' else k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _is_accuracy(metric: str) -> bool:
-    return metric.startswith('top') or 'acc' in metric
+    return (metric.startswith('top') and metric[3:].isdigit()) or 'acc' in metric
 
 
 def _results_table(head: str | None, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
@@ -332,14 +402,45 @@ def _results_table(head: str | None, backbone: str, dataset: str | None, metrics
     return '\n'.join(rows)
 
 
+def _describe_weights(weights: dict[str, str] | None | object) -> tuple[str, str]:
+    """(sentence for the introduction, short form for the description list) of where the weights started."""
+    if weights is NOT_RECORDED:
+        return (
+            'Where its weights started from was not recorded (exported from a bare checkpoint).',
+            'not recorded',
+        )
+    if weights is None:
+        return 'Trained from random initialisation: no pretrained weights were loaded.', 'none (random initialisation)'
+    part = weights.get('part', 'model')
+    if weights.get('source') == 'hf-hub':
+        name = f'[`{weights["id"]}`](https://huggingface.co/{weights["id"]})'
+    else:
+        name = f'`{weights["id"]}` ({weights.get("source", "file")})'
+    head_note = '; the head started from random initialisation' if part == 'backbone' else ''
+    return f'Fine-tuned from {name} ({part} weights{head_note}).', f'{name} ({part})'
+
+
+def read_template(template: str | os.PathLike | None = None) -> str:
+    """The card template: the one in the package, or the file `template`."""
+    if template is None:
+        return resources.files('fgvc_zoo').joinpath(*TEMPLATE_RESOURCE).read_text(encoding='utf-8')
+    if not Path(template).is_file():
+        raise FileNotFoundError(f"Model card template '{template}' not found: pass an existing file, or None for ours.")
+    return Path(template).read_text(encoding='utf-8')
+
+
 def model_card(
     config: dict[str, Any],
     results: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
     repo_id: str | None = None,
-    template: str | os.PathLike = TEMPLATE_PATH,
+    template: str | os.PathLike | None = None,
 ) -> str:
-    """The model card of an export: YAML front matter with model-index, then the filled `model_cards/TEMPLATE.md`."""
+    """The model card of an export: YAML front matter with model-index, then the filled card template.
+
+    Honest by construction: `base_model` and "fine-tuned from" come from the `pretrained_weights` record of
+    `config` (absent: not recorded; None: random initialisation) and the model-index holds accuracies only.
+    """
     results = results or {}
     recipe = recipe if recipe is not None else results.get('config', {})
     architecture = config['architecture']
@@ -347,43 +448,43 @@ def model_card(
     model_args = config.get('model_args', {})
     backbone = model_args.get('backbone', architecture.split('_', 1)[-1]) if head else architecture
     dataset = _dataset_name(results, recipe)
-    metrics = _metrics(results) if results else {}
+    metrics = _metrics(results, config['num_classes']) if results else {}
     model_name = repo_id.split('/')[-1] if repo_id else architecture
+    weights = config.get('pretrained_weights', NOT_RECORDED)
     card_data = ModelCardData(
+        pipeline_tag='image-classification',
         library_name='timm',
         license=config.get('pretrained_cfg', {}).get('license', 'apache-2.0'),
         tags=['image-classification', 'timm', 'fgvc', 'fine-grained', head or 'fine-tune', 'fgvc_zoo'],
         datasets=[dataset] if dataset else None,
-        base_model=config.get('base_model'),
+        base_model=base_model(weights),
         model_name=model_name,
         eval_results=[
             EvalResult(
                 task_type='image-classification',
                 dataset_type=dataset or 'unknown',
                 dataset_name=dataset or 'unknown',
-                metric_type='accuracy' if _is_accuracy(name) else name,
+                metric_type='accuracy',
                 metric_name=name,
                 metric_value=value,
             )
             for name, value in metrics.items()
+            if _is_accuracy(name)
         ]
         or None,
     )
     info = HEAD_INFO[head] if head else _plain_info(architecture)
     load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
-    if not Path(template).is_file():
-        raise FileNotFoundError(
-            f"Model card template '{template}' not found: it ships in the source tree's model_cards/ folder; pass "
-            f"template='path/to/TEMPLATE.md' (or run from a source checkout)."
-        )
-    body = string.Template(Path(template).read_text()).substitute(
+    provenance, initial_weights = _describe_weights(weights)
+    body = string.Template(read_template(template)).substitute(
         front_matter=card_data.to_yaml(),
         model_name=model_name,
         title=info['title'],
         description=info['description'],
         architecture=architecture,
         backbone=backbone,
-        base_model=config.get('base_model') or 'none (trained from scratch)',
+        provenance=provenance,
+        initial_weights=initial_weights,
         dataset=dataset or 'unknown',
         num_classes=config['num_classes'],
         input_size='x'.join(str(s) for s in config.get('pretrained_cfg', {}).get('input_size', ())),
@@ -571,6 +672,9 @@ def export_main(args: argparse.Namespace) -> int:
         model_kwargs['num_classes'] = args.num_classes
     model = timm.create_model(args.model, **model_kwargs)
     load_checkpoint(model, args.checkpoint)
+    # The weights are the checkpoint's, not the random init this model was built with: where they started from is
+    # known only from the trainer's results.json beside it, if any.
+    model.pretrained_weights = NOT_RECORDED
     folder.mkdir(parents=True, exist_ok=True)
     save_pretrained(
         model.eval(), folder, label_names=_read_label_names(args.label_names), results=_read_results(folder)

@@ -543,6 +543,10 @@ def _save_checkpoint(accelerator, output: Path, trainer_state: dict[str, Any], k
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _save_extra_state(tmp, scheduler, ema)
+            from .hub import share_file
+
+            for weights in tmp.glob('*.safetensors'):  # safetensors writes 0600; teammates need to read them
+                share_file(weights)
             # Written last: a folder with a trainer state is whole (see `_complete_checkpoints`).
             (tmp / CHECKPOINT_STATE).write_text(json.dumps(trainer_state, indent=2))
             if final.exists():  # left by an earlier run into the same output
@@ -868,6 +872,8 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     if accelerator.is_main_process:
         if len(set(digests)) != 1:
             raise RuntimeError(f'Weights differ across ranks after training: {digests}. Please report this.')
+        from .hub import pretrained_weights_of
+
         prefix = 'ema_' if ema is not None else 'val_'
         final = trainer_state['history'][-1]
         results = {
@@ -884,6 +890,8 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
                 'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable},
             },
             'exported_weights': 'ema' if ema is not None else 'model',
+            # What --pretrained really loaded (None: random init): the card's base_model comes from this only.
+            'pretrained_weights': pretrained_weights_of(exported, config.pretrained),
             'weights_sha256_per_rank': digests,
             'world_size': accelerator.num_processes,
             'seed': config.seed,

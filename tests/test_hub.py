@@ -21,7 +21,9 @@ import timm
 import torch
 import yaml
 from hub_server import HubServer, served_files
-from safetensors.torch import load_file, save_file
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from safetensors.torch import load_file, save, save_file
 from timm.models import _registry
 
 from fgvc_zoo import cli, hub
@@ -35,6 +37,7 @@ RESULTS = {
     'seed': 0,
 }
 TAG = 'toy_birds'
+TEST_RESNET_HUB_ID = timm.models.get_pretrained_cfg('test_resnet').hf_hub_id  # timm/test_resnet.r160_in1k
 REPO = f'{hub.HUB_ORG}/lfd_test_resnet.{TAG}'
 
 
@@ -115,7 +118,8 @@ def test_export_writes_safetensors_timm_config_and_card(exported):
     assert cfg['mean'] == [0.5, 0.5, 0.5] and cfg['std'] == [0.5, 0.5, 0.5]  # test_resnet's normalisation
     assert cfg['crop_pct'] == 0.875 and cfg['crop_mode'] == 'center'
     assert cfg['hf_hub_filename'] == 'model.safetensors'
-    assert config['base_model'] == 'timm/test_resnet.r160_in1k'
+    # built without pretrained weights: no base_model, and the record says so
+    assert 'base_model' not in config and config['pretrained_weights'] is None
     assert 'import fgvc_zoo' in config['requires']
     weights = load_file(folder / 'model.safetensors')
     assert weights.keys() == model.state_dict().keys()
@@ -147,6 +151,80 @@ def test_local_folder_with_only_a_pickle_is_refused(exported):
     (folder / 'pytorch_model.bin').write_bytes(_pickle_bytes(model.state_dict()))
     with pytest.raises(FileNotFoundError, match=r'no model\.safetensors \(it holds pytorch_model\.bin, which'):
         hub.load_model(str(folder))
+
+
+def test_exported_weights_are_readable_as_the_umask_allows(tmp_path):
+    """safetensors writes 0600; an export gets what a plain open() gives, 0644 under the usual umask 022."""
+    model = timm.create_model('lfd', num_classes=3, **HEAD_ARGS).eval()
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        old = os.umask(umask)
+        try:
+            folder = hub.save_pretrained(model, tmp_path / f'umask_{umask:o}')
+        finally:
+            os.umask(old)
+        assert (folder / 'model.safetensors').stat().st_mode & 0o777 == mode
+
+
+def _cache_imagenet_test_resnet(hub_cache: Path) -> dict[str, torch.Tensor]:
+    """timm's Hub repo of test_resnet's default weights, as a download would have left it (random values)."""
+    weights = timm.create_model('test_resnet').state_dict()
+    _cache_repo(hub_cache, TEST_RESNET_HUB_ID, {'model.safetensors': save(weights)})
+    return weights
+
+
+def test_a_model_built_from_imagenet_weights_names_exactly_them_as_base_model(hub_cache, tmp_path):
+    weights = _cache_imagenet_test_resnet(hub_cache)
+    model = timm.create_model('lfd', pretrained=True, num_classes=3, **HEAD_ARGS).eval()
+    # really loaded: the backbone holds the cached weights
+    loaded = model.backbone.model.state_dict()
+    assert loaded and all(torch.equal(v, weights[k]) for k, v in loaded.items())
+    assert model.pretrained_weights == {'source': 'hf-hub', 'id': TEST_RESNET_HUB_ID, 'part': 'backbone'}
+
+    folder = hub.save_pretrained(model, tmp_path / 'export', results=RESULTS)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['base_model'] == TEST_RESNET_HUB_ID
+    card = ModelCard.load(folder / 'README.md')
+    assert card.data.base_model == TEST_RESNET_HUB_ID
+    assert (
+        f'Fine-tuned from [`{TEST_RESNET_HUB_ID}`]' in card.text
+        and '(backbone weights; the head started from random initialisation)' in card.text
+    )
+
+
+def test_a_plain_timm_classifier_is_recorded_by_what_timm_loaded_into_it(hub_cache):
+    """The trainer's baseline (`--model test_resnet`) is no head: its record comes from timm's own pretrained_cfg."""
+    _cache_imagenet_test_resnet(hub_cache)
+    pretrained = timm.create_model('test_resnet', pretrained=True, num_classes=3)
+    expected = {'source': 'hf-hub', 'id': TEST_RESNET_HUB_ID, 'part': 'model except classifiers'}
+    assert hub.pretrained_weights_of(pretrained, pretrained=True) == expected
+    assert hub.pretrained_weights_of(timm.create_model('test_resnet', num_classes=3), pretrained=False) is None
+
+
+def test_the_trainer_records_what_pretrained_loaded_and_shares_its_weights(hub_cache, tmp_path):
+    """`--pretrained` end to end: results.json, config.json and the card name the loaded weights; files are 0644."""
+    _cache_imagenet_test_resnet(hub_cache)
+    output = tmp_path / 'run'
+    command = [sys.executable, '-m', 'fgvc_zoo.train', '--model', 'lfd', '--backbone', 'test_resnet', '--pretrained']
+    command += ['--synthetic', '--img-size', '64', '--epochs', '1', '--batch-size', '8', '--workers', '0']
+    command += ['--model-args', 'zoom_size=32,num_regions=2,num_hybrid_regions=1', '--output', str(output)]
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(hub_cache), OMP_NUM_THREADS='1')
+    old = os.umask(0o022)
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    finally:
+        os.umask(old)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = {'source': 'hf-hub', 'id': TEST_RESNET_HUB_ID, 'part': 'backbone'}
+    assert json.loads((output / 'results.json').read_text())['pretrained_weights'] == expected
+    config = json.loads((output / 'config.json').read_text())
+    assert config['pretrained_weights'] == expected and config['base_model'] == TEST_RESNET_HUB_ID
+    card = ModelCard.load(output / 'README.md')
+    assert card.data.base_model == TEST_RESNET_HUB_ID
+    # 4 synthetic classes: the trainer's "top5" is a top-4
+    assert [r.metric_name for r in card.data.eval_results] == ['top1', 'top4']
+    shared = [output / 'model.safetensors', *(output / 'checkpoints').glob('epoch_*/*.safetensors')]
+    assert len(shared) >= 2
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in shared} == {str(p): '0o644' for p in shared}
 
 
 # ---------------------------------------------------------------------------------------------- Hub cache offline
@@ -183,6 +261,16 @@ def test_pretrained_with_other_num_classes_keeps_backbone_and_reinitialises_head
             assert getattr(model, head).weight.shape[0] == 3
             assert getattr(five, head).weight.shape[0] == 5
         assert hub.label_names(five) is None  # the stored names belong to the 3 old classes
+
+
+def test_full_weights_from_a_tag_are_recorded_as_the_model_they_came_from(exported, hub_cache, monkeypatch):
+    _, folder = exported
+    _cache_repo(hub_cache, REPO, _folder_files(folder))
+    _register_tag(monkeypatch, TAG, REPO)
+    same = timm.create_model(f'lfd.{TAG}', pretrained=True, **HEAD_ARGS)
+    assert same.pretrained_weights == {'source': 'hf-hub', 'id': REPO, 'part': 'model'}
+    other = timm.create_model(f'lfd.{TAG}', pretrained=True, num_classes=5, **HEAD_ARGS)
+    assert other.pretrained_weights == {'source': 'hf-hub', 'id': REPO, 'part': 'model except classifiers'}
 
 
 def test_pickle_only_repo_in_the_cache_is_refused(exported, hub_cache):
@@ -271,36 +359,77 @@ def _front_matter_and_body(card: str):
     return yaml.safe_load(front), body
 
 
-def _card(architecture: str, backbone: str, results: dict) -> str:
+IMAGENET_WEIGHTS = {'source': 'hf-hub', 'id': 'timm/resnet50.a1_in1k', 'part': 'backbone'}
+
+
+def _card(architecture: str, backbone: str, results: dict, weights: dict | None = IMAGENET_WEIGHTS, **config) -> str:
     config = {
         'architecture': architecture,
         'num_classes': 200,
         'model_args': {'backbone': backbone},
         'pretrained_cfg': {'input_size': [3, 448, 448], 'license': 'apache-2.0'},
-        'base_model': f'timm/{backbone}.a1_in1k',
+        'pretrained_weights': weights,
+        **config,
     }
     return hub.model_card(config, results=results, repo_id=f'fgvc-zoo/{architecture}.cub_200_2011')
 
 
-def test_card_front_matter_has_model_index_of_results_and_base_model():
-    results = dict(RESULTS, metrics={'top1': 86.5, 'loss': 0.61})
-    meta, body = _front_matter_and_body(_card('lfd_resnet50', 'resnet50', results))
-    assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
-    assert {'lfd', 'fgvc', 'image-classification'} <= set(meta['tags'])
-    assert meta['datasets'] == ['cub_200_2011']
-    assert meta['base_model'] == 'timm/resnet50.a1_in1k'
-    [result] = meta['model-index'][0]['results']
-    assert result['metrics'] == [
-        {'type': 'accuracy', 'value': 86.5, 'name': 'top1'},
-        {'type': 'loss', 'value': 0.61, 'name': 'loss'},
+def test_card_front_matter_is_a_valid_hub_card_with_accuracies_and_base_model():
+    results = dict(RESULTS, metrics={'top1': 86.5, 'top5': 97.25, 'mean_class_accuracy': 85.0, 'loss': 0.61})
+    card_text = _card('lfd_resnet50', 'resnet50', results)
+    card = ModelCard(card_text)  # huggingface_hub's own parser of the front matter and model-index
+    data = card.data.to_dict()
+    assert data['pipeline_tag'] == 'image-classification'
+    assert data['library_name'] == 'timm' and data['license'] == 'apache-2.0'
+    assert {'lfd', 'fgvc', 'image-classification'} <= set(data['tags'])
+    assert data['datasets'] == ['cub_200_2011']
+    assert data['base_model'] == 'timm/resnet50.a1_in1k'
+    model_name, eval_results = model_index_to_eval_results(data['model-index'])
+    assert model_name == 'lfd_resnet50.cub_200_2011'
+    # accuracies only (the loss is not a result), every one on the image-classification task and the dataset
+    assert [(r.metric_name, r.metric_type, r.metric_value) for r in eval_results] == [
+        ('top1', 'accuracy', 86.5),
+        ('top5', 'accuracy', 97.25),
+        ('mean_class_accuracy', 'accuracy', 85.0),
     ]
-    assert result['dataset'] == {'name': 'cub_200_2011', 'type': 'cub_200_2011'}
+    assert {(r.task_type, r.dataset_type, r.dataset_name) for r in eval_results} == {
+        ('image-classification', 'cub_200_2011', 'cub_200_2011')
+    }
+    assert [(r.metric_name, r.metric_value) for r in card.data.eval_results] == [
+        (r.metric_name, r.metric_value) for r in eval_results
+    ]
+    body = card.text
     # the paper's number beside ours, the exact recipe, usage with the import first, both BibTeX entries
     assert '| top1 | 86.50 | 87.6 (LFD, ResNet-50) |' in body and '| loss | 0.61 | n/a |' in body
     assert '"lr": 0.01' in body
     assert 'import fgvc_zoo' in body and 'timm.create_model("hf-hub:fgvc-zoo/lfd_resnet50.cub_200_2011"' in body
     assert '@inproceedings{feng2019lfd' in body and '@misc{rw2019timm' in body
     assert '## Limitations' in body
+    assert 'Fine-tuned from [`timm/resnet50.a1_in1k`](https://huggingface.co/timm/resnet50.a1_in1k)' in body
+
+
+def test_card_names_top_k_by_the_k_it_was_computed_with():
+    """The trainer and `fgvc-zoo eval` report "top5" as top-min(5, classes): a 4-class model's is a top-4."""
+    card = ModelCard(
+        _card('lfd_resnet50', 'resnet50', dict(RESULTS, metrics={'top1': 50.0, 'top5': 100.0}), num_classes=4)
+    )
+    assert [r.metric_name for r in card.data.eval_results] == ['top1', 'top4']
+    assert '| top4 | 100.00 | n/a |' in card.text and 'top5' not in card.text
+
+
+def test_card_without_pretrained_weights_claims_no_base_model():
+    card = ModelCard(_card('lfd_resnet50', 'resnet50', RESULTS, weights=None))
+    assert card.data.base_model is None and 'base_model' not in card.content.split('---')[1]
+    assert 'Trained from random initialisation: no pretrained weights were loaded.' in card.text
+    assert 'fine-tuned' not in card.text.lower()
+
+
+def test_card_of_a_model_whose_start_is_unknown_says_not_recorded():
+    # no `pretrained_weights` in config.json: exported from a bare checkpoint without the trainer's results.json
+    config = {'architecture': 'lfd_resnet50', 'num_classes': 200, 'model_args': {'backbone': 'resnet50'}}
+    card = ModelCard(hub.model_card(config, results=RESULTS))
+    assert card.data.base_model is None
+    assert 'Where its weights started from was not recorded' in card.text
 
 
 def test_card_paper_numbers_per_head():
@@ -364,6 +493,28 @@ def test_cli_export_of_a_checkpoint_loads_bit_for_bit(exported, tmp_path):
     assert hub.label_names(loaded) == LABELS
 
 
+def test_cli_export_of_a_bare_checkpoint_claims_no_provenance_unless_results_json_records_it(exported, tmp_path):
+    model, _ = exported
+    checkpoint = tmp_path / 'last.safetensors'
+    save_file(model.state_dict(), checkpoint)
+    kwargs = [f'{k}={v!r}' for k, v in HEAD_ARGS.items()]
+    command = ['--model', 'lfd', '--checkpoint', str(checkpoint), '--num-classes', '3', '--model-kwargs', *kwargs]
+
+    bare = tmp_path / 'bare'
+    assert cli.run(['export', str(bare), *command]) == 0
+    config = json.loads((bare / 'config.json').read_text())
+    assert 'pretrained_weights' not in config and 'base_model' not in config
+    assert 'was not recorded' in (bare / 'README.md').read_text()
+
+    trained = tmp_path / 'trained'  # a trainer output folder: its results.json says what the run started from
+    trained.mkdir()
+    record = {'source': 'hf-hub', 'id': TEST_RESNET_HUB_ID, 'part': 'backbone'}
+    (trained / 'results.json').write_text(json.dumps(dict(RESULTS, pretrained_weights=record)))
+    assert cli.run(['export', str(trained), *command]) == 0
+    assert json.loads((trained / 'config.json').read_text())['base_model'] == TEST_RESNET_HUB_ID
+    assert ModelCard.load(trained / 'README.md').data.base_model == TEST_RESNET_HUB_ID
+
+
 def test_push_without_token_says_how_to_get_one(exported, tmp_path, monkeypatch):
     _, folder = exported
     monkeypatch.delenv('HF_TOKEN', raising=False)
@@ -378,7 +529,7 @@ def test_push_without_token_says_how_to_get_one(exported, tmp_path, monkeypatch)
 PUSH_AND_LOAD = textwrap.dedent("""
     import json, sys
     import timm
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save, save_file
     import fgvc_zoo
     from fgvc_zoo import cli, hub
 
@@ -430,15 +581,16 @@ def test_push_to_a_local_hub_then_load_back(exported, tmp_path):
         create = next(r for r in server.requests if r.path == '/api/repos/create')
         stored = server.repos[REPO]
 
-    assert json.loads(create.body)['visibility'] == 'private'
+    create_body = json.loads(create.body)  # huggingface_hub >= 1 sends visibility, older ones a private flag
+    assert create_body.get('visibility') == 'private' or create_body.get('private') is True
     assert create.authorization == 'Bearer hf_test_token'
     assert served_files(server, REPO) == ('README.md', 'config.json', 'model.safetensors', 'results.json')
     assert stored.files['model.safetensors'] == (folder / 'model.safetensors').read_bytes()
 
     meta, body = _front_matter_and_body(stored.files['README.md'].decode())
     metrics = {m['name']: m['value'] for m in meta['model-index'][0]['results'][0]['metrics']}
-    assert metrics == RESULTS['metrics']
-    assert '| top1 | 66.67 |' in body and '| top5 | 100.00 |' in body
+    assert metrics == {'top1': 66.67, 'top3': 100.0}  # results.json's "top5" of a 3-class model is a top-3
+    assert '| top1 | 66.67 |' in body and '| top3 | 100.00 |' in body
     assert (out / f'{REPO.replace("/", "--")}.md').read_text() == stored.files['README.md'].decode()
 
     logits = load_file(out / 'logits.safetensors')

@@ -212,3 +212,63 @@ def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(mo
 def test_pretrained_with_a_backbone_that_has_no_weights_is_a_clear_error():
     with pytest.raises(ValueError, match="timm's backbone 'test_maxvit' has weights"):
         timm.create_model('lfd', backbone='test_maxvit', pretrained=True, num_classes=3)
+
+
+# ---------------------------------------------------------------------------------------------- registry honesty
+
+
+@pytest.mark.parametrize('head', HEADS)
+def test_list_pretrained_advertises_only_published_fgvc_weights(head):
+    from fgvc_zoo.models import PUBLISHED_TAGS
+    from fgvc_zoo.models._base import FGVC_DATASETS
+
+    listed = timm.list_pretrained(f'{head}*')
+    assert set(listed) <= PUBLISHED_TAGS
+    every_tag = timm.list_models(f'{head}*', include_tags=True)
+    unpublished = [n for n in every_tag if n.split('.')[-1] in FGVC_DATASETS and n not in PUBLISHED_TAGS]
+    assert unpublished == []
+
+
+def test_a_published_fgvc_tag_is_registered_with_its_hub_repo_and_keeps_imagenet_the_default():
+    from fgvc_zoo.models import lfd
+    from fgvc_zoo.models._base import generate_head_cfgs
+
+    cfgs = generate_head_cfgs('lfd', lfd._cfg, published=frozenset({'lfd_resnet50.cub_200_2011'}))
+    resnet50 = cfgs['lfd_resnet50']
+    assert list(resnet50.tags) == ['a1_in1k', 'cub_200_2011']  # pretrained=True on the bare name: ImageNet
+    cub = resnet50.cfgs['cub_200_2011']
+    assert cub.hf_hub_id == 'fgvc-zoo/lfd_resnet50.cub_200_2011' and cub.hf_hub_filename == 'model.safetensors'
+    assert cub.num_classes == 200
+    assert 'stanford_cars' not in resnet50.cfgs and 'fgvc_aircraft' not in resnet50.cfgs
+
+
+def test_a_published_tag_that_is_no_fgvc_tag_of_the_head_is_refused():
+    from fgvc_zoo.models import lfd
+    from fgvc_zoo.models._base import generate_head_cfgs
+
+    with pytest.raises(ValueError, match=r"\['lfd_resnet50.cub'\] are not FGVC tags of lfd"):
+        generate_head_cfgs('lfd', lfd._cfg, published=frozenset({'lfd_resnet50.cub'}))
+
+
+def test_fgvc_zoo_list_says_which_weights_each_tag_loads(capsys, monkeypatch):
+    import dataclasses
+
+    from timm.models import _registry
+
+    from fgvc_zoo import cli
+
+    assert cli.run(['list', 'lfd*']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in lines if line.strip() and ':' not in line.split()[0]}
+    assert rows['lfd_resnet50.a1_in1k'] == 'backbone weights timm/resnet50.a1_in1k, head from random init'
+    assert rows['lfd'].startswith('any timm backbone')
+    assert lines[-1] == 'Fine-grained (FGVC) weights published on the Hub: none yet.'
+
+    # once a release registers a tag with its Hub repo, the list shows it as published weights
+    cfg = dataclasses.replace(timm.models.get_pretrained_cfg('lfd_resnet50.a1_in1k'), tag='toy', hf_hub_id='o/r')
+    monkeypatch.setitem(_registry._model_pretrained_cfgs, 'lfd_resnet50.toy', cfg)
+    monkeypatch.setitem(
+        _registry._model_with_tags, 'lfd_resnet50', [*_registry._model_with_tags['lfd_resnet50'], 'lfd_resnet50.toy']
+    )
+    assert cli.run(['list', 'lfd_resnet50*']) == 0
+    assert 'lfd_resnet50.toy      published weights: hf-hub:o/r' in capsys.readouterr().out

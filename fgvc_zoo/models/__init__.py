@@ -1,5 +1,5 @@
 from ._backbone import Backbone, check_backbone_name, create_backbone_model
-from ._base import POPULAR_BACKBONES, Explanation, FgvcModel, FgvcOutput, build_fgvc_model
+from ._base import POPULAR_BACKBONES, PUBLISHED_TAGS, Explanation, FgvcModel, FgvcOutput, build_fgvc_model
 from .dpnet import DpNet
 from .iagn import Iagn
 from .lfd import Lfd
@@ -9,6 +9,7 @@ __all__ = [
     'check_backbone_name',
     'create_backbone_model',
     'POPULAR_BACKBONES',
+    'PUBLISHED_TAGS',
     'Explanation',
     'FgvcModel',
     'FgvcOutput',

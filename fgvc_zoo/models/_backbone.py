@@ -102,7 +102,7 @@ class Backbone(nn.Module):
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
-        """The timm model's pretrained cfg (its Hub id is the `base_model` of an exported card)."""
+        """The timm model's pretrained cfg: the weights `pretrained=True` loads (or would have loaded)."""
         return self.model.pretrained_cfg
 
     def forward(self, x: torch.Tensor, num_stages: int | None = None) -> torch.Tensor | list[torch.Tensor]:

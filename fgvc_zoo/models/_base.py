@@ -21,7 +21,7 @@ from safetensors import safe_open
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from ..hub import hub_cfg, hub_errors, safetensors_only
+from ..hub import hub_cfg, hub_errors, safetensors_only, weights_record
 from ._backbone import Backbone, check_backbone_name
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     'register_variants',
     'POPULAR_BACKBONES',
     'FGVC_DATASETS',
+    'PUBLISHED_TAGS',
+    'fgvc_tags',
 ]
 
 # Backbones that get a named variant per head (`lfd_resnet50`, ...), with the ImageNet tag of timm's Hub weights
@@ -50,8 +52,12 @@ POPULAR_BACKBONES: dict[str, str] = {
 
 # Preprocessing fields of an export's config.json that a local weights file brings with it.
 EXPORTED_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
-# The datasets of the papers' recipes: `<head>_resnet50.<dataset>` tags name fgvc_zoo's Hub repos for them.
+# The datasets of the papers' recipes: a `<head>_resnet50.<dataset>` tag names fgvc_zoo's Hub repo for them.
 FGVC_DATASETS: dict[str, int] = {'cub_200_2011': 200, 'stanford_cars': 196, 'fgvc_aircraft': 100}
+# The FGVC tags (of `fgvc_tags`) whose weights are on the Hub. Only these are registered with timm, so that
+# `timm.list_pretrained` never advertises a repo that does not exist. Releasing one: `fgvc-zoo push` its export to
+# `fgvc-zoo/<tag>`, check `fgvc_zoo.hub.load_model('hf-hub:fgvc-zoo/<tag>')`, then add the tag here.
+PUBLISHED_TAGS: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -160,16 +166,31 @@ def fgvc_cfg(backbone: str | None, classifier: Sequence[str], **kwargs: Any) -> 
     return cfg
 
 
-def generate_head_cfgs(head: str, cfg_fn: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """A head's `default_cfgs`: generic, ImageNet backbone tags (the defaults), then the FGVC Hub tags."""
+def fgvc_tags(head: str) -> dict[str, int]:
+    """Every FGVC tag a head can publish (`lfd_resnet50.cub_200_2011`), with its number of classes."""
+    return {f'{head}_resnet50.{dataset}': n for dataset, n in FGVC_DATASETS.items()}
+
+
+def generate_head_cfgs(
+    head: str,
+    cfg_fn: Callable[..., dict[str, Any]],
+    published: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """A head's `default_cfgs`: generic, ImageNet backbone tags (the defaults), then its published FGVC Hub tags.
+
+    `published` (default `PUBLISHED_TAGS`) decides which FGVC tags exist: a tag whose weights are not on the Hub
+    is not registered, so `timm.list_pretrained` and `pretrained=True` never point at a missing repo.
+    """
+    published = PUBLISHED_TAGS if published is None else published
+    candidates = fgvc_tags(head)
+    unknown = {t for t in published if t.split('_')[0] == head and t not in candidates}
+    if unknown:
+        raise ValueError(f'Published tags {sorted(unknown)} are not FGVC tags of {head}: {sorted(candidates)}.')
     entries = {head: cfg_fn()}
     entries.update({f'{head}_{name}.{tag}': cfg_fn(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()})
     resnet50 = f'resnet50.{POPULAR_BACKBONES["resnet50"]}'
     entries.update(
-        {
-            f'{head}_resnet50.{dataset}': cfg_fn(resnet50, num_classes=n, **hub_cfg(f'{head}_resnet50.{dataset}'))
-            for dataset, n in FGVC_DATASETS.items()
-        }
+        {name: cfg_fn(resnet50, num_classes=n, **hub_cfg(name)) for name, n in candidates.items() if name in published}
     )
     cfgs = generate_default_cfgs(entries)
     # timm makes the first tag with weights of its own the default; `pretrained=True` on a bare variant name must
@@ -282,6 +303,14 @@ def build_fgvc_model(
     # What `config.json` needs to rebuild this model with `timm.create_model(architecture, **model_args)`.
     runtime_only = ('num_classes', 'cache_dir', 'pretrained_model_args')
     model.model_args = dict(backbone=backbone, **{k: v for k, v in kwargs.items() if k not in runtime_only})
+    # Which weights were really loaded (None: random init); the model card's `base_model` comes from this only.
+    if not pretrained:
+        model.pretrained_weights = None
+    elif full_weights:
+        dropped = pretrained_cfg.get('num_classes') not in (None, model.num_classes)
+        model.pretrained_weights = weights_record(pretrained_cfg, 'model except classifiers' if dropped else 'model')
+    else:
+        model.pretrained_weights = weights_record(model.backbone.pretrained_cfg, 'backbone')
     return model
 
 
