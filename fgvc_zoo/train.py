@@ -31,7 +31,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-__all__ = ['add_train_arguments', 'train_main', 'resolve_config', 'parse_model_kwargs', 'state_dict_sha256', 'main']
+from .errors import UsageError
+
+__all__ = [
+    'add_train_arguments',
+    'train_main',
+    'resolve_config',
+    'parse_model_kwargs',
+    'state_dict_sha256',
+    'cpu_threads',
+    'main',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -70,6 +80,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help='start from pretrained weights (the backbone ImageNet weights for a fresh head)',
+    )
+    _add(
+        group,
+        '--backbone-weights',
+        help="the backbone's timm ImageNet weights from a local .safetensors file, or a folder or Hugging Face cache "
+        'holding them (no Hub needed); for a fresh head, with or without --pretrained',
     )
     _add(group, '--num-classes', type=int, help='number of classes; default: the number in the dataset')
     _add(group, '--model-args', help="head options as 'key=value,key=value' (values parsed as YAML)")
@@ -167,6 +183,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help='DDP searches for unused parameters (on by itself for models with several steps per batch)',
     )
+    _add(
+        group,
+        '--threads',
+        type=int,
+        default=0,
+        help='torch CPU threads per training process; 0: the cores over (processes on this machine x --workers), '
+        'so that torch and the data workers do not oversubscribe the cores',
+    )
     _add(group, '--seed', type=int, default=42, help='seed of weights, augmentation and the per-epoch shuffle')
     _add(
         group,
@@ -196,21 +220,21 @@ def _convert(dest: str, value: Any, source: str) -> Any:
     elif value is not None:
         value = _convert_one(dest, value, value_type, source)
     if dest in _CHOICES and value is not None and value not in _CHOICES[dest]:
-        raise ValueError(f'{source}: {dest.replace("_", "-")}={value!r} is not one of {list(_CHOICES[dest])}.')
+        raise UsageError(f'{source}: {dest.replace("_", "-")}={value!r} is not one of {list(_CHOICES[dest])}.')
     return value
 
 
 def _convert_one(dest: str, value: Any, value_type: Any, source: str) -> Any:
     if value_type is bool:
         if not isinstance(value, bool):
-            raise ValueError(f'{source}: {dest.replace("_", "-")} must be true or false, got {value!r}.')
+            raise UsageError(f'{source}: {dest.replace("_", "-")} must be true or false, got {value!r}.')
         return value
     if value_type is str and isinstance(value, dict):
         return value  # model-kwargs may be a mapping in a recipe
     try:
         return value_type(value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f'{source}: {dest.replace("_", "-")}={value!r} is not a valid {value_type.__name__}.') from e
+        raise UsageError(f'{source}: {dest.replace("_", "-")}={value!r} is not a valid {value_type.__name__}.') from e
 
 
 def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
@@ -232,17 +256,17 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
             if dest not in _DEFAULTS or dest == 'recipe':
                 close = difflib.get_close_matches(dest, list(_DEFAULTS), n=3)
                 hint = f' Did you mean {", ".join(c.replace("_", "-") for c in close)}?' if close else ''
-                raise ValueError(f"--recipe {recipe}: unknown option '{key}'.{hint}")
+                raise UsageError(f"--recipe {recipe}: unknown option '{key}'.{hint}")
             config[dest] = _convert(dest, value, f'--recipe {recipe}')
     config.update({k: v for k, v in vars(args).items() if k in _DEFAULTS})
     config = argparse.Namespace(**config)
     if not config.model:
-        raise ValueError('No model: pass --model (e.g. lfd_resnet50, or lfd with --backbone) or set it in --recipe.')
+        raise UsageError('No model: pass --model (e.g. lfd_resnet50, or lfd with --backbone) or set it in --recipe.')
     if config.synthetic == bool(config.data_dir):
-        raise ValueError('Pass exactly one of --data-dir DIR and --synthetic.')
+        raise UsageError('Pass exactly one of --data-dir DIR and --synthetic.')
     for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints'):
         if getattr(config, name) < 1:
-            raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
+            raise UsageError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
     return config
 
 
@@ -267,7 +291,7 @@ def parse_model_kwargs(
             continue
         key, sep, value = item.partition('=')
         if not sep or not key.strip():
-            raise ValueError(f"{flag}: '{item}' is not key=value (e.g. 'num_regions=4,zoom_size=224').")
+            raise UsageError(f"{flag}: '{item}' is not key=value (e.g. 'num_regions=4,zoom_size=224').")
         kwargs[key.strip()] = yaml.safe_load(value)
     return kwargs
 
@@ -328,9 +352,16 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     if ':' not in config.model and not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, timm.list_models(module=['lfd', 'dpnet', 'iagn']), n=5)
         hint = f' Close matches: {", ".join(close)}.' if close else ''
-        raise ValueError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
+        raise UsageError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
     if config.backbone:
         kwargs['backbone'] = config.backbone
+    if 'backbone' not in kwargs and architecture in ('lfd', 'dpnet', 'iagn'):
+        raise UsageError(
+            f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
+            f'test_resnet for a quick try), or a named variant such as --model {architecture}_resnet50.'
+        )
+    if config.backbone_weights:
+        kwargs['backbone_weights'] = config.backbone_weights
     model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
     for name in ('num_train_steps', 'backbone_parameters', 'model_args'):
         if not hasattr(model, name):
@@ -389,7 +420,7 @@ def _train_loader(config: argparse.Namespace, train_set, num_processes: int, pin
     batch = config.batch_size if drop_last or num_processes > 1 else len(train_set)
     if (config.mixup > 0 or config.cutmix > 0) and batch % 2:
         at_most = f' of at most {len(train_set)}' if batch < config.batch_size else ''
-        raise ValueError(
+        raise UsageError(
             f'--mixup/--cutmix mix the images of a batch in pairs, so a batch must be even, but it holds '
             f'{batch} images ({len(train_set)} training images, --batch-size {config.batch_size}): '
             f'pass an even --batch-size{at_most}.'
@@ -666,11 +697,41 @@ def _versions() -> dict[str, str]:
 
 def train_main(args: argparse.Namespace) -> int:
     """Train, checkpoint every epoch, evaluate, and export the final model into `--output`."""
+    config = resolve_config(args)
+    output = Path(config.output)
+    created = not output.exists()
+    held = {'lock': False}  # set once this run holds OUTPUT's lock: never clean up a folder another run owns
+    try:
+        return _run(config, output, held)
+    except BaseException:
+        # A failed start leaves no folder of its own behind (lock file, generated data): only whole checkpoints
+        # make a folder worth keeping.
+        if created and held['lock'] and not _complete_checkpoints(output / CHECKPOINT_DIR):
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def cpu_threads(requested: int = 0, workers: int = 0) -> int:
+    """torch threads for one process: `requested`, or else the cores this process may use over (the processes on
+    this machine x the data workers of each), at least 1.
+
+    torch starts one thread per core in every process; with several processes or data workers beside them, the
+    threads fight over the cores (DP-Net trained 5x faster on a busy 2-core machine with one thread a process).
+    """
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    processes = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    return max(1, cores // (processes * max(1, workers)))
+
+
+def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int:
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    config = resolve_config(args)
-    output = Path(config.output)
+    if config.threads < 0:
+        raise UsageError(f'--threads {config.threads}: pass a number of threads, or 0 for the automatic choice.')
+    torch.set_num_threads(cpu_threads(config.threads, config.workers))
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
     accelerator = Accelerator(
         # Accelerate sees a torchrun/MPI launch on CPU (gloo) only when told it runs on CPU.
@@ -687,6 +748,7 @@ def train_main(args: argparse.Namespace) -> int:
         raise ValueError(f'--log-with {config.log_with}: that tracker is not installed (e.g. pip install tensorboard).')
     set_seed(config.seed, deterministic=config.deterministic)
     lock = _lock_output(output) if accelerator.is_main_process else None
+    held['lock'] = lock is not None
     try:
         return _train(config, accelerator, ddp_kwargs)
     finally:
@@ -706,14 +768,14 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     label_names = list(train_set.classes)
     num_classes = config.num_classes or len(label_names)
     if num_classes < len(label_names):
-        raise ValueError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
+        raise UsageError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
     model = _build_model(config, num_classes)
     _set_transforms(config, model, train_set, val_set)
     if model.num_train_steps > 1:
         # Each of the model's steps trains part of it; DDP must not wait for the gradients of the other parts.
         ddp_kwargs.find_unused_parameters = True
         if config.grad_accum > 1:
-            raise ValueError(
+            raise UsageError(
                 f'--model {config.model} takes {model.num_train_steps} optimiser steps per batch, which cannot be '
                 f"combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head's single-step "
                 f'option in --model-args).'
@@ -841,10 +903,17 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m fgvc_zoo.train` (and `accelerate launch`/`torchrun -m fgvc_zoo.train`): errors as `fgvc-zoo train`."""
+    from .cli import ArgumentParser, report_errors
+
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    parser = argparse.ArgumentParser(prog='python -m fgvc_zoo.train', description=__doc__.split('\n')[1])
-    add_train_arguments(parser)
-    return train_main(parser.parse_args(argv))
+
+    def run(args: list[str]) -> int:
+        parser = ArgumentParser(prog='python -m fgvc_zoo.train', description=__doc__.split('\n')[1])
+        add_train_arguments(parser)
+        return train_main(parser.parse_args(args))
+
+    return report_errors(run, sys.argv[1:] if argv is None else list(argv), 'python -m fgvc_zoo.train')
 
 
 if __name__ == '__main__':
