@@ -237,9 +237,68 @@ def _convert_one(dest: str, value: Any, value_type: Any, source: str) -> Any:
         raise UsageError(f'{source}: {dest.replace("_", "-")}={value!r} is not a valid {value_type.__name__}.') from e
 
 
+# What a resumed run may not change: the model and the data it trains on (the checkpoint holds their weights and
+# the position in their epochs).
+_RUN_IDENTITY = (
+    'model',
+    'backbone',
+    'num_classes',
+    'model_args',
+    'model_kwargs',
+    'data_dir',
+    'synthetic',
+    'dataset_layout',
+    'dataset_args',
+    'train_split',
+    'val_split',
+)
+
+
+def _saved_config(config: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
+    """The resolved config the checkpoint `--resume` names (or OUTPUT's last complete one) was trained with."""
+    if config['resume'] == 'auto':
+        checkpoints = _complete_checkpoints(Path(config['output']) / CHECKPOINT_DIR)
+        if not checkpoints:
+            return None
+        checkpoint = checkpoints[-1]
+    else:
+        checkpoint = Path(config['resume'])
+        if not (checkpoint / CHECKPOINT_STATE).is_file():
+            return None  # `_find_resume` names the problem
+    saved = json.loads((checkpoint / CHECKPOINT_STATE).read_text()).get('config')
+    return (saved, checkpoint) if isinstance(saved, dict) else None
+
+
+def _restore_saved_config(config: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """`--resume`: the checkpoint's config, with only the options given now (flags, recipe) replacing its values."""
+    found = _saved_config(config)
+    if found is None:
+        return config
+    saved, checkpoint = found
+    for dest in _RUN_IDENTITY:
+        if dest in explicit and dest in saved and config[dest] != saved[dest]:
+            flag = '--' + dest.replace('_', '-')
+            raise UsageError(
+                f'--resume continues the run of {checkpoint}, which trained with {flag} {saved[dest]!r}; '
+                f'{flag} {config[dest]!r} would change the model or its data. Drop {flag} to continue that run, '
+                f'or pass a new --output to start another.'
+            )
+    restored = dict(_DEFAULTS)
+    restored.update({k: v for k, v in saved.items() if k in _DEFAULTS})
+    restored.update({k: config[k] for k in explicit})
+    restored['output'], restored['resume'] = config['output'], config['resume']
+    return restored
+
+
 def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
-    """Defaults, then the recipe's values, then the flags given on the command line."""
+    """Defaults, then the recipe's values, then the flags given on the command line.
+
+    With `--resume`, the config saved in the checkpoint replaces the defaults and the recipe's values it was
+    trained with; the flags (and recipe) given now override only what they name, and may not change the model or
+    the data. `--epochs` may extend a finished run.
+    """
     config = dict(_DEFAULTS)
+    explicit: set[str] = set()
     recipe = getattr(args, 'recipe', None)
     if recipe:
         path = Path(recipe)
@@ -258,10 +317,20 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
                 hint = f' Did you mean {", ".join(c.replace("_", "-") for c in close)}?' if close else ''
                 raise UsageError(f"--recipe {recipe}: unknown option '{key}'.{hint}")
             config[dest] = _convert(dest, value, f'--recipe {recipe}')
-    config.update({k: v for k, v in vars(args).items() if k in _DEFAULTS})
+            explicit.add(dest)
+    given = {k: v for k, v in vars(args).items() if k in _DEFAULTS}
+    config.update(given)
+    explicit.update(given)
+    if config['resume']:
+        config = _restore_saved_config(config, explicit - {'recipe'})
     config = argparse.Namespace(**config)
     if not config.model:
-        raise UsageError('No model: pass --model (e.g. lfd_resnet50, or lfd with --backbone) or set it in --recipe.')
+        no_saved = (
+            f' ({config.output} has no checkpoint with a saved config to resume)' if config.resume == 'auto' else ''
+        )
+        raise UsageError(
+            f'No model{no_saved}: pass --model (e.g. lfd_resnet50, or lfd with --backbone) or set it in --recipe.'
+        )
     if config.synthetic == bool(config.data_dir):
         raise UsageError('Pass exactly one of --data-dir DIR and --synthetic.')
     for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints'):
@@ -342,7 +411,9 @@ def _set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val
     val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
 
 
-def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
+def _build_model(config: argparse.Namespace, num_classes: int, load_weights: bool = True) -> nn.Module:
+    """The head of `--model`; `load_weights=False` (a resumed run: the checkpoint has the weights) skips the
+    pretrained and `--backbone-weights` loads, so that a resume needs neither the Hub nor the weights file."""
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
@@ -360,9 +431,10 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
             f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
             f'test_resnet for a quick try), or a named variant such as --model {architecture}_resnet50.'
         )
-    if config.backbone_weights:
+    if config.backbone_weights and load_weights:
         kwargs['backbone_weights'] = config.backbone_weights
-    model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+    pretrained = config.pretrained and (load_weights or _has_full_weights(config.model))
+    model = timm.create_model(config.model, pretrained=pretrained, num_classes=num_classes, **kwargs)
     for name in ('num_train_steps', 'backbone_parameters', 'model_args'):
         if not hasattr(model, name):
             raise TypeError(
@@ -374,6 +446,14 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _has_full_weights(name: str) -> bool:
+    """Whether `pretrained=True` on `name` loads the whole model (an FGVC tag), which can change its config."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name) if ':' not in name else None
+    return cfg is None or any(getattr(cfg, k, None) for k in ('hf_hub_id', 'file', 'url', 'state_dict'))
 
 
 def _build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
@@ -494,7 +574,8 @@ def _save_extra_state(folder: Path, scheduler, ema) -> None:
 def _load_extra_state(folder: Path, scheduler, ema) -> None:
     from safetensors.torch import load_file
 
-    scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
+    if scheduler is not None:
+        scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
     if ema is not None:
         if not (folder / EMA_WEIGHTS).is_file():
             raise FileNotFoundError(
@@ -769,7 +850,7 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     num_classes = config.num_classes or len(label_names)
     if num_classes < len(label_names):
         raise UsageError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
-    model = _build_model(config, num_classes)
+    model = _build_model(config, num_classes, load_weights=resume_from is None)
     _set_transforms(config, model, train_set, val_set)
     if model.num_train_steps > 1:
         # Each of the model's steps trains part of it; DDP must not wait for the gradients of the other parts.
@@ -810,12 +891,19 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        _load_extra_state(resume_from, scheduler, ema)
         trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
+        saved_epochs = trainer_state.get('config', {}).get('epochs', config.epochs)
+        if saved_epochs != config.epochs:
+            # timm's schedulers are functions of the epoch and their length: rebuilt for the new --epochs.
+            accelerator.print(
+                f'--epochs {config.epochs} (was {saved_epochs}): the lr schedule now spans {config.epochs}.'
+            )
+        _load_extra_state(resume_from, scheduler if saved_epochs == config.epochs else None, ema)
         accelerator.print(f'Resumed from {resume_from} (epoch {trainer_state["epoch"]}, step {trainer_state["step"]}).')
     last_good = resume_from
 
     resolved = dict(vars(config))
+    trainer_state['config'] = resolved  # what `--resume` restores
     if config.log_with:
         scalars = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers('fgvc_zoo', config=scalars)
