@@ -29,34 +29,52 @@ _MODELS_ALL = [
 __all__ = ['__version__', *_MODELS_ALL]
 
 
-def _register() -> None:
-    importlib.import_module('fgvc_zoo.models')
+class _Registrar(importlib.abc.MetaPathFinder):
+    """Registers the heads (imports `fgvc_zoo.models`) once timm has been executed and no fgvc_zoo module is
+    half-initialised: `fgvc_zoo.hub` imports timm before it defines what `fgvc_zoo.models` takes from it, so a
+    registration in the middle of its import would fail. Finds nothing itself: it wraps the loaders of timm and of
+    fgvc_zoo's submodules (until the heads are registered) to know when both hold.
+    """
 
-
-class _AfterTimm(importlib.abc.MetaPathFinder):
-    """Finds nothing itself; wraps timm's loader so that the heads register as soon as timm has been executed."""
+    def __init__(self) -> None:
+        self.timm_ready = 'timm' in sys.modules
+        self.depth = 0  # fgvc_zoo submodules being executed
+        self.busy = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != 'timm':
+        if self.busy or not (name == 'timm' or name.startswith('fgvc_zoo.')):
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)  # the finders after this one
-        if spec is None or spec.loader is None:
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(name)  # from the other finders
+        finally:
+            self.busy = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module'):
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_then_register(module) -> None:
-            exec_module(module)
-            _register()
+        def exec_and_track(module) -> None:
+            self.depth += name != 'timm'
+            try:
+                exec_module(module)
+            finally:
+                self.depth -= name != 'timm'
+            self.timm_ready |= name == 'timm'
+            self.register_when_ready()
 
-        spec.loader.exec_module = exec_then_register
+        spec.loader.exec_module = exec_and_track
         return spec
+
+    def register_when_ready(self) -> None:
+        if self.timm_ready and self.depth == 0 and self in sys.meta_path:
+            sys.meta_path.remove(self)
+            importlib.import_module('fgvc_zoo.models')
 
 
 if 'timm' in sys.modules:
-    _register()
-elif not any(isinstance(finder, _AfterTimm) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _AfterTimm())
+    importlib.import_module('fgvc_zoo.models')
+elif not any(type(finder).__name__ == '_Registrar' for finder in sys.meta_path):
+    sys.meta_path.insert(0, _Registrar())
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from .errors import UnknownArgumentError, UsageError
 
-__all__ = ['SUBCOMMANDS', 'ArgumentParser', 'run', 'main', 'report_errors']
+__all__ = ['SUBCOMMANDS', 'HelpFormatter', 'ArgumentParser', 'run', 'main', 'report_errors']
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
@@ -39,11 +39,20 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _DELIBERATE = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError, ImportError)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every help line shows its default, except where there is none to show (None, False, or already said)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or 'default' in (action.help or ''):
+            return action.help or ''
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors that name close matches of a mistyped option, and defaults in the help."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault('formatter_class', HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:

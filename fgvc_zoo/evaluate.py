@@ -25,6 +25,7 @@ __all__ = [
     'confusion_summary',
     'plot_confusion',
     'add_model_arguments',
+    'resolve_device',
     'load_from_args',
     'add_eval_arguments',
     'eval_main',
@@ -168,7 +169,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="input side; default: the model's data config (an export's is the size it was trained at)",
     )
-    parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
+    parser.add_argument(
+        '--device', default='auto', help='torch device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps, ...'
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the first of CUDA, MPS and CPU that this machine has; else the named device, which must exist."""
+    from .errors import UsageError
+
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        mps = getattr(torch.backends, 'mps', None)
+        return torch.device('mps' if mps is not None and mps.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f'--device {name}: not a torch device (auto, cpu, cuda, cuda:1, mps, ...).') from e
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {name}: this machine has no CUDA device; pass --device auto or cpu.')
+    return device
 
 
 def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] | None, dict[str, Any]]:
@@ -180,11 +201,13 @@ def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] 
     from .data import create_transforms, resolve_fgvc_data_config
     from .hub import label_names, load_model
 
+    device = resolve_device(args.device)
+    args.device = str(device)
     if args.checkpoint is not None:
         model = load_model(args.checkpoint)
     else:
         model = timm.create_model(args.model, pretrained=True)
-    model = model.to(args.device).eval()
+    model = model.to(device).eval()
     data_config = resolve_fgvc_data_config(model, args.img_size)
     transform = create_transforms(data_config, is_training=False)
     return model, transform, label_names(model), data_config
@@ -194,11 +217,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument('--data-dir', required=True, help='dataset root (any layout fgvc_zoo.data knows)')
     parser.add_argument('--split', default='val', help="split to evaluate: 'val' (= 'test') or 'train'")
-    parser.add_argument('--layout', default='auto', help='dataset layout (auto detects it)')
+    # The same data flags as `fgvc-zoo train` (--layout: the name of earlier versions).
+    parser.add_argument('--dataset-layout', '--layout', default='auto', help='layout of --data-dir (auto detects it)')
+    parser.add_argument('--dataset-args', help="layout options as 'key=value,...', e.g. 'level=family' for aircraft")
     parser.add_argument(
         '--batch-size', type=int, default=32, help='images per forward pass (results do not depend on it)'
     )
     parser.add_argument('--workers', type=int, default=2, help='data loader worker processes')
+    parser.add_argument(
+        '--threads', type=int, default=0, help='torch CPU threads; 0: the cores over the data workers (as train)'
+    )
     parser.add_argument('--tta', choices=TTA_MODES, help='test-time augmentation (off by default; recorded)')
     parser.add_argument(
         '--out',
@@ -224,10 +252,15 @@ def _check_classes(model_names: list[str] | None, dataset_names: list[str], num_
 
 def eval_main(args: argparse.Namespace) -> int:
     from .data import create_dataset
+    from .train import cpu_threads, parse_model_kwargs
 
+    torch.set_num_threads(cpu_threads(args.threads, args.workers))
+    options = parse_model_kwargs(args.dataset_args, None, flag='--dataset-args')
     model, transform, model_names, data_config = load_from_args(args)
     source = args.checkpoint or args.model
-    dataset = create_dataset(args.data_dir, split=args.split, layout=args.layout, transform=transform)
+    dataset = create_dataset(
+        args.data_dir, split=args.split, layout=args.dataset_layout, transform=transform, **options
+    )
     _check_classes(model_names, dataset.classes, model.num_classes, source)
     results = evaluate(
         model,
