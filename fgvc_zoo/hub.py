@@ -71,7 +71,7 @@ RUNTIME_ARGS = ('cache_dir', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretra
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / 'model_cards' / 'TEMPLATE.md'
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
 
-# Top-1 accuracy (%) the papers report with a ResNet-50 (shared/papers/METHODS.md), by head and dataset.
+# Top-1 accuracy (%) the papers report with a ResNet-50 (docs/methods.md), by head and dataset.
 PAPER_RESULTS: dict[str, dict[str, list[tuple[str, float]]]] = {
     'lfd': {
         'cub_200_2011': [('LFD, ResNet-50', 87.6)],
