@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -23,7 +24,9 @@ __all__ = [
     'TTA_MODES',
     'evaluate',
     'confusion_summary',
+    'confused_subset',
     'plot_confusion',
+    'confusion_figure',
     'add_model_arguments',
     'resolve_device',
     'load_from_args',
@@ -131,28 +134,88 @@ def confusion_summary(confusion: torch.Tensor, names: Sequence[str], num: int = 
     return pairs
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], path: str, title: str = '') -> str:
-    """Row-normalised confusion matrix as a PNG (class names on the axes up to 50 classes)."""
+def confused_subset(confusion: torch.Tensor, most: int) -> list[int]:
+    """The classes of the largest off-diagonal cells, largest first, until `most` classes are in (all if fewer).
+
+    200 classes make a 200 x 200 matrix nobody can read; the classes a model mixes up are the ones worth a name.
+    """
+    confusion = torch.as_tensor(confusion)
+    num_classes = confusion.shape[0]
+    if num_classes <= most:
+        return list(range(num_classes))
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    counts, flat = off.flatten().sort(descending=True, stable=True)
+    chosen: list[int] = []
+    for count, index in zip(counts.tolist(), flat.tolist(), strict=False):
+        if count == 0 or len(chosen) >= most:
+            break
+        for k in divmod(index, num_classes):
+            if k not in chosen and len(chosen) < most:
+                chosen.append(k)
+    # a model that confuses few classes: fill up with the least accurate of the others
+    accuracy = confusion.diagonal().double() / confusion.sum(dim=1).clamp_min(1)
+    for k in accuracy.argsort(stable=True).tolist():
+        if len(chosen) >= most:
+            break
+        if k not in chosen:
+            chosen.append(k)
+    return sorted(chosen)
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]],
+    names: Sequence[str],
+    path: str,
+    title: str = '',
+    most: int = 30,
+) -> str:
+    """Confusion matrix as a PNG (`confusion_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(confusion, names, title, most)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], names: Sequence[str], title: str = '', most: int = 30):
+    """Colour is the share of the true class, each non-zero cell shows its count.
+
+    Beyond `most` classes only the most confused ones are drawn (`confused_subset`), with a last column counting
+    the predictions of the classes left out, so every row still sums to its class's images.
+    """
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    counts = torch.as_tensor(confusion, dtype=torch.float64)
-    rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    num_classes = len(names)
-    side = min(4 + 0.25 * num_classes, 30)
-    fig, ax = plt.subplots(figsize=(side, side))
+    counts = torch.as_tensor(confusion, dtype=torch.long)
+    num_classes = counts.shape[0]
+    shown = confused_subset(counts, most)
+    sub = counts[shown][:, shown]
+    columns = [names[k] for k in shown]
+    if len(shown) < num_classes:
+        sub = torch.cat([sub, (counts[shown].sum(dim=1) - sub.sum(dim=1))[:, None]], dim=1)
+        columns.append('(other classes)')
+        title = f'{title or "confusion matrix"}: the {len(shown)} most confused of {num_classes} classes'
+    rates = sub.double() / counts[shown].sum(dim=1, keepdim=True).clamp_min(1)
+    longest = max(len(str(n)) for n in columns)
+    cell = 0.32 if len(shown) > 12 else 0.5
+    label_in = 0.07 * longest  # room for the class names, in inches at font size 7
+    fig, ax = plt.subplots(figsize=(len(columns) * cell + label_in + 2.2, len(shown) * cell + label_in + 1.2))
     image = ax.imshow(rates.numpy(), cmap='Blues', vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='share of the true class')
-    if num_classes <= 50:
-        ax.set_xticks(range(num_classes), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(num_classes), names, fontsize=7)
+    size = 7 if len(shown) > 12 else 9
+    for (i, j), count in np.ndenumerate(sub.numpy()):
+        if count:
+            colour = 'white' if rates[i, j] > 0.5 else 'black'
+            ax.text(j, i, str(count), ha='center', va='center', fontsize=size - 1, color=colour)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=size)
+    ax.set_yticks(range(len(shown)), [names[k] for k in shown], fontsize=size)
     ax.set(xlabel='predicted class', ylabel='true class', title=title or 'confusion matrix')
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -722,29 +722,54 @@ def _write_metrics(output: Path, history: list[dict[str, Any]]) -> None:
         writer.writerows(history)
 
 
+def _curve_panels(history: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    """(title, y label, metric keys) of each panel of curves.png: every loss on its own axes.
+
+    A head's training loss is a sum of terms (LFD: image + region + hybrid) and the validation loss is one
+    cross-entropy: on one axis they would look like a huge generalisation gap.
+    """
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    terms = [k for k in keys if k.startswith('train_loss_')]
+    panels = [('training loss' + (' (sum of the terms)' if terms else ''), 'loss', ['train_loss'])]
+    panels += [(f'training loss term: {k[len("train_loss_") :]}', 'loss', [k]) for k in terms]
+    panels += [('validation cross-entropy', 'cross-entropy', [k for k in ('val_loss', 'ema_loss') if k in keys])]
+    panels += [('accuracy', 'accuracy (%)', [k for k in ('val_top1', 'val_top5', 'ema_top1', 'ema_top5') if k in keys])]
+    panels += [('learning rate (head)', 'learning rate', ['lr'])]
+    return [(title, label, [k for k in panel_keys if k in keys]) for title, label, panel_keys in panels]
+
+
 def _plot_curves(output: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = _curves_figure(history)
+    fig.savefig(output / 'curves.png', dpi=100)
+    plt.close(fig)
+
+
+def _curves_figure(history: list[dict[str, Any]]):
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ('train_loss', 'val_loss'):
-        points = [(row['epoch'], row[key]) for row in history if key in row]
-        if points:
-            ax_loss.plot(*zip(*points, strict=False), marker='o', label=key)
-    for key in ('val_top1', 'val_top5', 'ema_top1'):
-        points = [(row['epoch'], row[key]) for row in history if key in row]
-        if points:
-            ax_acc.plot(*zip(*points, strict=False), marker='o', label=key)
-    ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
-    ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy')
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
+    panels = [panel for panel in _curve_panels(history) if panel[2]]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (title, label, keys) in zip(axes.flat, panels, strict=False):
+        for key in keys:
+            points = [(row['epoch'], row[key]) for row in history if key in row]
+            ax.plot(*zip(*points, strict=True), marker='o', ms=3, label=key)
+        ax.set(xlabel='epoch', ylabel=label, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(output / 'curves.png', dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _export(
