@@ -77,12 +77,16 @@ elif not any(type(finder).__name__ == '_Registrar' for finder in sys.meta_path):
     sys.meta_path.insert(0, _Registrar())
 
 
+_SUBMODULES = ('bench', 'cli', 'data', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'predict', 'train')
+
+
 def __getattr__(name: str):
-    if name == 'models' or name in _MODELS_ALL:
-        models = importlib.import_module('fgvc_zoo.models')
-        return models if name == 'models' else getattr(models, name)
+    if name in _SUBMODULES:  # `fgvc_zoo.hub.load_model(...)` after a bare `import fgvc_zoo`
+        return importlib.import_module(f'fgvc_zoo.{name}')
+    if name in _MODELS_ALL:
+        return getattr(importlib.import_module('fgvc_zoo.models'), name)
     raise AttributeError(f"module 'fgvc_zoo' has no attribute '{name}'")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), 'models', *_MODELS_ALL])
+    return sorted([*globals(), *_SUBMODULES, *_MODELS_ALL])
