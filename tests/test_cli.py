@@ -109,3 +109,17 @@ def test_importing_fgvc_zoo_before_timm_still_registers_the_heads(first):
     # moment timm is imported would be a circular import there.
     script = f'{first}; import timm; assert timm.is_model("lfd") and timm.is_model("iagn_resnet50"), "not registered"'
     subprocess.run([sys.executable, '-c', script], check=True, timeout=120)
+
+
+def test_torch_threads_share_the_cores_between_processes_and_data_workers(monkeypatch):
+    from fgvc_zoo.train import cpu_threads
+
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    assert cpu_threads(0, workers=4) == 4  # 16 cores / (1 process x 4 workers)
+    assert cpu_threads(0, workers=0) == 16
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')  # torchrun --nproc_per_node 2
+    assert cpu_threads(0, workers=4) == 2
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+    assert cpu_threads(0, workers=2) == 1  # never 0
+    assert cpu_threads(3, workers=2) == 3  # --threads wins
