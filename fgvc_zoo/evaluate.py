@@ -317,7 +317,8 @@ def eval_main(args: argparse.Namespace) -> int:
     from .data import create_dataset
     from .train import cpu_threads, parse_model_kwargs
 
-    torch.set_num_threads(cpu_threads(args.threads, args.workers))
+    if args.threads or 'OMP_NUM_THREADS' not in os.environ:
+        torch.set_num_threads(cpu_threads(args.threads, args.workers))
     options = parse_model_kwargs(args.dataset_args, None, flag='--dataset-args')
     model, transform, model_names, data_config = load_from_args(args)
     source = args.checkpoint or args.model

@@ -188,8 +188,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         '--threads',
         type=int,
         default=0,
-        help='torch CPU threads per training process; 0: the cores over (processes on this machine x --workers), '
-        'so that torch and the data workers do not oversubscribe the cores',
+        help='torch CPU threads per training process; 0: OMP_NUM_THREADS if set, else the cores over (processes on '
+        'this machine x --workers), so that torch and the data workers do not oversubscribe the cores',
     )
     _add(group, '--seed', type=int, default=42, help='seed of weights, augmentation and the per-epoch shuffle')
     _add(
@@ -837,7 +837,8 @@ def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int
 
     if config.threads < 0:
         raise UsageError(f'--threads {config.threads}: pass a number of threads, or 0 for the automatic choice.')
-    torch.set_num_threads(cpu_threads(config.threads, config.workers))
+    if config.threads or 'OMP_NUM_THREADS' not in os.environ:  # an explicit OMP_NUM_THREADS (torchrun sets 1) wins
+        torch.set_num_threads(cpu_threads(config.threads, config.workers))
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
     accelerator = Accelerator(
         # Accelerate sees a torchrun/MPI launch on CPU (gloo) only when told it runs on CPU.
