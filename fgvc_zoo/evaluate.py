@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -23,8 +24,11 @@ __all__ = [
     'TTA_MODES',
     'evaluate',
     'confusion_summary',
+    'confused_subset',
     'plot_confusion',
+    'confusion_figure',
     'add_model_arguments',
+    'resolve_device',
     'load_from_args',
     'add_eval_arguments',
     'eval_main',
@@ -130,28 +134,88 @@ def confusion_summary(confusion: torch.Tensor, names: Sequence[str], num: int = 
     return pairs
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], path: str, title: str = '') -> str:
-    """Row-normalised confusion matrix as a PNG (class names on the axes up to 50 classes)."""
+def confused_subset(confusion: torch.Tensor, most: int) -> list[int]:
+    """The classes of the largest off-diagonal cells, largest first, until `most` classes are in (all if fewer).
+
+    200 classes make a 200 x 200 matrix nobody can read; the classes a model mixes up are the ones worth a name.
+    """
+    confusion = torch.as_tensor(confusion)
+    num_classes = confusion.shape[0]
+    if num_classes <= most:
+        return list(range(num_classes))
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    counts, flat = off.flatten().sort(descending=True, stable=True)
+    chosen: list[int] = []
+    for count, index in zip(counts.tolist(), flat.tolist(), strict=False):
+        if count == 0 or len(chosen) >= most:
+            break
+        for k in divmod(index, num_classes):
+            if k not in chosen and len(chosen) < most:
+                chosen.append(k)
+    # a model that confuses few classes: fill up with the least accurate of the others
+    accuracy = confusion.diagonal().double() / confusion.sum(dim=1).clamp_min(1)
+    for k in accuracy.argsort(stable=True).tolist():
+        if len(chosen) >= most:
+            break
+        if k not in chosen:
+            chosen.append(k)
+    return sorted(chosen)
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]],
+    names: Sequence[str],
+    path: str,
+    title: str = '',
+    most: int = 30,
+) -> str:
+    """Confusion matrix as a PNG (`confusion_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(confusion, names, title, most)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], names: Sequence[str], title: str = '', most: int = 30):
+    """Colour is the share of the true class, each non-zero cell shows its count.
+
+    Beyond `most` classes only the most confused ones are drawn (`confused_subset`), with a last column counting
+    the predictions of the classes left out, so every row still sums to its class's images.
+    """
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    counts = torch.as_tensor(confusion, dtype=torch.float64)
-    rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    num_classes = len(names)
-    side = min(4 + 0.25 * num_classes, 30)
-    fig, ax = plt.subplots(figsize=(side, side))
+    counts = torch.as_tensor(confusion, dtype=torch.long)
+    num_classes = counts.shape[0]
+    shown = confused_subset(counts, most)
+    sub = counts[shown][:, shown]
+    columns = [names[k] for k in shown]
+    if len(shown) < num_classes:
+        sub = torch.cat([sub, (counts[shown].sum(dim=1) - sub.sum(dim=1))[:, None]], dim=1)
+        columns.append('(other classes)')
+        title = f'{title or "confusion matrix"}: the {len(shown)} most confused of {num_classes} classes'
+    rates = sub.double() / counts[shown].sum(dim=1, keepdim=True).clamp_min(1)
+    longest = max(len(str(n)) for n in columns)
+    cell = 0.32 if len(shown) > 12 else 0.5
+    label_in = 0.07 * longest  # room for the class names, in inches at font size 7
+    fig, ax = plt.subplots(figsize=(len(columns) * cell + label_in + 2.2, len(shown) * cell + label_in + 1.2))
     image = ax.imshow(rates.numpy(), cmap='Blues', vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='share of the true class')
-    if num_classes <= 50:
-        ax.set_xticks(range(num_classes), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(num_classes), names, fontsize=7)
+    size = 7 if len(shown) > 12 else 9
+    for (i, j), count in np.ndenumerate(sub.numpy()):
+        if count:
+            colour = 'white' if rates[i, j] > 0.5 else 'black'
+            ax.text(j, i, str(count), ha='center', va='center', fontsize=size - 1, color=colour)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=size)
+    ax.set_yticks(range(len(shown)), [names[k] for k in shown], fontsize=size)
     ax.set(xlabel='predicted class', ylabel='true class', title=title or 'confusion matrix')
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +232,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="input side; default: the model's data config (an export's is the size it was trained at)",
     )
-    parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
+    parser.add_argument(
+        '--device', default='auto', help='torch device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps, ...'
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the first of CUDA, MPS and CPU that this machine has; else the named device, which must exist."""
+    from .errors import UsageError
+
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        mps = getattr(torch.backends, 'mps', None)
+        return torch.device('mps' if mps is not None and mps.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f'--device {name}: not a torch device (auto, cpu, cuda, cuda:1, mps, ...).') from e
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {name}: this machine has no CUDA device; pass --device auto or cpu.')
+    return device
 
 
 def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] | None, dict[str, Any]]:
@@ -180,11 +264,13 @@ def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] 
     from .data import create_transforms, resolve_fgvc_data_config
     from .hub import label_names, load_model
 
+    device = resolve_device(args.device)
+    args.device = str(device)
     if args.checkpoint is not None:
         model = load_model(args.checkpoint)
     else:
         model = timm.create_model(args.model, pretrained=True)
-    model = model.to(args.device).eval()
+    model = model.to(device).eval()
     data_config = resolve_fgvc_data_config(model, args.img_size)
     transform = create_transforms(data_config, is_training=False)
     return model, transform, label_names(model), data_config
@@ -194,11 +280,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument('--data-dir', required=True, help='dataset root (any layout fgvc_zoo.data knows)')
     parser.add_argument('--split', default='val', help="split to evaluate: 'val' (= 'test') or 'train'")
-    parser.add_argument('--layout', default='auto', help='dataset layout (auto detects it)')
+    # The same data flags as `fgvc-zoo train` (--layout: the name of earlier versions).
+    parser.add_argument('--dataset-layout', '--layout', default='auto', help='layout of --data-dir (auto detects it)')
+    parser.add_argument('--dataset-args', help="layout options as 'key=value,...', e.g. 'level=family' for aircraft")
     parser.add_argument(
         '--batch-size', type=int, default=32, help='images per forward pass (results do not depend on it)'
     )
     parser.add_argument('--workers', type=int, default=2, help='data loader worker processes')
+    parser.add_argument(
+        '--threads', type=int, default=0, help='torch CPU threads; 0: the cores over the data workers (as train)'
+    )
     parser.add_argument('--tta', choices=TTA_MODES, help='test-time augmentation (off by default; recorded)')
     parser.add_argument(
         '--out',
@@ -224,10 +315,16 @@ def _check_classes(model_names: list[str] | None, dataset_names: list[str], num_
 
 def eval_main(args: argparse.Namespace) -> int:
     from .data import create_dataset
+    from .train import cpu_threads, parse_model_kwargs
 
+    if args.threads or 'OMP_NUM_THREADS' not in os.environ:
+        torch.set_num_threads(cpu_threads(args.threads, args.workers))
+    options = parse_model_kwargs(args.dataset_args, None, flag='--dataset-args')
     model, transform, model_names, data_config = load_from_args(args)
     source = args.checkpoint or args.model
-    dataset = create_dataset(args.data_dir, split=args.split, layout=args.layout, transform=transform)
+    dataset = create_dataset(
+        args.data_dir, split=args.split, layout=args.dataset_layout, transform=transform, **options
+    )
     _check_classes(model_names, dataset.classes, model.num_classes, source)
     results = evaluate(
         model,

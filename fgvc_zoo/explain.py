@@ -6,12 +6,21 @@ original, so boxes land on what the model looked at and maps cover exactly the r
 saw, whatever the resize or crop. `explain_images` returns that geometry without any drawing (tests check it);
 `draw_explanation` renders one PNG whose image panels are the original at a fixed scale.
 
+By default the model explains the whole original (`view='full'`: the eval transform without its centre crop, the
+shorter side at the crop's size), so that every pixel of the picture has a map value; `view='crop'` explains exactly
+what `eval`/`predict` see and dims the border the crop cuts away. Titles, box labels and the caption sit in strips
+outside the image (a label inside a picture can always collide with a box or another label): each box carries a
+small number, placed where it overlaps nothing, and the strip under the panel lists number, colour and text.
+Maps use a perceptual colour map (inferno) whose opacity grows with the value, so low values show the photo.
+
 What is drawn per head: LFD the attention map and its top-l regions with scores; DP-Net the maps and best boxes of
 the parts that weigh most in the predicted class (V[pred, p] x part score) and a bar chart of V[pred], the
 class-level part participation; IAGN the stage maps, the fused attention and the attended box.
 """
 
 import argparse
+import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +38,10 @@ __all__ = [
     'view_geometry',
     'Panel',
     'ImageExplanation',
+    'VIEWS',
+    'full_view_transform',
     'explain_images',
+    'explanation_figure',
     'draw_explanation',
     'dpnet_top_parts',
     'add_explain_arguments',
@@ -50,6 +62,13 @@ _PIXEL_WISE = (
 PANEL_MIN, PANEL_MAX = 256, 1024  # longest side of an image panel in the PNG, in pixels
 DPI = 100
 BOX_COLOURS = ('#ffdd00', '#00e5ff', '#ff4fd8', '#7cff4f', '#ff8c1a', '#b38cff')
+HEATMAP_CMAP = 'inferno'  # perceptually uniform, readable in greyscale
+VIEWS = ('full', 'crop')
+# Text metrics at DPI 100 (DejaVu Sans): line heights in PNG pixels and an upper bound of a character's width.
+TITLE_PT, LABEL_PT, CAPTION_PT = 9, 8, 10
+_LINE = {TITLE_PT: 15, LABEL_PT: 14, CAPTION_PT: 17}
+_CHAR = {TITLE_PT: 7.6, LABEL_PT: 6.8, CAPTION_PT: 8.4}
+_PAD = 6
 
 
 @dataclass
@@ -126,6 +145,7 @@ class Panel:
     heatmap: np.ndarray | None = None
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     box_labels: list[str] = field(default_factory=list)
+    first_box: int = 0  # number (and colour) of the first box, so that a box keeps them across panels
 
 
 @dataclass
@@ -155,10 +175,31 @@ class ImageExplanation:
         return tuple(round(side * self.panel_scale) for side in self.image.size)
 
     @property
-    def png_size(self) -> tuple[int, int]:
-        """(width, height) of the PNG: image panels side by side, plus the participation chart for DP-Net."""
+    def num_columns(self) -> int:
+        return len(self.panels) + (self.participation is not None)
+
+    @property
+    def layout(self) -> dict[str, int]:
+        """Pixel heights of the PNG's rows: caption, titles (wrapped to the panel width), image, box legends."""
         width, height = self.panel_size
-        return width * (len(self.panels) + (self.participation is not None)), height
+        titles = [panel.title for panel in self.panels]
+        if self.participation is not None:
+            titles.append(_participation_title(self))
+        title_lines = max(len(_wrap(t, width, TITLE_PT)) for t in titles)
+        legend_rows = max((_legend_rows(panel, width) for panel in self.panels), default=0)
+        has_map = any(panel.heatmap is not None for panel in self.panels)
+        return dict(
+            caption=_LINE[CAPTION_PT] + 2 * _PAD,
+            title=title_lines * _LINE[TITLE_PT] + _PAD,
+            image=height,
+            legend=legend_rows * _LINE[LABEL_PT] + (_LINE[LABEL_PT] + 4 if has_map else 0) + _PAD,
+        )
+
+    @property
+    def png_size(self) -> tuple[int, int]:
+        """(width, height) of the PNG: the columns side by side (image panels, DP-Net's participation chart), each
+        an image panel of `panel_size` with its title above and its box legend below, under one caption row."""
+        return self.panel_size[0] * self.num_columns, sum(self.layout.values())
 
 
 def _lfd_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> list[Panel]:
@@ -190,6 +231,7 @@ def _dpnet_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str, 
                 exp.heatmaps['parts'][i, p].cpu().numpy(),
                 boxes[rank : rank + 1],
                 box_labels[rank : rank + 1],
+                first_box=rank,
             )
         )
     return panels
@@ -216,6 +258,26 @@ def _head_name(model: nn.Module) -> str:
     )
 
 
+def full_view_transform(transform: Callable) -> Callable:
+    """The eval transform without its centre crop: the shorter side is resized to the crop's size instead (for a
+    squash resize, the whole image to the crop's size), so that the model sees, and explains, the whole image."""
+    steps = list(transform.transforms) if isinstance(transform, T.Compose) else [transform]
+    crops = [step for step in steps if isinstance(step, T.CenterCrop)]
+    if not crops:
+        return transform
+    crop_h, crop_w = crops[-1].size
+    full = []
+    for step in steps:
+        if isinstance(step, T.CenterCrop):
+            continue
+        if isinstance(step, T.Resize):
+            squash = isinstance(step.size, (list, tuple)) and len(step.size) == 2
+            size = (crop_h, crop_w) if squash else min(crop_h, crop_w)
+            step = T.Resize(size, interpolation=step.interpolation, antialias=step.antialias)
+        full.append(step)
+    return T.Compose(full)
+
+
 @torch.no_grad()
 def explain_images(
     model: nn.Module,
@@ -223,11 +285,19 @@ def explain_images(
     transform: Callable,
     label_names: Sequence[str] | None = None,
     num_parts: int = 3,
+    view: str = 'full',
 ) -> list[ImageExplanation]:
-    """Run `model.explain` on RGB `images` through the eval `transform`; maps and boxes mapped to original pixels.
+    """Run `model.explain` on RGB `images`; maps and boxes mapped to original pixels.
 
+    `view='full'`: through `full_view_transform(transform)`, the whole image (one image at a time: sizes differ);
+    `view='crop'`: through the eval `transform` itself, what `eval` and `predict` see.
     `num_parts`: how many of DP-Net's parts to draw (those with the largest V[pred, p] x part score).
     """
+    if view not in VIEWS:
+        raise ValueError(f"view='{view}' is not one of {VIEWS}.")
+    if view == 'full':
+        full = full_view_transform(transform)
+        return [e for image in images for e in explain_images(model, [image], full, label_names, num_parts, 'crop')]
     head = _head_name(model)
     model.eval()
     device = next(model.parameters()).device
@@ -265,42 +335,120 @@ def _normalised(heatmap: np.ndarray) -> np.ndarray:
     return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
 
 
-def _draw_panel(ax, explained: ImageExplanation, panel: Panel) -> None:
-    width, height = explained.image.size
-    ax.imshow(np.asarray(explained.image), extent=(0, width, height, 0), interpolation='bilinear')
-    if panel.heatmap is not None:
-        x1, y1, x2, y2 = explained.map_extent
-        ax.imshow(
-            _normalised(panel.heatmap),
-            extent=(x1, x2, y2, y1),
-            cmap='jet',
-            alpha=0.5,
-            vmin=0,
-            vmax=1,
-            interpolation='bilinear',
+def _wrap(text: str, width_px: float, size: int) -> list[str]:
+    return textwrap.wrap(text, max(8, int((width_px - 2 * _PAD) / _CHAR[size]))) or ['']
+
+
+def _legend_columns(panel: Panel, width_px: float) -> int:
+    longest = max((len(text) for text in panel.box_labels), default=0)
+    entry = (longest + 4) * _CHAR[LABEL_PT] + 24  # swatch, number, text, gap
+    return max(1, min(len(panel.box_labels), int((width_px - 2 * _PAD) // entry)))
+
+
+def _legend_rows(panel: Panel, width_px: float) -> int:
+    return math.ceil(len(panel.box_labels) / _legend_columns(panel, width_px)) if panel.box_labels else 0
+
+
+def _participation_title(explained: ImageExplanation) -> str:
+    return f'part participation in {explained.label}, V[pred] (red: the parts drawn)'
+
+
+def _text(fig, x: float, y: float, text: str, size: int, **kwargs):
+    """Text whose top-left corner is at (x, y) in PNG pixels from the top-left corner."""
+    return fig.text(x / fig.bbox.width, 1 - y / fig.bbox.height, text, fontsize=size, va='top', ha='left', **kwargs)
+
+
+def _titles(fig, title: str, left: float, top: float, width: float) -> None:
+    for line, text in enumerate(_wrap(title, width, TITLE_PT)):
+        _text(fig, left + _PAD, top + _PAD / 2 + line * _LINE[TITLE_PT], text, TITLE_PT)
+
+
+def _pixel_axes(fig, x: float, y: float, w: float, h: float):
+    """Axes at (x, y, w, h) in PNG pixels from the top-left corner."""
+    width, height = fig.get_size_inches() * DPI
+    return fig.add_axes((x / width, 1 - (y + h) / height, w / width, h / height))
+
+
+def _place_tag(ax, renderer, box: np.ndarray, text: str, colour: str, placed: list, bounds) -> None:
+    """Draw `text` at the first corner of `box` (inside first, then outside) where it overlaps no earlier tag and
+    stays inside the panel; where none is free it is left out (the box keeps its colour, the legend its text)."""
+    x1, y1, x2, y2 = box
+    candidates = [
+        (x1, y1, 'left', 'top'), (x2, y1, 'right', 'top'), (x1, y2, 'left', 'bottom'), (x2, y2, 'right', 'bottom'),
+        (x1, y1, 'left', 'bottom'), (x1, y2, 'left', 'top'), (x2, y1, 'right', 'bottom'), (x2, y2, 'right', 'top'),
+    ]  # fmt: skip
+    for x, y, ha, va in candidates:
+        style = dict(
+            fontsize=LABEL_PT, color='black', fontweight='bold', bbox=dict(fc=colour, alpha=0.9, pad=1.5, lw=0)
         )
+        tag = ax.text(x, y, text, ha=ha, va=va, **style)
+        extent = tag.get_window_extent(renderer).expanded(1.0, 1.0)
+        inside = bounds.x0 <= extent.x0 and extent.x1 <= bounds.x1 and bounds.y0 <= extent.y0 and extent.y1 <= bounds.y1
+        if inside and not any(extent.overlaps(other) for other in placed):
+            placed.append(extent)
+            return
+        tag.remove()
+
+
+def _draw_image_panel(fig, renderer, explained: ImageExplanation, panel: Panel, left: float) -> None:
+    import matplotlib
     import matplotlib.patches as patches
 
-    for k, (box, text) in enumerate(zip(panel.boxes, panel.box_labels, strict=False)):
-        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
-        ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, lw=2, ec=colour))
-        ax.text(
-            box[0] + 2,
-            box[1] + 2,
-            text,
-            color='black',
-            fontsize=7,
-            va='top',
-            bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0),
-        )
-    ax.text(4, 4, panel.title, color='white', fontsize=8, va='top', bbox=dict(facecolor='black', alpha=0.6, pad=2))
+    rows = explained.layout
+    width, height = explained.image.size
+    panel_w, panel_h = explained.panel_size
+    top = rows['caption'] + rows['title']
+    ax = _pixel_axes(fig, left, top, panel_w, panel_h)
+    ax.imshow(np.asarray(explained.image), extent=(0, width, height, 0), interpolation='bilinear')
+    x1, y1, x2, y2 = explained.map_extent
+    if panel.heatmap is not None:
+        heat = _normalised(panel.heatmap)
+        rgba = matplotlib.colormaps[HEATMAP_CMAP](heat)
+        rgba[..., 3] = 0.25 + 0.5 * heat  # the photo shows through where the map is low
+        ax.imshow(rgba, extent=(x1, x2, y2, y1), interpolation='bilinear')
+    if (x1, y1, x2, y2) != (0, 0, width, height):  # the crop view: dim what the model did not see, outline the rest
+        ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, ec='white', ls='--'))
+        for rect in (
+            (0, 0, width, y1),
+            (0, y2, width, height - y2),
+            (0, y1, x1, y2 - y1),
+            (x2, y1, width - x2, y2 - y1),
+        ):
+            ax.add_patch(patches.Rectangle(rect[:2], rect[2], rect[3], fc='black', alpha=0.55, lw=0))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_axis_off()
+    placed: list = []
+    bounds = ax.get_window_extent(renderer)
+    for k, box in enumerate(panel.boxes, panel.first_box):
+        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
+        ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, lw=2, ec=colour))
+        _place_tag(ax, renderer, box, str(k + 1), colour, placed, bounds)
+    # title above, legend below: outside the picture, so nothing in it is ever covered
+    _titles(fig, panel.title, left, rows['caption'], panel_w)
+    columns = _legend_columns(panel, panel_w)
+    column_w = (panel_w - 2 * _PAD) / columns
+    legend_top = top + panel_h + _PAD / 2
+    for index, text in enumerate(panel.box_labels):
+        row, column = divmod(index, columns)
+        k = index + panel.first_box
+        x = left + _PAD + column * column_w
+        y = legend_top + row * _LINE[LABEL_PT]
+        swatch = dict(facecolor=BOX_COLOURS[k % len(BOX_COLOURS)], pad=1, lw=0)
+        _text(fig, x, y, f' {k + 1} ', LABEL_PT, fontweight='bold', bbox=swatch)
+        _text(fig, x + 22, y, text, LABEL_PT)
+    if panel.heatmap is not None:
+        y = legend_top + _legend_rows(panel, panel_w) * _LINE[LABEL_PT] + 2
+        bar_w = min(120, panel_w - 2 * _PAD - 200)
+        bar = _pixel_axes(fig, left + _PAD + 30, y + 2, bar_w, 9)
+        bar.imshow(np.linspace(0, 1, 256)[None], aspect='auto', cmap=HEATMAP_CMAP)
+        bar.set_axis_off()
+        _text(fig, left + _PAD, y, 'low', LABEL_PT)
+        _text(fig, left + _PAD + 34 + bar_w, y, 'high (map min-max)', LABEL_PT)
 
 
-def draw_explanation(explained: ImageExplanation, path: str) -> str:
-    """One PNG of `explained.png_size` pixels: each image panel is the whole original at `panel_scale`."""
+def explanation_figure(explained: ImageExplanation):
+    """The matplotlib figure of `draw_explanation`, `explained.png_size` pixels at DPI (tests inspect its texts)."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -309,38 +457,46 @@ def draw_explanation(explained: ImageExplanation, path: str) -> str:
     png_width, png_height = explained.png_size
     panel_width = explained.panel_size[0]
     fig = plt.figure(figsize=(png_width / DPI, png_height / DPI), dpi=DPI)
+    renderer = fig.canvas.get_renderer()
     for k, panel in enumerate(explained.panels):
-        ax = fig.add_axes((k * panel_width / png_width, 0, panel_width / png_width, 1))
-        _draw_panel(ax, explained, panel)
+        _draw_image_panel(fig, renderer, explained, panel, k * panel_width)
     if explained.participation is not None:
-        _draw_participation(fig, explained, len(explained.panels) * panel_width / png_width, panel_width / png_width)
-    fig.text(
-        0.5 * panel_width / png_width,
-        0.02,
-        f'{explained.head}: {explained.label} ({explained.probability:.1%})',
-        ha='center',
-        va='bottom',
-        fontsize=9,
-        color='white',
-        bbox=dict(facecolor='black', alpha=0.7, pad=2),
-    )
+        _draw_participation(fig, explained, len(explained.panels) * panel_width)
+    view = 'whole image' if explained.map_extent == (0, 0, *explained.image.size) else 'eval centre crop (dimmed: cut)'
+    caption = f'{explained.head}: {explained.label} ({explained.probability:.1%})  |  view: {view}'
+    _text(fig, _PAD, _PAD, _wrap(caption, png_width, CAPTION_PT)[0], CAPTION_PT, fontweight='bold')
+    return fig
+
+
+def draw_explanation(explained: ImageExplanation, path: str) -> str:
+    """One PNG of `explained.png_size` pixels: each image panel is the whole original at `panel_scale`."""
+    import matplotlib.pyplot as plt
+
+    fig = explanation_figure(explained)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
-def _draw_participation(fig, explained: ImageExplanation, left: float, width: float, most: int = 20) -> None:
+def _draw_participation(fig, explained: ImageExplanation, left: float, most: int = 20) -> None:
     """Bar chart of V[pred, p] (the class-level part participation) for the `most` parts with the largest |V|."""
+    from matplotlib.ticker import MaxNLocator
+
     names, values, top = explained.participation
+    rows = explained.layout
+    panel_w, panel_h = explained.panel_size
+    _titles(fig, _participation_title(explained), left, rows['caption'], panel_w)
     shown = np.argsort(-np.abs(values), kind='stable')[:most]
-    ax = fig.add_axes((left + 0.3 * width, 0.1, 0.65 * width, 0.8))
+    longest = max(len(names[p]) for p in shown)
+    margin = longest * _CHAR[LABEL_PT] + 12  # the y tick labels
+    ax = _pixel_axes(fig, left + margin, rows['caption'] + rows['title'] + 4, panel_w - margin - 32, panel_h - 28)
     colours = ['tab:red' if p in top else 'tab:gray' for p in shown]
     ax.barh(range(len(shown)), values[shown], color=colours)
-    ax.set_yticks(range(len(shown)), [names[p] for p in shown], fontsize=7)
+    ax.set_yticks(range(len(shown)), [names[p] for p in shown], fontsize=LABEL_PT if len(shown) <= 12 else 6)
     ax.invert_yaxis()
     ax.axvline(0, color='black', lw=0.5)
-    ax.set_title(f'part participation in {explained.label}\n(red: drawn parts)', fontsize=8)
-    ax.tick_params(axis='x', labelsize=7)
+    ax.tick_params(axis='x', labelsize=LABEL_PT)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -355,6 +511,13 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         'explain.png when names repeat); for one image also a .png path',
     )
     parser.add_argument('--parts', type=int, default=3, help='DP-Net: parts drawn (largest V[pred] x part score)')
+    parser.add_argument(
+        '--view',
+        choices=VIEWS,
+        default='full',
+        help='full: explain the whole image (maps cover every pixel); crop: exactly what eval/predict see, the cut '
+        'border dimmed',
+    )
 
 
 def _output_paths(images: Sequence[str], out: str) -> list[Path]:
@@ -379,7 +542,9 @@ def explain_main(args: argparse.Namespace) -> int:
     model, transform, names, _ = load_from_args(args)
     outputs = _output_paths(args.images, args.out)
     for image_path, out in zip(args.images, outputs, strict=False):
-        (explained,) = explain_images(model, [load_image(image_path)], transform, names, num_parts=args.parts)
+        (explained,) = explain_images(
+            model, [load_image(image_path)], transform, names, num_parts=args.parts, view=args.view
+        )
         draw_explanation(explained, str(out))
         print(f'{image_path}: {explained.label} ({explained.probability:.1%}) -> {out}')
     return 0

@@ -86,7 +86,7 @@ TEMPLATE_RESOURCE = ('templates', 'model_card.md')
 NOT_RECORDED = object()
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
 
-# Top-1 accuracy (%) the papers report with a ResNet-50 (shared/papers/METHODS.md), by head and dataset.
+# Top-1 accuracy (%) the papers report with a ResNet-50 (docs/methods.md), by head and dataset.
 PAPER_RESULTS: dict[str, dict[str, list[tuple[str, float]]]] = {
     'lfd': {
         'cub_200_2011': [('LFD, ResNet-50', 87.6)],

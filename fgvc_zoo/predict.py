@@ -1,7 +1,12 @@
-"""`fgvc-zoo predict IMAGE...`: the top-k classes of each image with their names and probabilities."""
+"""`fgvc-zoo predict IMAGE...`: the top-k classes of each image with their names and probabilities.
+
+An image that cannot be read is reported (one `fgvc-zoo predict: error:` line each on stderr; an `error` entry in
+the JSON) and the others are still predicted; the exit status is then 1.
+"""
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,16 +68,27 @@ def predict_main(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise SystemExit(f'--topk {args.topk}: ask for at least 1 class.')
     model, transform, names, _ = load_from_args(args)
-    predictions = []
+    results: dict[str, list[dict[str, Any]] | str] = {}  # path -> its predictions, or why it could not be read
     for start in range(0, len(args.images), args.batch_size):
-        batch = [load_image(path) for path in args.images[start : start + args.batch_size]]
-        predictions += predict(model, batch, transform, names, args.topk)
+        paths, batch = [], []
+        for path in args.images[start : start + args.batch_size]:
+            try:
+                batch.append(load_image(path))
+                paths.append(path)
+            except OSError as e:  # UnreadableImageError: missing, empty, corrupt, not an image
+                results[path] = str(e)
+                print(f'fgvc-zoo predict: error: {e}', file=sys.stderr)
+        if batch:
+            results.update(zip(paths, predict(model, batch, transform, names, args.topk), strict=True))
+    good = [p for p in args.images if not isinstance(results[p], str)]
     if args.json:
-        print(
-            json.dumps(
-                [{'image': p, 'predictions': top} for p, top in zip(args.images, predictions, strict=False)], indent=2
-            )
-        )
-    else:
-        print(format_predictions(args.images, predictions))
-    return 0
+        entries = [
+            {'image': p, 'error': results[p]}
+            if isinstance(results[p], str)
+            else {'image': p, 'predictions': results[p]}
+            for p in args.images
+        ]
+        print(json.dumps(entries, indent=2))
+    elif good:
+        print(format_predictions(good, [results[p] for p in good]))
+    return 1 if len(good) < len(args.images) else 0

@@ -36,7 +36,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-__all__ = ['add_train_arguments', 'train_main', 'resolve_config', 'parse_model_kwargs', 'state_dict_sha256', 'main']
+from .errors import UsageError
+
+__all__ = [
+    'add_train_arguments',
+    'train_main',
+    'resolve_config',
+    'parse_model_kwargs',
+    'state_dict_sha256',
+    'cpu_threads',
+    'main',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -75,6 +85,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help='start from pretrained weights (the backbone ImageNet weights for a fresh head)',
+    )
+    _add(
+        group,
+        '--backbone-weights',
+        help="the backbone's timm ImageNet weights from a local .safetensors file, or a folder or Hugging Face cache "
+        'holding them (no Hub needed); for a fresh head, with or without --pretrained',
     )
     _add(group, '--num-classes', type=int, help='number of classes; default: the number in the dataset')
     _add(group, '--model-args', help="head options as 'key=value,key=value' (values parsed as YAML)")
@@ -180,6 +196,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help='DDP searches for unused parameters (on by itself for models with several steps per batch)',
     )
+    _add(
+        group,
+        '--threads',
+        type=int,
+        default=0,
+        help='torch CPU threads per training process; 0: OMP_NUM_THREADS if set, else the cores over (processes on '
+        'this machine x --workers), so that torch and the data workers do not oversubscribe the cores',
+    )
     _add(group, '--seed', type=int, default=42, help='seed of weights, augmentation and the per-epoch shuffle')
     _add(
         group,
@@ -209,26 +233,85 @@ def _convert(dest: str, value: Any, source: str) -> Any:
     elif value is not None:
         value = _convert_one(dest, value, value_type, source)
     if dest in _CHOICES and value is not None and value not in _CHOICES[dest]:
-        raise ValueError(f'{source}: {dest.replace("_", "-")}={value!r} is not one of {list(_CHOICES[dest])}.')
+        raise UsageError(f'{source}: {dest.replace("_", "-")}={value!r} is not one of {list(_CHOICES[dest])}.')
     return value
 
 
 def _convert_one(dest: str, value: Any, value_type: Any, source: str) -> Any:
     if value_type is bool:
         if not isinstance(value, bool):
-            raise ValueError(f'{source}: {dest.replace("_", "-")} must be true or false, got {value!r}.')
+            raise UsageError(f'{source}: {dest.replace("_", "-")} must be true or false, got {value!r}.')
         return value
     if value_type is str and isinstance(value, dict):
         return value  # model-kwargs may be a mapping in a recipe
     try:
         return value_type(value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f'{source}: {dest.replace("_", "-")}={value!r} is not a valid {value_type.__name__}.') from e
+        raise UsageError(f'{source}: {dest.replace("_", "-")}={value!r} is not a valid {value_type.__name__}.') from e
+
+
+# What a resumed run may not change: the model and the data it trains on (the checkpoint holds their weights and
+# the position in their epochs).
+_RUN_IDENTITY = (
+    'model',
+    'backbone',
+    'num_classes',
+    'model_args',
+    'model_kwargs',
+    'data_dir',
+    'synthetic',
+    'dataset_layout',
+    'dataset_args',
+    'train_split',
+    'val_split',
+)
+
+
+def _saved_config(config: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
+    """The resolved config the checkpoint `--resume` names (or OUTPUT's last complete one) was trained with."""
+    if config['resume'] == 'auto':
+        checkpoints = _complete_checkpoints(Path(config['output']) / CHECKPOINT_DIR)
+        if not checkpoints:
+            return None
+        checkpoint = checkpoints[-1]
+    else:
+        checkpoint = Path(config['resume'])
+        if not (checkpoint / CHECKPOINT_STATE).is_file():
+            return None  # `_find_resume` names the problem
+    saved = json.loads((checkpoint / CHECKPOINT_STATE).read_text()).get('config')
+    return (saved, checkpoint) if isinstance(saved, dict) else None
+
+
+def _restore_saved_config(config: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """`--resume`: the checkpoint's config, with only the options given now (flags, recipe) replacing its values."""
+    found = _saved_config(config)
+    if found is None:
+        return config
+    saved, checkpoint = found
+    for dest in _RUN_IDENTITY:
+        if dest in explicit and dest in saved and config[dest] != saved[dest]:
+            flag = '--' + dest.replace('_', '-')
+            raise UsageError(
+                f'--resume continues the run of {checkpoint}, which trained with {flag} {saved[dest]!r}; '
+                f'{flag} {config[dest]!r} would change the model or its data. Drop {flag} to continue that run, '
+                f'or pass a new --output to start another.'
+            )
+    restored = dict(_DEFAULTS)
+    restored.update({k: v for k, v in saved.items() if k in _DEFAULTS})
+    restored.update({k: config[k] for k in explicit})
+    restored['output'], restored['resume'] = config['output'], config['resume']
+    return restored
 
 
 def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
-    """Defaults, then the recipe's values, then the flags given on the command line."""
+    """Defaults, then the recipe's values, then the flags given on the command line.
+
+    With `--resume`, the config saved in the checkpoint replaces the defaults and the recipe's values it was
+    trained with; the flags (and recipe) given now override only what they name, and may not change the model or
+    the data. `--epochs` may extend a finished run.
+    """
     config = dict(_DEFAULTS)
+    explicit: set[str] = set()
     recipe = getattr(args, 'recipe', None)
     if recipe:
         path = Path(recipe)
@@ -245,17 +328,27 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
             if dest not in _DEFAULTS or dest == 'recipe':
                 close = difflib.get_close_matches(dest, list(_DEFAULTS), n=3)
                 hint = f' Did you mean {", ".join(c.replace("_", "-") for c in close)}?' if close else ''
-                raise ValueError(f"--recipe {recipe}: unknown option '{key}'.{hint}")
+                raise UsageError(f"--recipe {recipe}: unknown option '{key}'.{hint}")
             config[dest] = _convert(dest, value, f'--recipe {recipe}')
-    config.update({k: v for k, v in vars(args).items() if k in _DEFAULTS})
+            explicit.add(dest)
+    given = {k: v for k, v in vars(args).items() if k in _DEFAULTS}
+    config.update(given)
+    explicit.update(given)
+    if config['resume']:
+        config = _restore_saved_config(config, explicit - {'recipe'})
     config = argparse.Namespace(**config)
     if not config.model:
-        raise ValueError('No model: pass --model (e.g. lfd_resnet50, or lfd with --backbone) or set it in --recipe.')
+        no_saved = (
+            f' ({config.output} has no checkpoint with a saved config to resume)' if config.resume == 'auto' else ''
+        )
+        raise UsageError(
+            f'No model{no_saved}: pass --model (e.g. lfd_resnet50, or lfd with --backbone) or set it in --recipe.'
+        )
     if config.synthetic == bool(config.data_dir):
-        raise ValueError('Pass exactly one of --data-dir DIR and --synthetic.')
+        raise UsageError('Pass exactly one of --data-dir DIR and --synthetic.')
     for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints'):
         if getattr(config, name) < 1:
-            raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
+            raise UsageError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
     return config
 
 
@@ -280,7 +373,7 @@ def parse_model_kwargs(
             continue
         key, sep, value = item.partition('=')
         if not sep or not key.strip():
-            raise ValueError(f"{flag}: '{item}' is not key=value (e.g. 'num_regions=4,zoom_size=224').")
+            raise UsageError(f"{flag}: '{item}' is not key=value (e.g. 'num_regions=4,zoom_size=224').")
         kwargs[key.strip()] = yaml.safe_load(value)
     return kwargs
 
@@ -338,7 +431,9 @@ def _set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val
     val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
 
 
-def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
+def _build_model(config: argparse.Namespace, num_classes: int, load_weights: bool = True) -> nn.Module:
+    """The head of `--model`; `load_weights=False` (a resumed run: the checkpoint has the weights) skips the
+    pretrained and `--backbone-weights` loads, so that a resume needs neither the Hub nor the weights file."""
     import timm
 
     import fgvc_zoo  # noqa: F401  (registers the heads)
@@ -349,22 +444,35 @@ def _build_model(config: argparse.Namespace, num_classes: int) -> nn.Module:
     if ':' not in config.model and not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, heads, n=5)
         hint = f' Close matches: {", ".join(close)}.' if close else ''
-        raise ValueError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
+        raise UsageError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
     plain = ':' not in config.model and architecture not in heads
     if plain and config.backbone:
-        raise ValueError(
+        raise UsageError(
             f'--model {config.model} is a plain timm classifier, which takes no --backbone (it configures an fgvc_zoo '
             f'head): train it without, or train a head over it with --model lfd --backbone {architecture}.'
         )
     if config.backbone:
         kwargs['backbone'] = config.backbone
+    if 'backbone' not in kwargs and architecture in ('lfd', 'dpnet', 'iagn'):
+        raise UsageError(
+            f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
+            f'test_resnet for a quick try), or a named variant such as --model {architecture}_resnet50.'
+        )
+    if config.backbone_weights and load_weights:
+        if plain:  # the file is the whole classifier's: timm loads it as the model's pretrained weights
+            kwargs['pretrained_cfg_overlay'] = dict(file=str(config.backbone_weights))
+            config.pretrained = True
+        else:
+            kwargs['backbone_weights'] = config.backbone_weights
+    # A resume loads no weights (the checkpoint has them), except an FGVC tag's, which can change the config.
+    pretrained = config.pretrained and (load_weights or (not plain and _has_full_weights(config.model)))
     try:
-        model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+        model = timm.create_model(config.model, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as e:
         if not (plain and kwargs and 'unexpected keyword argument' in str(e)):
             raise
         # A plain model takes timm's own arguments only (drop_rate, pretrained_cfg_overlay, ...), never a head's.
-        raise ValueError(
+        raise UsageError(
             f'--model-args/--model-kwargs: {config.model} is a plain timm classifier and refuses them ({e}). '
             f'Pass only its timm arguments (e.g. drop_rate), or train a head over it with --model lfd --backbone '
             f'{architecture}.'
@@ -399,6 +507,14 @@ def _train_output(model: nn.Module, unwrapped: nn.Module, x: torch.Tensor, targe
 
     logits = model(x)
     return FgvcOutput(loss=F.cross_entropy(logits, target), logits=logits)
+
+
+def _has_full_weights(name: str) -> bool:
+    """Whether `pretrained=True` on `name` loads the whole model (an FGVC tag), which can change its config."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name) if ':' not in name else None
+    return cfg is None or any(getattr(cfg, k, None) for k in ('hf_hub_id', 'file', 'url', 'state_dict'))
 
 
 def _build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
@@ -445,7 +561,7 @@ def _train_loader(config: argparse.Namespace, train_set, num_processes: int, pin
     batch = config.batch_size if drop_last or num_processes > 1 else len(train_set)
     if (config.mixup > 0 or config.cutmix > 0) and batch % 2:
         at_most = f' of at most {len(train_set)}' if batch < config.batch_size else ''
-        raise ValueError(
+        raise UsageError(
             f'--mixup/--cutmix mix the images of a batch in pairs, so a batch must be even, but it holds '
             f'{batch} images ({len(train_set)} training images, --batch-size {config.batch_size}): '
             f'pass an even --batch-size{at_most}.'
@@ -519,7 +635,8 @@ def _save_extra_state(folder: Path, scheduler, ema) -> None:
 def _load_extra_state(folder: Path, scheduler, ema) -> None:
     from safetensors.torch import load_file
 
-    scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
+    if scheduler is not None:
+        scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
     if ema is not None:
         if not (folder / EMA_WEIGHTS).is_file():
             raise FileNotFoundError(
@@ -681,29 +798,54 @@ def _write_metrics(output: Path, history: list[dict[str, Any]]) -> None:
         writer.writerows(history)
 
 
+def _curve_panels(history: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    """(title, y label, metric keys) of each panel of curves.png: every loss on its own axes.
+
+    A head's training loss is a sum of terms (LFD: image + region + hybrid) and the validation loss is one
+    cross-entropy: on one axis they would look like a huge generalisation gap.
+    """
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    terms = [k for k in keys if k.startswith('train_loss_')]
+    panels = [('training loss' + (' (sum of the terms)' if terms else ''), 'loss', ['train_loss'])]
+    panels += [(f'training loss term: {k[len("train_loss_") :]}', 'loss', [k]) for k in terms]
+    panels += [('validation cross-entropy', 'cross-entropy', [k for k in ('val_loss', 'ema_loss') if k in keys])]
+    panels += [('accuracy', 'accuracy (%)', [k for k in ('val_top1', 'val_top5', 'ema_top1', 'ema_top5') if k in keys])]
+    panels += [('learning rate (head)', 'learning rate', ['lr'])]
+    return [(title, label, [k for k in panel_keys if k in keys]) for title, label, panel_keys in panels]
+
+
 def _plot_curves(output: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = _curves_figure(history)
+    fig.savefig(output / 'curves.png', dpi=100)
+    plt.close(fig)
+
+
+def _curves_figure(history: list[dict[str, Any]]):
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ('train_loss', 'val_loss'):
-        points = [(row['epoch'], row[key]) for row in history if key in row]
-        if points:
-            ax_loss.plot(*zip(*points, strict=False), marker='o', label=key)
-    for key in ('val_top1', 'val_top5', 'ema_top1'):
-        points = [(row['epoch'], row[key]) for row in history if key in row]
-        if points:
-            ax_acc.plot(*zip(*points, strict=False), marker='o', label=key)
-    ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
-    ax_acc.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy')
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
+    panels = [panel for panel in _curve_panels(history) if panel[2]]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (title, label, keys) in zip(axes.flat, panels, strict=False):
+        for key in keys:
+            points = [(row['epoch'], row[key]) for row in history if key in row]
+            ax.plot(*zip(*points, strict=True), marker='o', ms=3, label=key)
+        ax.set(xlabel='epoch', ylabel=label, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(output / 'curves.png', dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _export(
@@ -737,11 +879,42 @@ def _versions() -> dict[str, str]:
 
 def train_main(args: argparse.Namespace) -> int:
     """Train, checkpoint every epoch, evaluate, and export the final model into `--output`."""
+    config = resolve_config(args)
+    output = Path(config.output)
+    created = not output.exists()
+    held = {'lock': False}  # set once this run holds OUTPUT's lock: never clean up a folder another run owns
+    try:
+        return _run(config, output, held)
+    except BaseException:
+        # A failed start leaves no folder of its own behind (lock file, generated data): only whole checkpoints
+        # make a folder worth keeping.
+        if created and held['lock'] and not _complete_checkpoints(output / CHECKPOINT_DIR):
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def cpu_threads(requested: int = 0, workers: int = 0) -> int:
+    """torch threads for one process: `requested`, or else the cores this process may use over (the processes on
+    this machine x the data workers of each), at least 1.
+
+    torch starts one thread per core in every process; with several processes or data workers beside them, the
+    threads fight over the cores (DP-Net trained 5x faster on a busy 2-core machine with one thread a process).
+    """
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    processes = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    return max(1, cores // (processes * max(1, workers)))
+
+
+def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int:
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    config = resolve_config(args)
-    output = Path(config.output)
+    if config.threads < 0:
+        raise UsageError(f'--threads {config.threads}: pass a number of threads, or 0 for the automatic choice.')
+    if config.threads or 'OMP_NUM_THREADS' not in os.environ:  # an explicit OMP_NUM_THREADS (torchrun sets 1) wins
+        torch.set_num_threads(cpu_threads(config.threads, config.workers))
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
     accelerator = Accelerator(
         # Accelerate sees a torchrun/MPI launch on CPU (gloo) only when told it runs on CPU.
@@ -758,6 +931,7 @@ def train_main(args: argparse.Namespace) -> int:
         raise ValueError(f'--log-with {config.log_with}: that tracker is not installed (e.g. pip install tensorboard).')
     set_seed(config.seed, deterministic=config.deterministic)
     lock = _lock_output(output) if accelerator.is_main_process else None
+    held['lock'] = lock is not None
     try:
         return _train(config, accelerator, ddp_kwargs)
     finally:
@@ -777,14 +951,14 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     label_names = list(train_set.classes)
     num_classes = config.num_classes or len(label_names)
     if num_classes < len(label_names):
-        raise ValueError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
-    model = _build_model(config, num_classes)
+        raise UsageError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
+    model = _build_model(config, num_classes, load_weights=resume_from is None)
     _set_transforms(config, model, train_set, val_set)
     if _num_train_steps(model) > 1:
         # Each of the model's steps trains part of it; DDP must not wait for the gradients of the other parts.
         ddp_kwargs.find_unused_parameters = True
         if config.grad_accum > 1:
-            raise ValueError(
+            raise UsageError(
                 f'--model {config.model} takes {_num_train_steps(model)} optimiser steps per batch, which cannot be '
                 f"combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head's single-step "
                 f'option in --model-args).'
@@ -821,12 +995,19 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        _load_extra_state(resume_from, scheduler, ema)
         trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
+        saved_epochs = trainer_state.get('config', {}).get('epochs', config.epochs)
+        if saved_epochs != config.epochs:
+            # timm's schedulers are functions of the epoch and their length: rebuilt for the new --epochs.
+            accelerator.print(
+                f'--epochs {config.epochs} (was {saved_epochs}): the lr schedule now spans {config.epochs}.'
+            )
+        _load_extra_state(resume_from, scheduler if saved_epochs == config.epochs else None, ema)
         accelerator.print(f'Resumed from {resume_from} (epoch {trainer_state["epoch"]}, step {trainer_state["step"]}).')
     last_good = resume_from
 
     resolved = dict(vars(config))
+    trainer_state['config'] = resolved  # what `--resume` restores
     if config.log_with:
         scalars = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers('fgvc_zoo', config=scalars)
@@ -918,10 +1099,17 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m fgvc_zoo.train` (and `accelerate launch`/`torchrun -m fgvc_zoo.train`): errors as `fgvc-zoo train`."""
+    from .cli import ArgumentParser, report_errors
+
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    parser = argparse.ArgumentParser(prog='python -m fgvc_zoo.train', description=__doc__.split('\n')[1])
-    add_train_arguments(parser)
-    return train_main(parser.parse_args(argv))
+
+    def run(args: list[str]) -> int:
+        parser = ArgumentParser(prog='python -m fgvc_zoo.train', description=__doc__.split('\n')[1])
+        add_train_arguments(parser)
+        return train_main(parser.parse_args(args))
+
+    return report_errors(run, sys.argv[1:] if argv is None else list(argv), 'python -m fgvc_zoo.train')
 
 
 if __name__ == '__main__':

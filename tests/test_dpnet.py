@@ -1,6 +1,6 @@
 """DP-Net: the part scores, pooling and three constraints against hand-computed values, and the head's contract.
 
-Formulas are those of `shared/papers/METHODS.md` section 2; every expected number below is worked out by hand
+Formulas are those of `docs/methods.md` section 2; every expected number below is worked out by hand
 in the comment next to it.
 """
 

@@ -200,3 +200,22 @@ def test_eval_refuses_a_model_trained_on_other_classes(tmp_path):
                 str(tmp_path / 'r.json'),
             ]
         )
+
+
+def test_eval_takes_the_data_flags_of_train_and_picks_the_device_itself(tmp_path, capsys):
+    from fgvc_zoo.evaluate import resolve_device
+
+    data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=1, image_size=64)
+    model = timm.create_model('dpnet', backbone='test_resnet', num_classes=2)
+    folder = save_pretrained(model, tmp_path / 'model', label_names=synthetic_class_names(2))
+    out = tmp_path / 'results.json'
+    common = ['eval', '--checkpoint', str(folder), '--data-dir', data, '--workers', '0', '--img-size', '64']
+    assert run([*common, '--dataset-layout', 'folder', '--out', str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results['dataset']['layout'] == 'folder'
+    with pytest.raises(ValueError, match=r"options \['level'\] are not accepted by the 'folder' layout"):
+        run([*common, '--dataset-layout', 'folder', '--dataset-args', 'level=family', '--out', str(out)])
+    expected = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    assert resolve_device('auto').type == expected
+    with pytest.raises(ValueError, match='--device gpu0: not a torch device'):
+        resolve_device('gpu0')

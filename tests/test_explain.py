@@ -16,7 +16,7 @@ from fgvc_zoo.cli import run
 from fgvc_zoo.data import pointing_accuracy
 from fgvc_zoo.evaluate import add_model_arguments, load_from_args
 from fgvc_zoo.explain import _output_paths, dpnet_top_parts, explain_images, view_geometry
-from fgvc_zoo.hub import save_pretrained
+from fgvc_zoo.hub import load_model, save_pretrained
 from fgvc_zoo.models import Explanation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +115,15 @@ def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, 
     model = timm.create_model(head, backbone='test_resnet', num_classes=3, **model_args)
     folder = save_pretrained(model, tmp_path / 'model', label_names=['ant', 'bee', 'cat'])
     out = tmp_path / 'explained'
-    assert run(['explain', str(photo), '--checkpoint', str(folder), '--img-size', '96', '--out', str(out)]) == 0
+    common = [str(photo), '--checkpoint', str(folder), '--img-size', '96']
+    assert run(['explain', *common, '--view', 'crop', '--out', str(out)]) == 0
     png = out / 'photo_explain.png'
 
     # The geometry the PNG was drawn from: a Resize(109) + CenterCrop(96) view of the 512 x 300 original.
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     loaded, transform, names, _ = load_from_args(parser.parse_args(['--checkpoint', str(folder), '--img-size', '96']))
-    (explained,) = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names)
+    (explained,) = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names, view='crop')
     x1, y1, x2, y2 = explained.map_extent
     assert (x1, y1, x2, y2) == pytest.approx((45 * 512 / 186, 6 * 300 / 109, 141 * 512 / 186, 102 * 300 / 109))
     assert len(explained.panels) == panels
@@ -135,9 +136,19 @@ def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, 
         assert (boxes[:, 0] >= x1 - 1e-6).all() and (boxes[:, 2] <= x2 + 1e-6).all()
         assert (boxes[:, 1] >= y1 - 1e-6).all() and (boxes[:, 3] <= y2 + 1e-6).all()
     assert any(len(panel.boxes) for panel in explained.panels)
-    # every image panel is the whole 512 x 300 original at scale 1; DP-Net adds its participation chart
-    assert explained.panel_scale == 1
-    assert Image.open(png).size == (512 * (panels + (head == 'dpnet')), 300)
+    # every image panel is the whole 512 x 300 original at scale 1 (with a title strip above and a legend strip
+    # below); DP-Net adds its participation chart
+    assert explained.panel_scale == 1 and explained.layout['image'] == 300
+    assert Image.open(png).size == explained.png_size
+    assert explained.png_size[0] == 512 * (panels + (head == 'dpnet'))
+
+    # The default view explains the whole original: the model's input is the 96 x 163 resize of all of it, and
+    # every map covers all 512 x 300 pixels.
+    assert run(['explain', *common, '--out', str(out)]) == 0
+    (whole,) = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names)
+    assert whole.geometry.input_size == (int(96 * 512 / 300), 96)
+    assert whole.map_extent == pytest.approx((0, 0, 512, 300), abs=1.5)  # int() truncation of the long side
+    assert Image.open(png).size == whole.png_size
 
 
 def test_explain_single_png_output_and_small_images_are_upscaled(tmp_path):
@@ -146,8 +157,18 @@ def test_explain_single_png_output_and_small_images_are_upscaled(tmp_path):
     folder = save_pretrained(timm.create_model('lfd', backbone='test_resnet', num_classes=2), tmp_path / 'model')
     out = tmp_path / 'one.png'
     assert run(['explain', str(image), '--checkpoint', str(folder), '--img-size', '96', '--out', str(out)]) == 0
-    # longest side 64 is drawn with 256 px: scale 4, three LFD panels of 256 x 128
-    assert Image.open(out).size == (3 * 256, 128)
+    # longest side 64 is drawn with 256 px: scale 4, three LFD panels of 256 x 128 (plus title and legend strips)
+    (explained,) = explain_images(
+        load_model(str(folder)), [Image.open(image).convert('RGB')], _transform(folder, 96), None
+    )
+    assert explained.panel_size == (256, 128)
+    assert Image.open(out).size == explained.png_size and explained.png_size[0] == 3 * 256
+
+
+def _transform(folder: Path, img_size: int):
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    return load_from_args(parser.parse_args(['--checkpoint', str(folder), '--img-size', str(img_size)]))[1]
 
 
 def test_cam_boxes_bound_the_pixels_at_half_the_max_after_min_max_scaling():

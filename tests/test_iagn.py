@@ -1,4 +1,4 @@
-"""IAGN (a reconstruction from the abstract, METHODS.md section 3): jigsaw, distillation, attended box and the
+"""IAGN (a reconstruction from the abstract, docs/methods.md section 3): jigsaw, distillation, attended box and the
 progressive schedule, on timm's tiny test_resnet with shrunk head widths."""
 
 import copy

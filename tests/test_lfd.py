@@ -1,4 +1,4 @@
-"""LFD as METHODS.md section 1 specifies it, checked against hand-computed values."""
+"""LFD as docs/methods.md section 1 specifies it, checked against hand-computed values."""
 
 import copy
 import math

@@ -195,17 +195,23 @@ def test_no_weight_decay_names_parameters_of_the_model():
 
 def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(monkeypatch):
     import fgvc_zoo.models._backbone as backbone_module
+    import fgvc_zoo.models._weights as weights_module
 
-    calls = []
+    requests, calls = [], []
     create_model = timm.create_model
 
-    def record(name, pretrained=False, **kwargs):  # the Hub is offline in tests: record the request, build random
+    def hub_file(name):  # the Hub is offline in tests: record the request; None hands the loading to timm
+        requests.append(name)
+        return None
+
+    def record(name, pretrained=False, **kwargs):  # record what timm is asked for, build random
         calls.append((name, pretrained))
         return create_model(name, pretrained=False, **kwargs)
 
+    monkeypatch.setattr(weights_module, 'hub_weights_file', hub_file)
     monkeypatch.setattr(backbone_module.timm, 'create_model', record)
     lfd = create_model('lfd_resnet50', pretrained=True, num_classes=7)
-    assert set(calls) == {('resnet50.a1_in1k', True)}
+    assert requests == ['resnet50.a1_in1k'] and set(calls) == {('resnet50.a1_in1k', True)}
     assert lfd.hybrid_head.out_features == 7
 
 

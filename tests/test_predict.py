@@ -104,3 +104,25 @@ def test_predict_cli_text(exported, capsys):
     assert [line.split()[0] for line in lines[1:]] == ['1.', '2.', '3.']
     assert sorted(line.split()[1] for line in lines[1:]) == ['ant', 'bee', 'cat']
     assert percentages == sorted(percentages, reverse=True) and math.isclose(sum(percentages), 100, abs_tol=0.02)
+
+
+@pytest.mark.parametrize('as_json', [False, True])
+def test_predict_reports_each_bad_file_and_still_predicts_the_good_ones(exported, capsys, tmp_path, as_json):
+    folder, images = exported
+    empty, missing = tmp_path / 'empty.png', tmp_path / 'missing.png'
+    empty.write_bytes(b'')
+    paths = [images[0], str(empty), images[1], str(missing)]
+    flags = ['--checkpoint', str(folder), '--img-size', '96', '--topk', '1', '--batch-size', '2']
+    status = run(['predict', *paths, *flags, *(['--json'] if as_json else [])])
+    assert status == 1
+    out, err = capsys.readouterr()
+    errors = err.strip().splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith('fgvc-zoo predict: error: ') and str(empty) in errors[0] and 'zero-byte' in errors[0]
+    assert str(missing) in errors[1] and 'file not found' in errors[1]
+    if as_json:
+        entries = json.loads(out)
+        assert [e['image'] for e in entries] == paths
+        assert [sorted(e) for e in entries] == [['image', 'predictions'], ['error', 'image']] * 2
+    else:
+        assert [line for line in out.splitlines() if not line.startswith(' ')] == [images[0], images[1]]

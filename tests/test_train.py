@@ -235,7 +235,7 @@ def test_paper_recipes_resolve_and_build(recipe):
     head, backbone, dataset = recipe.stem.split('_')
     assert config.model == f'{head}_{backbone}' and config.img_size == 448 and config.pretrained
     assert config.dataset_layout == dataset
-    if head == 'lfd':  # METHODS.md section 1: the paper's recipe
+    if head == 'lfd':  # docs/methods.md section 1: the paper's recipe
         assert (config.opt, config.momentum, config.weight_decay, config.epochs) == ('sgd', 0.9, 5e-4, 100)
         assert (config.lr, config.sched, config.decay_epochs, config.decay_rate) == (0.01, 'step', 40, 0.1)
         assert config.backbone_lr_mult == 0.1

@@ -1,6 +1,6 @@
 """Part detectors and the three DP-Net constraints (Sicre et al., ICIP 2023), as plain functions of U, S and V.
 
-Notation of `shared/papers/METHODS.md` section 2: U (P, D) part detectors, one per row; S (B, P, h, w) part
+Notation of `docs/methods.md` section 2: U (P, D) part detectors, one per row; S (B, P, h, w) part
 scores of the h x w regions; V (C, P) the classifier's part weights; q parts per class, part p belongs to class
 p // q. Each loss is a scalar that is minimised.
 """

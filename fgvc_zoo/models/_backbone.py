@@ -32,10 +32,26 @@ def check_backbone_name(name: str) -> None:
     )
 
 
-def create_backbone_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Create a classifier-less timm model, with a dynamic input size where its class supports one."""
+def create_backbone_model(name: str, pretrained: bool = False, weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """Create a classifier-less timm model, with a dynamic input size where its class supports one.
+
+    `weights` loads the backbone's timm weights from a local safetensors file or folder (`_weights.py`);
+    `pretrained=True` takes the Hub weights from the local Hub cache or the Hub, failing at once when neither can
+    give them. A `pretrained_cfg(_overlay)` in `kwargs` leaves the loading to timm.
+    """
+    from ._weights import hub_weights_file, load_backbone_weights
+
     check_backbone_name(name)
     kwargs = dict(kwargs, num_classes=0)
+    if pretrained and weights is None and not (kwargs.get('pretrained_cfg') or kwargs.get('pretrained_cfg_overlay')):
+        weights = hub_weights_file(name)
+    model = _create_backbone(name, pretrained=pretrained and weights is None, **kwargs)
+    if weights is not None:
+        load_backbone_weights(model, weights, name)
+    return model
+
+
+def _create_backbone(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=pretrained, dynamic_img_size=True, **kwargs)
     except TypeError as e:

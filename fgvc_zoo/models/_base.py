@@ -8,6 +8,8 @@ optimiser steps a batch takes).
 """
 
 import contextlib
+import difflib
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from safetensors import safe_open
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
+from ..errors import UnknownArgumentError
 from ..hub import hub_cfg, hub_errors, safetensors_only, weights_record
 from ._backbone import Backbone, check_backbone_name
 
@@ -246,11 +249,29 @@ def _has_weights(cfg: dict[str, Any]) -> bool:
     return any(cfg.get(k) for k in ('url', 'file', 'state_dict', 'hf_hub_id'))
 
 
+def _check_model_args(model_cls: type[FgvcModel], variant: str, kwargs: dict[str, Any]) -> None:
+    """Refuse an argument the head does not take, naming close matches (else a typo ends in a bare TypeError)."""
+    parameters = inspect.signature(model_cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    head_args = sorted({*parameters, 'backbone_weights'} - {'self', 'pretrained_backbone'})
+    builder_args = set(inspect.signature(build_model_with_cfg).parameters)  # cache_dir, feature_cfg, ...
+    for key in kwargs:
+        if key not in parameters and key not in builder_args:
+            close = difflib.get_close_matches(key, head_args, n=3)
+            hint = f' Did you mean {" or ".join(close)}?' if close else ''
+            raise UnknownArgumentError(
+                f"'{variant}' ({model_cls.__name__}) has no argument '{key}'.{hint} "
+                f'Its arguments: {", ".join(head_args)}.'
+            )
+
+
 def build_fgvc_model(
     model_cls: type[FgvcModel],
     variant: str,
     pretrained: bool = False,
     backbone: str | None = None,
+    backbone_weights: str | Path | None = None,
     **kwargs: Any,
 ) -> FgvcModel:
     """Build a head the timm way, deciding where `pretrained=True` weights come from.
@@ -259,23 +280,39 @@ def build_fgvc_model(
     `pretrained_cfg_overlay=dict(file=...)`) loads the whole model; timm drops the classifiers listed in the cfg
     when `num_classes` differs. Any other tag (`lfd_resnet50.a1_in1k`) names the backbone's ImageNet weights
     on timm's Hub repos: the backbone loads them and the head starts fresh.
+
+    `backbone_weights` (a local safetensors file, or a folder or Hugging Face cache holding it) gives the backbone
+    of a fresh head its timm weights without the Hub, whatever `pretrained` says.
     """
     if backbone is None:
         raise ValueError(
             f"'{variant}' needs a backbone: timm.create_model('{variant}', backbone='<any timm model name>', ...)."
         )
     check_backbone_name(backbone)
+    _check_model_args(
+        model_cls, variant, {k: v for k, v in kwargs.items() if k not in ('pretrained_cfg', 'pretrained_cfg_overlay')}
+    )
     pretrained_cfg = resolve_pretrained_cfg(
         variant,
         pretrained_cfg=kwargs.pop('pretrained_cfg', None),
         pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None),
     ).to_dict()
     full_weights = pretrained and _has_weights(pretrained_cfg)
+    if full_weights and backbone_weights is not None:
+        raise ValueError(
+            f'backbone_weights={str(backbone_weights)!r} is for the backbone of a fresh head, but pretrained=True on '
+            f"'{variant}' loads the whole model's weights: pass one of the two."
+        )
     backbone_name = backbone
     tag = pretrained_cfg.get('tag')
     if '.' not in backbone and tag and f'{backbone}.{tag}' in timm.list_pretrained(f'{backbone}.*'):
         backbone_name = f'{backbone}.{tag}'
-    if pretrained and not full_weights and not timm.models.is_model_pretrained(backbone_name.split('.')[0]):
+    if (
+        pretrained
+        and backbone_weights is None
+        and not full_weights
+        and not timm.models.is_model_pretrained(backbone_name.split('.')[0])
+    ):
         raise ValueError(
             f"pretrained=True, but neither '{variant}' nor timm's backbone '{backbone_name}' has weights. "
             f"Pass pretrained=False, or a pretrained_cfg_overlay=dict(file='model.safetensors')."
@@ -290,6 +327,9 @@ def build_fgvc_model(
         # Hub loads are safetensors-only (timm would fall back to a pickle) and fail naming the repo.
         pretrained_cfg = safetensors_only(pretrained_cfg)
     hub_id = pretrained_cfg.get('hf_hub_id') if full_weights else None
+    build_kwargs = dict(kwargs)
+    if backbone_weights is not None:
+        build_kwargs['backbone_args'] = dict(kwargs.get('backbone_args') or {}, weights=str(backbone_weights))
     with hub_errors(hub_id) if hub_id else contextlib.nullcontext():
         model = build_model_with_cfg(
             model_cls,
@@ -297,8 +337,8 @@ def build_fgvc_model(
             pretrained=full_weights,
             pretrained_cfg=pretrained_cfg,
             backbone=backbone_name,
-            pretrained_backbone=pretrained and not full_weights,
-            **kwargs,
+            pretrained_backbone=pretrained and not full_weights and backbone_weights is None,
+            **build_kwargs,
         )
     # What `config.json` needs to rebuild this model with `timm.create_model(architecture, **model_args)`.
     runtime_only = ('num_classes', 'cache_dir', 'pretrained_model_args')

@@ -5,7 +5,7 @@ every region of a pretrained backbone's last feature map; the pooled part scores
 classifier V. Three constraints make the parts complementary (C_perp), each region decisive about its part
 (C_Assign) and each part specific to its class (CS). The backbone is frozen by default, as in the paper.
 
-Where the paper is silent, the choices of `shared/papers/METHODS.md` section 2 are constructor arguments.
+Where the paper is silent, the choices of `docs/methods.md` section 2 are constructor arguments.
 """
 
 from typing import Any

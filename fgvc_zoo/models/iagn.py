@@ -4,7 +4,7 @@ RECONSTRUCTION FROM THE ABSTRACT, NOT THE AUTHORS' CODE. Only the paper's abstra
 attention guided framework that finds discriminative regions interpretably, a progressive training mechanism
 that distils knowledge stage by stage, and the fusion of features of several granularities. fgvc_zoo builds
 these three mechanisms on progressive multi-granularity training (PMG, Du et al., ECCV 2020), following
-`shared/papers/METHODS.md` section 3; every choice there is a constructor argument.
+`docs/methods.md` section 3; every choice there is a constructor argument.
 
 - S stage heads on the last S backbone stages (1x1 conv, 3x3 conv, BN+ReLU, global max pool, classifier
   BN-FC-BN-ELU-FC) and a fused head on the concatenation of the S pooled stage features.

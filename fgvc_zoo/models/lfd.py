@@ -4,7 +4,7 @@ Feng, Fu, Zhao, ICIP 2019. An image-level classifier's class activation maps, ma
 score square regions of the input; NMS keeps the m most discriminative ones, which are cropped, zoomed and
 passed through the same backbone. A hybrid classifier on [image feature, top-l region features] predicts.
 
-Where the paper is silent, the choices of `shared/papers/METHODS.md` section 1 are constructor arguments.
+Where the paper is silent, the choices of `docs/methods.md` section 1 are constructor arguments.
 """
 
 from collections.abc import Sequence
