@@ -149,7 +149,8 @@ def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5) -> Demo
     legend = _legend(explained.head, [panel.title for panel in explained.panels])
     best = top[0]
     message = (
-        f'Top-1: **{best["label"]}** ({best["probability"]:.1%}), {demo_model.name}, {image.width}x{image.height} px'
+        f'Top-1: **{best["label"]}** ({best["probability"]:.1%}) for {name} ({image.width}x{image.height} px), '
+        f'checkpoint {demo_model.name}'
     )
     return DemoAnswer(probabilities, _render(explained), legend, message)
 
