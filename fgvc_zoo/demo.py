@@ -59,7 +59,7 @@ HEAD_LEGENDS = {
     'lfd': (
         'LFD (Learning to Focus and Discriminate) max-pools the class activation maps of its image-level '
         'classifier over all classes into an **attention map**: where any class finds evidence. Square '
-        '**regions** with the highest attention (score: mean attention inside the box) survive NMS; they are '
+        '**regions** centred on the cells of highest attention (score: the attention there) survive NMS; they are '
         'cropped, zoomed and classified with the whole image. The **class map** is the predicted class alone.'
     ),
     'dpnet': (
@@ -163,20 +163,24 @@ def _import_gradio():
     return gr
 
 
-def _decode_in_answer(upload: Any) -> None:
-    """Hand uploaded files to `answer` undecoded, so a bad file gets its message instead of gradio's PIL error.
+def _image_upload(gr: Any) -> type:
+    """gr.Image that hands uploads to `answer` undecoded, so a bad file gets its message, not gradio's PIL error.
 
-    With `type='filepath'` gradio's own preprocessing only opens the file with PIL and returns its path;
-    a non-image then fails there with a bare UnidentifiedImageError.
+    With `type='filepath'` gradio's own preprocessing only opens the file with PIL to return its path; a
+    non-image then fails there with a bare UnidentifiedImageError. A subclass, not a patched instance: gradio
+    rebuilds a component of the same class for each session once an example has updated it.
     """
-    preprocess = upload.preprocess
 
-    def path_of(payload: Any) -> Any:
-        if payload is not None and payload.path and not (payload.url or '').startswith('data:'):
-            return str(payload.path)
-        return preprocess(payload)
+    class ImageUpload(gr.Image):
+        def get_block_name(self) -> str:
+            return 'image'  # gradio's documented hook: the frontend of gr.Image
 
-    upload.preprocess = path_of
+        def preprocess(self, payload: Any) -> Any:
+            if payload is not None and payload.path and not (payload.url or '').startswith('data:'):
+                return str(payload.path)
+            return super().preprocess(payload)
+
+    return ImageUpload
 
 
 def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: int = 5, title: str | None = None):
@@ -204,18 +208,28 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
                     interactive=len(models) > 1,
                     elem_id='checkpoint',
                 )
-                image = gr.Image(type='filepath', label='Image', sources=['upload', 'clipboard'], elem_id='image')
-                _decode_in_answer(image)
+                image = _image_upload(gr)(
+                    type='filepath', label='Image', sources=['upload', 'clipboard'], elem_id='image'
+                )
+                picked = None
                 if examples:
-                    gr.Examples(examples=[[str(path)] for path in examples], inputs=[image], label='Examples')
+                    picked = gr.Examples(
+                        examples=[[str(path)] for path in examples],
+                        inputs=[image],
+                        label='Examples',
+                        elem_id='examples',
+                    )
             with gr.Column():
                 message = gr.Markdown(elem_id='message')
                 top = gr.Label(num_top_classes=topk, label='Top classes', elem_id='top-classes')
         explanation = gr.Image(label='What the head looks at', format='png', interactive=False, elem_id='explanation')
         legend = gr.Markdown(elem_id='legend')
         outputs = [top, explanation, legend, message]
-        image.change(classify, [image, checkpoint], outputs, api_name='classify')
+        # `input`, not `change`: gradio fires `change` twice when an upload replaces an image
+        image.input(classify, [image, checkpoint], outputs, api_name='classify')
         checkpoint.change(classify, [image, checkpoint], outputs, api_visibility='private')
+        if picked is not None:  # clicking an example sets the image without an `input` event
+            picked.load_input_event.then(classify, [image, checkpoint], outputs, api_visibility='private')
     return page
 
 

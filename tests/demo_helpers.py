@@ -71,7 +71,7 @@ def write_uploads(folder: Path, photo: str) -> dict[str, Path]:
         'rgba': ('rgba.png', lambda p: _with_alpha(rgb).save(p)),
         'grayscale': ('gray.png', lambda p: rgb.convert('L').save(p)),
         '1x1': ('one.png', lambda p: Image.new('RGB', (1, 1), (200, 40, 40)).save(p)),
-        'large': ('large.jpg', lambda p: rgb.resize((4032, 3024)).save(p, quality=90)),  # a 12 MP phone photo
+        'large': ('large.jpg', lambda p: rgb.resize((3264, 2448)).save(p, quality=90)),  # an 8 MP phone photo
         'non_image': ('notes.png', lambda p: p.write_text('these are notes, not a picture\n')),
         'truncated': ('cut.jpg', lambda p: p.write_bytes(_jpeg_bytes(rgb)[:-400])),
         'empty': ('empty.jpg', lambda p: p.write_bytes(b'')),

@@ -5,12 +5,11 @@ The browser itself is driven in tests/test_demo_browser.py.
 """
 
 import json
-import subprocess
 import sys
-import textwrap
 from importlib.metadata import version
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import yaml
@@ -188,40 +187,24 @@ def test_burst_of_50_requests_some_bad_every_good_one_answered(space_app, checkp
 
 # ---------------------------------------------------------------------------------------------- push --space
 
-PUSH_SPACE = textwrap.dedent("""
-    import sys
-    from fgvc_zoo import cli
-    sys.exit(cli.run(['push', sys.argv[1], sys.argv[2], '--space']))
-""")
 
-
-def test_push_space_to_a_local_hub(space, tmp_path):
+def test_push_space_to_a_local_hub(space, monkeypatch, capsys):
     repo = 'someone/lfd-demo'
     with HubServer(token='hf_test_token') as server:
-        env = dict(
-            server_env(),
-            HF_ENDPOINT=server.endpoint,
-            HF_HUB_OFFLINE='0',
-            HF_HOME=str(tmp_path / 'hf_home'),
-            HF_TOKEN='hf_test_token',
-        )
-        run = subprocess.run(
-            [sys.executable, '-c', PUSH_SPACE, str(space), repo],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
+        # huggingface_hub reads its endpoint and offline flag into constants at import: point those at the test Hub
+        monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', server.endpoint)
+        monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+        monkeypatch.setenv('HF_TOKEN', 'hf_test_token')
+        assert cli.run(['push', str(space), repo, '--space']) == 0
         create = next(r for r in server.requests if r.path == '/api/repos/create')
 
     assert json.loads(create.body)['type'] == 'space' and json.loads(create.body)['sdk'] == 'gradio'
+    assert create.authorization == 'Bearer hf_test_token'
     assert server.repos[repo].kind == 'space'
     local = sorted(str(p.relative_to(space)) for p in space.rglob('*') if p.is_file())
     assert list(served_files(server, repo)) == local
     assert server.repos[repo].files['model/model.safetensors'] == (space / 'model' / 'model.safetensors').read_bytes()
-    assert 'Pushed the Space' in run.stdout
+    assert f'Pushed the Space {space} to {server.endpoint}/' in capsys.readouterr().out
 
 
 def test_push_space_refuses_a_folder_that_is_not_a_space(checkpoint):
@@ -229,9 +212,10 @@ def test_push_space_refuses_a_folder_that_is_not_a_space(checkpoint):
         cli.run(['push', str(checkpoint), 'someone/x', '--space'])
 
 
-def test_demo_cli_is_registered_with_its_options():
-    help_text = subprocess.run(
-        [sys.executable, '-m', 'fgvc_zoo.cli', 'demo', '--help'], capture_output=True, text=True, env=server_env()
-    ).stdout
-    for option in ('--checkpoint', '--port', '--share, --no-share', '--examples', '--topk'):
+def test_demo_cli_is_registered_with_its_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(['demo', '--help'])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ('--checkpoint', '--port', '--share, --no-share', '--examples', '--topk', '--host'):
         assert option in help_text
