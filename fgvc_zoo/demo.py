@@ -123,15 +123,16 @@ def _render(explained: Any) -> Image.Image:
             return png.convert('RGB')
 
 
-def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5) -> DemoAnswer:
-    """Top-k and explanation of one uploaded file, or a one-line reason it cannot be read."""
+def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5, name: str | None = None) -> DemoAnswer:
+    """Top-k and explanation of one uploaded file (`name`: what to call it, default its file name), or a one-line
+    reason it cannot be read."""
     from .data import UnreadableImageError, load_image
     from .explain import explain_images
     from .predict import predict
 
     if not image_path:
         return DemoAnswer({}, None, '', f'No image yet: {IMAGE_HINT}, or pick an example.')
-    name = Path(image_path).name
+    name = name or Path(image_path).name
     source = io.BytesIO(Path(image_path).read_bytes())
     try:
         image = load_image(name, source)
@@ -163,24 +164,13 @@ def _import_gradio():
     return gr
 
 
-def _image_upload(gr: Any) -> type:
-    """gr.Image that hands uploads to `answer` undecoded, so a bad file gets its message, not gradio's PIL error.
-
-    With `type='filepath'` gradio's own preprocessing only opens the file with PIL to return its path; a
-    non-image then fails there with a bare UnidentifiedImageError. A subclass, not a patched instance: gradio
-    rebuilds a component of the same class for each session once an example has updated it.
-    """
-
-    class ImageUpload(gr.Image):
-        def get_block_name(self) -> str:
-            return 'image'  # gradio's documented hook: the frontend of gr.Image
-
-        def preprocess(self, payload: Any) -> Any:
-            if payload is not None and payload.path and not (payload.url or '').startswith('data:'):
-                return str(payload.path)
-            return super().preprocess(payload)
-
-    return ImageUpload
+def _uploaded_path(payload: Any) -> tuple[str | None, str | None]:
+    """(path in gradio's upload cache, the name the person's file had) of an image payload left unprocessed."""
+    if not payload:
+        return None, None
+    payload = payload if isinstance(payload, dict) else payload.model_dump()
+    path = payload.get('path')
+    return path, payload.get('orig_name') or (Path(path).name if path else None)
 
 
 def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: int = 5, title: str | None = None):
@@ -193,8 +183,11 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
         raise ValueError(f'Two checkpoints share a name: {[m.name for m in models]}; give each a different one.')
     title = title or 'fgvc_zoo: what a fine-grained head looks at'
 
-    def classify(image_path: str | None, checkpoint: str):
-        result = answer(by_name[checkpoint], image_path, topk)
+    def classify(upload: Any, checkpoint: str):
+        # preprocess=False: gradio's own image preprocessing opens the file with PIL and fails on a non-image with
+        # a bare error; `answer` decodes it instead, and gets to say what is wrong with the file
+        path, name = _uploaded_path(upload)
+        result = answer(by_name[checkpoint], path, topk, name=name)
         return result.probabilities or None, result.explanation, result.legend, result.message
 
     with gr.Blocks(title=title) as page:
@@ -208,9 +201,7 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
                     interactive=len(models) > 1,
                     elem_id='checkpoint',
                 )
-                image = _image_upload(gr)(
-                    type='filepath', label='Image', sources=['upload', 'clipboard'], elem_id='image'
-                )
+                image = gr.Image(type='filepath', label='Image', sources=['upload', 'clipboard'], elem_id='image')
                 picked = None
                 if examples:
                     picked = gr.Examples(
@@ -226,10 +217,12 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
         legend = gr.Markdown(elem_id='legend')
         outputs = [top, explanation, legend, message]
         # `input`, not `change`: gradio fires `change` twice when an upload replaces an image
-        image.input(classify, [image, checkpoint], outputs, api_name='classify')
-        checkpoint.change(classify, [image, checkpoint], outputs, api_visibility='private')
+        image.input(classify, [image, checkpoint], outputs, api_name='classify', preprocess=False)
+        checkpoint.change(classify, [image, checkpoint], outputs, api_visibility='private', preprocess=False)
         if picked is not None:  # clicking an example sets the image without an `input` event
-            picked.load_input_event.then(classify, [image, checkpoint], outputs, api_visibility='private')
+            picked.load_input_event.then(
+                classify, [image, checkpoint], outputs, api_visibility='private', preprocess=False
+            )
     return page
 
 
