@@ -6,6 +6,7 @@ The browser itself is driven in tests/test_demo_browser.py.
 
 import json
 import sys
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -183,6 +184,20 @@ def test_burst_of_50_requests_some_bad_every_good_one_answered(space_app, checkp
             assert message.startswith(f'Top-1: **{expected[path]}**') and Path(explanation).is_file()
             assert HEAD_LEGENDS['lfd'] in legend
     assert get(space_app)[0] == 200  # still serving
+
+
+def test_a_request_naming_a_file_on_the_server_is_refused_before_the_model_reads_it(space_app, checkpoint):
+    """The page takes uploads unprocessed (preprocess=False); gradio must still refuse paths nobody uploaded."""
+    secret = checkpoint / 'synthetic_data' / 'val' / 'hbar' / '0000.png'  # a readable image the server can see
+    body = json.dumps({'data': [{'path': str(secret), 'meta': {'_type': 'gradio.FileData'}}, 'lfd']}).encode()
+    request = urllib.request.Request(
+        f'{space_app}gradio_api/call/classify', data=body, headers={'Content-Type': 'application/json'}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.load(response)['event_id']
+    status, stream = get(f'{space_app}gradio_api/call/classify/{event_id}')
+    assert status == 200
+    assert stream.startswith('event: error') and 'Top-1' not in stream
 
 
 # ---------------------------------------------------------------------------------------------- push --space
