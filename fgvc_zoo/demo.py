@@ -216,13 +216,13 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
         explanation = gr.Image(label='What the head looks at', format='png', interactive=False, elem_id='explanation')
         legend = gr.Markdown(elem_id='legend')
         outputs = [top, explanation, legend, message]
-        # `input`, not `change`: gradio fires `change` twice when an upload replaces an image
-        image.input(classify, [image, checkpoint], outputs, api_name='classify', preprocess=False)
-        checkpoint.change(classify, [image, checkpoint], outputs, api_visibility='private', preprocess=False)
+        # One queue for the three triggers, one request at a time: draw_explanation uses pyplot, which is not
+        # thread-safe. `input`, not `change`: gradio fires `change` twice when an upload replaces an image.
+        run = dict(fn=classify, inputs=[image, checkpoint], outputs=outputs, preprocess=False, concurrency_id='model')
+        image.input(**run, api_name='classify')
+        checkpoint.change(**run, api_visibility='private')
         if picked is not None:  # clicking an example sets the image without an `input` event
-            picked.load_input_event.then(
-                classify, [image, checkpoint], outputs, api_visibility='private', preprocess=False
-            )
+            picked.load_input_event.then(**run, api_visibility='private')
     return page
 
 

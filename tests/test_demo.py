@@ -5,6 +5,7 @@ The browser itself is driven in tests/test_demo_browser.py.
 """
 
 import json
+import subprocess
 import sys
 import urllib.request
 from importlib.metadata import version
@@ -225,6 +226,13 @@ def test_push_space_to_a_local_hub(space, monkeypatch, capsys):
 def test_push_space_refuses_a_folder_that_is_not_a_space(checkpoint):
     with pytest.raises(SystemExit, match=r'is not a Space folder \(no app\.py, requirements\.txt'):
         cli.run(['push', str(checkpoint), 'someone/x', '--space'])
+
+
+def test_gradio_is_imported_only_when_a_page_is_built():
+    code = 'import sys, fgvc_zoo.demo; print(sorted(m for m in sys.modules if m.split(".")[0] == "gradio"))'
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=server_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == '[]'
 
 
 def test_demo_cli_is_registered_with_its_options(capsys):
