@@ -277,7 +277,12 @@ def demo_main(args: argparse.Namespace) -> int:
     _import_gradio()
     models = [load_demo_model(source, args.img_size, args.device) for source in args.checkpoint]
     if args.examples is None:
-        examples = [path for source in args.checkpoint for path in find_examples(source)]
+        examples, seen = [], set()
+        for path in [path for source in args.checkpoint for path in find_examples(source)]:
+            content = Path(path).read_bytes()  # checkpoints trained on the same synthetic data share images
+            if content not in seen:
+                seen.add(content)
+                examples.append(path)
     else:
         examples = _checked_examples(args.examples)
     page = build_demo(models, examples, topk=args.topk, title=args.title)

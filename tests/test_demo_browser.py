@@ -120,8 +120,10 @@ def test_upload_in_chromium_shows_predicts_top1_explanation_and_legend(
         assert HEAD_LEGENDS['lfd'].split(' max-pools')[0] in page.inner_text('#legend')
         page.screenshot(path=str(ARTIFACTS / f'lfd_{k}.png'), full_page=True)
 
-    # an example is one click: the first one is the first validation image of the LFD folder
+    # an example is one click: the first one is the first validation image of the LFD folder, and the DP-Net
+    # folder's copies of the same images are not shown twice
     example = Path(find_examples(str(checkpoints['lfd']))[0])
+    assert page.locator('#examples button.gallery-item').count() == len(find_examples(str(checkpoints['lfd'])))
     old_src = _explanation_src(page)
     page.locator('#examples button.gallery-item').first.click()
     message = _wait_for_message(page, f'for {example.name}')
