@@ -213,7 +213,15 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
             with gr.Column():
                 message = gr.Markdown(elem_id='message')
                 top = gr.Label(num_top_classes=topk, label='Top classes', elem_id='top-classes')
-        explanation = gr.Image(label='What the head looks at', format='png', interactive=False, elem_id='explanation')
+        gr.Markdown('### What the head looks at')  # a heading, not the image's label, which would cover a panel
+        explanation = gr.Image(
+            label='What the head looks at',
+            show_label=False,
+            format='png',
+            interactive=False,
+            buttons=['download', 'fullscreen'],
+            elem_id='explanation',
+        )
         legend = gr.Markdown(elem_id='legend')
         outputs = [top, explanation, legend, message]
         # One queue for the three triggers, one request at a time: draw_explanation uses pyplot, which is not
