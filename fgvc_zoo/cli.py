@@ -1,4 +1,4 @@
-"""`fgvc-zoo {train,eval,predict,explain,export,push,list,bench}`.
+"""`fgvc-zoo {train,eval,predict,explain,demo,space,export,push,list,bench}`.
 
 Each subcommand NAME lives in a module that exposes `add_NAME_arguments(parser)` and `NAME_main(args) -> int`.
 Only the module of the subcommand that runs is imported, so `fgvc-zoo --help` and `fgvc-zoo list` stay fast.
@@ -27,6 +27,8 @@ SUBCOMMANDS = {
     'eval': ('fgvc_zoo.evaluate', 'top-1/top-5, per-class accuracy and confusion of a checkpoint or Hub model'),
     'predict': ('fgvc_zoo.predict', 'top-k labels with names and probabilities for images'),
     'explain': ('fgvc_zoo.explain', 'draw what a head looks at (maps and boxes) over images, as PNG'),
+    'demo': ('fgvc_zoo.demo', 'serve a page (gradio) to upload images and see top-k and explanations'),
+    'space': ('fgvc_zoo.demo', 'write a Hugging Face Space folder (gradio app, model, examples) for a model'),
     'export': ('fgvc_zoo.hub', 'write model.safetensors + config.json + model card for the Hub'),
     'push': ('fgvc_zoo.hub', 'upload an exported or trained model folder to a Hub repo'),
     'list': ('fgvc_zoo.cli', 'list the registered fgvc_zoo models and tags, and which weights each loads'),

@@ -691,9 +691,19 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--private', action='store_true', help='create the repo private')
     parser.add_argument('--token', help='Hugging Face token with write access (default: HF_TOKEN or hf auth login)')
     parser.add_argument('--keep-card', metavar='DIR', help='also copy the card to DIR/ORG--NAME.md (model_cards/)')
+    parser.add_argument(
+        '--space', action='store_true', help='DIR is a folder written by `fgvc-zoo space`: push it as a gradio Space'
+    )
 
 
 def push_main(args: argparse.Namespace) -> int:
+    if args.space:
+        from .demo import push_space
+
+        if args.keep_card:
+            raise SystemExit('--keep-card keeps a model card; a Space folder has none: drop --keep-card or --space.')
+        print(f'Pushed the Space {args.dir} to {push_space(args.dir, args.repo_id, args.private, args.token)}')
+        return 0
     url = push(args.dir, args.repo_id, private=args.private, token=args.token)
     if args.keep_card:
         kept = Path(args.keep_card) / f'{args.repo_id.replace("/", "--")}.md'

@@ -1,5 +1,5 @@
-"""A minimal Hugging Face Hub for tests: the endpoints `HfApi.create_repo`, `upload_folder`/`create_commit` and
-`hf_hub_download` call, served on 127.0.0.1 from memory.
+"""A minimal Hugging Face Hub for tests: the endpoints `HfApi.create_repo`, `upload_folder`/`create_commit` (model
+and Space repos) and `hf_hub_download` call, served on 127.0.0.1 from memory.
 
 Written by hand because huggingface_hub ships no test server. Every file is stored as a regular git blob (the
 preupload answer is always `regular`, so no LFS or Xet transfer is involved), and every request is recorded so a
@@ -22,6 +22,7 @@ REPO = r'(?P<repo>[\w.-]+/[\w.-]+)'
 @dataclass
 class Repo:
     private: bool
+    kind: str = 'model'  # or 'space'
     files: dict[str, bytes] = field(default_factory=dict)
     commit: str = '0' * 40
 
@@ -53,8 +54,8 @@ class HubServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> None:
-        self.repos[repo_id] = Repo(private=private)
+    def add_repo(self, repo_id: str, files: dict[str, bytes], private: bool = False, kind: str = 'model') -> None:
+        self.repos[repo_id] = Repo(private=private, kind=kind)
         self._commit(repo_id, files)
 
     def _commit(self, repo_id: str, files: dict[str, bytes]) -> str:
@@ -115,13 +116,18 @@ class HubServer:
                     repo_id = f'{payload["organization"]}/{payload["name"]}'
                     if repo_id in hub.repos:
                         return self._json(409, {'error': 'You already created this model repo', 'url': repo_id})
-                    hub.add_repo(repo_id, {}, private=payload.get('visibility') == 'private')
+                    kind = payload.get('type', 'model')
+                    hub.add_repo(repo_id, {}, private=payload.get('visibility') == 'private', kind=kind)
                     return self._json(200, {'url': f'{hub.endpoint}/{repo_id}', 'name': repo_id})
                 if path == '/api/validate-yaml':
                     return self._validate_yaml(json.loads(body)['content'])
-                match = re.fullmatch(rf'/api/models/{REPO}/(?P<op>preupload|commit)/(?P<rev>[^/]+)', path)
+                match = re.fullmatch(
+                    rf'/api/(?P<kind>model|space)s/{REPO}/(?P<op>preupload|commit)/(?P<rev>[^/]+)', path
+                )
                 if match is None or self._repo(match['repo']) is None:
                     return None if match else self._error(404, 'NotFound')
+                if hub.repos[match['repo']].kind != match['kind']:
+                    return self._error(404, 'RepoNotFound')  # a model and a Space are different repos
                 if match['op'] == 'preupload':
                     files = json.loads(body)['files']
                     modes = [{'path': f['path'], 'uploadMode': 'regular', 'shouldIgnore': False} for f in files]
