@@ -7,7 +7,7 @@ batch size in interpreter overhead and the shapes stay static for `torch.compile
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import box_iou, roi_align
 
 __all__ = ['cell_boxes', 'select_boxes', 'crop_and_zoom']
 
@@ -46,18 +46,31 @@ def select_boxes(
 
     When NMS leaves fewer than `num` boxes, the best suppressed boxes fill the remaining slots, so that the
     output shape never depends on the data.
+
+    Greedy NMS is run for `num` rounds only ("take the best box still alive, kill the boxes that overlap it by more
+    than `iou_threshold`"), which gives its first `num` survivors exactly, over an IoU matrix computed once. Every
+    shape is static, so `torch.compile(fullgraph=True)`, CUDA graphs and ONNX take the whole head. Ties in score
+    go to the lower box index, as in the stable sort torchvision's NMS uses.
     """
     batch_size, num_boxes = scores.shape
     if num > num_boxes:
         raise ValueError(f'Asked for {num} boxes but the score map only proposes {num_boxes}.')
-    image_index = torch.arange(batch_size, device=scores.device).repeat_interleave(num_boxes)
-    keep = batched_nms(boxes.repeat(batch_size, 1), scores.flatten().float(), image_index, iou_threshold)
-    kept = torch.zeros(batch_size * num_boxes, dtype=torch.bool, device=scores.device)
-    kept[keep] = True
-    # Rank by score, then move the NMS survivors to the front with a stable sort that keeps the score order.
-    by_score = scores.argsort(dim=1, descending=True, stable=True)
-    survivors_first = kept.view(batch_size, num_boxes).gather(1, by_score).to(torch.uint8)
-    order = by_score.gather(1, survivors_first.argsort(dim=1, descending=True, stable=True))[:, :num]
+    # Work in rank space: position r of a row is the image's r-th best box, so "the best box alive" is the first.
+    by_score = scores.float().argsort(dim=1, descending=True, stable=True)
+    overlaps = box_iou(boxes.float(), boxes.float()) > iou_threshold  # (K, K), shared by the batch
+    ranked_overlaps = overlaps[by_score[:, :, None], by_score[:, None, :]]  # (B, K, K) in rank order
+    ranks = torch.arange(num_boxes, device=scores.device).expand(batch_size, -1)
+    alive = torch.ones(batch_size, num_boxes, dtype=torch.bool, device=scores.device)
+    kept = torch.zeros_like(alive)
+    for _ in range(num):
+        # The first alive rank; a row with none left picks rank 0 (already kept), a no-op below.
+        best = alive.to(torch.uint8).argmax(dim=1, keepdim=True)
+        kept |= (ranks == best) & alive.any(dim=1, keepdim=True)
+        suppressed = ranked_overlaps.gather(1, best[:, :, None].expand(-1, 1, num_boxes)).squeeze(1)
+        alive &= ~suppressed & (ranks != best)
+    # Survivors first, then the suppressed boxes, each group in score order: a key with no ties, so no stable sort.
+    key = kept.to(torch.int64) * num_boxes + (num_boxes - 1 - ranks)
+    order = by_score.gather(1, key.topk(num, dim=1).indices)
     return boxes[order], scores.gather(1, order)
 
 
