@@ -49,28 +49,30 @@ def select_boxes(
 
     Greedy NMS is run for `num` rounds only ("take the best box still alive, kill the boxes that overlap it by more
     than `iou_threshold`"), which gives its first `num` survivors exactly, over an IoU matrix computed once. Every
-    shape is static, so `torch.compile(fullgraph=True)`, CUDA graphs and ONNX take the whole head. Ties in score
-    go to the lower box index, as in the stable sort torchvision's NMS uses.
+    shape is static and nothing is sorted, so `torch.compile(fullgraph=True)`, CUDA graphs and ONNX take the whole
+    head. Ties in score go to the lower box index, as in the stable sort torchvision's NMS uses.
     """
     batch_size, num_boxes = scores.shape
     if num > num_boxes:
         raise ValueError(f'Asked for {num} boxes but the score map only proposes {num_boxes}.')
-    # Work in rank space: position r of a row is the image's r-th best box, so "the best box alive" is the first.
-    by_score = scores.float().argsort(dim=1, descending=True, stable=True)
+    # rank[b, i]: how many boxes come before box i in a stable best-first sort. Counted rather than sorted: a stable
+    # sort has no ONNX form, and counting is exact on ties.
+    values = scores.float()
+    index = torch.arange(num_boxes, device=scores.device)
+    higher = values[:, None, :] > values[:, :, None]
+    tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, :] < index[:, None])
+    rank = (higher | tied_before).sum(dim=2)
     overlaps = box_iou(boxes.float(), boxes.float()) > iou_threshold  # (K, K), shared by the batch
-    ranked_overlaps = overlaps[by_score[:, :, None], by_score[:, None, :]]  # (B, K, K) in rank order
-    ranks = torch.arange(num_boxes, device=scores.device).expand(batch_size, -1)
     alive = torch.ones(batch_size, num_boxes, dtype=torch.bool, device=scores.device)
     kept = torch.zeros_like(alive)
     for _ in range(num):
-        # The first alive rank; a row with none left picks rank 0 (already kept), a no-op below.
-        best = alive.to(torch.uint8).argmax(dim=1, keepdim=True)
-        kept |= (ranks == best) & alive.any(dim=1, keepdim=True)
-        suppressed = ranked_overlaps.gather(1, best[:, :, None].expand(-1, 1, num_boxes)).squeeze(1)
-        alive &= ~suppressed & (ranks != best)
-    # Survivors first, then the suppressed boxes, each group in score order: a key with no ties, so no stable sort.
-    key = kept.to(torch.int64) * num_boxes + (num_boxes - 1 - ranks)
-    order = by_score.gather(1, key.topk(num, dim=1).indices)
+        # The best alive box; in a row with none left, `best` is meaningless and `any_alive` masks it out.
+        best = torch.where(alive, rank, num_boxes).argmin(dim=1)
+        is_best = (index[None, :] == best[:, None]) & alive.any(dim=1, keepdim=True)
+        kept = kept | is_best
+        alive = alive & ~overlaps[best] & ~is_best
+    # Survivors first, then the suppressed boxes, each group best first: the key has no ties.
+    order = (kept.long() * num_boxes + (num_boxes - 1 - rank)).topk(num, dim=1).indices
     return boxes[order], scores.gather(1, order)
 
 
