@@ -14,7 +14,7 @@ SUBCOMMANDS = {
     'eval': ('fgvc_zoo.evaluate', 'top-1/top-5, per-class accuracy and confusion of a checkpoint or Hub model'),
     'predict': ('fgvc_zoo.predict', 'top-k labels with names and probabilities for images'),
     'explain': ('fgvc_zoo.explain', 'draw what a head looks at (maps and boxes) over images, as PNG'),
-    'export': ('fgvc_zoo.hub', 'write model.safetensors + config.json + model card for the Hub'),
+    'export': ('fgvc_zoo.hub', 'write model.safetensors + config.json + model card for the Hub (+ model.onnx)'),
     'push': ('fgvc_zoo.hub', 'upload an exported or trained model folder to a Hub repo'),
     'list': ('fgvc_zoo.cli', 'list the registered fgvc_zoo models'),
     'bench': ('fgvc_zoo.bench', 'time each head against the backbone passes it needs'),

@@ -23,6 +23,7 @@ __all__ = ['export_onnx', 'read_onnx_metadata', 'ONNX_NAME', 'DATA_CONFIG_KEYS']
 ONNX_NAME = 'model.onnx'
 DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (roi_align's aligned=True) came with opset 16
+ANTIALIAS_OPSET = 18  # Resize's antialias (a ViT's position embedding resampled to another input size)
 
 
 class _ExplainOutputs(nn.Module):
@@ -35,6 +36,35 @@ class _ExplainOutputs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         explanation = self.model.explain(x)
         return explanation.logits, explanation.boxes, explanation.scores, *explanation.heatmaps.values()
+
+
+def _antialiased_bicubic(g, input, output_size, align_corners, scale_factors):
+    """ONNX symbolic of `aten::_upsample_bicubic2d_aa` (opset 18 Resize with antialias), which torch lacks.
+
+    timm resamples a ViT's position embedding this way when the input is not its native size (`dynamic_img_size`,
+    e.g. LFD's crops). Resize's antialiased cubic with a = -0.5 and `exclude_outside` is PyTorch's (and PIL's) filter.
+    """
+    int64 = torch.onnx.TensorProtoDataType.INT64
+    batch_channels = g.op(
+        'Slice',
+        g.op('Shape', input),
+        g.op('Constant', value_t=torch.tensor([0])),
+        g.op('Constant', value_t=torch.tensor([2])),
+    )
+    sizes = g.op('Concat', batch_channels, g.op('Cast', output_size, to_i=int64), axis_i=0)
+    empty = g.op('Constant', value_t=torch.tensor([], dtype=torch.float32))
+    return g.op(
+        'Resize',
+        input,
+        empty,
+        empty,
+        sizes,
+        mode_s='cubic',
+        antialias_i=1,
+        cubic_coeff_a_f=-0.5,
+        exclude_outside_i=1,
+        coordinate_transformation_mode_s='half_pixel',
+    )
 
 
 def _import_onnx():
@@ -55,7 +85,7 @@ def export_onnx(
     batch_size: int = 2,
     explain: bool = False,
     label_names: Sequence[str] | None = None,
-    opset: int = 17,
+    opset: int = 18,
 ) -> Path:
     """Write the eval forward of `model` to an ONNX file at `path`, with its preprocessing in the metadata.
 
@@ -69,7 +99,7 @@ def export_onnx(
         batch_size: batch of the example input the graph is traced with.
         explain: also output the explanation (boxes, box scores and every heatmap of `model.explain`).
         label_names: class names for the metadata; None takes the model's pretrained cfg's, if it has any.
-        opset: ONNX opset, at least 16.
+        opset: ONNX opset, at least 16; a ViT-like backbone at another than its native size needs 18.
 
     Returns the path. The input is `input` (B, C, H, W), normalised as the metadata says; the outputs are `logits`
     (B, num_classes), then with `explain=True` `boxes` (B, N, 4) xyxy input pixels, `box_scores` (B, N) and
@@ -80,6 +110,8 @@ def export_onnx(
 
     if opset < MIN_OPSET:
         raise ValueError(f'opset={opset}: the heads need opset >= {MIN_OPSET} (RoiAlign with aligned coordinates).')
+    if opset >= ANTIALIAS_OPSET:
+        torch.onnx.register_custom_op_symbolic('aten::_upsample_bicubic2d_aa', _antialiased_bicubic, ANTIALIAS_OPSET)
     data_config = dict(resolve_model_data_config(model))
     if img_size is not None:
         height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
