@@ -18,7 +18,7 @@ from fgvc_zoo import export_onnx, read_onnx_metadata
 from fgvc_zoo.cli import run
 from fgvc_zoo.data import create_transforms
 from fgvc_zoo.hub import load_model, save_pretrained
-from fgvc_zoo.layers import smooth_maps
+from fgvc_zoo.layers import cell_boxes, select_boxes, smooth_maps
 from fgvc_zoo.onnx import DATA_CONFIG_KEYS
 
 ort = pytest.importorskip('onnxruntime')
@@ -114,6 +114,39 @@ def test_onnx_export_refuses_label_names_of_another_length(tmp_path):
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=3)
     with pytest.raises(ValueError, match='2 label_names for a model with num_classes=3'):
         export_onnx(model, tmp_path / 'model.onnx', img_size=64, label_names=['ant', 'bee'])
+
+
+class SelectBoxes(torch.nn.Module):
+    def __init__(self, boxes: torch.Tensor, num: int):
+        super().__init__()
+        self.boxes, self.num = boxes, num
+
+    def forward(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return select_boxes(self.boxes, scores, self.num, 0.25)
+
+
+def test_onnx_static_nms_breaks_ties_as_pytorch_does(tmp_path):
+    boxes = cell_boxes((4, 4), (128, 128), (0.35, 0.5))
+    module = SelectBoxes(boxes, 6)
+    path = tmp_path / 'nms.onnx'
+    example = torch.rand(2, boxes.shape[0])
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=18,
+        input_names=['input'],
+        dynamic_axes={'input': {0: 'batch'}},
+    )
+    session = _session(path)
+    for _ in range(10):
+        # Few distinct levels, repeated across the two region sizes: ties everywhere.
+        scores = (torch.randint(0, 3, (5, 16)).float() / 3).repeat(1, 2)
+        selected_boxes, selected_scores = _run(session, scores)
+        expected_boxes, expected_scores = module(scores)
+        np.testing.assert_array_equal(selected_boxes, expected_boxes.numpy())
+        np.testing.assert_array_equal(selected_scores, expected_scores.numpy())
 
 
 @pytest.mark.parametrize('shape, sigma', [((2, 1, 7, 7), 1.0), ((3, 4, 14, 10), 0.6), ((1, 2, 3, 3), 2.0)])

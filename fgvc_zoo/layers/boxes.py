@@ -48,32 +48,42 @@ def select_boxes(
     output shape never depends on the data.
 
     Greedy NMS is run for `num` rounds only ("take the best box still alive, kill the boxes that overlap it by more
-    than `iou_threshold`"), which gives its first `num` survivors exactly, over an IoU matrix computed once. Every
-    shape is static and nothing is sorted, so `torch.compile(fullgraph=True)`, CUDA graphs and ONNX take the whole
-    head. Ties in score go to the lower box index, as in the stable sort torchvision's NMS uses.
+    than `iou_threshold`"), which gives its first `num` survivors exactly; each round computes the IoU of the box it
+    takes with all K boxes, num x B x K IoUs in all. Every shape is static, so `torch.compile(fullgraph=True)`, CUDA
+    graphs and ONNX take the whole head. Ties in score go to the lower box index, as in the stable sort
+    torchvision's NMS uses.
     """
     batch_size, num_boxes = scores.shape
     if num > num_boxes:
         raise ValueError(f'Asked for {num} boxes but the score map only proposes {num_boxes}.')
-    # rank[b, i]: how many boxes come before box i in a stable best-first sort. Counted rather than sorted: a stable
-    # sort has no ONNX form, and counting is exact on ties.
-    values = scores.float()
-    index = torch.arange(num_boxes, device=scores.device)
-    higher = values[:, None, :] > values[:, :, None]
-    tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, :] < index[:, None])
-    rank = (higher | tied_before).sum(dim=2)
-    overlaps = box_iou(boxes.float(), boxes.float()) > iou_threshold  # (K, K), shared by the batch
+    boxes = boxes.float()
+    # by_score[b, r]: the index of image b's r-th best box. The loop works in rank space (position r, the r-th best).
+    by_score = _stable_best_first(scores.float())
+    ranks = torch.arange(num_boxes, device=scores.device).expand(batch_size, -1)
     alive = torch.ones(batch_size, num_boxes, dtype=torch.bool, device=scores.device)
     kept = torch.zeros_like(alive)
     for _ in range(num):
         # The best alive box; in a row with none left, `best` is meaningless and `any_alive` masks it out.
-        best = torch.where(alive, rank, num_boxes).argmin(dim=1)
-        is_best = (index[None, :] == best[:, None]) & alive.any(dim=1, keepdim=True)
+        best = alive.to(torch.uint8).argmax(dim=1, keepdim=True)
+        is_best = (ranks == best) & alive.any(dim=1, keepdim=True)
+        overlaps = box_iou(boxes[by_score.gather(1, best)[:, 0]], boxes).gather(1, by_score) > iou_threshold
         kept = kept | is_best
-        alive = alive & ~overlaps[best] & ~is_best
+        alive = alive & ~overlaps & ~is_best
     # Survivors first, then the suppressed boxes, each group best first: the key has no ties.
-    order = (kept.long() * num_boxes + (num_boxes - 1 - rank)).topk(num, dim=1).indices
+    top = (kept.long() * num_boxes + (num_boxes - 1 - ranks)).topk(num, dim=1).indices
+    order = by_score.gather(1, top)
     return boxes[order], scores.gather(1, order)
+
+
+def _stable_best_first(scores: torch.Tensor) -> torch.Tensor:
+    """Indices sorting each row of (B, K) scores best first, equal scores in index order.
+
+    ONNX has no stable sort; its TopK returns equal values in index order (the operator's spec), so an ONNX export
+    takes a full-length TopK, which PyTorch's `topk` does not promise for ties.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return scores.topk(scores.shape[1], dim=1).indices
+    return scores.argsort(dim=1, descending=True, stable=True)
 
 
 def crop_and_zoom(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
