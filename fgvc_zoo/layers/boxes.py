@@ -56,17 +56,18 @@ def select_boxes(
     batch_size, num_boxes = scores.shape
     if num > num_boxes:
         raise ValueError(f'Asked for {num} boxes but the score map only proposes {num_boxes}.')
-    boxes = boxes.float()
+    boxes_fp32 = boxes.float()  # IoUs in float32 whatever the boxes' dtype, as torchvision's NMS computes them
     # by_score[b, r]: the index of image b's r-th best box. The loop works in rank space (position r, the r-th best).
     by_score = _stable_best_first(scores.float())
     ranks = torch.arange(num_boxes, device=scores.device).expand(batch_size, -1)
     alive = torch.ones(batch_size, num_boxes, dtype=torch.bool, device=scores.device)
     kept = torch.zeros_like(alive)
     for _ in range(num):
-        # The best alive box; in a row with none left, `best` is meaningless and `any_alive` masks it out.
+        # The best alive box; in a row with none left, `best` is meaningless and `alive.any` masks it out.
         best = alive.to(torch.uint8).argmax(dim=1, keepdim=True)
         is_best = (ranks == best) & alive.any(dim=1, keepdim=True)
-        overlaps = box_iou(boxes[by_score.gather(1, best)[:, 0]], boxes).gather(1, by_score) > iou_threshold
+        taken = boxes_fp32[by_score.gather(1, best)[:, 0]]  # (B, 4)
+        overlaps = box_iou(taken, boxes_fp32).gather(1, by_score) > iou_threshold
         kept = kept | is_best
         alive = alive & ~overlaps & ~is_best
     # Survivors first, then the suppressed boxes, each group best first: the key has no ties.
