@@ -11,6 +11,7 @@ Needs the `onnx` extra: `pip install fgvc-zoo[onnx]` (onnx to write the metadata
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = ['export_onnx', 'read_onnx_metadata', 'ONNX_NAME', 'DATA_CONFIG_KEYS']
 ONNX_NAME = 'model.onnx'
 DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (roi_align's aligned=True) came with opset 16
+CHECK_ATOL = 1e-4  # logits, float32
 ANTIALIAS_OPSET = 18  # Resize's antialias (a ViT's position embedding resampled to another input size)
 
 
@@ -86,6 +88,7 @@ def export_onnx(
     explain: bool = False,
     label_names: Sequence[str] | None = None,
     opset: int = 18,
+    check: bool = True,
 ) -> Path:
     """Write the eval forward of `model` to an ONNX file at `path`, with its preprocessing in the metadata.
 
@@ -100,6 +103,8 @@ def export_onnx(
         explain: also output the explanation (boxes, box scores and every heatmap of `model.explain`).
         label_names: class names for the metadata; None takes the model's pretrained cfg's, if it has any.
         opset: ONNX opset, at least 16; a ViT-like backbone at another than its native size needs 18.
+        check: run the written file with onnxruntime on the example input (and on one more image when the batch is
+            dynamic) and raise if its logits differ from PyTorch's by more than `CHECK_ATOL`.
 
     Returns the path. The input is `input` (B, C, H, W), normalised as the metadata says; the outputs are `logits`
     (B, num_classes), then with `explain=True` `boxes` (B, N, 4) xyxy input pixels, `box_scores` (B, N) and
@@ -134,7 +139,11 @@ def export_onnx(
     dynamic_axes = {name: {0: 'batch'} for name in ['input', *output_names]} if dynamic_batch else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Expected: the legacy exporter's deprecation notice (it is the one that takes roi_align), and tracer notes
+        # that sizes become constants (the graph is for one input size; `check` runs another batch size).
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        warnings.filterwarnings('ignore', message='You are using the legacy TorchScript-based ONNX export')
         torch.onnx.export(
             module,
             (example,),
@@ -158,7 +167,30 @@ def export_onnx(
     proto.producer_name = 'fgvc_zoo'
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+    if check:
+        check_batch = [example, example[:1].repeat(batch_size + 1, 1, 1, 1)] if dynamic_batch else [example]
+        _check_logits(model, path, check_batch)
     return path
+
+
+def _check_logits(model: nn.Module, path: Path, inputs: Sequence[torch.Tensor]) -> None:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(
+            f'Checking {path} needs onnxruntime: `pip install fgvc-zoo[onnx]`, or pass check=False.'
+        ) from e
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for x in inputs:
+        with torch.no_grad():
+            expected = model(x).float().cpu().numpy()
+        logits = session.run(None, {'input': x.cpu().numpy()})[0]
+        difference = float(abs(logits - expected).max())
+        if not difference <= CHECK_ATOL:
+            raise ValueError(
+                f'{path}: onnxruntime logits differ from PyTorch by {difference:.2e} (> {CHECK_ATOL}) at batch '
+                f'{len(x)}. The graph does not reproduce the model; please report it with the model name.'
+            )
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:

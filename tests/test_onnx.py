@@ -104,6 +104,24 @@ def test_onnx_static_batch_fixes_the_input_shape(tmp_path):
     assert input_meta.shape == [4, 3, 64, 64]
 
 
+class BatchFrozenByTracing(torch.nn.Module):
+    """Logits scaled by the batch size as a Python float: the trace freezes the example's batch into the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.mean(dim=(2, 3))) * float(x.shape[0])
+
+
+def test_onnx_export_check_catches_a_graph_that_does_not_reproduce_the_model(tmp_path):
+    with pytest.raises(ValueError, match='onnxruntime logits differ from PyTorch .* at batch 3'):
+        export_onnx(BatchFrozenByTracing(), tmp_path / 'model.onnx', img_size=8, batch_size=2)
+    # A fixed batch is what the graph was traced for, and it checks out.
+    export_onnx(BatchFrozenByTracing(), tmp_path / 'model.onnx', img_size=8, batch_size=2, dynamic_batch=False)
+
+
 def test_onnx_export_refuses_an_opset_without_aligned_roi_align(tmp_path):
     model = timm.create_model('lfd', backbone='test_resnet', num_classes=3)
     with pytest.raises(ValueError, match='opset >= 16'):
