@@ -144,6 +144,7 @@ def export_onnx(
         # that sizes become constants (the graph is for one input size; `check` runs another batch size).
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         warnings.filterwarnings('ignore', message='You are using the legacy TorchScript-based ONNX export')
+        warnings.filterwarnings('ignore', category=UserWarning, module=r'torch\.onnx')  # constant folding notes
         torch.onnx.export(
             module,
             (example,),
