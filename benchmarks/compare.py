@@ -55,10 +55,12 @@ METHODS: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 
-# LFD ablations of the two optimisation fixes, run at LFD's chosen lr and seeds (`--ablations`).
-ABLATIONS: dict[str, list[str]] = {
-    'lfd_shared_bn': ['--model-args', 'zoom_size={zoom},region_sizes={regions},crop_norm_stats=false'],
-    'lfd_paper_hybrid': ['--model-args', 'zoom_size={zoom},region_sizes={regions},hybrid_scale=1.0'],
+# Ablations, each run at its method's chosen lr and seeds (`--ablations NAME ...`): LFD without each of its two
+# optimisation fixes, and DP-Net fine-tuning its backbone (the paper freezes it).
+ABLATIONS: dict[str, tuple[str, list[str]]] = {
+    'lfd_shared_bn': ('lfd', ['--model-args', 'zoom_size={zoom},region_sizes={regions},crop_norm_stats=false']),
+    'lfd_paper_hybrid': ('lfd', ['--model-args', 'zoom_size={zoom},region_sizes={regions},hybrid_scale=1.0']),
+    'dpnet_unfrozen': ('dpnet', ['--model-args', 'freeze_backbone=false']),
 }
 
 # dataset -> (input size, the trainer's augmentation flags); fixed for every method.
@@ -180,11 +182,12 @@ def dataset_views(name: str, work_dir: Path) -> dict[str, Path]:
 
 
 def _flags(method: str) -> list[str]:
-    """A method's trainer flags; an ablation is LFD's with its --model-args replaced."""
+    """A method's trainer flags; an ablation is its method's with the --model-args replaced."""
     if method not in ABLATIONS:
         return METHODS[method]
-    base = METHODS['lfd']
-    return base[: base.index('--model-args')] + ABLATIONS[method]
+    method, model_args = ABLATIONS[method]
+    base = METHODS[method]
+    return (base[: base.index('--model-args')] if '--model-args' in base else base) + model_args
 
 
 def train_command(method: str, lr: float, seed: int, data: Path, output: Path, args: argparse.Namespace) -> list[str]:
@@ -307,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--img-size', type=int, help="override the dataset's input size (a smaller budget)")
     parser.add_argument('--train-per-class', type=int, help="override the dataset's training images per class")
     parser.add_argument('--work-dir', default=str(CACHE / 'compare'))
-    parser.add_argument('--ablations', action='store_true', help="also LFD's ablations at its chosen lr and seeds")
+    parser.add_argument(
+        '--ablations', nargs='*', default=[], choices=list(ABLATIONS), help="ablations at their method's lr and seeds"
+    )
     parser.add_argument('--summary-only', action='store_true', help='summarise the runs in --json, train nothing')
     parser.add_argument('--json', required=True, help='every run and the summary; runs already in it are skipped')
     args = parser.parse_args(argv)
@@ -351,17 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         lr = choose_lr(report['runs'], method, args.lrs)
         for seed in args.seeds:
             run(method, lr, seed)
-    if args.ablations and not args.summary_only:
-        lr = choose_lr(report['runs'], 'lfd', args.lrs)
-        for method in ABLATIONS:
-            for seed in args.seeds:
-                run(method, lr, seed)
+    for ablation in [] if args.summary_only else args.ablations:
+        lr = choose_lr(report['runs'], ABLATIONS[ablation][0], args.lrs)
+        for seed in args.seeds:
+            run(ablation, lr, seed)
     swept = [m for m in args.methods if {(m, lr, 0) for lr in args.lrs} <= done]
     report['summary'] = summarise(report['runs'], swept, args.lrs, args.seeds)
-    ablated = {r['method'] for r in report['runs']} & set(ABLATIONS)
-    if ablated:
-        lfd_lr = choose_lr(report['runs'], 'lfd', args.lrs)
-        report['summary'] |= summarise(report['runs'], sorted(ablated), [lfd_lr], args.seeds)
+    for ablation in sorted({r['method'] for r in report['runs']} & set(ABLATIONS)):
+        lr = choose_lr(report['runs'], ABLATIONS[ablation][0], args.lrs)
+        report['summary'] |= summarise(report['runs'], [ablation], [lr], args.seeds)
     path.write_text(json.dumps(report, indent=1))
     print(markdown(report['summary']))
     return 0
