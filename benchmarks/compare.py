@@ -227,7 +227,8 @@ def score(method: str, output: Path, views: dict[str, Path], args: argparse.Name
     if args.dataset == 'synthetic' and method != 'plain':
         from pointing import measure
 
-        pointing = measure(method, output, str(views['test']), img_size, 32)
+        head = ABLATIONS[method][0] if method in ABLATIONS else method
+        pointing = measure(head, output, str(views['test']), img_size, 32)
         result |= {k: pointing[k] for k in ('pointing', 'box_area', 'centre_pointing')}
     return result
 
