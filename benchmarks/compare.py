@@ -284,17 +284,19 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], lrs: list[float], 
 def markdown(summary: dict[str, Any]) -> str:
     plain = summary.get('plain', {}).get('test_top1')
     lines = [
-        '| method | lr (val) | val top-1 by lr (seed 0) | test top-1 mean +- std | vs plain | pointing | centre box |',
-        '|---|---|---|---|---|---|---|',
+        '| method | lr (val) | val top-1 by lr (seed 0) | test top-1 mean +- std | vs plain | pointing | centre box '
+        '| box area |',
+        '|---|---|---|---|---|---|---|---|',
     ]
     for method, e in summary.items():
         sweep = ', '.join(f'{lr:g}: {v:.1f}' for lr, v in sorted(e['sweep_val_top1'].items()))
         delta = f'{e["test_top1"] - plain:+.1f}' if plain is not None and method != 'plain' else ''
         point = f'{e["pointing"]:.1f} +- {e["pointing_std"]:.1f}' if 'pointing' in e else ''
         centre = f'{e["centre_pointing"]:.1f}' if 'centre_pointing' in e else ''
+        area = f'{e["box_area"]:.1f}' if 'box_area' in e else ''
         lines.append(
             f'| {method} | {e["lr"]:g} | {sweep} | {e["test_top1"]:.1f} +- {e["test_top1_std"]:.1f} '
-            f'(n={len(e["seeds"])}) | {delta} | {point} | {centre} |'
+            f'(n={len(e["seeds"])}) | {delta} | {point} | {centre} | {area} |'
         )
     return '\n'.join(lines)
 
