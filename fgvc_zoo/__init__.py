@@ -31,8 +31,8 @@ __all__ = ['__version__', *_MODELS_ALL]
 
 class _Registrar(importlib.abc.MetaPathFinder):
     """Registers the heads (imports `fgvc_zoo.models`) once timm has been executed and no fgvc_zoo module is
-    half-initialised: `fgvc_zoo.hub` imports timm before it defines what `fgvc_zoo.models` takes from it, so a
-    registration in the middle of its import would fail. Finds nothing itself: it wraps the loaders of timm and of
+    half-initialised: a module that imports timm and then `fgvc_zoo.models` must not see the heads registered in
+    the middle of its own import. Finds nothing itself: it wraps the loaders of timm and of
     fgvc_zoo's submodules (until the heads are registered) to know when both hold.
     """
 

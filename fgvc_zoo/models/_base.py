@@ -24,8 +24,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..errors import UnknownArgumentError
-from ..hub import hub_cfg, hub_errors, safetensors_only, weights_record
 from ._backbone import Backbone, check_backbone_name
+from ._hub import hub_cfg, hub_errors, safetensors_only, weights_record
 
 __all__ = [
     'FgvcOutput',
