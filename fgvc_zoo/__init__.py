@@ -22,6 +22,8 @@ _MODELS_ALL = [
     'FgvcModel',
     'FgvcOutput',
     'build_fgvc_model',
+    'register_head',
+    'list_heads',
     'Lfd',
     'DpNet',
     'Iagn',

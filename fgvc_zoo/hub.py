@@ -29,6 +29,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token, hf_hub_
 from timm.models import load_checkpoint, save_for_hf
 from timm.models._hub import hf_split
 
+from .models import PaperInfo, head_class, head_name, list_heads
 from .models._hub import HUB_ORG, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
 
 __all__ = [
@@ -67,78 +68,6 @@ TEMPLATE_RESOURCE = ('templates', 'model_card.md')
 NOT_RECORDED = object()
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
 
-# Top-1 accuracy (%) the papers report with a ResNet-50 (docs/methods.md), by head and dataset.
-PAPER_RESULTS: dict[str, dict[str, list[tuple[str, float]]]] = {
-    'lfd': {
-        'cub_200_2011': [('LFD, ResNet-50', 87.6)],
-        'fgvc_aircraft': [('LFD, ResNet-50', 92.1)],
-        'stanford_cars': [('LFD, ResNet-50', 94.1)],
-    },
-    'dpnet': {
-        'cub_200_2011': [('DP-Net, ResNet-50, no constraint', 84.9), ('DP-Net, ResNet-50, all constraints', 85.0)],
-    },
-}
-PAPER_BACKBONE = 'resnet50'
-
-HEAD_INFO: dict[str, dict[str, str]] = {
-    'lfd': dict(
-        title='LFD (Learning to Focus and Discriminate)',
-        description=(
-            'Class activation maps of an image-level classifier, max-pooled over all classes, score square regions '
-            'of the image; NMS keeps the most discriminative ones, which are cropped, zoomed and passed through the '
-            'same backbone. A hybrid classifier on the image feature and the top region features predicts.'
-        ),
-        bibtex=(
-            '@inproceedings{feng2019lfd,\n'
-            '  title = {Learning to Focus and Discriminate for Fine-grained Classification},\n'
-            '  author = {Feng, Zhicong and Fu, Keren and Zhao, Qijun},\n'
-            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
-            '  year = {2019}\n'
-            '}'
-        ),
-    ),
-    'dpnet': dict(
-        title='DP-Net (Discriminative Part Network)',
-        description=(
-            "Part detectors (q per class) score the cells of a pretrained backbone's feature map; the bag-of-parts "
-            'vector is classified linearly, with optional orthogonality, decisive-assignment and class-specific '
-            'constraints. The backbone stays frozen by default.'
-        ),
-        bibtex=(
-            '@inproceedings{sicre2023dpnet,\n'
-            '  title = {DP-Net: Learning Discriminative Parts for image recognition},\n'
-            '  author = {Sicre, Ronan and Zhang, Hanwei and Dejasmin, Julien and Daaloul, Chiheb and '
-            "Ayache, St{\\'e}phane and Arti{\\`e}res, Thierry},\n"
-            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
-            '  year = {2023},\n'
-            '  eprint = {2404.15037},\n'
-            '  archivePrefix = {arXiv}\n'
-            '}'
-        ),
-    ),
-    'iagn': dict(
-        title='IAGN (Interpretable Attention Guided Network)',
-        description=(
-            "**Reconstruction notice:** reconstructed from the paper's abstract; not the authors' code. The "
-            "paper's method section and results were not available to us (no paper number to compare). It follows the "
-            'closest published mechanism its abstract names (progressive multi-granularity training with '
-            'stage-by-stage knowledge distillation), with class-activation attention that picks the region '
-            'to zoom into.'
-        ),
-        bibtex=(
-            '@inproceedings{huang2020iagn,\n'
-            '  title = {Interpretable Attention Guided Network for Fine-grained Visual Classification},\n'
-            '  author = {Huang, Zhenhuan and Duan, Xiaoyue and Zhao, Bo and L{\\"u}, Jinhu and Zhang, Baochang},\n'
-            '  booktitle = {ICPR 2020 Workshops, LNCS},\n'
-            '  pages = {52--63},\n'
-            '  year = {2020},\n'
-            '  eprint = {2103.04701},\n'
-            '  archivePrefix = {arXiv}\n'
-            '}'
-        ),
-    ),
-}
-
 TIMM_BIBTEX = (
     '@misc{rw2019timm,\n'
     '  author = {Ross Wightman},\n'
@@ -155,7 +84,7 @@ TIMM_BIBTEX = (
 def _export_model_args(model: torch.nn.Module) -> dict[str, Any]:
     model_args = getattr(model, 'model_args', None)
     architecture = getattr(model, 'pretrained_cfg', {}).get('architecture', '')
-    if model_args is None and architecture and not _is_head(architecture):
+    if model_args is None and architecture and head_name(architecture) is None:
         return {}  # a plain timm classifier: timm's factory records its own arguments
     if model_args is None:
         raise ValueError(
@@ -248,20 +177,9 @@ def save_pretrained(
     return out_dir
 
 
-def _is_head(architecture: str) -> bool:
-    return architecture.split('_')[0] in HEAD_INFO
-
-
-def _head_name(architecture: str) -> str:
-    head = architecture.split('_')[0]
-    if head not in HEAD_INFO:
-        raise ValueError(f"architecture '{architecture}' is not an fgvc_zoo head ({', '.join(HEAD_INFO)}).")
-    return head
-
-
-def _plain_info(architecture: str) -> dict[str, str]:
+def _plain_info(architecture: str) -> PaperInfo:
     """The card text of a plain timm classifier that fgvc_zoo's trainer fine-tuned (the heads' baseline)."""
-    return dict(
+    return PaperInfo(
         title="timm's own classifier",
         description=(
             f"A plain fine-tune of timm's `{architecture}` (its own pooling and linear classifier, no FGVC head), "
@@ -299,8 +217,8 @@ def _is_accuracy(metric: str) -> bool:
     return (metric.startswith('top') and metric[3:].isdigit()) or 'acc' in metric
 
 
-def _results_table(head: str | None, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
-    paper = PAPER_RESULTS.get(head, {}).get(dataset or '', []) if backbone.split('.')[0] == PAPER_BACKBONE else []
+def _results_table(info: PaperInfo, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
+    paper = info.results.get(dataset or '', []) if backbone.split('.')[0] == info.backbone else []
     paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
     rows = ['| metric | this model | paper |', '|---|---|---|']
     for name, value in metrics.items():
@@ -352,7 +270,7 @@ def model_card(
     results = results or {}
     recipe = recipe if recipe is not None else results.get('config', {})
     architecture = config['architecture']
-    head = _head_name(architecture) if _is_head(architecture) else None
+    head = head_name(architecture)
     model_args = config.get('model_args', {})
     backbone = model_args.get('backbone', architecture.split('_', 1)[-1]) if head else architecture
     dataset = _dataset_name(results, recipe)
@@ -381,14 +299,14 @@ def model_card(
         ]
         or None,
     )
-    info = HEAD_INFO[head] if head else _plain_info(architecture)
+    info = (head_class(head).paper if head else None) or _plain_info(architecture)
     load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
     provenance, initial_weights = _describe_weights(weights)
     body = string.Template(read_template(template)).substitute(
         front_matter=card_data.to_yaml(),
         model_name=model_name,
-        title=info['title'],
-        description=info['description'],
+        title=info.title,
+        description=info.description,
         architecture=architecture,
         backbone=backbone,
         provenance=provenance,
@@ -396,11 +314,11 @@ def model_card(
         dataset=dataset or 'unknown',
         num_classes=config['num_classes'],
         input_size='x'.join(str(s) for s in config.get('pretrained_cfg', {}).get('input_size', ())),
-        results_table=_results_table(head, backbone, dataset, metrics),
+        results_table=_results_table(info, backbone, dataset, metrics),
         model_args=json.dumps(model_args, indent=2, sort_keys=True),
         recipe=json.dumps(recipe, indent=2, sort_keys=True, default=str) if recipe else 'not recorded',
         load_name=load_name,
-        method_bibtex=info['bibtex'],
+        method_bibtex=info.bibtex,
         timm_bibtex=TIMM_BIBTEX,
     )
     return body
@@ -428,7 +346,7 @@ def _check_registered(config: dict[str, Any], source: str) -> None:
     if not architecture or not timm.is_model(architecture):
         raise RuntimeError(
             f"{source} holds a '{architecture}' model, which is not registered with timm. Run {IMPORT_HINT}; "
-            f'this fgvc_zoo registers the heads {", ".join(HEAD_INFO)} (a newer architecture needs '
+            f'this fgvc_zoo registers the heads {", ".join(list_heads())} (a newer architecture needs '
             f'`pip install -U fgvc-zoo`).'
         )
 

@@ -436,11 +436,11 @@ def _build_model(config: argparse.Namespace, num_classes: int, load_weights: boo
     pretrained and `--backbone-weights` loads, so that a resume needs neither the Hub nor the weights file."""
     import timm
 
-    import fgvc_zoo  # noqa: F401  (registers the heads)
+    from .models import head_models, list_heads  # registers the heads
 
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
     architecture = config.model.split('.')[0]
-    heads = timm.list_models(module=['lfd', 'dpnet', 'iagn'])
+    heads = head_models()
     if ':' not in config.model and not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, heads, n=5)
         hint = f' Close matches: {", ".join(close)}.' if close else ''
@@ -453,7 +453,7 @@ def _build_model(config: argparse.Namespace, num_classes: int, load_weights: boo
         )
     if config.backbone:
         kwargs['backbone'] = config.backbone
-    if 'backbone' not in kwargs and architecture in ('lfd', 'dpnet', 'iagn'):
+    if 'backbone' not in kwargs and architecture in list_heads():
         raise UsageError(
             f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
             f'test_resnet for a quick try), or a named variant such as --model {architecture}_resnet50.'

@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
-from timm.models import register_model
 
 from ..layers.boxes import crop_and_zoom
 from ..layers.cam import upsample_maps
@@ -31,12 +30,16 @@ from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
 from ._backbone import Backbone
 from ._base import (
+    BackbonePass,
     Explanation,
+    ExplanationPanel,
     FgvcModel,
     FgvcOutput,
+    PaperInfo,
     build_fgvc_model,
     fgvc_cfg,
     generate_head_cfgs,
+    register_head,
     register_variants,
 )
 
@@ -80,6 +83,35 @@ class Iagn(FgvcModel):
     `model(x)` returns fused(x) + fused(zoom(x, box)). In train mode `model(x, target=y, step=k)` returns the loss
     of optimiser step k of `num_train_steps`: steps 0 .. S-1 train stage 1 .. S, step S the fused head.
     """
+
+    paper = PaperInfo(
+        title='IAGN (Interpretable Attention Guided Network)',
+        description=(
+            "**Reconstruction notice:** reconstructed from the paper's abstract; not the authors' code. The "
+            "paper's method section and results were not available to us (no paper number to compare). It follows the "
+            'closest published mechanism its abstract names (progressive multi-granularity training with '
+            'stage-by-stage knowledge distillation), with class-activation attention that picks the region '
+            'to zoom into.'
+        ),
+        bibtex=(
+            '@inproceedings{huang2020iagn,\n'
+            '  title = {Interpretable Attention Guided Network for Fine-grained Visual Classification},\n'
+            '  author = {Huang, Zhenhuan and Duan, Xiaoyue and Zhao, Bo and L{\\"u}, Jinhu and Zhang, Baochang},\n'
+            '  booktitle = {ICPR 2020 Workshops, LNCS},\n'
+            '  pages = {52--63},\n'
+            '  year = {2020},\n'
+            '  eprint = {2103.04701},\n'
+            '  archivePrefix = {arXiv}\n'
+            '}'
+        ),
+    )
+    explanation_legend = (
+        "IAGN (Interpretable Attention Guided Network, reconstructed from the paper's abstract) computes a "
+        'class-activation map per backbone **stage** and fuses them into an **attention** map; the **attended '
+        'box** is the region it zooms into for the second look (score: share of the attention mass inside it).'
+    )
+    # Its classifiers use BatchNorm1d over the batch, which needs 2 images in train mode.
+    min_train_batch = 2
 
     def __init__(
         self,
@@ -335,6 +367,32 @@ class Iagn(FgvcModel):
             logits=logits,
         )
 
+    def backbone_passes(self, batch_size: int, img_size: int, train: bool) -> list[list[BackbonePass]]:
+        """The image and its zoom; in training, each stage step k a grad-free pass on the image (the box) and a
+        pass on the zoomed jigsaw up to map k, then the fused step on the image and the zoom."""
+        zoom = self.zoom_size or img_size
+        if not train:
+            return [[BackbonePass(batch_size, img_size, False), BackbonePass(batch_size, zoom, False)]]
+        stage_steps = [
+            [BackbonePass(batch_size, img_size, False), BackbonePass(batch_size, zoom, True, stage + 1)]
+            for stage in range(self.stages)
+        ]
+        fused_step = [BackbonePass(batch_size, img_size, True), BackbonePass(batch_size, zoom, True)]
+        if self.progressive:
+            return stage_steps + [fused_step]
+        return [[p for step in stage_steps + [fused_step] for p in step]]
+
+    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+        """The attended box, each stage's map, and the fused attention under the box."""
+        boxes = exp.boxes[i]
+        box_labels = [f'attended {exp.scores[i, 0]:.2f}']
+        stages = exp.heatmaps['stages'][i]
+        return [
+            ExplanationPanel(f'attended box (attention share) -> {label}', boxes=boxes, box_labels=box_labels),
+            *[ExplanationPanel(f'stage {s + 1} map', stage_map) for s, stage_map in enumerate(stages)],
+            ExplanationPanel('fused attention', exp.heatmaps['attention'][i, 0], boxes, box_labels),
+        ]
+
 
 def _class_index(target: torch.Tensor) -> torch.Tensor:
     """Class indices from (B,) indices or (B, C) soft targets (mixup, label smoothing)."""
@@ -376,7 +434,7 @@ def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
 default_cfgs = generate_head_cfgs('iagn', _cfg)
 
 
-@register_model
+@register_head(Iagn)
 def iagn(pretrained: bool = False, **kwargs) -> Iagn:
     """IAGN over any timm backbone: `timm.create_model('iagn', backbone='convnext_tiny', num_classes=100)`."""
     return _create_iagn('iagn', pretrained=pretrained, **kwargs)
