@@ -44,7 +44,6 @@ __all__ = [
     'build_fgvc_model',
     'fgvc_cfg',
     'generate_head_cfgs',
-    'register_variants',
     'POPULAR_BACKBONES',
     'FGVC_DATASETS',
     'PUBLISHED_TAGS',
@@ -246,7 +245,7 @@ _HEAD_MODULES: dict[str, str] = {}
 def register_head(model_cls: type[FgvcModel]) -> Callable[[Callable[..., FgvcModel]], Callable[..., FgvcModel]]:
     """Decorate a head's generic entrypoint (`def lfd(pretrained=False, **kwargs)`): timm's `register_model`, and
     the head's name, class and module recorded for the generic tools (`list_heads`, `head_name`, `head_models`).
-    Its `<name>_<backbone>` variants are registered with plain `register_model`."""
+    Its `<name>_<backbone>` variants (one per `POPULAR_BACKBONES`) are written-out `register_model` functions."""
 
     def decorator(fn: Callable[..., FgvcModel]) -> Callable[..., FgvcModel]:
         if '_' in fn.__name__:
@@ -494,21 +493,3 @@ def build_fgvc_model(
     else:
         model.pretrained_weights = weights_record(model.backbone.pretrained_cfg, 'backbone')
     return model
-
-
-def register_variants(
-    head: str,
-    create_fn: Callable[..., FgvcModel],
-    namespace: dict[str, Any],
-) -> None:
-    """Register `<head>_<backbone>` entrypoints for the popular backbones into a model file's namespace."""
-    for backbone in POPULAR_BACKBONES:
-
-        def entrypoint(pretrained: bool = False, _backbone: str = backbone, **kwargs) -> FgvcModel:
-            kwargs.setdefault('backbone', _backbone)
-            return create_fn(f'{head}_{_backbone}', pretrained=pretrained, **kwargs)
-
-        entrypoint.__name__ = f'{head}_{backbone}'
-        entrypoint.__qualname__ = entrypoint.__name__
-        entrypoint.__module__ = namespace['__name__']
-        namespace[entrypoint.__name__] = register_model(entrypoint)

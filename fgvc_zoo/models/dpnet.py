@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import register_model
 
 from ..layers.cam import class_activation_maps, upsample_maps
 from ..layers.parts import (
@@ -38,7 +39,6 @@ from ._base import (
     fgvc_cfg,
     generate_head_cfgs,
     register_head,
-    register_variants,
 )
 
 __all__ = ['DpNet']
@@ -299,4 +299,50 @@ def dpnet(pretrained: bool = False, **kwargs) -> DpNet:
     return _create_dpnet('dpnet', pretrained=pretrained, **kwargs)
 
 
-register_variants('dpnet', _create_dpnet, globals())
+@register_model
+def dpnet_resnet50(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ResNet-50; pretrained=True loads the backbone's `a1_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet50')
+    return _create_dpnet('dpnet_resnet50', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_resnet101(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ResNet-101; pretrained=True loads the backbone's `a1h_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet101')
+    return _create_dpnet('dpnet_resnet101', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_convnext_tiny(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ConvNeXt-Tiny; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_tiny')
+    return _create_dpnet('dpnet_convnext_tiny', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_convnext_base(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ConvNeXt-Base; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_base')
+    return _create_dpnet('dpnet_convnext_base', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over EfficientNet-Lite0; pretrained=True loads the backbone's `in1k` weights."""
+    kwargs.setdefault('backbone', 'tf_efficientnet_lite0')
+    return _create_dpnet('dpnet_tf_efficientnet_lite0', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ViT-B/16; pretrained=True loads the backbone's `augreg2_in21k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'vit_base_patch16_224')
+    return _create_dpnet('dpnet_vit_base_patch16_224', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over Swin-B (window 7); pretrained=True loads the backbone's `ms_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'swin_base_patch4_window7_224')
+    return _create_dpnet('dpnet_swin_base_patch4_window7_224', pretrained=pretrained, **kwargs)

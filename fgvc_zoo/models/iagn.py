@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
+from timm.models import register_model
 
 from ..layers.boxes import crop_and_zoom
 from ..layers.cam import upsample_maps
@@ -40,7 +41,6 @@ from ._base import (
     fgvc_cfg,
     generate_head_cfgs,
     register_head,
-    register_variants,
 )
 
 __all__ = ['Iagn']
@@ -440,4 +440,50 @@ def iagn(pretrained: bool = False, **kwargs) -> Iagn:
     return _create_iagn('iagn', pretrained=pretrained, **kwargs)
 
 
-register_variants('iagn', _create_iagn, globals())
+@register_model
+def iagn_resnet50(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ResNet-50; pretrained=True loads the backbone's `a1_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet50')
+    return _create_iagn('iagn_resnet50', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_resnet101(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ResNet-101; pretrained=True loads the backbone's `a1h_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet101')
+    return _create_iagn('iagn_resnet101', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_convnext_tiny(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ConvNeXt-Tiny; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_tiny')
+    return _create_iagn('iagn_convnext_tiny', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_convnext_base(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ConvNeXt-Base; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_base')
+    return _create_iagn('iagn_convnext_base', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over EfficientNet-Lite0; pretrained=True loads the backbone's `in1k` weights."""
+    kwargs.setdefault('backbone', 'tf_efficientnet_lite0')
+    return _create_iagn('iagn_tf_efficientnet_lite0', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ViT-B/16; pretrained=True loads the backbone's `augreg2_in21k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'vit_base_patch16_224')
+    return _create_iagn('iagn_vit_base_patch16_224', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over Swin-B (window 7); pretrained=True loads the backbone's `ms_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'swin_base_patch4_window7_224')
+    return _create_iagn('iagn_swin_base_patch4_window7_224', pretrained=pretrained, **kwargs)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import register_model
 
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
@@ -29,7 +30,6 @@ from ._base import (
     fgvc_cfg,
     generate_head_cfgs,
     register_head,
-    register_variants,
 )
 
 __all__ = ['Lfd']
@@ -299,4 +299,50 @@ def lfd(pretrained: bool = False, **kwargs) -> Lfd:
     return _create_lfd('lfd', pretrained=pretrained, **kwargs)
 
 
-register_variants('lfd', _create_lfd, globals())
+@register_model
+def lfd_resnet50(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ResNet-50; pretrained=True loads the backbone's `a1_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet50')
+    return _create_lfd('lfd_resnet50', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_resnet101(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ResNet-101; pretrained=True loads the backbone's `a1h_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet101')
+    return _create_lfd('lfd_resnet101', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_convnext_tiny(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ConvNeXt-Tiny; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_tiny')
+    return _create_lfd('lfd_convnext_tiny', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_convnext_base(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ConvNeXt-Base; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_base')
+    return _create_lfd('lfd_convnext_base', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over EfficientNet-Lite0; pretrained=True loads the backbone's `in1k` weights."""
+    kwargs.setdefault('backbone', 'tf_efficientnet_lite0')
+    return _create_lfd('lfd_tf_efficientnet_lite0', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ViT-B/16; pretrained=True loads the backbone's `augreg2_in21k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'vit_base_patch16_224')
+    return _create_lfd('lfd_vit_base_patch16_224', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over Swin-B (window 7); pretrained=True loads the backbone's `ms_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'swin_base_patch4_window7_224')
+    return _create_lfd('lfd_swin_base_patch4_window7_224', pretrained=pretrained, **kwargs)
