@@ -31,6 +31,7 @@ import torch.nn as nn
 from PIL import Image
 from torchvision import transforms as T
 
+from .layers.cam import min_max_scale
 from .models import ExplanationChart, ExplanationPanel, model_head_name
 
 __all__ = [
@@ -288,11 +289,6 @@ def explain_images(
     return explained
 
 
-def _normalised(heatmap: np.ndarray) -> np.ndarray:
-    low, high = float(heatmap.min()), float(heatmap.max())
-    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
-
-
 def _wrap(text: str, width_px: float, size: int) -> list[str]:
     return textwrap.wrap(text, max(8, int((width_px - 2 * _PAD) / _CHAR[size]))) or ['']
 
@@ -356,7 +352,7 @@ def _draw_image_panel(fig, renderer, explained: ImageExplanation, panel: Panel, 
     ax.imshow(np.asarray(explained.image), extent=(0, width, height, 0), interpolation='bilinear')
     x1, y1, x2, y2 = explained.map_extent
     if panel.heatmap is not None:
-        heat = _normalised(panel.heatmap)
+        heat = min_max_scale(torch.from_numpy(panel.heatmap).double()).numpy()
         rgba = matplotlib.colormaps[HEATMAP_CMAP](heat)
         rgba[..., 3] = 0.25 + 0.5 * heat  # the photo shows through where the map is low
         ax.imshow(rgba, extent=(x1, x2, y2, y1), interpolation='bilinear')

@@ -25,7 +25,7 @@ from typing import Any
 
 import timm
 import torch
-from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token, hf_hub_download
+from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token, hf_hub_download, try_to_load_from_cache
 from timm.models import load_checkpoint, save_for_hf
 from timm.models._hub import hf_split
 
@@ -44,7 +44,7 @@ __all__ = [
     'weights_record',
     'pretrained_weights_of',
     'share_file',
-    'label_names',
+    'model_label_names',
     'safetensors_only',
     'hub_errors',
     'push',
@@ -401,14 +401,19 @@ def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
     return model.eval()
 
 
-def label_names(model: torch.nn.Module) -> list[str] | None:
-    """The class names of a loaded model, from its pretrained cfg or else its Hub repo's config.json."""
+def model_label_names(model: torch.nn.Module, download: bool = False) -> list[str] | None:
+    """The class names of a loaded model: its pretrained cfg's, else its Hub repo's config.json from the local Hub
+    cache (the weights' download put it there), fetched from the Hub only with `download=True`."""
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     if cfg.get('num_classes') not in (None, model.num_classes):
         return None  # heads were re-initialised for other classes
     names = cfg.get('label_names')
     if names is None and cfg.get('hf_hub_id') and cfg.get('source') != 'hf-hub':
-        names = _hub_config(cfg['hf_hub_id']).get('label_names')
+        repo_id, revision = hf_split(cfg['hf_hub_id'])
+        if download:
+            names = _hub_config(cfg['hf_hub_id']).get('label_names')
+        elif isinstance(cached := try_to_load_from_cache(repo_id, CONFIG_NAME, revision), str):
+            names = json.loads(Path(cached).read_text()).get('label_names')
     return list(names) if names is not None else None
 
 

@@ -86,10 +86,10 @@ def test_progressive_iagn_is_charged_its_s_plus_one_steps():
     (infer,) = backbone_passes(model, cfg, train=False)
     assert [tuple(x.shape) for x, _, _ in infer] == [(2, 3, 64, 64), (2, 3, 48, 48)]
     steps = backbone_passes(model, cfg, train=True)
-    assert len(steps) == model.stages + 1 == model.num_train_steps
+    assert len(steps) == model.num_stages + 1 == model.num_train_steps
     # stage step k: a grad-free pass for the box, then a trained pass on the zoomed jigsaw whose loss reads map k
     assert [[(grad, stage) for _, grad, stage in step] for step in steps[:-1]] == [
-        [(False, None), (True, k)] for k in range(model.stages)
+        [(False, None), (True, k)] for k in range(model.num_stages)
     ]
     # the fused step trains through every map of both passes
     assert [(grad, stage) for _, grad, stage in steps[-1]] == [(True, None), (True, None)]

@@ -63,3 +63,14 @@ def test_the_import_check_sees_relative_and_absolute_imports(tmp_path):
     names = [name for _, name in _fgvc_imports(path, 'fgvc_zoo.models.probe')]
     assert names == ['fgvc_zoo.hub', 'fgvc_zoo.train', 'fgvc_zoo.explain']
     assert not any(_is_allowed(n, ALLOWED['models']) for n in names)
+
+
+def test_min_max_scale_scales_each_map_to_0_1_and_a_constant_map_to_zeros():
+    import torch
+
+    from fgvc_zoo.layers import min_max_scale
+
+    maps = torch.stack([torch.tensor([[1.0, 3.0], [5.0, 9.0]]), torch.full((2, 2), 7.0)]).unsqueeze(0)  # (1, 2, 2, 2)
+    scaled = min_max_scale(maps)
+    torch.testing.assert_close(scaled[0, 0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
+    assert torch.equal(scaled[0, 1], torch.zeros(2, 2))  # per map: the constant one has no range, not NaN

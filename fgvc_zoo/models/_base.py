@@ -195,6 +195,23 @@ class FgvcModel(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         raise NotImplementedError
 
+    def _init_backbone(
+        self,
+        backbone: str,
+        pretrained: bool,
+        in_chans: int,
+        backbone_args: dict[str, Any] | None,
+        drop_rate: float,
+        **backbone_kwargs: Any,
+    ) -> None:
+        """The constructor part every head shares: `self.backbone` over the timm model `backbone` (extra
+        `backbone_args` of its timm constructor) and `self.head_drop`, the dropout before the classifiers."""
+        self.drop_rate = drop_rate
+        self.backbone = Backbone(
+            backbone, pretrained=pretrained, in_chans=in_chans, **backbone_kwargs, **(backbone_args or {})
+        )
+        self.head_drop = nn.Dropout(drop_rate)
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)

@@ -26,7 +26,6 @@ from ..layers.parts import (
     part_scores,
     pool_part_scores,
 )
-from ._backbone import Backbone
 from ._base import (
     BackbonePass,
     Explanation,
@@ -144,14 +143,12 @@ class DpNet(FgvcModel):
         self.w_cs = w_cs
         self.assign_reduction = assign_reduction
         self.part_box_cells = part_box_cells
-        self.drop_rate = drop_rate
 
-        self.backbone = Backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans, **(backbone_args or {}))
+        self._init_backbone(backbone, pretrained_backbone, in_chans, backbone_args, drop_rate)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        self.region_features = self.backbone.num_features
-        self.head_drop = nn.Dropout(drop_rate)
+        self.region_dim = self.backbone.num_features  # D, the width of a region descriptor (a cell of X)
         self.reset_classifier(num_classes)
 
     def train(self, mode: bool = True) -> 'DpNet':
@@ -167,8 +164,8 @@ class DpNet(FgvcModel):
             raise ValueError(f'DP-Net needs num_classes >= 1 (its parts belong to classes), got {num_classes}.')
         self.num_classes = num_classes
         self.num_parts = self.parts_per_class * num_classes
-        self.num_features = self.head_hidden_size = self.num_parts + (self.region_features if self.use_global else 0)
-        self.parts = nn.Linear(self.region_features, self.num_parts, bias=False)
+        self.num_features = self.head_hidden_size = self.num_parts + (self.region_dim if self.use_global else 0)
+        self.parts = nn.Linear(self.region_dim, self.num_parts, bias=False)
         self.head = nn.Linear(self.num_features, num_classes)
 
     def get_classifier(self) -> nn.Module:

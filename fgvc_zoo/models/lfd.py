@@ -18,7 +18,6 @@ from timm.models import register_model
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
 from ..layers.norm_stats import SecondaryNormStats
-from ._backbone import Backbone
 from ._base import (
     BackbonePass,
     Explanation,
@@ -135,12 +134,10 @@ class Lfd(FgvcModel):
         self.hybrid_scale = (num_hybrid_regions + 1) ** -0.5 if hybrid_scale is None else hybrid_scale
         self.crop_norm_stats = crop_norm_stats
         self.loss_weights = tuple(loss_weights)
-        self.drop_rate = drop_rate
 
-        self.backbone = Backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans, **(backbone_args or {}))
+        self._init_backbone(backbone, pretrained_backbone, in_chans, backbone_args, drop_rate)
         self.num_features = self.backbone.num_features
         self.head_hidden_size = self.num_features * (1 if image_only else num_hybrid_regions + 1)
-        self.head_drop = nn.Dropout(drop_rate)
         # Crop statistics start from the backbone's current ones (the ImageNet weights' when pretrained).
         self.crop_stats = SecondaryNormStats(self.backbone) if crop_norm_stats and not image_only else None
         self.reset_classifier(num_classes)
