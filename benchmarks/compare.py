@@ -55,6 +55,12 @@ METHODS: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 
+# LFD ablations of the two optimisation fixes, run at LFD's chosen lr and seeds (`--ablations`).
+ABLATIONS: dict[str, list[str]] = {
+    'lfd_shared_bn': ['--model-args', 'zoom_size={zoom},region_sizes={regions},crop_norm_stats=false'],
+    'lfd_paper_hybrid': ['--model-args', 'zoom_size={zoom},region_sizes={regions},hybrid_scale=1.0'],
+}
+
 # dataset -> (input size, the trainer's augmentation flags); fixed for every method.
 DATASETS: dict[str, dict[str, Any]] = {
     # 8 classes that differ only by a glyph of 10 % of the image side, at 224 px: 40 train, 8 val, 24 test per class.
@@ -173,6 +179,14 @@ def dataset_views(name: str, work_dir: Path) -> dict[str, Path]:
     return {held_out: root / f'view_{held_out}' for held_out in ('val', 'test')}
 
 
+def _flags(method: str) -> list[str]:
+    """A method's trainer flags; an ablation is LFD's with its --model-args replaced."""
+    if method not in ABLATIONS:
+        return METHODS[method]
+    base = METHODS['lfd']
+    return base[: base.index('--model-args')] + ABLATIONS[method]
+
+
 def train_command(method: str, lr: float, seed: int, data: Path, output: Path, args: argparse.Namespace) -> list[str]:
     img_size = DATASETS[args.dataset]['img_size']
     regions = '[0.357]' if img_size >= 96 else '[0.36,0.5]'
@@ -182,7 +196,7 @@ def train_command(method: str, lr: float, seed: int, data: Path, output: Path, a
     kwargs = overlay if method == 'plain' else {'backbone_args': backbone_args(weights)}
     return [
         sys.executable, '-m', 'fgvc_zoo.train',
-        *[flag.format(zoom=img_size // 2, regions=regions) for flag in METHODS[method]],
+        *[flag.format(zoom=img_size // 2, regions=regions) for flag in _flags(method)],
         '--pretrained', '--model-kwargs', json.dumps(kwargs),
         '--data-dir', str(data), '--dataset-layout', 'folder', '--train-split', 'train', '--val-split', 'val',
         '--img-size', str(img_size), '--epochs', str(args.epochs), '--batch-size', str(args.batch_size),
@@ -293,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--img-size', type=int, help="override the dataset's input size (a smaller budget)")
     parser.add_argument('--train-per-class', type=int, help="override the dataset's training images per class")
     parser.add_argument('--work-dir', default=str(CACHE / 'compare'))
+    parser.add_argument('--ablations', action='store_true', help="also LFD's ablations at its chosen lr and seeds")
+    parser.add_argument('--summary-only', action='store_true', help='summarise the runs in --json, train nothing')
     parser.add_argument('--json', required=True, help='every run and the summary; runs already in it are skipped')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -329,13 +345,23 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    for method in args.methods:
+    for method in [] if args.summary_only else args.methods:
         for lr in args.lrs:
             run(method, lr, 0)
         lr = choose_lr(report['runs'], method, args.lrs)
         for seed in args.seeds:
             run(method, lr, seed)
-    report['summary'] = summarise(report['runs'], args.methods, args.lrs, args.seeds)
+    if args.ablations and not args.summary_only:
+        lr = choose_lr(report['runs'], 'lfd', args.lrs)
+        for method in ABLATIONS:
+            for seed in args.seeds:
+                run(method, lr, seed)
+    swept = [m for m in args.methods if {(m, lr, 0) for lr in args.lrs} <= done]
+    report['summary'] = summarise(report['runs'], swept, args.lrs, args.seeds)
+    ablated = {r['method'] for r in report['runs']} & set(ABLATIONS)
+    if ablated:
+        lfd_lr = choose_lr(report['runs'], 'lfd', args.lrs)
+        report['summary'] |= summarise(report['runs'], sorted(ablated), [lfd_lr], args.seeds)
     path.write_text(json.dumps(report, indent=1))
     print(markdown(report['summary']))
     return 0

@@ -28,7 +28,7 @@ _MODELS_ALL = [
     'DpNet',
     'Iagn',
 ]
-__all__ = ['__version__', *_MODELS_ALL]
+__all__ = ['__version__', *_MODELS_ALL, 'export_onnx', 'read_onnx_metadata']
 
 
 class _Registrar(importlib.abc.MetaPathFinder):
@@ -79,7 +79,11 @@ elif not any(type(finder).__name__ == '_Registrar' for finder in sys.meta_path):
     sys.meta_path.insert(0, _Registrar())
 
 
-_SUBMODULES = ('bench', 'cli', 'data', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'predict', 'train')
+_SUBMODULES = (
+    'bench', 'cli', 'data', 'demo', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'onnx', 'predict',
+    'train',
+)  # fmt: skip
+_ONNX_ALL = ('export_onnx', 'read_onnx_metadata')  # onnx itself is imported on use
 
 
 def __getattr__(name: str):
@@ -87,8 +91,10 @@ def __getattr__(name: str):
         return importlib.import_module(f'fgvc_zoo.{name}')
     if name in _MODELS_ALL:
         return getattr(importlib.import_module('fgvc_zoo.models'), name)
+    if name in _ONNX_ALL:
+        return getattr(importlib.import_module('fgvc_zoo.onnx'), name)
     raise AttributeError(f"module 'fgvc_zoo' has no attribute '{name}'")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES, *_MODELS_ALL])
+    return sorted([*globals(), *_SUBMODULES, *_MODELS_ALL, *_ONNX_ALL])

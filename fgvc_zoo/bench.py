@@ -147,7 +147,8 @@ def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> list[lis
 
 
 def _compiled(fn: Callable, cfg: BenchConfig) -> Callable:
-    return torch.compile(fn) if cfg.compile else fn
+    # fullgraph: every head is one static-shape graph, so a graph break is a regression, not something to time.
+    return torch.compile(fn, fullgraph=True) if cfg.compile else fn
 
 
 def inference_fns(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -29,7 +29,7 @@ SUBCOMMANDS = {
     'explain': ('fgvc_zoo.explain', 'draw what a head looks at (maps and boxes) over images, as PNG'),
     'demo': ('fgvc_zoo.demo', 'serve a page (gradio) to upload images and see top-k and explanations'),
     'space': ('fgvc_zoo.demo', 'write a Hugging Face Space folder (gradio app, model, examples) for a model'),
-    'export': ('fgvc_zoo.hub', 'write model.safetensors + config.json + model card for the Hub'),
+    'export': ('fgvc_zoo.hub', 'write model.safetensors + config.json + model card for the Hub (+ model.onnx)'),
     'push': ('fgvc_zoo.hub', 'upload an exported or trained model folder to a Hub repo'),
     'list': ('fgvc_zoo.cli', 'list the registered fgvc_zoo models and tags, and which weights each loads'),
     'bench': ('fgvc_zoo.bench', 'time each head against the backbone passes it needs'),

@@ -59,7 +59,7 @@ CARD_NAME = 'README.md'
 RESULTS_NAME = 'results.json'
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.pkl', '.ckpt')
 # Files a push uploads: never a pickle, never a training checkpoint.
-PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME)
+PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME, 'model.onnx')
 # Keyword arguments timm's factory passes along that describe where weights come from, not the architecture.
 RUNTIME_ARGS = ('cache_dir', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_model_args', 'device', 'dtype')
 # The card template is package data: a wheel installed anywhere has it (see [tool.setuptools.package-data]).
@@ -484,17 +484,34 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         help='more model arguments as key=value, e.g. backbone=convnext_tiny num_regions=4',
     )
     parser.add_argument('--repo-id', help='ORG/NAME the card tells users to load (default: the local folder)')
+    parser.add_argument(
+        '--onnx', action='store_true', help='also write model.onnx (needs `pip install fgvc-zoo[onnx]`)'
+    )
+    parser.add_argument('--img-size', type=int, help="input side of model.onnx (default: the export's data config)")
+
+
+def _write_onnx(folder: Path, img_size: int | None) -> None:
+    """`model.onnx` beside the weights, from the export as `fgvc-zoo predict` loads it (same preprocessing, names)."""
+    from .onnx import ONNX_NAME, export_onnx
+
+    model = load_model(str(folder))
+    path = export_onnx(model, folder / ONNX_NAME, img_size=img_size, label_names=model_label_names(model))
+    print(f'Wrote {path}')
 
 
 def export_main(args: argparse.Namespace) -> int:
     import fgvc_zoo  # noqa: F401  (registers the heads)
 
     folder = Path(args.dir)
+    if args.img_size is not None and not args.onnx:
+        raise SystemExit(f'--img-size {args.img_size} sets the input size of model.onnx: add --onnx.')
     if args.model is None:
         if args.checkpoint is not None:
             raise SystemExit('--checkpoint needs --model NAME (the architecture the weights belong to).')
         card = write_card(folder, repo_id=args.repo_id)
         print(f'Wrote {card}')
+        if args.onnx:
+            _write_onnx(folder, args.img_size)
         return 0
     if args.checkpoint is None:
         raise SystemExit(f'--model {args.model} needs --checkpoint FILE (the weights to export).')
@@ -513,6 +530,8 @@ def export_main(args: argparse.Namespace) -> int:
     if args.repo_id:
         write_card(folder, repo_id=args.repo_id)
     print(f'Exported {args.model} to {folder}')
+    if args.onnx:
+        _write_onnx(folder, args.img_size)
     return 0
 
 

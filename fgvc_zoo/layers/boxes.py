@@ -7,7 +7,7 @@ batch size in interpreter overhead and the shapes stay static for `torch.compile
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import box_iou, roi_align
 
 __all__ = ['cell_boxes', 'select_boxes', 'crop_and_zoom']
 
@@ -46,19 +46,45 @@ def select_boxes(
 
     When NMS leaves fewer than `num` boxes, the best suppressed boxes fill the remaining slots, so that the
     output shape never depends on the data.
+
+    Greedy NMS is run for `num` rounds only ("take the best box still alive, kill the boxes that overlap it by more
+    than `iou_threshold`"), which gives its first `num` survivors exactly; each round computes the IoU of the box it
+    takes with all K boxes, num x B x K IoUs in all. Every shape is static, so `torch.compile(fullgraph=True)`, CUDA
+    graphs and ONNX take the whole head. Ties in score go to the lower box index, as in the stable sort
+    torchvision's NMS uses.
     """
     batch_size, num_boxes = scores.shape
     if num > num_boxes:
         raise ValueError(f'Asked for {num} boxes but the score map only proposes {num_boxes}.')
-    image_index = torch.arange(batch_size, device=scores.device).repeat_interleave(num_boxes)
-    keep = batched_nms(boxes.repeat(batch_size, 1), scores.flatten().float(), image_index, iou_threshold)
-    kept = torch.zeros(batch_size * num_boxes, dtype=torch.bool, device=scores.device)
-    kept[keep] = True
-    # Rank by score, then move the NMS survivors to the front with a stable sort that keeps the score order.
-    by_score = scores.argsort(dim=1, descending=True, stable=True)
-    survivors_first = kept.view(batch_size, num_boxes).gather(1, by_score).to(torch.uint8)
-    order = by_score.gather(1, survivors_first.argsort(dim=1, descending=True, stable=True))[:, :num]
+    boxes_fp32 = boxes.float()  # IoUs in float32 whatever the boxes' dtype, as torchvision's NMS computes them
+    # by_score[b, r]: the index of image b's r-th best box. The loop works in rank space (position r, the r-th best).
+    by_score = _stable_best_first(scores.float())
+    ranks = torch.arange(num_boxes, device=scores.device).expand(batch_size, -1)
+    alive = torch.ones(batch_size, num_boxes, dtype=torch.bool, device=scores.device)
+    kept = torch.zeros_like(alive)
+    for _ in range(num):
+        # The best alive box; in a row with none left, `best` is meaningless and `alive.any` masks it out.
+        best = alive.to(torch.uint8).argmax(dim=1, keepdim=True)
+        is_best = (ranks == best) & alive.any(dim=1, keepdim=True)
+        taken = boxes_fp32[by_score.gather(1, best)[:, 0]]  # (B, 4)
+        overlaps = box_iou(taken, boxes_fp32).gather(1, by_score) > iou_threshold
+        kept = kept | is_best
+        alive = alive & ~overlaps & ~is_best
+    # Survivors first, then the suppressed boxes, each group best first: the key has no ties.
+    top = (kept.long() * num_boxes + (num_boxes - 1 - ranks)).topk(num, dim=1).indices
+    order = by_score.gather(1, top)
     return boxes[order], scores.gather(1, order)
+
+
+def _stable_best_first(scores: torch.Tensor) -> torch.Tensor:
+    """Indices sorting each row of (B, K) scores best first, equal scores in index order.
+
+    ONNX has no stable sort; its TopK returns equal values in index order (the operator's spec), so an ONNX export
+    takes a full-length TopK, which PyTorch's `topk` does not promise for ties.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return scores.topk(scores.shape[1], dim=1).indices
+    return scores.argsort(dim=1, descending=True, stable=True)
 
 
 def crop_and_zoom(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:

@@ -2,13 +2,13 @@
 
 LFD runs whole images and zoomed crops through one backbone. Their statistics differ (a crop is a close-up), so
 one set of running means and variances, updated by both, fits neither at eval time. `SecondaryNormStats` holds
-a copy of every BatchNorm buffer of a network and runs the network with those buffers swapped in through
-`torch.func.functional_call`: batch statistics in training update the copy, eval normalises with it, and the
-weights (affine parameters included) stay shared.
+a copy of every BatchNorm buffer of a network and runs the network with those buffers swapped in (and back out,
+whatever happens): BatchNorm updates its running statistics in place, so in training the batch statistics update
+the copy, eval normalises with it, and the weights (affine parameters included) stay shared. The swap is plain
+attribute assignment rather than `torch.func.functional_call`, which the TorchScript (ONNX) tracer refuses.
 """
 
 import torch.nn as nn
-from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['SecondaryNormStats']
@@ -31,7 +31,14 @@ class SecondaryNormStats(nn.Module):
 
     def forward(self, network: nn.Module, *args, **kwargs):
         """`network(*args, **kwargs)` normalised with (and, in training, updating) these statistics."""
-        if not self.keys:
+        modules = dict(network.named_modules())
+        swapped = []
+        try:
+            for key in self.keys:
+                name, stat = key.rsplit('.', 1)
+                swapped.append((modules[name], stat, getattr(modules[name], stat)))
+                setattr(modules[name], stat, getattr(self, key.replace('.', '__')))
             return network(*args, **kwargs)
-        stats = {key: getattr(self, key.replace('.', '__')) for key in self.keys}
-        return functional_call(network, stats, args, kwargs, strict=False)
+        finally:
+            for module, stat, own in swapped:
+                setattr(module, stat, own)

@@ -67,7 +67,8 @@ def orthogonality_loss(detectors: torch.Tensor) -> torch.Tensor:
     gram = unit @ unit.t()
     num_parts = detectors.shape[0]
     off_diagonal = ~torch.eye(num_parts, dtype=torch.bool, device=detectors.device)
-    return gram.pow(2)[off_diagonal].sum() / num_parts**2
+    # A masked sum rather than gram[off_diagonal]: boolean indexing has a data-dependent size (torch.compile).
+    return torch.where(off_diagonal, gram.pow(2), 0).sum() / num_parts**2
 
 
 ASSIGN_REDUCTIONS = ('sum', 'mean')
@@ -107,7 +108,7 @@ def class_specific_loss(classifier_weight: torch.Tensor, parts_per_class: int) -
         )
     owner = part_owner(num_parts, parts_per_class, device=classifier_weight.device)
     not_owned = owner[None, :] != torch.arange(num_classes, device=classifier_weight.device)[:, None]
-    return classifier_weight.abs()[not_owned].sum() / (num_parts * (num_classes - 1))
+    return torch.where(not_owned, classifier_weight.abs(), 0).sum() / (num_parts * (num_classes - 1))
 
 
 def best_region_boxes(
