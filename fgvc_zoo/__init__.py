@@ -80,8 +80,8 @@ elif not any(type(finder).__name__ == '_Registrar' for finder in sys.meta_path):
 
 
 _SUBMODULES = (
-    'bench', 'cli', 'data', 'demo', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'onnx', 'predict',
-    'train', 'training',
+    'bench', 'card', 'cli', 'data', 'demo', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'onnx',
+    'predict', 'train', 'training',
 )  # fmt: skip
 _ONNX_ALL = ('export_onnx', 'read_onnx_metadata')  # onnx itself is imported on use
 
