@@ -6,7 +6,8 @@ those passes through the model's own backbone, in the same process, interleaved 
 that load drifting on a shared machine hits both alike, and reports the median of the per-pair ratios. Training
 compares one full train step (all `num_train_steps` optimiser steps) with the backbone's forward+backward+step on
 the same inputs. Peak memory of a train step is the kernel's peak RSS on CPU (torch's CPU allocations are
-invisible to tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA.
+invisible to tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA; it is
+opt-in (`--memory`), as the CPU probe needs Linux.
 """
 
 import argparse
@@ -283,6 +284,11 @@ def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> float:
         fn()
         fn()
         return (torch.cuda.max_memory_allocated(cfg.device) - before) / 2**20
+    if not os.path.exists('/proc/self/clear_refs'):
+        raise RuntimeError(
+            f'--memory on {cfg.device} reads the peak RSS from Linux /proc, which {platform.system()} does not have: '
+            f'drop --memory, or measure on a CUDA device (--device cuda).'
+        )
     before = _reset_cpu_peak()
     fn()
     fn()
@@ -401,8 +407,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--memory',
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help='peak memory of a train step, with and without grad checkpointing (default: on)',
+        default=False,
+        help='also the peak memory of a train step, with and without grad checkpointing (default: off; on CPU it '
+        "reads Linux's /proc peak RSS, on CUDA torch's allocator)",
     )
     parser.add_argument('--grad-checkpointing', action='store_true', help='also time train steps with checkpointing')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
