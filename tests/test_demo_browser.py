@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from demo_helpers import export_model, free_port, predict_cli, serving, val_images
+from PIL import Image
 
 from fgvc_zoo.demo import find_examples
 from fgvc_zoo.models import Lfd
@@ -60,14 +61,19 @@ def demo_url(checkpoints, tmp_path_factory):
 
 
 def _two_photos_predict_tells_apart(checkpoint: Path, folder: Path, capsys) -> list[tuple[Path, dict]]:
-    """Two validation images with different top-1 under `fgvc-zoo predict`, copied under distinct names."""
+    """Two images whose top-1 under `fgvc-zoo predict` differs in label or in its shown probability (so a stale page
+    cannot pass): validation images, then foolbox's ImageNet photos, which differ more for an untrained model."""
+    import foolbox
+
+    photos = sorted(str(p) for p in (Path(foolbox.__file__).parent / 'data').glob('imagenet_*.jpg'))
     chosen: dict[str, str] = {}
-    for path in val_images(checkpoint):
-        chosen.setdefault(predict_cli(path, checkpoint, capsys)['label'], path)
-    assert len(chosen) >= 2, f'every validation image has the same top-1 {list(chosen)}: pick another seed'
+    for path in [*val_images(checkpoint), *photos]:
+        top1 = predict_cli(path, checkpoint, capsys)
+        chosen.setdefault(f'{top1["label"]} ({top1["probability"]:.1%})', path)
+    assert len(chosen) >= 2, f'every image has the same top-1 {list(chosen)}: pick another seed'
     photos = []
     for name, path in zip(('first.png', 'second.png'), list(chosen.values())[:2], strict=True):
-        shutil.copyfile(path, folder / name)
+        Image.open(path).convert('RGB').save(folder / name)
         photos.append((folder / name, predict_cli(str(folder / name), checkpoint, capsys)))
     return photos
 
