@@ -139,11 +139,14 @@ def test_train_exports_a_card_from_the_heads_own_paper(trained):
     assert cli.run(['export', str(output)]) == 0  # the card re-written from the export alone
 
 
-def test_load_model_eval_and_predict(trained, capsys):
+def test_load_model_eval_and_predict(trained, capsys, tmp_path):
     data, output = trained
     model = hub.load_model(str(output))
     assert isinstance(model, ToyHead) and not model.training
-    assert cli.run(['eval', '--checkpoint', str(output), '--data-dir', str(data), '--workers', '0']) == 0
+    results = tmp_path / 'eval_results.json'
+    argv = ['eval', '--checkpoint', str(output), '--data-dir', str(data), '--workers', '0', '--out', str(results)]
+    assert cli.run(argv) == 0
+    assert json.loads(results.read_text())['num_classes'] == 2
     image = sorted((data / 'val').rglob('*.png'))[0]
     capsys.readouterr()
     assert cli.run(['predict', str(image), '--checkpoint', str(output), '--json']) == 0
