@@ -22,6 +22,8 @@ _MODELS_ALL = [
     'FgvcModel',
     'FgvcOutput',
     'build_fgvc_model',
+    'register_head',
+    'list_heads',
     'Lfd',
     'DpNet',
     'Iagn',
@@ -31,8 +33,8 @@ __all__ = ['__version__', *_MODELS_ALL, 'export_onnx', 'read_onnx_metadata']
 
 class _Registrar(importlib.abc.MetaPathFinder):
     """Registers the heads (imports `fgvc_zoo.models`) once timm has been executed and no fgvc_zoo module is
-    half-initialised: `fgvc_zoo.hub` imports timm before it defines what `fgvc_zoo.models` takes from it, so a
-    registration in the middle of its import would fail. Finds nothing itself: it wraps the loaders of timm and of
+    half-initialised: a module that imports timm and then `fgvc_zoo.models` must not see the heads registered in
+    the middle of its own import. Finds nothing itself: it wraps the loaders of timm and of
     fgvc_zoo's submodules (until the heads are registered) to know when both hold.
     """
 
@@ -78,8 +80,8 @@ elif not any(type(finder).__name__ == '_Registrar' for finder in sys.meta_path):
 
 
 _SUBMODULES = (
-    'bench', 'cli', 'data', 'demo', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'onnx', 'predict',
-    'train',
+    'bench', 'card', 'cli', 'data', 'demo', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'onnx',
+    'predict', 'train', 'training',
 )  # fmt: skip
 _ONNX_ALL = ('export_onnx', 'read_onnx_metadata')  # onnx itself is imported on use
 

@@ -6,7 +6,8 @@ those passes through the model's own backbone, in the same process, interleaved 
 that load drifting on a shared machine hits both alike, and reports the median of the per-pair ratios. Training
 compares one full train step (all `num_train_steps` optimiser steps) with the backbone's forward+backward+step on
 the same inputs. Peak memory of a train step is the kernel's peak RSS on CPU (torch's CPU allocations are
-invisible to tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA.
+invisible to tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA; it is
+opt-in (`--memory`), as the CPU probe needs Linux.
 """
 
 import argparse
@@ -34,7 +35,6 @@ __all__ = [
     'train_peak_memory',
 ]
 
-HEADS = ('lfd', 'dpnet', 'iagn')
 INFERENCE_TARGET = 1.05
 TRAIN_TARGET = 1.10
 
@@ -136,32 +136,15 @@ Pass = tuple[torch.Tensor, bool, int | None]
 
 
 def backbone_passes(model: nn.Module, cfg: BenchConfig, train: bool) -> list[list[Pass]]:
-    """The backbone passes the head needs, grouped by optimiser step.
-
-    Inference is one step. LFD: the image and l crops per image at `zoom_size` (m crops in training).
-    DP-Net: the image (without gradient when the backbone is frozen). IAGN: the image and its zoom; in training,
-    each stage step k a grad-free pass on the image (the box) and a pass on the zoomed jigsaw up to map k, then the
-    fused step on the image and the zoom.
-    """
-    batch, size = cfg.batch_size, cfg.img_size
-    x = _image(cfg, batch, size)
-    if cfg.head == 'lfd':
-        if model.image_only:
-            return [[(x, train, None)]]
-        crops = _image(cfg, batch * (model.num_regions if train else model.num_hybrid_regions), model.zoom_size)
-        return [[(x, train, None), (crops, train, None)]]
-    if cfg.head == 'dpnet':
-        return [[(x, train and not model.freeze_backbone, None)]]
-    if cfg.head == 'iagn':
-        zoom = _image(cfg, batch, model.zoom_size or size)
-        if not train:
-            return [[(x, False, None), (zoom, False, None)]]
-        stage_steps = [[(x, False, None), (zoom, True, stage)] for stage in range(model.stages)]
-        fused_step = [(x, True, None), (zoom, True, None)]
-        if model.progressive:
-            return stage_steps + [fused_step]
-        return [[p for step in stage_steps + [fused_step] for p in step]]
-    raise ValueError(f"Unknown head '{cfg.head}' for the bench: pick one of {HEADS}.")
+    """The backbone passes the head needs, grouped by optimiser step, as inputs: what the head declares
+    (`model.backbone_passes`, e.g. LFD's image and its l crops at `zoom_size`)."""
+    return [
+        [
+            (_image(cfg, p.batch_size, p.img_size), p.grad, None if p.num_stages is None else p.num_stages - 1)
+            for p in step
+        ]
+        for step in model.backbone_passes(cfg.batch_size, cfg.img_size, train)
+    ]
 
 
 def _compiled(fn: Callable, cfg: BenchConfig) -> Callable:
@@ -301,6 +284,11 @@ def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> float:
         fn()
         fn()
         return (torch.cuda.max_memory_allocated(cfg.device) - before) / 2**20
+    if not os.path.exists('/proc/self/clear_refs'):
+        raise RuntimeError(
+            f'--memory on {cfg.device} reads the peak RSS from Linux /proc, which {platform.system()} does not have: '
+            f'drop --memory, or measure on a CUDA device (--device cuda).'
+        )
     before = _reset_cpu_peak()
     fn()
     fn()
@@ -322,14 +310,17 @@ def profile_head(cfg: BenchConfig, train: bool, row_limit: int = 15) -> str:
 
 
 def _parse_head_args(text: str | None) -> dict[str, dict]:
-    """'lfd:zoom_size=112,region_sizes=[0.3,0.4];iagn:zoom_size=112' -> {'lfd': {...}, 'iagn': {...}} (YAML)."""
+    """'HEAD:key=value,key=[0.3,0.4];HEAD2:key=value' -> {HEAD: {...}, HEAD2: {...}} (YAML values)."""
     import yaml
 
+    from .models import list_heads
+
+    heads = list_heads()
     parsed: dict[str, dict] = {}
     for chunk in filter(None, (text or '').split(';')):
         head, _, pairs = chunk.partition(':')
-        if head not in HEADS or not pairs:
-            raise ValueError(f"--head-args chunk '{chunk}' must read HEAD:key=value,... with HEAD one of {HEADS}.")
+        if head not in heads or not pairs:
+            raise ValueError(f"--head-args chunk '{chunk}' must read HEAD:key=value,... with HEAD one of {heads}.")
         for pair in re.split(r',(?![^\[\(]*[\]\)])', pairs):  # commas inside [..] belong to list values
             key, _, value = pair.partition('=')
             parsed.setdefault(head, {})[key.strip()] = yaml.safe_load(value)
@@ -374,7 +365,10 @@ def format_memory_table(rows: Sequence[dict]) -> str:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--heads', nargs='+', default=list(HEADS), choices=HEADS, help='heads to time')
+    from .models import list_heads  # registers the heads
+
+    heads = list_heads()
+    parser.add_argument('--heads', nargs='+', default=heads, choices=heads, help='heads to time')
     parser.add_argument(
         '--backbone',
         default='resnet18',
@@ -388,12 +382,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         '--zoom-ratio',
         type=float,
         default=0.5,
-        help="LFD's zoom_size as a fraction of the input side (paper: 224 / 448 = 0.5)",
+        help="a zoom's side as a fraction of the input side, for heads that zoom (LFD's paper: 224 / 448 = 0.5)",
     )
     parser.add_argument(
         '--head-args',
         default=None,
-        help="extra head kwargs, 'lfd:num_regions=6,cam_sigma=0;iagn:zoom_size=112' (YAML values)",
+        help="extra head kwargs, 'HEAD:key=value,...;HEAD2:key=value' (YAML values), e.g. 'lfd:num_regions=6'",
     )
     parser.add_argument('--reps', type=int, default=5, help='interleaved timed repetitions (default: 5)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed warm-up calls of each side (default: 1)')
@@ -413,8 +407,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--memory',
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help='peak memory of a train step, with and without grad checkpointing (default: on)',
+        default=False,
+        help='also the peak memory of a train step, with and without grad checkpointing (default: off; on CPU it '
+        "reads Linux's /proc peak RSS, on CUDA torch's allocator)",
     )
     parser.add_argument('--grad-checkpointing', action='store_true', help='also time train steps with checkpointing')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
@@ -426,19 +421,21 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> list[BenchConfig]:
+    from .models import head_class
+
     head_args = _parse_head_args(args.head_args)
     configs = []
     for head in args.heads:
+        model_cls = head_class(head)
         for size in args.img_size:
             for batch in args.batch_size:
-                if head == 'iagn' and batch < 2 and args.train:
+                if batch < model_cls.min_train_batch and args.train:
                     raise ValueError(
-                        '--batch-size 1 cannot time IAGN training: its BatchNorm1d classifiers need at '
-                        'least 2 images per batch in train mode. Use --batch-size >= 2 or --no-train.'
+                        f'--batch-size {batch} cannot time {head} training: it needs at least '
+                        f'{model_cls.min_train_batch} images per batch in train mode. Use --batch-size >= '
+                        f'{model_cls.min_train_batch} or --no-train.'
                     )
-                extra = dict(head_args.get(head, {}))
-                if head == 'lfd':
-                    extra.setdefault('zoom_size', int(round(size * args.zoom_ratio)))
+                extra = {**model_cls.bench_args(size, args.zoom_ratio), **head_args.get(head, {})}
                 configs.append(
                     BenchConfig(
                         head=head,

@@ -91,11 +91,9 @@ def _weights_of(name: str) -> str:
 
 
 def list_main(args: argparse.Namespace) -> int:
-    import timm
+    from fgvc_zoo.models import PUBLISHED_TAGS, head_models  # importing fgvc_zoo.models registers the heads
 
-    from fgvc_zoo.models import PUBLISHED_TAGS  # importing fgvc_zoo.models registers the heads
-
-    names = timm.list_models(args.filter, module=['lfd', 'dpnet', 'iagn'], include_tags=True)
+    names = head_models(args.filter, include_tags=True)
     width = max((len(n) for n in names), default=0)
     print('\n'.join(f'{name:<{width}}  {_weights_of(name)}' for name in names))
     published = ', '.join(sorted(PUBLISHED_TAGS)) or 'none yet'

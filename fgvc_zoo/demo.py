@@ -30,7 +30,6 @@ import torch.nn as nn
 from PIL import Image
 
 __all__ = [
-    'HEAD_LEGENDS',
     'DemoModel',
     'DemoAnswer',
     'load_demo_model',
@@ -53,28 +52,6 @@ SPACE_EXAMPLES_DIR = 'examples'
 # What `fgvc-zoo push --space` uploads: the app, its pins and card, the examples, the weights (never a pickle).
 SPACE_FILES = ('app.py', 'requirements.txt', 'README.md', f'{SPACE_EXAMPLES_DIR}/*', f'{SPACE_MODEL_DIR}/config.json')
 SPACE_WEIGHTS = f'{SPACE_MODEL_DIR}/model.safetensors'
-
-# What the panels of `fgvc-zoo explain` mean, per head (the panel titles themselves come from the drawing).
-HEAD_LEGENDS = {
-    'lfd': (
-        'LFD (Learning to Focus and Discriminate) max-pools the class activation maps of its image-level '
-        'classifier over all classes into an **attention map**: where any class finds evidence. Square '
-        '**regions** centred on the cells of highest attention (score: the attention there) survive NMS; they are '
-        'cropped, zoomed and classified with the whole image. The **class map** is the predicted class alone.'
-    ),
-    'dpnet': (
-        'DP-Net (Discriminative Part Network) scores every cell of the backbone feature map with learnt **part** '
-        "detectors; a part map is one detector's response and its box the best-scoring region. The parts drawn "
-        'are those that weigh most in the predicted class: V[pred, p] (how much the class uses part p, learnt) '
-        "times the part's score. The bar chart shows V[pred] for the parts with the largest |V|, the drawn parts "
-        'in red.'
-    ),
-    'iagn': (
-        "IAGN (Interpretable Attention Guided Network, reconstructed from the paper's abstract) computes a "
-        'class-activation map per backbone **stage** and fuses them into an **attention** map; the **attended '
-        'box** is the region it zooms into for the second look (score: share of the attention mass inside it).'
-    ),
-}
 
 
 @dataclass
@@ -108,9 +85,10 @@ def load_demo_model(
     return DemoModel(name or source, model, transform, names)
 
 
-def _legend(head: str, panels: Sequence[str]) -> str:
+def _legend(head: str, legend: str, panels: Sequence[str]) -> str:
+    """The page's legend: what the head's panels mean (its `explanation_legend`), then their titles in order."""
     rows = '\n'.join(f'{k}. {title}' for k, title in enumerate(panels, 1))
-    return f'**How to read the panels** ({head})\n\n{HEAD_LEGENDS[head]}\n\nPanels, left to right:\n\n{rows}'
+    return f'**How to read the panels** ({head})\n\n{legend}\n\nPanels, left to right:\n\n{rows}'
 
 
 def _render(explained: Any) -> Image.Image:
@@ -147,7 +125,7 @@ def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5, name: s
             f"on {name}; the head's explain() must use the logits of forward()."
         )
     probabilities = {p['label']: p['probability'] for p in top}
-    legend = _legend(explained.head, [panel.title for panel in explained.panels])
+    legend = _legend(explained.head, explained.legend, [panel.title for panel in explained.panels])
     best = top[0]
     message = (
         f'Top-1: **{best["label"]}** ({best["probability"]:.1%}) for {name} ({image.width}x{image.height} px), '

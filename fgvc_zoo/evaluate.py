@@ -262,7 +262,7 @@ def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] 
     import fgvc_zoo  # noqa: F401  (registers the heads)
 
     from .data import create_transforms, resolve_fgvc_data_config
-    from .hub import label_names, load_model
+    from .hub import load_model, model_label_names
 
     device = resolve_device(args.device)
     args.device = str(device)
@@ -273,7 +273,7 @@ def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] 
     model = model.to(device).eval()
     data_config = resolve_fgvc_data_config(model, args.img_size)
     transform = create_transforms(data_config, is_training=False)
-    return model, transform, label_names(model), data_config
+    return model, transform, model_label_names(model), data_config
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:

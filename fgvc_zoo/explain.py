@@ -13,9 +13,9 @@ outside the image (a label inside a picture can always collide with a box or ano
 small number, placed where it overlaps nothing, and the strip under the panel lists number, colour and text.
 Maps use a perceptual colour map (inferno) whose opacity grows with the value, so low values show the photo.
 
-What is drawn per head: LFD the attention map and its top-l regions with scores; DP-Net the maps and best boxes of
-the parts that weigh most in the predicted class (V[pred, p] x part score) and a bar chart of V[pred], the
-class-level part participation; IAGN the stage maps, the fused attention and the attended box.
+What is drawn is what the head declares: its `explanation_panels` (titled maps and boxes in input pixels, which this
+module maps to the original and draws) and its optional `explanation_chart` (a bar chart after the panels, e.g.
+DP-Net's class-level part participation). No head is named here.
 """
 
 import argparse
@@ -31,7 +31,8 @@ import torch.nn as nn
 from PIL import Image
 from torchvision import transforms as T
 
-from .models import DpNet, Explanation, Iagn, Lfd
+from .layers.cam import min_max_scale
+from .models import ExplanationChart, ExplanationPanel, model_head_name
 
 __all__ = [
     'ViewGeometry',
@@ -43,7 +44,6 @@ __all__ = [
     'explain_images',
     'explanation_figure',
     'draw_explanation',
-    'dpnet_top_parts',
     'add_explain_arguments',
     'explain_main',
 ]
@@ -158,7 +158,8 @@ class ImageExplanation:
     label: str
     probability: float
     panels: list[Panel]
-    participation: tuple[list[str], np.ndarray, list[int]] | None = None  # DP-Net: part names, V[pred], top
+    chart: ExplanationChart | None = None  # the head's bar chart after the panels (DP-Net: part participation)
+    legend: str = ''  # what the head's panels mean (the head's `explanation_legend`)
 
     @property
     def map_extent(self) -> tuple[float, float, float, float]:
@@ -176,15 +177,15 @@ class ImageExplanation:
 
     @property
     def num_columns(self) -> int:
-        return len(self.panels) + (self.participation is not None)
+        return len(self.panels) + (self.chart is not None)
 
     @property
     def layout(self) -> dict[str, int]:
         """Pixel heights of the PNG's rows: caption, titles (wrapped to the panel width), image, box legends."""
         width, height = self.panel_size
         titles = [panel.title for panel in self.panels]
-        if self.participation is not None:
-            titles.append(_participation_title(self))
+        if self.chart is not None:
+            titles.append(self.chart.title)
         title_lines = max(len(_wrap(t, width, TITLE_PT)) for t in titles)
         legend_rows = max((_legend_rows(panel, width) for panel in self.panels), default=0)
         has_map = any(panel.heatmap is not None for panel in self.panels)
@@ -197,65 +198,23 @@ class ImageExplanation:
 
     @property
     def png_size(self) -> tuple[int, int]:
-        """(width, height) of the PNG: the columns side by side (image panels, DP-Net's participation chart), each
+        """(width, height) of the PNG: the columns side by side (image panels, the head's chart), each
         an image panel of `panel_size` with its title above and its box legend below, under one caption row."""
         return self.panel_size[0] * self.num_columns, sum(self.layout.values())
 
 
-def _lfd_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> list[Panel]:
-    boxes = geometry.to_original(exp.boxes[i].cpu().numpy())
-    box_labels = [f'#{r + 1} {s:.2f}' for r, s in enumerate(exp.scores[i].tolist())]
-    return [
-        Panel(f'top-{len(boxes)} regions (attention score)', boxes=boxes, box_labels=box_labels),
-        Panel('attention map (max over class maps)', exp.heatmaps['attention'][i, 0].cpu().numpy(), boxes, box_labels),
-        Panel(f'class map of {label}', exp.heatmaps['predicted_class'][i, 0].cpu().numpy()),
-    ]
+def _panel(spec: ExplanationPanel, geometry: ViewGeometry) -> Panel:
+    """A head's panel (input pixels) in the original's pixels: boxes mapped back, the map as an array."""
+    heatmap = None if spec.heatmap is None else spec.heatmap.float().cpu().numpy()
+    boxes = geometry.to_original(spec.boxes.float().cpu().numpy())
+    return Panel(spec.title, heatmap, boxes, list(spec.box_labels), spec.first_box)
 
 
-def dpnet_top_parts(exp: Explanation, i: int, num_parts: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """V[pred] (P,), the parts' weight in the prediction V[pred, p] x score_p (P,), and the `num_parts` heaviest."""
-    participation = exp.extras['part_participation'][exp.labels[i]].cpu()
-    weight = participation * exp.scores[i].cpu()
-    return participation, weight, weight.topk(min(num_parts, weight.numel())).indices.tolist()
-
-
-def _dpnet_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str, num_parts: int) -> list[Panel]:
-    participation, weight, top = dpnet_top_parts(exp, i, num_parts)
-    boxes = geometry.to_original(exp.boxes[i, top].cpu().numpy())
-    box_labels = [f'part {p}: {weight[p]:.2f}' for p in top]
-    panels = [Panel(f'parts weighing most in {label} (V x score)', boxes=boxes, box_labels=box_labels)]
-    for rank, p in enumerate(top):
-        panels.append(
-            Panel(
-                f'part {p} map (V={participation[p]:.2f}, score={exp.scores[i, p]:.2f})',
-                exp.heatmaps['parts'][i, p].cpu().numpy(),
-                boxes[rank : rank + 1],
-                box_labels[rank : rank + 1],
-                first_box=rank,
-            )
-        )
-    return panels
-
-
-def _iagn_panels(exp: Explanation, i: int, geometry: ViewGeometry, label: str) -> list[Panel]:
-    boxes = geometry.to_original(exp.boxes[i].cpu().numpy())
-    box_labels = [f'attended {exp.scores[i, 0]:.2f}']
-    stages = exp.heatmaps['stages'][i].cpu().numpy()
-    return [
-        Panel(f'attended box (attention share) -> {label}', boxes=boxes, box_labels=box_labels),
-        *[Panel(f'stage {s + 1} map', stage_map) for s, stage_map in enumerate(stages)],
-        Panel('fused attention', exp.heatmaps['attention'][i, 0].cpu().numpy(), boxes, box_labels),
-    ]
-
-
-def _head_name(model: nn.Module) -> str:
-    for cls, name in ((Lfd, 'lfd'), (DpNet, 'dpnet'), (Iagn, 'iagn')):
-        if isinstance(model, cls):
-            return name
-    raise TypeError(
-        f'{type(model).__name__} is not an fgvc_zoo head: explain draws lfd, dpnet and iagn models '
-        f'(their explain() method says what they use).'
-    )
+def _chart(spec: ExplanationChart | None) -> ExplanationChart | None:
+    if spec is None:
+        return None
+    values = spec.values.float().cpu().numpy() if hasattr(spec.values, 'cpu') else np.asarray(spec.values)
+    return ExplanationChart(spec.title, list(spec.names), values, list(spec.highlight))
 
 
 def full_view_transform(transform: Callable) -> Callable:
@@ -298,7 +257,12 @@ def explain_images(
     if view == 'full':
         full = full_view_transform(transform)
         return [e for image in images for e in explain_images(model, [image], full, label_names, num_parts, 'crop')]
-    head = _head_name(model)
+    head = model_head_name(model)
+    if head is None:
+        raise TypeError(
+            f'{type(model).__name__} is not an fgvc_zoo head: explain draws registered heads (their explain() and '
+            f'explanation_panels() say what they use).'
+        )
     model.eval()
     device = next(model.parameters()).device
     x = torch.stack([transform(image) for image in images]).to(device)
@@ -315,24 +279,14 @@ def explain_images(
             )
         label_index = int(exp.labels[i])
         label = names[label_index]
-        participation = None
-        if head == 'lfd':
-            panels = _lfd_panels(exp, i, geometry, label)
-        elif head == 'dpnet':
-            panels = _dpnet_panels(exp, i, geometry, label, num_parts)
-            values, _, top = dpnet_top_parts(exp, i, num_parts)
-            participation = ([f'part {p}' for p in range(len(values))], values.numpy(), top)
-        else:
-            panels = _iagn_panels(exp, i, geometry, label)
+        panels = [_panel(spec, geometry) for spec in model.explanation_panels(exp, i, label, num_parts)]
+        chart = _chart(model.explanation_chart(exp, i, label, num_parts))
         explained.append(
-            ImageExplanation(image, geometry, head, label, float(probs[i, label_index]), panels, participation)
+            ImageExplanation(
+                image, geometry, head, label, float(probs[i, label_index]), panels, chart, model.explanation_legend
+            )
         )
     return explained
-
-
-def _normalised(heatmap: np.ndarray) -> np.ndarray:
-    low, high = float(heatmap.min()), float(heatmap.max())
-    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
 
 
 def _wrap(text: str, width_px: float, size: int) -> list[str]:
@@ -347,10 +301,6 @@ def _legend_columns(panel: Panel, width_px: float) -> int:
 
 def _legend_rows(panel: Panel, width_px: float) -> int:
     return math.ceil(len(panel.box_labels) / _legend_columns(panel, width_px)) if panel.box_labels else 0
-
-
-def _participation_title(explained: ImageExplanation) -> str:
-    return f'part participation in {explained.label}, V[pred] (red: the parts drawn)'
 
 
 def _text(fig, x: float, y: float, text: str, size: int, **kwargs):
@@ -402,7 +352,7 @@ def _draw_image_panel(fig, renderer, explained: ImageExplanation, panel: Panel, 
     ax.imshow(np.asarray(explained.image), extent=(0, width, height, 0), interpolation='bilinear')
     x1, y1, x2, y2 = explained.map_extent
     if panel.heatmap is not None:
-        heat = _normalised(panel.heatmap)
+        heat = min_max_scale(torch.from_numpy(panel.heatmap).double()).numpy()
         rgba = matplotlib.colormaps[HEATMAP_CMAP](heat)
         rgba[..., 3] = 0.25 + 0.5 * heat  # the photo shows through where the map is low
         ax.imshow(rgba, extent=(x1, x2, y2, y1), interpolation='bilinear')
@@ -460,8 +410,8 @@ def explanation_figure(explained: ImageExplanation):
     renderer = fig.canvas.get_renderer()
     for k, panel in enumerate(explained.panels):
         _draw_image_panel(fig, renderer, explained, panel, k * panel_width)
-    if explained.participation is not None:
-        _draw_participation(fig, explained, len(explained.panels) * panel_width)
+    if explained.chart is not None:
+        _draw_chart(fig, explained, len(explained.panels) * panel_width)
     view = 'whole image' if explained.map_extent == (0, 0, *explained.image.size) else 'eval centre crop (dimmed: cut)'
     caption = f'{explained.head}: {explained.label} ({explained.probability:.1%})  |  view: {view}'
     _text(fig, _PAD, _PAD, _wrap(caption, png_width, CAPTION_PT)[0], CAPTION_PT, fontweight='bold')
@@ -478,14 +428,16 @@ def draw_explanation(explained: ImageExplanation, path: str) -> str:
     return path
 
 
-def _draw_participation(fig, explained: ImageExplanation, left: float, most: int = 20) -> None:
-    """Bar chart of V[pred, p] (the class-level part participation) for the `most` parts with the largest |V|."""
+def _draw_chart(fig, explained: ImageExplanation, left: float, most: int = 20) -> None:
+    """The head's bar chart (e.g. DP-Net's V[pred], its part participation): the `most` bars of largest |value|,
+    the highlighted ones in red."""
     from matplotlib.ticker import MaxNLocator
 
-    names, values, top = explained.participation
+    chart = explained.chart
+    names, values, top = chart.names, chart.values, chart.highlight
     rows = explained.layout
     panel_w, panel_h = explained.panel_size
-    _titles(fig, _participation_title(explained), left, rows['caption'], panel_w)
+    _titles(fig, chart.title, left, rows['caption'], panel_w)
     shown = np.argsort(-np.abs(values), kind='stable')[:most]
     longest = max(len(names[p]) for p in shown)
     margin = longest * _CHAR[LABEL_PT] + 12  # the y tick labels
@@ -510,7 +462,9 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         help='output folder (one <image>_explain.png each, <folder>_<image>_'
         'explain.png when names repeat); for one image also a .png path',
     )
-    parser.add_argument('--parts', type=int, default=3, help='DP-Net: parts drawn (largest V[pred] x part score)')
+    parser.add_argument(
+        '--parts', type=int, default=3, help='parts drawn, for heads that have parts (DP-Net: largest V[pred] x score)'
+    )
     parser.add_argument(
         '--view',
         choices=VIEWS,

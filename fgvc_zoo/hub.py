@@ -2,9 +2,9 @@
 
 An exported folder is what timm itself reads from a Hub repo: `model.safetensors`, `config.json` in timm's format
 (architecture, num_classes, label_names, model_args, pretrained_cfg) and `README.md`, the model card. timm's
-`save_for_hf` writes the first two; the card comes from the template that ships in the package
-(`fgvc_zoo/templates/model_card.md`, read with importlib.resources) filled with huggingface_hub's `ModelCardData`
-front matter and the numbers of the trainer's `results.json`.
+`save_for_hf` writes the first two; the card is `fgvc_zoo.card.model_card` (re-exported here), from the template
+that ships in the package filled with huggingface_hub's `ModelCardData` front matter, the numbers of the trainer's
+`results.json` and the head's own `paper`.
 
 Provenance is recorded, not guessed: `build_fgvc_model` notes on the model which weights `pretrained=True` really
 loaded (`model.pretrained_weights`), the trainer copies that into `results.json`, and only weights loaded from a Hub
@@ -15,36 +15,21 @@ falls back to a pickle (`pytorch_model.bin`), and `load_model` refuses folders a
 """
 
 import argparse
-import contextlib
 import json
 import os
-import string
-from collections.abc import Iterator, Sequence
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from huggingface_hub import (
-    EvalResult,
-    HfApi,
-    ModelCardData,
-    get_token,
-    hf_hub_download,
-    try_to_load_from_cache,
-)
-from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import HfApi, get_token, hf_hub_download, try_to_load_from_cache
 from timm.models import load_checkpoint, save_for_hf
-from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import hf_split
+
+from .card import NOT_RECORDED, RESULTS_NAME, base_model, model_card, read_template  # noqa: F401
+from .models import head_name, list_heads
+from .models._hub import HUB_ORG, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
 
 __all__ = [
     'HUB_ORG',
@@ -58,7 +43,7 @@ __all__ = [
     'weights_record',
     'pretrained_weights_of',
     'share_file',
-    'label_names',
+    'model_label_names',
     'safetensors_only',
     'hub_errors',
     'push',
@@ -68,176 +53,20 @@ __all__ = [
     'push_main',
 ]
 
-HUB_ORG = 'fgvc-zoo'
-WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
-RESULTS_NAME = 'results.json'
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.pkl', '.ckpt')
-# The pickle weight files timm would otherwise fall back to on the Hub.
-PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'open_clip_pytorch_model.bin')
 # Files a push uploads: never a pickle, never a training checkpoint.
 PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME, 'model.onnx')
 # Keyword arguments timm's factory passes along that describe where weights come from, not the architecture.
 RUNTIME_ARGS = ('cache_dir', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_model_args', 'device', 'dtype')
-# The card template is package data: a wheel installed anywhere has it (see [tool.setuptools.package-data]).
-TEMPLATE_RESOURCE = ('templates', 'model_card.md')
-# `pretrained_weights` of a model whose start is unknown (built from a bare checkpoint): the card says so.
-NOT_RECORDED = object()
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
-
-# Top-1 accuracy (%) the papers report with a ResNet-50 (docs/methods.md), by head and dataset.
-PAPER_RESULTS: dict[str, dict[str, list[tuple[str, float]]]] = {
-    'lfd': {
-        'cub_200_2011': [('LFD, ResNet-50', 87.6)],
-        'fgvc_aircraft': [('LFD, ResNet-50', 92.1)],
-        'stanford_cars': [('LFD, ResNet-50', 94.1)],
-    },
-    'dpnet': {
-        'cub_200_2011': [('DP-Net, ResNet-50, no constraint', 84.9), ('DP-Net, ResNet-50, all constraints', 85.0)],
-    },
-}
-PAPER_BACKBONE = 'resnet50'
-
-HEAD_INFO: dict[str, dict[str, str]] = {
-    'lfd': dict(
-        title='LFD (Learning to Focus and Discriminate)',
-        description=(
-            'Class activation maps of an image-level classifier, max-pooled over all classes, score square regions '
-            'of the image; NMS keeps the most discriminative ones, which are cropped, zoomed and passed through the '
-            'same backbone. A hybrid classifier on the image feature and the top region features predicts.'
-        ),
-        bibtex=(
-            '@inproceedings{feng2019lfd,\n'
-            '  title = {Learning to Focus and Discriminate for Fine-grained Classification},\n'
-            '  author = {Feng, Zhicong and Fu, Keren and Zhao, Qijun},\n'
-            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
-            '  year = {2019}\n'
-            '}'
-        ),
-    ),
-    'dpnet': dict(
-        title='DP-Net (Discriminative Part Network)',
-        description=(
-            "Part detectors (q per class) score the cells of a pretrained backbone's feature map; the bag-of-parts "
-            'vector is classified linearly, with optional orthogonality, decisive-assignment and class-specific '
-            'constraints. The backbone stays frozen by default.'
-        ),
-        bibtex=(
-            '@inproceedings{sicre2023dpnet,\n'
-            '  title = {DP-Net: Learning Discriminative Parts for image recognition},\n'
-            '  author = {Sicre, Ronan and Zhang, Hanwei and Dejasmin, Julien and Daaloul, Chiheb and '
-            "Ayache, St{\\'e}phane and Arti{\\`e}res, Thierry},\n"
-            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
-            '  year = {2023},\n'
-            '  eprint = {2404.15037},\n'
-            '  archivePrefix = {arXiv}\n'
-            '}'
-        ),
-    ),
-    'iagn': dict(
-        title='IAGN (Interpretable Attention Guided Network)',
-        description=(
-            "**Reconstruction notice:** reconstructed from the paper's abstract; not the authors' code. The "
-            "paper's method section and results were not available to us (no paper number to compare). It follows the "
-            'closest published mechanism its abstract names (progressive multi-granularity training with '
-            'stage-by-stage knowledge distillation), with class-activation attention that picks the region '
-            'to zoom into.'
-        ),
-        bibtex=(
-            '@inproceedings{huang2020iagn,\n'
-            '  title = {Interpretable Attention Guided Network for Fine-grained Visual Classification},\n'
-            '  author = {Huang, Zhenhuan and Duan, Xiaoyue and Zhao, Bo and L{\\"u}, Jinhu and Zhang, Baochang},\n'
-            '  booktitle = {ICPR 2020 Workshops, LNCS},\n'
-            '  pages = {52--63},\n'
-            '  year = {2020},\n'
-            '  eprint = {2103.04701},\n'
-            '  archivePrefix = {arXiv}\n'
-            '}'
-        ),
-    ),
-}
-
-TIMM_BIBTEX = (
-    '@misc{rw2019timm,\n'
-    '  author = {Ross Wightman},\n'
-    '  title = {PyTorch Image Models},\n'
-    '  year = {2019},\n'
-    '  publisher = {GitHub},\n'
-    '  journal = {GitHub repository},\n'
-    '  doi = {10.5281/zenodo.4414861},\n'
-    '  howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}\n'
-    '}'
-)
-
-
-def hub_cfg(name: str, org: str = HUB_ORG) -> dict[str, str]:
-    """The cfg entries of a published FGVC tag: our Hub repo, safetensors only (never a pickle fallback)."""
-    return dict(hf_hub_id=f'{org}/{name}', hf_hub_filename=WEIGHTS_NAME)
-
-
-def safetensors_only(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Pin Hub loads of `pretrained_cfg` to `model.safetensors`; raise if it names a pickle file on the Hub.
-
-    timm otherwise falls back to `pytorch_model.bin` when a repo has no safetensors. Meant for the builder
-    (`build_fgvc_model`) on every cfg that loads full weights, so that any `hf-hub:` id or tag is covered.
-    """
-    if not pretrained_cfg.get('hf_hub_id'):
-        return pretrained_cfg
-    filename = pretrained_cfg.get('hf_hub_filename') or WEIGHTS_NAME
-    if not filename.endswith('.safetensors'):
-        raise ValueError(
-            f"Refusing to load '{filename}' from Hub repo '{pretrained_cfg['hf_hub_id']}': fgvc_zoo never loads "
-            f'pickle weights from the Hub. Convert them to {WEIGHTS_NAME} (safetensors) and push that instead.'
-        )
-    return dict(pretrained_cfg, hf_hub_filename=filename)
-
-
-@contextlib.contextmanager
-def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
-    """Turn huggingface_hub's download errors into ones that name the repo and how to load a local file instead."""
-    local_hint = (
-        f"To load a local export instead: fgvc_zoo.hub.load_model('path/to/folder') or "
-        f"timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='path/to/{WEIGHTS_NAME}'))."
-    )
-    try:
-        yield
-    except LocalEntryNotFoundError as e:
-        # constants.HF_HUB_OFFLINE, not is_offline_mode(): the function is exported only by recent huggingface_hub.
-        why = 'HF_HUB_OFFLINE is set' if hf_constants.HF_HUB_OFFLINE else 'the Hub could not be reached'
-        cache_id, revision = hf_split(repo_id)
-        cached_pickles = [
-            name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(cache_id, name, revision), str)
-        ]
-        pickle_note = (
-            f' The cache holds only {", ".join(cached_pickles)}: fgvc_zoo never loads pickle weights from the Hub.'
-            if filename == WEIGHTS_NAME and cached_pickles
-            else ''
-        )
-        raise OSError(
-            f"Cannot load '{filename}' of Hub repo '{repo_id}': {why} and the file is not in the local Hub cache."
-            f'{pickle_note} Connect (or unset HF_HUB_OFFLINE) and retry. {local_hint}'
-        ) from e
-    except (RepositoryNotFoundError, GatedRepoError) as e:
-        raise OSError(
-            f"Hub repo '{repo_id}' does not exist or is private/gated (a private repo needs a token: HF_TOKEN or "
-            f'`hf auth login`). Check the name. {local_hint}'
-        ) from e
-    except RevisionNotFoundError as e:
-        raise OSError(f"Hub repo '{repo_id}' has no such revision. {local_hint}") from e
-    except EntryNotFoundError as e:
-        pickle_note = (
-            ' fgvc_zoo loads safetensors weights only and never a pickle (pytorch_model.bin) from the Hub.'
-            if filename == WEIGHTS_NAME
-            else ''
-        )
-        raise OSError(f"Hub repo '{repo_id}' has no '{filename}'.{pickle_note} {local_hint}") from e
 
 
 def _export_model_args(model: torch.nn.Module) -> dict[str, Any]:
     model_args = getattr(model, 'model_args', None)
     architecture = getattr(model, 'pretrained_cfg', {}).get('architecture', '')
-    if model_args is None and architecture and not _is_head(architecture):
+    if model_args is None and architecture and head_name(architecture) is None:
         return {}  # a plain timm classifier: timm's factory records its own arguments
     if model_args is None:
         raise ValueError(
@@ -255,16 +84,6 @@ def _pretrained_weights(model: torch.nn.Module, results: dict[str, Any] | None) 
     return getattr(model, 'pretrained_weights', NOT_RECORDED)
 
 
-def weights_record(pretrained_cfg: dict[str, Any], part: str) -> dict[str, str]:
-    """Name the weights timm loads for `pretrained_cfg`, by timm's own resolution (a file first, the Hub, a URL)."""
-    source, location = _resolve_pretrained_source(pretrained_cfg)
-    if source == 'state_dict':
-        location = 'a state_dict passed in pretrained_cfg'
-    elif isinstance(location, tuple):  # (hub id, filename)
-        location = location[0]
-    return dict(source=source or 'unknown', id=str(location), part=part)
-
-
 def pretrained_weights_of(model: torch.nn.Module, pretrained: bool) -> dict[str, str] | None:
     """What `create_model(..., pretrained=pretrained)` loaded into `model` (None: nothing, random initialisation).
 
@@ -278,13 +97,6 @@ def pretrained_weights_of(model: torch.nn.Module, pretrained: bool) -> dict[str,
     cfg = dict(model.pretrained_cfg)
     dropped = cfg.get('num_classes') not in (None, model.num_classes)
     return weights_record(cfg, 'model except classifiers' if dropped else 'model')
-
-
-def base_model(pretrained_weights: dict[str, str] | None) -> str | None:
-    """The Hub repo the weights started from (`timm/resnet50.a1_in1k`), or None: random init or a non-Hub source."""
-    if isinstance(pretrained_weights, dict) and pretrained_weights.get('source') == 'hf-hub':
-        return pretrained_weights['id']
-    return None
 
 
 def share_file(path: str | os.PathLike) -> None:
@@ -340,164 +152,6 @@ def save_pretrained(
     return out_dir
 
 
-def _is_head(architecture: str) -> bool:
-    return architecture.split('_')[0] in HEAD_INFO
-
-
-def _head_name(architecture: str) -> str:
-    head = architecture.split('_')[0]
-    if head not in HEAD_INFO:
-        raise ValueError(f"architecture '{architecture}' is not an fgvc_zoo head ({', '.join(HEAD_INFO)}).")
-    return head
-
-
-def _plain_info(architecture: str) -> dict[str, str]:
-    """The card text of a plain timm classifier that fgvc_zoo's trainer fine-tuned (the heads' baseline)."""
-    return dict(
-        title="timm's own classifier",
-        description=(
-            f"A plain fine-tune of timm's `{architecture}` (its own pooling and linear classifier, no FGVC head), "
-            'trained with cross-entropy by the fgvc_zoo trainer: the baseline that the FGVC heads are compared with.'
-        ),
-        bibtex='% no FGVC method: a plain timm fine-tune (cite timm, below)',
-    )
-
-
-def _dataset_name(results: dict[str, Any], recipe: dict[str, Any]) -> str | None:
-    for source in (results, recipe):
-        dataset = source.get('dataset')
-        if isinstance(dataset, dict):
-            dataset = dataset.get('name')
-        if dataset:
-            return str(dataset)
-    return None
-
-
-def _metrics(results: dict[str, Any], num_classes: int) -> dict[str, float]:
-    """The numeric metrics of results.json, `top5` renamed to the k it really is (`top4` for 4 classes)."""
-    metrics = results.get('metrics')
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{RESULTS_NAME} needs a 'metrics' mapping (e.g. {{'top1': 87.1, 'top5': 97.0}}).")
-    # The trainer and `fgvc-zoo eval` compute "top5" with k = min(5, num_classes).
-    topk = results.get('topk', min(5, num_classes))
-    return {
-        (f'top{topk}' if k == 'top5' else k): float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
-def _is_accuracy(metric: str) -> bool:
-    return (metric.startswith('top') and metric[3:].isdigit()) or 'acc' in metric
-
-
-def _results_table(head: str | None, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
-    paper = PAPER_RESULTS.get(head, {}).get(dataset or '', []) if backbone.split('.')[0] == PAPER_BACKBONE else []
-    paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
-    rows = ['| metric | this model | paper |', '|---|---|---|']
-    for name, value in metrics.items():
-        rows.append(f'| {name} | {value:.2f} | {paper_top1 if name in ("top1", "acc1", "top1_acc") else "n/a"} |')
-    if not metrics:
-        rows.append(f'| (not evaluated) | n/a | {paper_top1} |')
-    return '\n'.join(rows)
-
-
-def _describe_weights(weights: dict[str, str] | None | object) -> tuple[str, str]:
-    """(sentence for the introduction, short form for the description list) of where the weights started."""
-    if weights is NOT_RECORDED:
-        return (
-            'Where its weights started from was not recorded (exported from a bare checkpoint).',
-            'not recorded',
-        )
-    if weights is None:
-        return 'Trained from random initialisation: no pretrained weights were loaded.', 'none (random initialisation)'
-    part = weights.get('part', 'model')
-    if weights.get('source') == 'hf-hub':
-        name = f'[`{weights["id"]}`](https://huggingface.co/{weights["id"]})'
-    else:
-        name = f'`{weights["id"]}` ({weights.get("source", "file")})'
-    head_note = '; the head started from random initialisation' if part == 'backbone' else ''
-    return f'Fine-tuned from {name} ({part} weights{head_note}).', f'{name} ({part})'
-
-
-def read_template(template: str | os.PathLike | None = None) -> str:
-    """The card template: the one in the package, or the file `template`."""
-    if template is None:
-        return resources.files('fgvc_zoo').joinpath(*TEMPLATE_RESOURCE).read_text(encoding='utf-8')
-    if not Path(template).is_file():
-        raise FileNotFoundError(f"Model card template '{template}' not found: pass an existing file, or None for ours.")
-    return Path(template).read_text(encoding='utf-8')
-
-
-def model_card(
-    config: dict[str, Any],
-    results: dict[str, Any] | None = None,
-    recipe: dict[str, Any] | None = None,
-    repo_id: str | None = None,
-    template: str | os.PathLike | None = None,
-) -> str:
-    """The model card of an export: YAML front matter with model-index, then the filled card template.
-
-    Honest by construction: `base_model` and "fine-tuned from" come from the `pretrained_weights` record of
-    `config` (absent: not recorded; None: random initialisation) and the model-index holds accuracies only.
-    """
-    results = results or {}
-    recipe = recipe if recipe is not None else results.get('config', {})
-    architecture = config['architecture']
-    head = _head_name(architecture) if _is_head(architecture) else None
-    model_args = config.get('model_args', {})
-    backbone = model_args.get('backbone', architecture.split('_', 1)[-1]) if head else architecture
-    dataset = _dataset_name(results, recipe)
-    metrics = _metrics(results, config['num_classes']) if results else {}
-    model_name = repo_id.split('/')[-1] if repo_id else architecture
-    weights = config.get('pretrained_weights', NOT_RECORDED)
-    card_data = ModelCardData(
-        pipeline_tag='image-classification',
-        library_name='timm',
-        license=config.get('pretrained_cfg', {}).get('license', 'apache-2.0'),
-        tags=['image-classification', 'timm', 'fgvc', 'fine-grained', head or 'fine-tune', 'fgvc_zoo'],
-        datasets=[dataset] if dataset else None,
-        base_model=base_model(weights),
-        model_name=model_name,
-        eval_results=[
-            EvalResult(
-                task_type='image-classification',
-                dataset_type=dataset or 'unknown',
-                dataset_name=dataset or 'unknown',
-                metric_type='accuracy',
-                metric_name=name,
-                metric_value=value,
-            )
-            for name, value in metrics.items()
-            if _is_accuracy(name)
-        ]
-        or None,
-    )
-    info = HEAD_INFO[head] if head else _plain_info(architecture)
-    load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
-    provenance, initial_weights = _describe_weights(weights)
-    body = string.Template(read_template(template)).substitute(
-        front_matter=card_data.to_yaml(),
-        model_name=model_name,
-        title=info['title'],
-        description=info['description'],
-        architecture=architecture,
-        backbone=backbone,
-        provenance=provenance,
-        initial_weights=initial_weights,
-        dataset=dataset or 'unknown',
-        num_classes=config['num_classes'],
-        input_size='x'.join(str(s) for s in config.get('pretrained_cfg', {}).get('input_size', ())),
-        results_table=_results_table(head, backbone, dataset, metrics),
-        model_args=json.dumps(model_args, indent=2, sort_keys=True),
-        recipe=json.dumps(recipe, indent=2, sort_keys=True, default=str) if recipe else 'not recorded',
-        load_name=load_name,
-        method_bibtex=info['bibtex'],
-        timm_bibtex=TIMM_BIBTEX,
-    )
-    return body
-
-
 def _is_pickle(path: Path) -> bool:
     return any(path.name.endswith(suffix) for suffix in PICKLE_SUFFIXES)
 
@@ -520,7 +174,7 @@ def _check_registered(config: dict[str, Any], source: str) -> None:
     if not architecture or not timm.is_model(architecture):
         raise RuntimeError(
             f"{source} holds a '{architecture}' model, which is not registered with timm. Run {IMPORT_HINT}; "
-            f'this fgvc_zoo registers the heads {", ".join(HEAD_INFO)} (a newer architecture needs '
+            f'this fgvc_zoo registers the heads {", ".join(list_heads())} (a newer architecture needs '
             f'`pip install -U fgvc-zoo`).'
         )
 
@@ -575,14 +229,19 @@ def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
     return model.eval()
 
 
-def label_names(model: torch.nn.Module) -> list[str] | None:
-    """The class names of a loaded model, from its pretrained cfg or else its Hub repo's config.json."""
+def model_label_names(model: torch.nn.Module, download: bool = False) -> list[str] | None:
+    """The class names of a loaded model: its pretrained cfg's, else its Hub repo's config.json from the local Hub
+    cache (the weights' download put it there), fetched from the Hub only with `download=True`."""
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     if cfg.get('num_classes') not in (None, model.num_classes):
         return None  # heads were re-initialised for other classes
     names = cfg.get('label_names')
     if names is None and cfg.get('hf_hub_id') and cfg.get('source') != 'hf-hub':
-        names = _hub_config(cfg['hf_hub_id']).get('label_names')
+        repo_id, revision = hf_split(cfg['hf_hub_id'])
+        if download:
+            names = _hub_config(cfg['hf_hub_id']).get('label_names')
+        elif isinstance(cached := try_to_load_from_cache(repo_id, CONFIG_NAME, revision), str):
+            names = json.loads(Path(cached).read_text()).get('label_names')
     return list(names) if names is not None else None
 
 
@@ -664,7 +323,7 @@ def _write_onnx(folder: Path, img_size: int | None) -> None:
     from .onnx import ONNX_NAME, export_onnx
 
     model = load_model(str(folder))
-    path = export_onnx(model, folder / ONNX_NAME, img_size=img_size, label_names=label_names(model))
+    path = export_onnx(model, folder / ONNX_NAME, img_size=img_size, label_names=model_label_names(model))
     print(f'Wrote {path}')
 
 

@@ -8,8 +8,31 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import fgvc_zoo  # noqa: E402,F401  (registers the heads)
+from fgvc_zoo.models import list_heads  # noqa: E402
+
+
+def _parametrizes(metafunc, name: str) -> bool:
+    for marker in metafunc.definition.iter_markers('parametrize'):
+        names = marker.args[0]
+        names = names.split(',') if isinstance(names, str) else names
+        if name in [n.strip() for n in names]:
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes a `head` runs for every registered head (the registry, not a list kept in the tests),
+    unless it parametrizes `head` itself."""
+    if 'head' in metafunc.fixturenames and not _parametrizes(metafunc, 'head'):
+        metafunc.parametrize('head', list_heads())
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def batch():
+    """Three 64 px images and their classes out of 5."""
+    return torch.randn(3, 3, 64, 64), torch.tensor([0, 2, 4])

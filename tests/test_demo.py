@@ -33,8 +33,9 @@ from PIL import Image
 import fgvc_zoo
 from fgvc_zoo import cli
 from fgvc_zoo.data import load_image
-from fgvc_zoo.demo import HEAD_LEGENDS, answer, load_demo_model
+from fgvc_zoo.demo import answer, load_demo_model
 from fgvc_zoo.explain import explain_images
+from fgvc_zoo.models import Lfd
 
 READABLE = ('rgb', 'cmyk', '16bit', 'rgba', 'grayscale', '1x1', 'large')
 BAD_REASONS = {'non_image': 'cannot identify image file', 'truncated': 'truncated', 'empty': 'zero-byte file'}
@@ -75,7 +76,7 @@ def test_every_readable_upload_gets_predicts_top1_and_the_panels_of_explain(
         demo_model.model, [load_image(str(path))], demo_model.transform, demo_model.label_names
     )
     assert result.explanation.size == explained.png_size  # every panel of `fgvc-zoo explain`, at its scale
-    assert HEAD_LEGENDS['lfd'] in result.legend
+    assert Lfd.explanation_legend in result.legend
     assert all(f'. {panel.title}' in result.legend for panel in explained.panels)
 
 
@@ -183,7 +184,7 @@ def test_burst_of_50_requests_some_bad_every_good_one_answered(space_app, checkp
         else:
             assert top['label'] == expected[path], (path, message)
             assert message.startswith(f'Top-1: **{expected[path]}**') and Path(explanation).is_file()
-            assert HEAD_LEGENDS['lfd'] in legend
+            assert Lfd.explanation_legend in legend
     assert get(space_app)[0] == 200  # still serving
 
 

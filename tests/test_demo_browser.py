@@ -14,7 +14,8 @@ import pytest
 from demo_helpers import export_model, free_port, predict_cli, serving, val_images
 from PIL import Image
 
-from fgvc_zoo.demo import HEAD_LEGENDS, find_examples
+from fgvc_zoo.demo import find_examples
+from fgvc_zoo.models import Lfd
 
 CHROMIUM = os.environ.get('FGVC_ZOO_CHROMIUM') or shutil.which('chromium') or shutil.which('chromium-browser')
 ARTIFACTS = Path(os.environ.get('FGVC_ZOO_TEST_ARTIFACTS') or Path(__file__).parent / 'artifacts') / 'demo'
@@ -123,7 +124,7 @@ def test_upload_in_chromium_shows_predicts_top1_explanation_and_legend(
         assert _top1_in_page(page) == expected['label'], message
         assert f'Top-1: {expected["label"]} ({expected["probability"]:.1%}) for {photo.name}' in message
         _wait_for_new_explanation(page, old_src)
-        assert HEAD_LEGENDS['lfd'].split(' max-pools')[0] in page.inner_text('#legend')
+        assert Lfd.explanation_legend.split(' max-pools')[0] in page.inner_text('#legend')
         page.screenshot(path=str(ARTIFACTS / f'lfd_{k}.png'), full_page=True)
 
     # an example is one click: the first one is the first validation image of the LFD folder, and the DP-Net

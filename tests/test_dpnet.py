@@ -129,7 +129,7 @@ def test_the_model_weights_c_assign_of_its_part_scores_with_the_formulas_strengt
     kwargs = {} if reduction == 'sum' else {'assign_reduction': 'mean'}
     model = _dpnet(num_classes=1, w_perp=0.0, w_assign=0.1, w_cs=0.0, **kwargs).train()
     assert model.assign_reduction == reduction
-    features = torch.zeros(2, model.region_features, 1, 2)
+    features = torch.zeros(2, model.region_dim, 1, 2)
     monkeypatch.setattr(model, '_part_maps', lambda x: (features, TINY_S))  # S: 2 parts (q = 2 of 1 class)
     out = model(torch.zeros(2, 3, 64, 64), target=torch.tensor([0, 0]))
     hand = (TINY_S_IMAGE_1 + 0) / 2 if reduction == 'sum' else (TINY_S_IMAGE_1 / 2 + 0) / 2

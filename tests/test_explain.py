@@ -15,9 +15,9 @@ from torchvision import transforms as T
 from fgvc_zoo.cli import run
 from fgvc_zoo.data import pointing_accuracy
 from fgvc_zoo.evaluate import add_model_arguments, load_from_args
-from fgvc_zoo.explain import _output_paths, dpnet_top_parts, explain_images, view_geometry
+from fgvc_zoo.explain import _output_paths, explain_images, view_geometry
 from fgvc_zoo.hub import load_model, save_pretrained
-from fgvc_zoo.models import Explanation
+from fgvc_zoo.models import DpNet, Explanation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ def test_dpnet_draws_the_parts_that_weigh_most_in_the_predicted_class():
         logits=torch.zeros(1, 2),
         extras={'part_participation': participation},
     )
-    values, weight, top = dpnet_top_parts(exp, 0, num_parts=3)
+    values, weight, top = DpNet.top_parts(exp, 0, num_parts=3)
     assert top == [3, 2, 0]
     assert weight.tolist() == pytest.approx([0.5, -3.0, 0.6, 1.2])
     assert pointing.pointing_boxes('dpnet', exp).tolist() == [[12, 13, 14, 15]]  # the best box of part 3

@@ -131,7 +131,7 @@ def test_local_export_loads_bit_for_bit_with_label_names(exported):
     expected = model(x)
     for loaded in (hub.load_model(str(folder)), timm.create_model(f'local-dir:{folder}', pretrained=True).eval()):
         assert torch.equal(loaded(x), expected)
-        assert hub.label_names(loaded) == LABELS
+        assert hub.model_label_names(loaded) == LABELS
 
 
 @pytest.mark.parametrize('head', ['dpnet', 'iagn'])
@@ -141,7 +141,7 @@ def test_every_head_round_trips_through_an_export(head, tmp_path):
     loaded = hub.load_model(str(folder))
     x = _images()
     assert torch.equal(loaded(x), model(x))
-    assert hub.label_names(loaded) == LABELS
+    assert hub.model_label_names(loaded) == LABELS
     assert head in yaml.safe_load((folder / 'README.md').read_text().split('---\n')[1])['tags']
 
 
@@ -242,7 +242,7 @@ def test_offline_cache_loads_through_registered_tag_and_hf_hub(exported, hub_cac
     by_load_model = hub.load_model(f'lfd.{TAG}')
     for loaded in (by_tag, by_hub_id, by_load_model):
         assert torch.equal(loaded(x), expected)
-        assert hub.label_names(loaded) == LABELS
+        assert hub.model_label_names(loaded) == LABELS
     assert by_hub_id.pretrained_cfg['label_names'] == LABELS
 
 
@@ -260,7 +260,7 @@ def test_pretrained_with_other_num_classes_keeps_backbone_and_reinitialises_head
         for head in ('image_head', 'region_head', 'hybrid_head'):
             assert getattr(model, head).weight.shape[0] == 3
             assert getattr(five, head).weight.shape[0] == 5
-        assert hub.label_names(five) is None  # the stored names belong to the 3 old classes
+        assert hub.model_label_names(five) is None  # the stored names belong to the 3 old classes
 
 
 def test_full_weights_from_a_tag_are_recorded_as_the_model_they_came_from(exported, hub_cache, monkeypatch):
@@ -490,7 +490,7 @@ def test_cli_export_of_a_checkpoint_loads_bit_for_bit(exported, tmp_path):
     loaded = hub.load_model(str(out))
     x = _images()
     assert torch.equal(loaded(x), model(x))
-    assert hub.label_names(loaded) == LABELS
+    assert hub.model_label_names(loaded) == LABELS
 
 
 def test_cli_export_of_a_bare_checkpoint_claims_no_provenance_unless_results_json_records_it(exported, tmp_path):
@@ -544,7 +544,7 @@ PUSH_AND_LOAD = textwrap.dedent("""
         pickle_error = None
     except OSError as e:
         pickle_error = str(e)
-    json.dump({'labels': hub.label_names(by_client), 'pickle_error': pickle_error}, open(f'{out}/out.json', 'w'))
+    json.dump({'labels': hub.model_label_names(by_client), 'pickle_error': pickle_error}, open(f'{out}/out.json', 'w'))
 """)
 
 
@@ -600,3 +600,12 @@ def test_push_to_a_local_hub_then_load_back(exported, tmp_path):
     assert result['labels'] == LABELS
     assert "Hub repo 'someone/pickled' has no 'model.safetensors'" in result['pickle_error']
     assert 'never a pickle (pytorch_model.bin)' in result['pickle_error']
+
+
+def test_label_names_of_a_tag_built_model_never_reach_the_network_unless_asked(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
+    model = timm.create_model('lfd', num_classes=3, **HEAD_ARGS)
+    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=3, hf_hub_id='fgvc-zoo/nowhere', source='url')
+    assert hub.model_label_names(model) is None  # not in the cache: no names, and no download
+    with pytest.raises(OSError, match='fgvc-zoo/nowhere'):  # HF_HUB_OFFLINE in tests: asking to download fails
+        hub.model_label_names(model, download=True)

@@ -236,7 +236,7 @@ def test_soft_targets_train():
 def test_registered_variants_and_arguments():
     expected = {'iagn', 'iagn_resnet50', 'iagn_convnext_tiny', 'iagn_vit_base_patch16_224'}
     assert expected <= set(timm.list_models('iagn*'))
-    model = _model(stages=2, jigsaw_sizes=(4, 1))
+    model = _model(num_stages=2, jigsaw_sizes=(4, 1))
     assert model.num_train_steps == 3 and model.num_features == 2 * 16 and model.head_hidden_size == 2 * 2 * 16
     assert model.backbone.stage_indices == [3, 4]
     model.reset_classifier(7)
@@ -249,10 +249,10 @@ def test_registered_variants_and_arguments():
 
 @pytest.mark.parametrize('stages', [2, 4])
 def test_weights_for_other_classes_drop_every_stage_classifier(stages, tmp_path):
-    # The class layers timm drops follow `stages`: 4 stage classifiers and the fused one for stages=4.
-    save_file(_model(stages=stages).state_dict(), str(tmp_path / 'model.safetensors'))
+    # The class layers timm drops follow `num_stages`: 4 stage classifiers and the fused one for num_stages=4.
+    save_file(_model(num_stages=stages).state_dict(), str(tmp_path / 'model.safetensors'))
     model = _model(
-        stages=stages,
+        num_stages=stages,
         num_classes=3,
         pretrained=True,
         pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')),

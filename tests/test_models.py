@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 
-from fgvc_zoo.models import Explanation, FgvcOutput
+from fgvc_zoo.models import Explanation, FgvcOutput, head_class, head_models, head_name
 
-HEADS = ['lfd', 'dpnet', 'iagn']
 BACKBONES = ['test_resnet', 'test_convnext', 'test_efficientnet', 'test_vit', 'test_nfnet']
-# Small head sizes so the matrix runs in seconds on a 2-core CPU; everything else is the head's default.
+# Small head sizes so the matrix runs in seconds on a 2-core CPU; everything else (and any head not listed) is the
+# head's default.
 TINY_HEAD_ARGS = {
     'lfd': dict(zoom_size=32, region_sizes=(0.35, 0.5)),  # a 64 px image has 2 x 2 cells: 2 sizes give 8 boxes
     'dpnet': dict(freeze_backbone=False),
@@ -25,9 +25,8 @@ NUM_CLASSES = 5
 
 
 def _create(head: str, backbone: str, **kwargs) -> torch.nn.Module:
-    if not timm.is_model(head):
-        pytest.skip(f"head '{head}' is not registered yet")
-    args = dict(TINY_HEAD_ARGS[head], **kwargs)
+    """The head (or a variant of it) over `backbone`, at the tiny sizes."""
+    args = dict(TINY_HEAD_ARGS.get(head_name(head), {}), **kwargs)
     return timm.create_model(head, backbone=backbone, num_classes=NUM_CLASSES, **args)
 
 
@@ -35,13 +34,7 @@ def _train_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
     return [model(x, target=y, step=k) for k in range(model.num_train_steps)]
 
 
-@pytest.fixture
-def batch():
-    return torch.randn(3, 3, IMG, IMG), torch.tensor([0, 2, 4])
-
-
 @pytest.mark.parametrize('backbone', BACKBONES)
-@pytest.mark.parametrize('head', HEADS)
 def test_forward_returns_logits_in_train_and_eval_and_an_output_with_target(head, backbone, batch):
     x, y = batch
     model = _create(head, backbone)
@@ -58,7 +51,6 @@ def test_forward_returns_logits_in_train_and_eval_and_an_output_with_target(head
 
 
 @pytest.mark.parametrize('backbone', BACKBONES)
-@pytest.mark.parametrize('head', HEADS)
 def test_every_trainable_parameter_receives_a_gradient(head, backbone, batch):
     x, y = batch
     model = _create(head, backbone)
@@ -73,7 +65,6 @@ def test_every_trainable_parameter_receives_a_gradient(head, backbone, batch):
 
 
 @pytest.mark.parametrize('backbone', BACKBONES)
-@pytest.mark.parametrize('head', HEADS)
 def test_eval_logits_do_not_depend_on_the_batch(head, backbone, batch):
     x, _ = batch
     model = _create(head, backbone).eval()
@@ -83,7 +74,6 @@ def test_eval_logits_do_not_depend_on_the_batch(head, backbone, batch):
     torch.testing.assert_close(alone, together, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('head', HEADS)
 def test_forward_head_of_forward_features_is_forward(head, batch):
     x, _ = batch
     model = _create(head, 'test_resnet').eval()
@@ -93,7 +83,6 @@ def test_forward_head_of_forward_features_is_forward(head, batch):
         assert model.forward_head(features, pre_logits=True).shape == (3, model.head_hidden_size)
 
 
-@pytest.mark.parametrize('head', HEADS)
 def test_reset_classifier_changes_the_number_of_classes(head, batch):
     x, y = batch
     model = _create(head, 'test_resnet')
@@ -107,7 +96,6 @@ def test_reset_classifier_changes_the_number_of_classes(head, batch):
 
 
 @pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
-@pytest.mark.parametrize('head', HEADS)
 def test_safetensors_round_trip_reproduces_the_outputs(head, backbone, batch, tmp_path):
     x, _ = batch
     model = _create(head, backbone).eval()
@@ -120,7 +108,6 @@ def test_safetensors_round_trip_reproduces_the_outputs(head, backbone, batch, tm
 
 
 @pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
-@pytest.mark.parametrize('head', HEADS)
 def test_explain_gives_maps_and_boxes_in_input_pixels(head, backbone, batch):
     x, _ = batch
     model = _create(head, backbone).eval()
@@ -139,7 +126,6 @@ def test_explain_gives_maps_and_boxes_in_input_pixels(head, backbone, batch):
         torch.testing.assert_close(explanation.labels, model(x).argmax(dim=1))
 
 
-@pytest.mark.parametrize('head', HEADS)
 def test_timm_optimizer_factory_groups_backbone_and_head_parameters(head):
     model = _create(head, 'test_resnet')
     optimizer = create_optimizer_v2(model, opt='sgd', lr=0.1, weight_decay=1e-4, layer_decay=0.5)
@@ -153,7 +139,6 @@ def test_timm_optimizer_factory_groups_backbone_and_head_parameters(head):
     assert head_scales == {1.0}, 'the head is the last group and trains at the full learning rate'
 
 
-@pytest.mark.parametrize('head', HEADS)
 def test_grad_checkpointing_gives_the_same_loss(head, batch):
     x, y = batch
     model = _create(head, 'test_resnet').eval()  # dropout and BN statistics fixed: the passes are comparable
@@ -165,26 +150,58 @@ def test_grad_checkpointing_gives_the_same_loss(head, batch):
     torch.testing.assert_close(model.forward_train(x, y, 0).loss, reference)
 
 
-@pytest.mark.parametrize('head', HEADS)
 def test_named_variants_are_registered_for_the_popular_backbones(head):
-    if not timm.is_model(head):
-        pytest.skip(f"head '{head}' is not registered yet")
+    from fgvc_zoo.models import POPULAR_BACKBONES
+
     names = timm.list_models(f'{head}*')
-    for backbone in [
-        'resnet50',
-        'resnet101',
-        'convnext_tiny',
-        'convnext_base',
-        'tf_efficientnet_lite0',
-        'vit_base_patch16_224',
-        'swin_base_patch4_window7_224',
-    ]:
+    for backbone in POPULAR_BACKBONES:
         assert f'{head}_{backbone}' in names
+        entrypoint = timm.models._registry._model_entrypoints[f'{head}_{backbone}']
+        assert entrypoint.__doc__ and entrypoint.__name__ == f'{head}_{backbone}'  # written out, timm style
     model = timm.create_model(f'{head}_resnet50', num_classes=11)
     cfg = model.pretrained_cfg
     assert cfg['input_size'] == (3, 448, 448)
     assert cfg['mean'] == timm.models.get_pretrained_cfg('resnet50.a1_in1k').mean
     assert model.model_args['backbone'].startswith('resnet50')
+
+
+# The tiny timm backbone of each popular backbone's family: its modules carry the same names (`conv1`, `stem.0`,
+# `conv_stem`, `patch_embed.proj`), so a registered cfg can be checked against a model built in seconds.
+TINY_OF_FAMILY = {'resnet': 'test_resnet', 'convnext': 'test_convnext', 'efficientnet': 'test_efficientnet'}
+
+
+def _tiny_backbone(cfg_backbone: str | None) -> str:
+    family = next((f for f in TINY_OF_FAMILY if cfg_backbone and f in cfg_backbone), None)
+    return TINY_OF_FAMILY[family] if family else 'test_vit'  # vit and swin: patch_embed.proj
+
+
+def _registered_cfgs():
+    """(model name, tag, its registered pretrained cfg) of every head model: timm's own registry, not a list."""
+    for name in head_models():
+        default_cfg = timm.models._registry._model_default_cfgs[name]
+        for tag, cfg in default_cfg.cfgs.items():
+            yield pytest.param(name, cfg, id=f'{name}.{tag}' if tag else name)
+
+
+@pytest.mark.parametrize('name,cfg', list(_registered_cfgs()))
+def test_every_registered_cfg_names_layers_of_its_model(name, cfg):
+    # timm's test_model_default_cfgs: the classifier layers (dropped when num_classes changes) and the first conv
+    # (adapted to in_chans) that a cfg names exist in the model it builds, and the pre-logits have its width.
+    variant_backbone = name.split('_', 1)[1] if '_' in name else None
+    model = _create(name, _tiny_backbone(variant_backbone))
+    modules = dict(model.named_modules())
+    classifiers = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier
+    assert classifiers and all(c in modules for c in classifiers), (classifiers, name)
+    assert isinstance(modules[classifiers[-1]], torch.nn.Linear)
+    first_convs = (cfg.first_conv,) if isinstance(cfg.first_conv, str) else cfg.first_conv or ()
+    assert all(c in modules for c in first_convs if c), (cfg.first_conv, name)
+    if variant_backbone is not None:  # a variant's cfg takes its first conv from its backbone
+        assert first_convs and all(c.startswith('backbone.model.') for c in first_convs)
+    model.eval()
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(torch.randn(2, 3, 64, 64)), pre_logits=True)
+    assert pre_logits.shape == (2, model.head_hidden_size)
+    assert isinstance(model, head_class(name))
 
 
 def test_no_weight_decay_names_parameters_of_the_model():
@@ -223,7 +240,6 @@ def test_pretrained_with_a_backbone_that_has_no_weights_is_a_clear_error():
 # ---------------------------------------------------------------------------------------------- registry honesty
 
 
-@pytest.mark.parametrize('head', HEADS)
 def test_list_pretrained_advertises_only_published_fgvc_weights(head):
     from fgvc_zoo.models import PUBLISHED_TAGS
     from fgvc_zoo.models._base import FGVC_DATASETS

@@ -24,7 +24,6 @@ from fgvc_zoo.onnx import DATA_CONFIG_KEYS
 ort = pytest.importorskip('onnxruntime')
 pytest.importorskip('onnx')
 
-HEADS = ('lfd', 'dpnet', 'iagn')
 TINY_BACKBONES = ('test_resnet', 'test_efficientnet', 'test_convnext', 'test_vit')
 HEAD_ARGS = {
     'lfd': dict(zoom_size=32, region_sizes=(0.35, 0.5)),
@@ -53,9 +52,8 @@ def _run(session, x: torch.Tensor) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize('backbone', TINY_BACKBONES)
-@pytest.mark.parametrize('head', HEADS)
 def test_onnx_logits_match_pytorch_at_any_batch_size(head, backbone, tmp_path):
-    model = timm.create_model(head, backbone=backbone, num_classes=3, **HEAD_ARGS[head])
+    model = timm.create_model(head, backbone=backbone, num_classes=3, **HEAD_ARGS.get(head, {}))
     path = export_onnx(model, tmp_path / 'model.onnx', img_size=64, dynamic_batch=True, batch_size=2)
     session = _session(path)
     assert not model.training
@@ -68,9 +66,8 @@ def test_onnx_logits_match_pytorch_at_any_batch_size(head, backbone, tmp_path):
         np.testing.assert_allclose(logits, expected, rtol=0, atol=LOGITS_ATOL)
 
 
-@pytest.mark.parametrize('head', HEADS)
 def test_onnx_explain_outputs_match_the_explanation(head, tmp_path):
-    model = timm.create_model(head, backbone='test_resnet', num_classes=3, **HEAD_ARGS[head]).eval()
+    model = timm.create_model(head, backbone='test_resnet', num_classes=3, **HEAD_ARGS.get(head, {})).eval()
     path = export_onnx(model, tmp_path / 'model.onnx', img_size=64, explain=True)
     session = _session(path)
     x = torch.randn(2, 3, 64, 64)

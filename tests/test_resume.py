@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 from test_train import HEAD_ARGS, make_tiny_folder, run, train_command
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
 # EMA and mixup put the EMA weights and numpy's RNG into the checkpoint too; augmentation uses torch's RNG.
 EXTRA = ('--model-ema', '--model-ema-decay', '0.5', '--mixup', '0.2')
 

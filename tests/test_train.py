@@ -72,8 +72,7 @@ def train_command(data_dir: Path, output: Path, head: str = 'lfd', epochs: int =
         head,
         '--backbone',
         'test_resnet',
-        '--model-args',
-        HEAD_ARGS[head],
+        *(['--model-args', HEAD_ARGS[head]] if head in HEAD_ARGS else []),
         '--data-dir',
         str(data_dir),
         '--output',
@@ -124,10 +123,9 @@ def top1(model: torch.nn.Module, data_dir: Path, img_size: int) -> float:
         return 100 * (model(images).argmax(dim=1) == labels).float().mean().item()
 
 
-@pytest.mark.parametrize('head', ['lfd', 'dpnet', 'iagn'])
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_every_head_trains_exports_and_reloads_with_timm(head, tiny_folder, tmp_path):
-    if head not in timm.list_models(head):
-        pytest.skip(f"head '{head}' is not registered yet")
     output = tmp_path / head
     result = run(train_command(tiny_folder, output, head, 2, '--keep-checkpoints', '1'))
     assert 'world size 1' in result.stdout
@@ -259,8 +257,6 @@ def test_backbone_lr_is_a_tenth_and_the_step_schedule_decays_every_40_epochs():
 
 
 def test_a_frozen_backbone_leaves_only_the_head_group():
-    if 'dpnet' not in timm.list_models('dpnet'):
-        pytest.skip("head 'dpnet' is not registered yet")
     config = parse(['--model', 'dpnet', '--synthetic'])
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=3, freeze_backbone=True)
     (group,) = _build_optimizer(config, model).param_groups

@@ -3,10 +3,13 @@
 import json
 import sys
 
+import pytest
 from safetensors.torch import load_file
 from test_train import make_tiny_folder, run, train_command
 
 from fgvc_zoo.train import state_dict_sha256
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_torchrun_two_processes_share_one_model_and_one_output(tmp_path):

@@ -56,8 +56,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in _WIDE_MODES:
         values = np.asarray(img, dtype=np.float64)
         if img.mode == 'F':
-            low, high = float(values.min()), float(values.max())
-            values = (values - low) * (255.0 / (high - low) if high > low else 0.0)
+            import torch
+
+            from ..layers.cam import min_max_scale
+
+            values = min_max_scale(torch.from_numpy(values)).numpy() * 255.0
         else:
             values = values / 257.0  # 65535 -> 255
         return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode='L').convert('RGB')

@@ -1,5 +1,5 @@
 from .boxes import cell_boxes, crop_and_zoom, select_boxes
-from .cam import class_activation_maps, smooth_maps, upsample_maps
+from .cam import class_activation_maps, min_max_scale, smooth_maps, upsample_maps
 from .distill import distillation_loss
 from .jigsaw import jigsaw
 from .norm_stats import SecondaryNormStats
@@ -21,6 +21,7 @@ __all__ = [
     'class_activation_maps',
     'smooth_maps',
     'upsample_maps',
+    'min_max_scale',
     'PART_POOLS',
     'assignment_loss',
     'best_region_boxes',

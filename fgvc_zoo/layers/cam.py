@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ['class_activation_maps', 'gaussian_kernel', 'smooth_maps', 'upsample_maps']
+__all__ = ['class_activation_maps', 'gaussian_kernel', 'smooth_maps', 'upsample_maps', 'min_max_scale']
 
 
 def class_activation_maps(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -48,3 +48,12 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
     """Feature-cell maps to input pixels; cell centres land on the pixel centres the box proposals use."""
     return F.interpolate(maps, size=tuple(size), mode='bilinear', align_corners=False)
+
+
+def min_max_scale(maps: torch.Tensor, dim: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
+    """Scale `maps` to [0, 1] over `dim` (per map: every other dimension keeps its own range); a constant map
+    becomes all zeros rather than NaN. The one min-max of the package: IAGN's attention, explain's colour scale,
+    a float image's grey levels."""
+    low = maps.amin(dim=dim, keepdim=True)
+    high = maps.amax(dim=dim, keepdim=True)
+    return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)

@@ -1,5 +1,22 @@
 from ._backbone import Backbone, check_backbone_name, create_backbone_model
-from ._base import POPULAR_BACKBONES, PUBLISHED_TAGS, Explanation, FgvcModel, FgvcOutput, build_fgvc_model
+from ._base import (
+    POPULAR_BACKBONES,
+    PUBLISHED_TAGS,
+    BackbonePass,
+    Explanation,
+    ExplanationChart,
+    ExplanationPanel,
+    FgvcModel,
+    FgvcOutput,
+    PaperInfo,
+    build_fgvc_model,
+    head_class,
+    head_models,
+    head_name,
+    list_heads,
+    model_head_name,
+    register_head,
+)
 from .dpnet import DpNet
 from .iagn import Iagn
 from .lfd import Lfd
@@ -10,10 +27,20 @@ __all__ = [
     'create_backbone_model',
     'POPULAR_BACKBONES',
     'PUBLISHED_TAGS',
+    'BackbonePass',
     'Explanation',
+    'ExplanationChart',
+    'ExplanationPanel',
     'FgvcModel',
     'FgvcOutput',
+    'PaperInfo',
     'build_fgvc_model',
+    'head_class',
+    'head_models',
+    'head_name',
+    'list_heads',
+    'model_head_name',
+    'register_head',
     'Lfd',
     'DpNet',
     'Iagn',

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import timm
 import torch
@@ -24,17 +24,26 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..errors import UnknownArgumentError
-from ..hub import hub_cfg, hub_errors, safetensors_only, weights_record
 from ._backbone import Backbone, check_backbone_name
+from ._hub import hub_cfg, hub_errors, safetensors_only, weights_record
 
 __all__ = [
     'FgvcOutput',
     'Explanation',
+    'ExplanationPanel',
+    'ExplanationChart',
+    'BackbonePass',
+    'PaperInfo',
     'FgvcModel',
+    'register_head',
+    'list_heads',
+    'head_name',
+    'head_class',
+    'model_head_name',
+    'head_models',
     'build_fgvc_model',
     'fgvc_cfg',
     'generate_head_cfgs',
-    'register_variants',
     'POPULAR_BACKBONES',
     'FGVC_DATASETS',
     'PUBLISHED_TAGS',
@@ -90,11 +99,70 @@ class Explanation:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class ExplanationPanel:
+    """One picture of a head's explanation, in the pixels of the model's input; `fgvc_zoo.explain` draws it over
+    the original image (it maps the boxes and the map back through the eval transform).
+
+    heatmap: (H, W) map at the input resolution, or None (the photo alone); boxes: (N, 4) xyxy input pixels with a
+    legend text each; first_box: number (and colour) of the first box, so that a box keeps them across panels.
+    """
+
+    title: str
+    heatmap: torch.Tensor | None = None
+    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4))
+    box_labels: list[str] = field(default_factory=list)
+    first_box: int = 0
+
+
+@dataclass
+class ExplanationChart:
+    """A bar chart beside the image panels (e.g. DP-Net's class-level part participation); `highlight` are the
+    indices of `names` drawn in red."""
+
+    title: str
+    names: list[str]
+    values: torch.Tensor
+    highlight: list[int] = field(default_factory=list)
+
+
+class BackbonePass(NamedTuple):
+    """One backbone pass a head's compute cannot avoid (the bench's floor): `batch_size` images of side
+    `img_size`, with gradient or not, through the first `num_stages` stages (None: all)."""
+
+    batch_size: int
+    img_size: int
+    grad: bool
+    num_stages: int | None = None
+
+
+@dataclass(frozen=True)
+class PaperInfo:
+    """What the model card says about a head's method: title, description, BibTeX, and the top-1 accuracies (%)
+    its paper reports with `backbone`, by dataset: `{dataset: [(setting, top1), ...]}`."""
+
+    title: str
+    description: str
+    bibtex: str
+    results: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    backbone: str = 'resnet50'
+
+
 class FgvcModel(nn.Module):
-    """Shared behaviour of the heads: the forward contract and the timm model API around `self.backbone`."""
+    """Shared behaviour of the heads: the forward contract and the timm model API around `self.backbone`.
+
+    A head also declares what the generic tools read, so that none of them names a head: `paper` (the model card),
+    `explanation_legend`, `explanation_panels` and `explanation_chart` (explain, demo), `backbone_passes`,
+    `bench_args` and `min_train_batch` (the bench).
+    """
 
     backbone: Backbone
     num_train_steps: int = 1
+    paper: ClassVar[PaperInfo | None] = None
+    # What the explanation panels mean (the demo's legend, Markdown).
+    explanation_legend: ClassVar[str] = ''
+    # Fewest images a train-mode batch may hold (e.g. BatchNorm1d over a pooled feature needs 2).
+    min_train_batch: ClassVar[int] = 1
 
     def forward(
         self,
@@ -127,6 +195,23 @@ class FgvcModel(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         raise NotImplementedError
 
+    def _init_backbone(
+        self,
+        backbone: str,
+        pretrained: bool,
+        in_chans: int,
+        backbone_args: dict[str, Any] | None,
+        drop_rate: float,
+        **backbone_kwargs: Any,
+    ) -> None:
+        """The constructor part every head shares: `self.backbone` over the timm model `backbone` (extra
+        `backbone_args` of its timm constructor) and `self.head_drop`, the dropout before the classifiers."""
+        self.drop_rate = drop_rate
+        self.backbone = Backbone(
+            backbone, pretrained=pretrained, in_chans=in_chans, **backbone_kwargs, **(backbone_args or {})
+        )
+        self.head_drop = nn.Dropout(drop_rate)
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
@@ -143,6 +228,79 @@ class FgvcModel(nn.Module):
     def backbone_parameters(self):
         """Parameters of the pretrained backbone (the papers train them at 0.1x the head's learning rate)."""
         return self.backbone.parameters()
+
+    def backbone_passes(self, batch_size: int, img_size: int, train: bool) -> list[list[BackbonePass]]:
+        """The backbone passes `model(x)` (or, with `train`, one train step) needs, grouped by optimiser step: the
+        floor the bench compares the head with. Default: one pass on the image."""
+        return [[BackbonePass(batch_size, img_size, train)]]
+
+    @classmethod
+    def bench_args(cls, img_size: int, zoom_ratio: float) -> dict[str, Any]:
+        """Constructor arguments the bench sets for an `img_size` input (e.g. a zoom at `zoom_ratio` of it)."""
+        return {}
+
+    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+        """The panels of image `i` of `exp` (`label`: its predicted class name). Default: the boxes, then each
+        heatmap (its map of the predicted class when it has one per class, else its first)."""
+        labels = [f'#{k + 1} {s:.2f}' for k, s in enumerate(exp.scores[i].flatten().tolist())]
+        panels = [ExplanationPanel(f'boxes -> {label}', boxes=exp.boxes[i], box_labels=labels)] if labels else []
+        for name, maps in exp.heatmaps.items():
+            k = int(exp.labels[i]) if maps.shape[1] == exp.logits.shape[1] else 0
+            panels.append(ExplanationPanel(f'{name} map', maps[i, k]))
+        return panels
+
+    def explanation_chart(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> ExplanationChart | None:
+        """A bar chart drawn after the panels of image `i`, or None (the default: no chart)."""
+        return None
+
+
+# The registered heads by name (their generic entrypoint's), and the module each is registered from.
+_HEADS: dict[str, type[FgvcModel]] = {}
+_HEAD_MODULES: dict[str, str] = {}
+
+
+def register_head(model_cls: type[FgvcModel]) -> Callable[[Callable[..., FgvcModel]], Callable[..., FgvcModel]]:
+    """Decorate a head's generic entrypoint (`def lfd(pretrained=False, **kwargs)`): timm's `register_model`, and
+    the head's name, class and module recorded for the generic tools (`list_heads`, `head_name`, `head_models`).
+    Its `<name>_<backbone>` variants (one per `POPULAR_BACKBONES`) are written-out `register_model` functions."""
+
+    def decorator(fn: Callable[..., FgvcModel]) -> Callable[..., FgvcModel]:
+        if '_' in fn.__name__:
+            raise ValueError(f"A head's name is its variants' prefix and cannot hold '_': '{fn.__name__}'.")
+        _HEADS[fn.__name__] = model_cls
+        _HEAD_MODULES[fn.__name__] = fn.__module__.split('.')[-1]
+        return register_model(fn)
+
+    return decorator
+
+
+def list_heads() -> list[str]:
+    """The names of the registered heads (`['dpnet', 'iagn', 'lfd']`), sorted."""
+    return sorted(_HEADS)
+
+
+def head_name(architecture: str) -> str | None:
+    """The head a model name or tag belongs to (`lfd_resnet50.a1_in1k` -> `lfd`); None for a plain timm model."""
+    head = architecture.split('.')[0].split('_')[0]
+    return head if head in _HEADS else None
+
+
+def head_class(name: str) -> type[FgvcModel]:
+    """The class of the head `name` (or of the head a model name or tag belongs to)."""
+    head = head_name(name)
+    if head is None:
+        raise ValueError(f"'{name}' is not an fgvc_zoo head; the registered heads: {', '.join(list_heads())}.")
+    return _HEADS[head]
+
+
+def model_head_name(model: nn.Module) -> str | None:
+    """The head a built model is (by class); None for a plain timm model."""
+    return next((name for name, cls in _HEADS.items() if isinstance(model, cls)), None)
+
+
+def head_models(filter: str = '', include_tags: bool = False) -> list[str]:
+    """Every registered model name (and tag, with `include_tags`) of every head, as `timm.list_models` gives them."""
+    return timm.list_models(filter, module=sorted(set(_HEAD_MODULES.values())), include_tags=include_tags)
 
 
 def fgvc_cfg(backbone: str | None, classifier: Sequence[str], **kwargs: Any) -> dict:
@@ -352,21 +510,3 @@ def build_fgvc_model(
     else:
         model.pretrained_weights = weights_record(model.backbone.pretrained_cfg, 'backbone')
     return model
-
-
-def register_variants(
-    head: str,
-    create_fn: Callable[..., FgvcModel],
-    namespace: dict[str, Any],
-) -> None:
-    """Register `<head>_<backbone>` entrypoints for the popular backbones into a model file's namespace."""
-    for backbone in POPULAR_BACKBONES:
-
-        def entrypoint(pretrained: bool = False, _backbone: str = backbone, **kwargs) -> FgvcModel:
-            kwargs.setdefault('backbone', _backbone)
-            return create_fn(f'{head}_{_backbone}', pretrained=pretrained, **kwargs)
-
-        entrypoint.__name__ = f'{head}_{backbone}'
-        entrypoint.__qualname__ = entrypoint.__name__
-        entrypoint.__module__ = namespace['__name__']
-        namespace[entrypoint.__name__] = register_model(entrypoint)

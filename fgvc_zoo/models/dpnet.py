@@ -26,15 +26,18 @@ from ..layers.parts import (
     part_scores,
     pool_part_scores,
 )
-from ._backbone import Backbone
 from ._base import (
+    BackbonePass,
     Explanation,
+    ExplanationChart,
+    ExplanationPanel,
     FgvcModel,
     FgvcOutput,
+    PaperInfo,
     build_fgvc_model,
     fgvc_cfg,
     generate_head_cfgs,
-    register_variants,
+    register_head,
 )
 
 __all__ = ['DpNet']
@@ -47,6 +50,37 @@ class DpNet(FgvcModel):
     belonging to class p // q; `self.head` is V, whose first P columns weigh the parts (and the last D the
     global feature when `use_global=True`). `model(x)` returns V's logits.
     """
+
+    paper = PaperInfo(
+        title='DP-Net (Discriminative Part Network)',
+        description=(
+            "Part detectors (q per class) score the cells of a pretrained backbone's feature map; the bag-of-parts "
+            'vector is classified linearly, with optional orthogonality, decisive-assignment and class-specific '
+            'constraints. The backbone stays frozen by default.'
+        ),
+        bibtex=(
+            '@inproceedings{sicre2023dpnet,\n'
+            '  title = {DP-Net: Learning Discriminative Parts for image recognition},\n'
+            '  author = {Sicre, Ronan and Zhang, Hanwei and Dejasmin, Julien and Daaloul, Chiheb and '
+            "Ayache, St{\\'e}phane and Arti{\\`e}res, Thierry},\n"
+            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
+            '  year = {2023},\n'
+            '  eprint = {2404.15037},\n'
+            '  archivePrefix = {arXiv}\n'
+            '}'
+        ),
+        # Top-1 accuracy (%) the paper reports with a ResNet-50 (docs/methods.md).
+        results={
+            'cub_200_2011': [('DP-Net, ResNet-50, no constraint', 84.9), ('DP-Net, ResNet-50, all constraints', 85.0)],
+        },
+    )
+    explanation_legend = (
+        'DP-Net (Discriminative Part Network) scores every cell of the backbone feature map with learnt **part** '
+        "detectors; a part map is one detector's response and its box the best-scoring region. The parts drawn "
+        'are those that weigh most in the predicted class: V[pred, p] (how much the class uses part p, learnt) '
+        "times the part's score. The bar chart shows V[pred] for the parts with the largest |V|, the drawn parts "
+        'in red.'
+    )
 
     def __init__(
         self,
@@ -109,14 +143,12 @@ class DpNet(FgvcModel):
         self.w_cs = w_cs
         self.assign_reduction = assign_reduction
         self.part_box_cells = part_box_cells
-        self.drop_rate = drop_rate
 
-        self.backbone = Backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans, **(backbone_args or {}))
+        self._init_backbone(backbone, pretrained_backbone, in_chans, backbone_args, drop_rate)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        self.region_features = self.backbone.num_features
-        self.head_drop = nn.Dropout(drop_rate)
+        self.region_dim = self.backbone.num_features  # D, the width of a region descriptor (a cell of X)
         self.reset_classifier(num_classes)
 
     def train(self, mode: bool = True) -> 'DpNet':
@@ -132,8 +164,8 @@ class DpNet(FgvcModel):
             raise ValueError(f'DP-Net needs num_classes >= 1 (its parts belong to classes), got {num_classes}.')
         self.num_classes = num_classes
         self.num_parts = self.parts_per_class * num_classes
-        self.num_features = self.head_hidden_size = self.num_parts + (self.region_features if self.use_global else 0)
-        self.parts = nn.Linear(self.region_features, self.num_parts, bias=False)
+        self.num_features = self.head_hidden_size = self.num_parts + (self.region_dim if self.use_global else 0)
+        self.parts = nn.Linear(self.region_dim, self.num_parts, bias=False)
         self.head = nn.Linear(self.num_features, num_classes)
 
     def get_classifier(self) -> nn.Module:
@@ -211,6 +243,41 @@ class DpNet(FgvcModel):
             extras={'part_participation': self.part_participation()},
         )
 
+    def backbone_passes(self, batch_size: int, img_size: int, train: bool) -> list[list[BackbonePass]]:
+        """The image, without gradient when the backbone is frozen."""
+        return [[BackbonePass(batch_size, img_size, train and not self.freeze_backbone)]]
+
+    @staticmethod
+    def top_parts(exp: Explanation, i: int, num_parts: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """V[pred] (P,), the parts' weight in the prediction V[pred, p] x score_p (P,), and the `num_parts` heaviest."""
+        participation = exp.extras['part_participation'][exp.labels[i]].cpu()
+        weight = participation * exp.scores[i].cpu()
+        return participation, weight, weight.topk(min(num_parts, weight.numel())).indices.tolist()
+
+    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+        """The best boxes of the `num_parts` parts weighing most in the prediction, then each of their maps."""
+        participation, weight, top = self.top_parts(exp, i, num_parts)
+        boxes = exp.boxes[i, top]
+        box_labels = [f'part {p}: {weight[p]:.2f}' for p in top]
+        panels = [ExplanationPanel(f'parts weighing most in {label} (V x score)', boxes=boxes, box_labels=box_labels)]
+        for rank, p in enumerate(top):
+            panels.append(
+                ExplanationPanel(
+                    f'part {p} map (V={participation[p]:.2f}, score={exp.scores[i, p]:.2f})',
+                    exp.heatmaps['parts'][i, p],
+                    boxes[rank : rank + 1],
+                    box_labels[rank : rank + 1],
+                    first_box=rank,
+                )
+            )
+        return panels
+
+    def explanation_chart(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> ExplanationChart:
+        """V[pred], the class-level part participation, with the drawn parts highlighted."""
+        values, _, top = self.top_parts(exp, i, num_parts)
+        title = f'part participation in {label}, V[pred] (red: the parts drawn)'
+        return ExplanationChart(title, [f'part {p}' for p in range(len(values))], values, top)
+
 
 def _create_dpnet(variant: str, pretrained: bool = False, **kwargs) -> DpNet:
     return build_fgvc_model(DpNet, variant, pretrained=pretrained, **kwargs)
@@ -223,10 +290,56 @@ def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
 default_cfgs = generate_head_cfgs('dpnet', _cfg)
 
 
-@register_model
+@register_head(DpNet)
 def dpnet(pretrained: bool = False, **kwargs) -> DpNet:
     """DP-Net over any timm backbone: `timm.create_model('dpnet', backbone='resnet50', num_classes=200)`."""
     return _create_dpnet('dpnet', pretrained=pretrained, **kwargs)
 
 
-register_variants('dpnet', _create_dpnet, globals())
+@register_model
+def dpnet_resnet50(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ResNet-50; pretrained=True loads the backbone's `a1_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet50')
+    return _create_dpnet('dpnet_resnet50', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_resnet101(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ResNet-101; pretrained=True loads the backbone's `a1h_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet101')
+    return _create_dpnet('dpnet_resnet101', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_convnext_tiny(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ConvNeXt-Tiny; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_tiny')
+    return _create_dpnet('dpnet_convnext_tiny', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_convnext_base(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ConvNeXt-Base; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_base')
+    return _create_dpnet('dpnet_convnext_base', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over EfficientNet-Lite0; pretrained=True loads the backbone's `in1k` weights."""
+    kwargs.setdefault('backbone', 'tf_efficientnet_lite0')
+    return _create_dpnet('dpnet_tf_efficientnet_lite0', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over ViT-B/16; pretrained=True loads the backbone's `augreg2_in21k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'vit_base_patch16_224')
+    return _create_dpnet('dpnet_vit_base_patch16_224', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def dpnet_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> DpNet:
+    """DP-Net over Swin-B (window 7); pretrained=True loads the backbone's `ms_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'swin_base_patch4_window7_224')
+    return _create_dpnet('dpnet_swin_base_patch4_window7_224', pretrained=pretrained, **kwargs)

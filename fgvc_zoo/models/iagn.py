@@ -26,18 +26,20 @@ from timm.layers import ConvNormAct
 from timm.models import register_model
 
 from ..layers.boxes import crop_and_zoom
-from ..layers.cam import upsample_maps
+from ..layers.cam import min_max_scale, upsample_maps
 from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
-from ._backbone import Backbone
 from ._base import (
+    BackbonePass,
     Explanation,
+    ExplanationPanel,
     FgvcModel,
     FgvcOutput,
+    PaperInfo,
     build_fgvc_model,
     fgvc_cfg,
     generate_head_cfgs,
-    register_variants,
+    register_head,
 )
 
 __all__ = ['Iagn']
@@ -81,11 +83,40 @@ class Iagn(FgvcModel):
     of optimiser step k of `num_train_steps`: steps 0 .. S-1 train stage 1 .. S, step S the fused head.
     """
 
+    paper = PaperInfo(
+        title='IAGN (Interpretable Attention Guided Network)',
+        description=(
+            "**Reconstruction notice:** reconstructed from the paper's abstract; not the authors' code. The "
+            "paper's method section and results were not available to us (no paper number to compare). It follows the "
+            'closest published mechanism its abstract names (progressive multi-granularity training with '
+            'stage-by-stage knowledge distillation), with class-activation attention that picks the region '
+            'to zoom into.'
+        ),
+        bibtex=(
+            '@inproceedings{huang2020iagn,\n'
+            '  title = {Interpretable Attention Guided Network for Fine-grained Visual Classification},\n'
+            '  author = {Huang, Zhenhuan and Duan, Xiaoyue and Zhao, Bo and L{\\"u}, Jinhu and Zhang, Baochang},\n'
+            '  booktitle = {ICPR 2020 Workshops, LNCS},\n'
+            '  pages = {52--63},\n'
+            '  year = {2020},\n'
+            '  eprint = {2103.04701},\n'
+            '  archivePrefix = {arXiv}\n'
+            '}'
+        ),
+    )
+    explanation_legend = (
+        "IAGN (Interpretable Attention Guided Network, reconstructed from the paper's abstract) computes a "
+        'class-activation map per backbone **stage** and fuses them into an **attention** map; the **attended '
+        'box** is the region it zooms into for the second look (score: share of the attention mass inside it).'
+    )
+    # Its classifiers use BatchNorm1d over the batch, which needs 2 images in train mode.
+    min_train_batch = 2
+
     def __init__(
         self,
         backbone: str = 'resnet50',
         num_classes: int = 1000,
-        stages: int = 3,
+        num_stages: int = 3,
         mid_channels: int = 512,
         feature_channels: int = 1024,
         hidden_features: int = 512,
@@ -105,7 +136,7 @@ class Iagn(FgvcModel):
         Args:
             backbone: any timm model name (with an optional pretrained tag).
             num_classes: number of fine-grained classes C.
-            stages: S, the number of last backbone stages with a stage head.
+            num_stages: S, the number of last backbone stages with a stage head.
             mid_channels: output channels of each stage head's 1x1 conv.
             feature_channels: output channels of each stage head's 3x3 conv (the pooled stage feature).
             hidden_features: width of the hidden layer of every classifier BN-FC-BN-ELU-FC.
@@ -123,27 +154,24 @@ class Iagn(FgvcModel):
         """
         super().__init__()
         if jigsaw_sizes is None:
-            jigsaw_sizes = tuple(2 ** (stages - stage + 1) for stage in range(1, stages + 1))
-        if len(jigsaw_sizes) != stages or not all(n >= 1 for n in jigsaw_sizes):
-            raise ValueError(f'jigsaw_sizes={jigsaw_sizes} must hold {stages} positive cell counts, one per stage.')
+            jigsaw_sizes = tuple(2 ** (num_stages - stage + 1) for stage in range(1, num_stages + 1))
+        if len(jigsaw_sizes) != num_stages or not all(n >= 1 for n in jigsaw_sizes):
+            raise ValueError(f'jigsaw_sizes={jigsaw_sizes} must hold {num_stages} positive cell counts, one per stage.')
         if not 0 <= attn_threshold <= 1:
             raise ValueError(f'attn_threshold={attn_threshold} must be a fraction of the attention maximum in [0, 1].')
         self.num_classes = num_classes
-        self.stages = stages
+        self.num_stages = num_stages
         self.hidden_features = hidden_features
         self.attn_threshold = attn_threshold
         self.zoom_size = zoom_size
         self.jigsaw_sizes = tuple(jigsaw_sizes)
         self.progressive = progressive
-        self.num_train_steps = stages + 1 if progressive else 1
+        self.num_train_steps = num_stages + 1 if progressive else 1
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self.fused_loss_weight = fused_loss_weight
-        self.drop_rate = drop_rate
 
-        self.backbone = Backbone(
-            backbone, pretrained=pretrained_backbone, num_stages=stages, in_chans=in_chans, **(backbone_args or {})
-        )
+        self._init_backbone(backbone, pretrained_backbone, in_chans, backbone_args, drop_rate, num_stages=num_stages)
         self.stage_convs = nn.ModuleList(
             [
                 nn.Sequential(
@@ -154,11 +182,10 @@ class Iagn(FgvcModel):
             ]
         )
         # A fused feature per view (image or zoom); the pre-logits hold both views side by side.
-        self.num_features = stages * feature_channels
+        self.num_features = num_stages * feature_channels
         self.head_hidden_size = 2 * self.num_features
-        self.head_drop = nn.Dropout(drop_rate)
         self.stage_classifiers = nn.ModuleList(
-            [IagnClassifier(feature_channels, hidden_features, num_classes) for _ in range(stages)]
+            [IagnClassifier(feature_channels, hidden_features, num_classes) for _ in range(num_stages)]
         )
         self.fused_classifier = IagnClassifier(self.num_features, hidden_features, num_classes)
 
@@ -200,8 +227,8 @@ class Iagn(FgvcModel):
             scores = classifier.forward_cells(cells).float().view(batch_size, height * width, -1)
             class_map = scores.gather(2, class_index.view(-1, 1, 1).expand(-1, height * width, 1))
             stage_maps.append(upsample_maps(class_map.view(batch_size, 1, height, width), image_size))
-        stage_maps = _min_max(torch.cat(stage_maps, dim=1))
-        return stage_maps, _min_max(stage_maps.mean(dim=1, keepdim=True))
+        stage_maps = min_max_scale(torch.cat(stage_maps, dim=1))
+        return stage_maps, min_max_scale(stage_maps.mean(dim=1, keepdim=True))
 
     @torch.no_grad()
     def attended_boxes(self, attention: torch.Tensor) -> torch.Tensor:
@@ -292,7 +319,7 @@ class Iagn(FgvcModel):
         return FgvcOutput(loss=loss, logits=logits, losses=losses)
 
     def _train_step(self, x: torch.Tensor, target: torch.Tensor, step: int) -> FgvcOutput:
-        return self._fused_step(x, target) if step == self.stages else self._stage_step(x, target, step)
+        return self._fused_step(x, target) if step == self.num_stages else self._stage_step(x, target, step)
 
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
         """Step `step` of the progressive schedule, or (progressive=False) all S + 1 step losses summed.
@@ -307,7 +334,7 @@ class Iagn(FgvcModel):
             )
         if self.progressive:
             return self._train_step(x, target, step)
-        outputs = [self._train_step(x, target, k) for k in range(self.stages + 1)]
+        outputs = [self._train_step(x, target, k) for k in range(self.num_stages + 1)]
         losses = {name: term for output in outputs for name, term in output.losses.items()}
         return FgvcOutput(loss=sum(o.loss for o in outputs), logits=outputs[-1].logits, losses=losses)
 
@@ -335,17 +362,36 @@ class Iagn(FgvcModel):
             logits=logits,
         )
 
+    def backbone_passes(self, batch_size: int, img_size: int, train: bool) -> list[list[BackbonePass]]:
+        """The image and its zoom; in training, each stage step k a grad-free pass on the image (the box) and a
+        pass on the zoomed jigsaw up to map k, then the fused step on the image and the zoom."""
+        zoom = self.zoom_size or img_size
+        if not train:
+            return [[BackbonePass(batch_size, img_size, False), BackbonePass(batch_size, zoom, False)]]
+        stage_steps = [
+            [BackbonePass(batch_size, img_size, False), BackbonePass(batch_size, zoom, True, stage + 1)]
+            for stage in range(self.num_stages)
+        ]
+        fused_step = [BackbonePass(batch_size, img_size, True), BackbonePass(batch_size, zoom, True)]
+        if self.progressive:
+            return stage_steps + [fused_step]
+        return [[p for step in stage_steps + [fused_step] for p in step]]
+
+    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+        """The attended box, each stage's map, and the fused attention under the box."""
+        boxes = exp.boxes[i]
+        box_labels = [f'attended {exp.scores[i, 0]:.2f}']
+        stages = exp.heatmaps['stages'][i]
+        return [
+            ExplanationPanel(f'attended box (attention share) -> {label}', boxes=boxes, box_labels=box_labels),
+            *[ExplanationPanel(f'stage {s + 1} map', stage_map) for s, stage_map in enumerate(stages)],
+            ExplanationPanel('fused attention', exp.heatmaps['attention'][i, 0], boxes, box_labels),
+        ]
+
 
 def _class_index(target: torch.Tensor) -> torch.Tensor:
     """Class indices from (B,) indices or (B, C) soft targets (mixup, label smoothing)."""
     return target if target.ndim == 1 else target.argmax(dim=1)
-
-
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Scale every (B, K, H, W) map to [0, 1] per image and channel; a constant map becomes all zeros."""
-    low = maps.amin(dim=(2, 3), keepdim=True)
-    high = maps.amax(dim=(2, 3), keepdim=True)
-    return (maps - low) / (high - low).clamp_min(1e-12)
 
 
 def _first_last(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,16 +401,16 @@ def _first_last(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first, last
 
 
-def _classifier_names(stages: int) -> tuple[str, ...]:
+def _classifier_names(num_stages: int) -> tuple[str, ...]:
     """The class layers timm drops from weights trained for other classes: every stage's, then the fused one."""
-    return (*(f'stage_classifiers.{i}.fc' for i in range(stages)), 'fused_classifier.fc')
+    return (*(f'stage_classifiers.{i}.fc' for i in range(num_stages)), 'fused_classifier.fc')
 
 
 def _create_iagn(variant: str, pretrained: bool = False, **kwargs) -> Iagn:
-    # The registered cfgs name the class layers of the default 3 stages; another `stages` has other layers.
-    if 'stages' in kwargs:
+    # The registered cfgs name the class layers of the default 3 stages; another `num_stages` has other layers.
+    if 'num_stages' in kwargs:
         overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
-        overlay.setdefault('classifier', _classifier_names(kwargs['stages']))
+        overlay.setdefault('classifier', _classifier_names(kwargs['num_stages']))
         kwargs['pretrained_cfg_overlay'] = overlay
     return build_fgvc_model(Iagn, variant, pretrained=pretrained, **kwargs)
 
@@ -376,10 +422,56 @@ def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
 default_cfgs = generate_head_cfgs('iagn', _cfg)
 
 
-@register_model
+@register_head(Iagn)
 def iagn(pretrained: bool = False, **kwargs) -> Iagn:
     """IAGN over any timm backbone: `timm.create_model('iagn', backbone='convnext_tiny', num_classes=100)`."""
     return _create_iagn('iagn', pretrained=pretrained, **kwargs)
 
 
-register_variants('iagn', _create_iagn, globals())
+@register_model
+def iagn_resnet50(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ResNet-50; pretrained=True loads the backbone's `a1_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet50')
+    return _create_iagn('iagn_resnet50', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_resnet101(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ResNet-101; pretrained=True loads the backbone's `a1h_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet101')
+    return _create_iagn('iagn_resnet101', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_convnext_tiny(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ConvNeXt-Tiny; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_tiny')
+    return _create_iagn('iagn_convnext_tiny', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_convnext_base(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ConvNeXt-Base; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_base')
+    return _create_iagn('iagn_convnext_base', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over EfficientNet-Lite0; pretrained=True loads the backbone's `in1k` weights."""
+    kwargs.setdefault('backbone', 'tf_efficientnet_lite0')
+    return _create_iagn('iagn_tf_efficientnet_lite0', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over ViT-B/16; pretrained=True loads the backbone's `augreg2_in21k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'vit_base_patch16_224')
+    return _create_iagn('iagn_vit_base_patch16_224', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iagn_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> Iagn:
+    """IAGN over Swin-B (window 7); pretrained=True loads the backbone's `ms_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'swin_base_patch4_window7_224')
+    return _create_iagn('iagn_swin_base_patch4_window7_224', pretrained=pretrained, **kwargs)

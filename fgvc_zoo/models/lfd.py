@@ -18,15 +18,17 @@ from timm.models import register_model
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
 from ..layers.norm_stats import SecondaryNormStats
-from ._backbone import Backbone
 from ._base import (
+    BackbonePass,
     Explanation,
+    ExplanationPanel,
     FgvcModel,
     FgvcOutput,
+    PaperInfo,
     build_fgvc_model,
     fgvc_cfg,
     generate_head_cfgs,
-    register_variants,
+    register_head,
 )
 
 __all__ = ['Lfd']
@@ -39,6 +41,35 @@ class Lfd(FgvcModel):
 
     `model(x)` returns the hybrid classifier's logits (the image-level ones with `image_only=True`).
     """
+
+    paper = PaperInfo(
+        title='LFD (Learning to Focus and Discriminate)',
+        description=(
+            'Class activation maps of an image-level classifier, max-pooled over all classes, score square regions '
+            'of the image; NMS keeps the most discriminative ones, which are cropped, zoomed and passed through the '
+            'same backbone. A hybrid classifier on the image feature and the top region features predicts.'
+        ),
+        bibtex=(
+            '@inproceedings{feng2019lfd,\n'
+            '  title = {Learning to Focus and Discriminate for Fine-grained Classification},\n'
+            '  author = {Feng, Zhicong and Fu, Keren and Zhao, Qijun},\n'
+            '  booktitle = {IEEE International Conference on Image Processing (ICIP)},\n'
+            '  year = {2019}\n'
+            '}'
+        ),
+        # Top-1 accuracy (%) the paper reports with a ResNet-50 (docs/methods.md).
+        results={
+            'cub_200_2011': [('LFD, ResNet-50', 87.6)],
+            'fgvc_aircraft': [('LFD, ResNet-50', 92.1)],
+            'stanford_cars': [('LFD, ResNet-50', 94.1)],
+        },
+    )
+    explanation_legend = (
+        'LFD (Learning to Focus and Discriminate) max-pools the class activation maps of its image-level '
+        'classifier over all classes into an **attention map**: where any class finds evidence. Square '
+        '**regions** centred on the cells of highest attention (score: the attention there) survive NMS; they are '
+        'cropped, zoomed and classified with the whole image. The **class map** is the predicted class alone.'
+    )
 
     def __init__(
         self,
@@ -103,12 +134,10 @@ class Lfd(FgvcModel):
         self.hybrid_scale = (num_hybrid_regions + 1) ** -0.5 if hybrid_scale is None else hybrid_scale
         self.crop_norm_stats = crop_norm_stats
         self.loss_weights = tuple(loss_weights)
-        self.drop_rate = drop_rate
 
-        self.backbone = Backbone(backbone, pretrained=pretrained_backbone, in_chans=in_chans, **(backbone_args or {}))
+        self._init_backbone(backbone, pretrained_backbone, in_chans, backbone_args, drop_rate)
         self.num_features = self.backbone.num_features
         self.head_hidden_size = self.num_features * (1 if image_only else num_hybrid_regions + 1)
-        self.head_drop = nn.Dropout(drop_rate)
         # Crop statistics start from the backbone's current ones (the ImageNet weights' when pretrained).
         self.crop_stats = SecondaryNormStats(self.backbone) if crop_norm_stats and not image_only else None
         self.reset_classifier(num_classes)
@@ -228,6 +257,27 @@ class Lfd(FgvcModel):
         heatmaps = {k: upsample_maps(v, x.shape[-2:]) for k, v in heatmaps.items()}
         return Explanation(heatmaps=heatmaps, boxes=boxes, scores=scores, labels=labels, logits=logits)
 
+    def backbone_passes(self, batch_size: int, img_size: int, train: bool) -> list[list[BackbonePass]]:
+        """The image, and l crops per image at `zoom_size` (m crops in training)."""
+        if self.image_only:
+            return [[BackbonePass(batch_size, img_size, train)]]
+        crops = batch_size * (self.num_regions if train else self.num_hybrid_regions)
+        return [[BackbonePass(batch_size, img_size, train), BackbonePass(crops, self.zoom_size, train)]]
+
+    @classmethod
+    def bench_args(cls, img_size: int, zoom_ratio: float) -> dict[str, Any]:
+        return dict(zoom_size=int(round(img_size * zoom_ratio)))
+
+    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+        """The top-l regions with their scores, the attention map under them, and the predicted class's map."""
+        boxes = exp.boxes[i]
+        box_labels = [f'#{r + 1} {s:.2f}' for r, s in enumerate(exp.scores[i].tolist())]
+        return [
+            ExplanationPanel(f'top-{len(boxes)} regions (attention score)', boxes=boxes, box_labels=box_labels),
+            ExplanationPanel('attention map (max over class maps)', exp.heatmaps['attention'][i, 0], boxes, box_labels),
+            ExplanationPanel(f'class map of {label}', exp.heatmaps['predicted_class'][i, 0]),
+        ]
+
 
 def _create_lfd(variant: str, pretrained: bool = False, **kwargs) -> Lfd:
     return build_fgvc_model(Lfd, variant, pretrained=pretrained, **kwargs)
@@ -240,10 +290,56 @@ def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
 default_cfgs = generate_head_cfgs('lfd', _cfg)
 
 
-@register_model
+@register_head(Lfd)
 def lfd(pretrained: bool = False, **kwargs) -> Lfd:
     """LFD over any timm backbone: `timm.create_model('lfd', backbone='convnext_tiny', num_classes=100)`."""
     return _create_lfd('lfd', pretrained=pretrained, **kwargs)
 
 
-register_variants('lfd', _create_lfd, globals())
+@register_model
+def lfd_resnet50(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ResNet-50; pretrained=True loads the backbone's `a1_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet50')
+    return _create_lfd('lfd_resnet50', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_resnet101(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ResNet-101; pretrained=True loads the backbone's `a1h_in1k` weights."""
+    kwargs.setdefault('backbone', 'resnet101')
+    return _create_lfd('lfd_resnet101', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_convnext_tiny(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ConvNeXt-Tiny; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_tiny')
+    return _create_lfd('lfd_convnext_tiny', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_convnext_base(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ConvNeXt-Base; pretrained=True loads the backbone's `fb_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'convnext_base')
+    return _create_lfd('lfd_convnext_base', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over EfficientNet-Lite0; pretrained=True loads the backbone's `in1k` weights."""
+    kwargs.setdefault('backbone', 'tf_efficientnet_lite0')
+    return _create_lfd('lfd_tf_efficientnet_lite0', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over ViT-B/16; pretrained=True loads the backbone's `augreg2_in21k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'vit_base_patch16_224')
+    return _create_lfd('lfd_vit_base_patch16_224', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lfd_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> Lfd:
+    """LFD over Swin-B (window 7); pretrained=True loads the backbone's `ms_in22k_ft_in1k` weights."""
+    kwargs.setdefault('backbone', 'swin_base_patch4_window7_224')
+    return _create_lfd('lfd_swin_base_patch4_window7_224', pretrained=pretrained, **kwargs)

@@ -1,0 +1,147 @@
+"""Checkpoints of the trainer: written into a temporary folder renamed into place (`os.replace`), so that a kill
+at any moment leaves the previous one whole; `--resume` finds the last complete one; one run holds an output
+folder's lock at a time.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ['CHECKPOINT_DIR', 'CHECKPOINT_STATE', 'LOCK_NAME', 'state_dict_sha256']
+
+_logger = logging.getLogger('fgvc_zoo.train')
+
+CHECKPOINT_DIR = 'checkpoints'
+CHECKPOINT_STATE = 'trainer_state.json'
+SCHEDULER_STATE = 'scheduler.json'
+EMA_WEIGHTS = 'ema.safetensors'
+LOCK_NAME = '.train.lock'
+_CHECKPOINT_RE = re.compile(r'^epoch_(\d{3,})$')
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A digest of the exact bytes of every tensor (by sorted name): equal digests mean bitwise-equal weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders that were renamed into place (so are whole), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _CHECKPOINT_RE.match(p.name) and (p / CHECKPOINT_STATE).is_file()]
+    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def _lock_output(output: Path):
+    """Hold an exclusive lock on OUTPUT for the whole run, so that two runs never write into one folder."""
+    import fcntl
+
+    output.mkdir(parents=True, exist_ok=True)
+    lock = open(output / LOCK_NAME, 'w')
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the OS when the process ends, even on kill
+    except BlockingIOError:
+        lock.close()
+        raise RuntimeError(
+            f'{output} is in use by another run (it holds the lock {output / LOCK_NAME}): wait for '
+            f'it to finish, or pass another --output.'
+        ) from None
+    return lock
+
+
+def _find_resume(config: argparse.Namespace) -> Path | None:
+    checkpoints = _complete_checkpoints(Path(config.output) / CHECKPOINT_DIR)
+    if config.resume is None:
+        if checkpoints:
+            raise FileExistsError(
+                f'{config.output} already holds checkpoints ({checkpoints[-1].name}): pass --resume to continue '
+                f'or a new --output to start over.'
+            )
+        return None
+    if config.resume != 'auto':
+        path = Path(config.resume)
+        if not (path / CHECKPOINT_STATE).is_file():
+            raise FileNotFoundError(f'--resume {path}: not a complete checkpoint folder (no {CHECKPOINT_STATE}).')
+        return path
+    if not checkpoints:
+        _logger.info('--resume: no complete checkpoint in %s, starting from scratch.', config.output)
+        return None
+    return checkpoints[-1]
+
+
+def _save_extra_state(folder: Path, scheduler, ema) -> None:
+    # Not `register_for_checkpointing`: accelerate would pickle them and unpickle with weights_only=False on
+    # resume, so a crafted checkpoint could run code. JSON and safetensors only hold data.
+    from safetensors.torch import save_file
+
+    (folder / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, str(folder / EMA_WEIGHTS))
+
+
+def _load_extra_state(folder: Path, scheduler, ema) -> None:
+    from safetensors.torch import load_file
+
+    if scheduler is not None:
+        scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
+    if ema is not None:
+        if not (folder / EMA_WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f'--model-ema, but checkpoint {folder} has no {EMA_WEIGHTS}: it was trained '
+                f'without EMA. Resume without --model-ema, or start a new --output.'
+            )
+        ema.module.load_state_dict(load_file(str(folder / EMA_WEIGHTS)))
+
+
+def _save_checkpoint(accelerator, output: Path, trainer_state: dict[str, Any], keep: int, scheduler, ema) -> Path:
+    """`save_state` into a temporary folder renamed into place, so a kill leaves the previous one whole."""
+    root = output / CHECKPOINT_DIR
+    final = root / f'epoch_{trainer_state["epoch"]:03d}'
+    tmp = root / f'.{final.name}.tmp'
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))  # every process writes its RNG state into the folder
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _save_extra_state(tmp, scheduler, ema)
+            from ..hub import share_file
+
+            for weights in tmp.glob('*.safetensors'):  # safetensors writes 0600; teammates need to read them
+                share_file(weights)
+            # Written last: a folder with a trainer state is whole (see `_complete_checkpoints`).
+            (tmp / CHECKPOINT_STATE).write_text(json.dumps(trainer_state, indent=2))
+            if final.exists():  # left by an earlier run into the same output
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except OSError as e:
+        kept = _complete_checkpoints(root)
+        raise OSError(
+            e.errno,
+            (
+                f'Writing checkpoint {final} failed ({e.strerror or e}). The last complete checkpoint, '
+                f'{kept[-1] if kept else "none"}, is untouched: free space or fix {root}, then rerun with --resume.'
+            ),
+            e.filename,
+        ) from e
+    if accelerator.is_main_process:
+        for old in _complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
