@@ -62,6 +62,10 @@ def train_args(data: Path, output: Path, epochs: int = 2, *extra: str, model: st
         '--seed',
         '7',
         '--cpu',
+        # One intra-op thread in every run, in-process or not (the trainer would pick one per core): same kernels,
+        # so a resumed run can match an unbroken one bit for bit.
+        '--threads',
+        '1',
         *extra,
     ]
 
