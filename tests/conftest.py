@@ -3,9 +3,15 @@ import os
 # Tests never reach the Hugging Face Hub: set before huggingface_hub is imported anywhere.
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
+# One intra-op thread in this process and in every process a test starts (they inherit it; the trainer keeps an
+# explicit OMP_NUM_THREADS): tests compare weights and logits bit for bit across processes, and the kernels, hence
+# the last bits, depend on the thread count.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 import fgvc_zoo  # noqa: E402,F401  (registers the heads)
 from fgvc_zoo.models import list_heads  # noqa: E402
