@@ -133,14 +133,14 @@ def _build_model(config: argparse.Namespace, num_classes: int, load_weights: boo
             f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
             f'test_resnet for a quick try), or a named variant such as --model {architecture}_resnet50.'
         )
-    if config.backbone_weights and load_weights:
-        if plain:  # the file is the whole classifier's: timm loads it as the model's pretrained weights
-            kwargs['pretrained_cfg_overlay'] = dict(file=str(config.backbone_weights))
-            config.pretrained = True
-        else:
-            kwargs['backbone_weights'] = config.backbone_weights
+    # A plain model's file is the whole classifier's: timm loads it as the model's pretrained weights.
+    plain_file = bool(plain and config.backbone_weights and load_weights)
+    if plain_file:
+        kwargs['pretrained_cfg_overlay'] = dict(file=str(config.backbone_weights))
+    elif config.backbone_weights and load_weights:
+        kwargs['backbone_weights'] = config.backbone_weights
     # A resume loads no weights (the checkpoint has them), except an FGVC tag's, which can change the config.
-    pretrained = config.pretrained and (load_weights or (not plain and _has_full_weights(config.model)))
+    pretrained = plain_file or (config.pretrained and (load_weights or (not plain and _has_full_weights(config.model))))
     try:
         model = timm.create_model(config.model, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as e:
