@@ -59,12 +59,14 @@ METHODS: dict[str, list[str]] = {
 }  # fmt: skip
 
 # Ablations, each run at its method's chosen lr and seeds (`--ablations NAME ...`): LFD without each of its two
-# optimisation fixes, DP-Net fine-tuning its backbone (the paper freezes it) and with the per-region mean C_Assign.
+# optimisation fixes, DP-Net fine-tuning its backbone (the paper freezes it) and with C_Assign on at 0.1 (the
+# default before frozen_probe.py), as the formula's sum over regions or per-region mean.
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     'lfd_shared_bn': ('lfd', ['--model-args', 'zoom_size={zoom},region_sizes={regions},crop_norm_stats=false']),
     'lfd_paper_hybrid': ('lfd', ['--model-args', 'zoom_size={zoom},region_sizes={regions},hybrid_scale=1.0']),
     'dpnet_unfrozen': ('dpnet', ['--model-args', 'freeze_backbone=false']),
-    'dpnet_assign_mean': ('dpnet', ['--model-args', 'assign_reduction=mean']),
+    'dpnet_assign_sum': ('dpnet', ['--model-args', 'w_assign=0.1']),
+    'dpnet_assign_mean': ('dpnet', ['--model-args', 'w_assign=0.1,assign_reduction=mean']),
 }
 
 # dataset -> (input size, the trainer's augmentation flags); fixed for every method.

@@ -124,6 +124,13 @@ def test_one_hot_assignment_gives_zero_c_assign_and_uniform_gives_r_log_p():
     assert assignment_loss(torch.zeros(2, 3, 2, 2), 'mean').item() == pytest.approx(math.log(3), abs=1e-6)
 
 
+def test_c_assign_is_off_by_default_neither_computed_nor_listed():
+    model = _dpnet().train()
+    assert model.w_assign == 0.0
+    out = model(torch.randn(2, 3, 64, 64), target=torch.tensor([0, 1]))
+    assert 'assign' not in out.losses
+
+
 @pytest.mark.parametrize('reduction', ['sum', 'mean'])
 def test_the_model_weights_c_assign_of_its_part_scores_with_the_formulas_strength_by_default(reduction, monkeypatch):
     kwargs = {} if reduction == 'sum' else {'assign_reduction': 'mean'}
