@@ -121,6 +121,27 @@ def train_probe(name: str, dpnet: nn.Module, data: dict, lr: float, args: argpar
     return dict(probe=name, lr=lr, curve=curve, final_val_top1=curve[-1]['val_top1'])
 
 
+def markdown(report: dict) -> str:
+    """Val top-1 per probe and lr at epoch 4 (the comparison's 160 steps) and at the end; the top part share."""
+    by_probe: dict[str, dict[float, dict]] = {}
+    for run in report['runs']:
+        by_probe.setdefault(run['probe'], {})[run['lr']] = run
+    lrs = sorted({run['lr'] for run in report['runs']})
+    last = report['optimiser']['epochs']
+    lines = [
+        f'| probe | val top-1 at epoch 4, lr {" / ".join(f"{lr:g}" for lr in lrs)} | at epoch {last} '
+        f'| top part share at epoch {last} |',
+        '|---|---|---|---|',
+    ]
+    for name, runs in by_probe.items():
+        curves = [runs[lr]['curve'] for lr in lrs if lr in runs]
+        early = ' / '.join(f'{next(r["val_top1"] for r in c if r["epoch"] == 4):.1f}' for c in curves)
+        final = ' / '.join(f'{c[-1]["val_top1"]:.1f}' for c in curves)
+        share = ' / '.join(f'{c[-1]["train_top_part_share"]:.2f}' for c in curves) if name.startswith('dpnet') else ''
+        lines.append(f'| {name} | {early} | {final} | {share} |')
+    return '\n'.join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import timm
 
@@ -128,14 +149,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--probes', nargs='+', default=list(PROBES), choices=list(PROBES))
-    parser.add_argument('--lrs', type=float, nargs='+', default=[0.003, 0.01, 0.03, 0.1])
-    parser.add_argument('--epochs', type=int, default=100)
-    parser.add_argument('--log-every', type=int, default=10)
+    parser.add_argument('--lrs', type=float, nargs='+', default=[0.003, 0.01, 0.03])
+    parser.add_argument('--epochs', type=int, default=20)
+    parser.add_argument('--log-every', type=int, default=2)
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--work-dir', default=str(CACHE / 'compare'))
+    parser.add_argument('--summary-only', action='store_true', help='print the table of the runs in --json')
     parser.add_argument('--json', required=True)
     args = parser.parse_args(argv)
+    if args.summary_only:
+        print(markdown(json.loads(Path(args.json).read_text())))
+        return 0
     torch.set_num_threads(args.threads)
 
     spec = DATASETS['synthetic']
@@ -163,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(report, indent=1))
             curve = ', '.join(f'{r["epoch"]}: {r["val_top1"]:.1f}' for r in result['curve'])
             print(f'{name} lr={lr:g}: val top-1 by epoch {curve}', flush=True)
+    print(markdown(report))
     return 0
 
 
