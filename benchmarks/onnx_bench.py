@@ -39,8 +39,14 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
-def _timings(fn, base_fn, reps: int, clock: str) -> dict:
-    fn_times, base_times = interleaved_times(fn, base_fn, reps=reps, warmup=1, clock=clock)
+def _timings(fn, model: torch.nn.Module, x: torch.Tensor, reps: int, clock: str) -> dict:
+    """`fn` against the eager `model(x)` it replaces, interleaved."""
+
+    def run_eager():
+        with torch.inference_mode():
+            model(x)
+
+    fn_times, base_times = interleaved_times(fn, run_eager, reps=reps, warmup=1, clock=clock)
     return dict(
         ms=1e3 * statistics.median(fn_times),
         eager_ms=1e3 * statistics.median(base_times),
@@ -66,12 +72,8 @@ def bench_head(head: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         def run_onnx(feed=feed):
             session.run(None, feed)
 
-        def run_eager(x=x):
-            with torch.inference_mode():
-                model(x)
-
         row = dict(head=head, runtime='onnxruntime', batch_size=batch_size, export_s=export_s, max_abs_diff=max_diff)
-        row.update(_timings(run_onnx, run_eager, args.reps, args.clock))
+        row.update(_timings(run_onnx, model, x, args.reps, args.clock))
         rows.append(row)
         print(json.dumps(row), flush=True)
     for batch_size in args.compile_batch_sizes:
@@ -87,12 +89,8 @@ def bench_head(head: str, args: argparse.Namespace, workdir: Path) -> list[dict]
             with torch.inference_mode():
                 compiled(x)
 
-        def run_eager(x=x):
-            with torch.inference_mode():
-                model(x)
-
         row = dict(head=head, runtime='inductor', batch_size=batch_size, compile_s=compile_s, max_abs_diff=max_diff)
-        row.update(_timings(run_compiled, run_eager, args.reps, args.clock))
+        row.update(_timings(run_compiled, model, x, args.reps, args.clock))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
