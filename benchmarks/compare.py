@@ -264,6 +264,10 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _run_key(run: dict[str, Any]) -> tuple[str, float, int]:
+    return run['method'], run['lr'], run['seed']
+
+
 def choose_lr(runs: list[dict[str, Any]], method: str, lrs: list[float]) -> float:
     """The lr with the best val top-1 at seed 0 (ties: the smaller lr)."""
     sweep = {r['lr']: r['val_top1'] for r in runs if r['method'] == method and r['seed'] == 0 and r['lr'] in lrs}
@@ -337,30 +341,33 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             DATASETS[args.dataset][key] = value
     path = Path(args.json)
-    report = json.loads(path.read_text()) if path.is_file() else {}
     budget = dict(
         epochs=args.epochs, batch_size=args.batch_size, lrs=args.lrs, train_crop=args.train_crop,
         **DATASETS[args.dataset],
     )  # fmt: skip
-    for source in [path, *map(Path, args.merge)]:
-        other = json.loads(source.read_text()) if source.is_file() else {}
-        if other and other.get('budget') != budget:
+
+    def read(source: Path) -> dict[str, Any]:
+        other = json.loads(source.read_text())
+        if other.get('budget') != budget:
             raise SystemExit(f'{source} holds runs of another budget {other.get("budget")}: pass a new --json.')
-        if source != path:
-            known = {(r['method'], r['lr'], r['seed']) for r in report.get('runs', [])}
-            report.setdefault('runs', []).extend(
-                r for r in other['runs'] if (r['method'], r['lr'], r['seed']) not in known
-            )
+        return other
+
+    report = read(path) if path.is_file() else {}
+    report.setdefault('runs', [])
+    for source in map(Path, args.merge):
+        if not source.is_file():
+            raise SystemExit(f'--merge {source}: no such file.')
+        known = {_run_key(r) for r in report['runs']}
+        report['runs'] += [r for r in read(source)['runs'] if _run_key(r) not in known]
     weights = backbone_weights_file()
     report.setdefault('budget', budget)
     report.setdefault('backbone', dict(arch=ARCH, weights=weights.name, foolbox_top1=foolbox_top1(weights)))
-    report.setdefault('runs', [])
     report['machine'] = dict(
         cpu=platform.processor() or platform.machine(), nproc=os.cpu_count(), torch=torch.__version__,
         date=time.strftime('%Y-%m-%d'),
     )  # fmt: skip
     views = dataset_views(args.dataset, Path(args.work_dir))
-    done = {(r['method'], r['lr'], r['seed']) for r in report['runs']}
+    done = {_run_key(r) for r in report['runs']}
 
     def run(method: str, lr: float, seed: int) -> None:
         if (method, lr, seed) in done:
