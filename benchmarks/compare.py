@@ -219,8 +219,8 @@ def train_command(method: str, lr: float, seed: int, data: Path, output: Path, a
 def score(method: str, output: Path, views: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
     """Val and test top-1 of the exported model; on the synthetic set the pointing on test as well."""
     from fgvc_zoo.data import create_dataset, create_transforms
-    from fgvc_zoo.evaluate import evaluate
     from fgvc_zoo.hub import load_model
+    from fgvc_zoo.inference.evaluate import evaluate
 
     img_size = DATASETS[args.dataset]['img_size']
     model = load_model(str(output)).eval()

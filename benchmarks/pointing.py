@@ -4,7 +4,7 @@ On the synthetic fine-grained dataset (`fgvc_zoo.data.make_synthetic_fgvc`: clas
 placed at a random spot of an object on a cluttered image, and its box is known), every head is trained
 briefly with the project's trainer, then measured on the val split:
 
-- accuracy: top-1 (%), from `fgvc_zoo.evaluate.evaluate`;
+- accuracy: top-1 (%), from `fgvc_zoo.inference.evaluate.evaluate`;
 - pointing (%): share of val images whose box contains the part's centre; the box is LFD's top region, DP-Net's
   best box of the part that weighs most in the predicted class (V[pred, p] x part score, as `fgvc-zoo explain`
   draws it), IAGN's attended box, and for the plain backbone (LFD with `image_only=True`: backbone + GAP + linear
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from fgvc_zoo.data import create_dataset, create_transforms, make_synthetic_fgvc, pointing_accuracy, read_part_boxes
-from fgvc_zoo.evaluate import evaluate
-from fgvc_zoo.explain import view_geometry
 from fgvc_zoo.hub import load_model
+from fgvc_zoo.inference.evaluate import evaluate
+from fgvc_zoo.inference.explain import view_geometry
 from fgvc_zoo.models import Explanation
 
 # What each entry trains: (model, --model-args). Sizes are cut down so that all four train in minutes on a CPU;

@@ -80,8 +80,8 @@ elif not any(type(finder).__name__ == '_Registrar' for finder in sys.meta_path):
 
 
 _SUBMODULES = (
-    'bench', 'card', 'cli', 'data', 'demo', 'errors', 'evaluate', 'explain', 'hub', 'layers', 'models', 'onnx',
-    'predict', 'train', 'training',
+    'bench', 'cli', 'commands', 'data', 'demo', 'errors', 'hub', 'inference', 'layers', 'models', 'runtime', 'train',
+    'training',
 )  # fmt: skip
 _ONNX_ALL = ('export_onnx', 'read_onnx_metadata')  # onnx itself is imported on use
 
@@ -92,7 +92,7 @@ def __getattr__(name: str):
     if name in _MODELS_ALL:
         return getattr(importlib.import_module('fgvc_zoo.models'), name)
     if name in _ONNX_ALL:
-        return getattr(importlib.import_module('fgvc_zoo.onnx'), name)
+        return getattr(importlib.import_module('fgvc_zoo.hub.onnx'), name)
     raise AttributeError(f"module 'fgvc_zoo' has no attribute '{name}'")
 
 

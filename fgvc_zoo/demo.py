@@ -1,8 +1,9 @@
-"""`fgvc-zoo demo` and `fgvc-zoo space`: a page where a person uploads a photo and sees what the head looks at.
+"""The page of `fgvc-zoo demo` and the Space folder of `fgvc-zoo space`: a page where a person uploads a photo
+and sees what the head looks at.
 
 The page shows the top-k classes with probabilities and the head's explanation panels, drawn by
-`fgvc_zoo.explain.draw_explanation` (the same PNG as `fgvc-zoo explain`), with a legend saying what each panel
-means for that head. Models load with `load_from_args`, the code path of `fgvc-zoo predict`, so the page's top-1
+`fgvc_zoo.inference.explain.draw_explanation` (the same PNG as `fgvc-zoo explain`), with a legend saying what each panel
+means for that head. Models load with `load_for_inference`, the code path of `fgvc-zoo predict`, so the page's top-1
 is predict's top-1: same weights, same preprocessing from the checkpoint's config, same `predict` function.
 
 Every upload is decoded by `fgvc_zoo.data.load_image` (CMYK, 16-bit, transparent and grayscale files become RGB);
@@ -15,7 +16,6 @@ when a page is built.
 and the README front matter the Hub reads; `fgvc-zoo push OUT ORG/NAME --space` uploads it.
 """
 
-import argparse
 import io
 import json
 import os
@@ -27,31 +27,34 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
+from huggingface_hub import SpaceCardData
 from PIL import Image
+
+from . import __version__
+from .data import UnreadableImageError, check_image, load_image
+from .errors import UsageError
+from .hub import CONFIG_NAME, WEIGHTS_NAME, check_export_folder
+from .hub.upload import SPACE_EXAMPLES_DIR, SPACE_MODEL_DIR
+from .inference.explain import draw_explanation, explain_images
+from .inference.predict import predict
+from .runtime import load_for_inference
 
 __all__ = [
     'DemoModel',
     'DemoAnswer',
     'load_demo_model',
     'answer',
+    'import_gradio',
     'build_demo',
     'find_examples',
+    'checked_examples',
+    'served_folders',
     'write_space',
-    'push_space',
-    'add_demo_arguments',
-    'demo_main',
-    'add_space_arguments',
-    'space_main',
 ]
 
 GRADIO_HINT = 'the demo needs gradio: pip install "fgvc-zoo[demo]"'
 IMAGE_HINT = 'upload a photo (JPEG, PNG, WebP, BMP, TIFF or GIF)'
 EXAMPLES_PER_MODEL = 6
-SPACE_MODEL_DIR = 'model'
-SPACE_EXAMPLES_DIR = 'examples'
-# What `fgvc-zoo push --space` uploads: the app, its pins and card, the examples, the weights (never a pickle).
-SPACE_FILES = ('app.py', 'requirements.txt', 'README.md', f'{SPACE_EXAMPLES_DIR}/*', f'{SPACE_MODEL_DIR}/config.json')
-SPACE_WEIGHTS = f'{SPACE_MODEL_DIR}/model.safetensors'
 
 
 @dataclass
@@ -78,10 +81,7 @@ def load_demo_model(
     source: str, img_size: int | None = None, device: str = 'cpu', name: str | None = None
 ) -> DemoModel:
     """Load `source` (export folder, hf-hub:ORG/NAME or tag) exactly as `fgvc-zoo predict --checkpoint` does."""
-    from .evaluate import load_from_args
-
-    args = argparse.Namespace(checkpoint=source, model=None, img_size=img_size, device=device)
-    model, transform, names, _ = load_from_args(args)
+    model, transform, names, _ = load_for_inference(source, img_size=img_size, device=device)
     return DemoModel(name or source, model, transform, names)
 
 
@@ -93,8 +93,6 @@ def _legend(head: str, legend: str, panels: Sequence[str]) -> str:
 
 def _render(explained: Any) -> Image.Image:
     """The PNG `draw_explanation` writes, as an image (it draws to a file; the page shows pixels)."""
-    from .explain import draw_explanation
-
     with tempfile.TemporaryDirectory(prefix='fgvc_zoo_demo_') as folder:
         path = draw_explanation(explained, os.path.join(folder, 'explain.png'))
         with Image.open(path) as png:
@@ -104,10 +102,6 @@ def _render(explained: Any) -> Image.Image:
 def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5, name: str | None = None) -> DemoAnswer:
     """Top-k and explanation of one uploaded file (`name`: what to call it, default its file name), or a one-line
     reason it cannot be read."""
-    from .data import UnreadableImageError, load_image
-    from .explain import explain_images
-    from .predict import predict
-
     if not image_path:
         return DemoAnswer({}, None, '', f'No image yet: {IMAGE_HINT}, or pick an example.')
     name = name or Path(image_path).name
@@ -134,11 +128,11 @@ def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5, name: s
     return DemoAnswer(probabilities, _render(explained), legend, message)
 
 
-def _import_gradio():
+def import_gradio():
     try:
         import gradio as gr
     except ImportError as e:
-        raise SystemExit(f'{GRADIO_HINT} ({e}).') from None
+        raise ImportError(f'{GRADIO_HINT} ({e}).') from None
     return gr
 
 
@@ -153,7 +147,7 @@ def _uploaded_path(payload: Any) -> tuple[str | None, str | None]:
 
 def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: int = 5, title: str | None = None):
     """The gradio Blocks page: checkpoint picker, image upload, examples, top-k, explanation and legend."""
-    gr = _import_gradio()
+    gr = import_gradio()
     if not models:
         raise ValueError('build_demo needs at least one model.')
     by_name = {m.name: m for m in models}
@@ -221,60 +215,16 @@ def find_examples(checkpoint: str, limit: int = EXAMPLES_PER_MODEL) -> list[str]
     return [str(path) for path in firsts[:limit]]
 
 
-def _checked_examples(examples: Sequence[str]) -> list[str]:
-    from .data import check_image
-
+def checked_examples(examples: Sequence[str]) -> list[str]:
     for path in examples:
         reason = check_image(path)
         if reason is not None:
-            raise SystemExit(f'--examples {path}: {reason}. Pass image files.')
+            raise UsageError(f'--examples {path}: {reason}. Pass image files.')
     return [str(path) for path in examples]
 
 
-def _served_folders(examples: Sequence[str]) -> list[str]:
+def served_folders(examples: Sequence[str]) -> list[str]:
     return sorted({str(Path(path).resolve().parent) for path in examples})
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        '--checkpoint',
-        nargs='+',
-        required=True,
-        help='one or more trained/exported folders, hf-hub:ORG/NAME or tags; the page switches between them',
-    )
-    parser.add_argument('--examples', nargs='*', help='example images (default: a few from each synthetic_data/val)')
-    parser.add_argument('--img-size', type=int, help="input side; default: each model's data config, like predict")
-    parser.add_argument('--topk', type=int, default=5, help='classes shown')
-    parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
-    parser.add_argument('--host', default='127.0.0.1', help='address to serve on (0.0.0.0 to reach it from others)')
-    parser.add_argument('--port', type=int, default=7860, help='port to serve on')
-    parser.add_argument(
-        '--share',
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help='also serve through a temporary public gradio.live link (needs internet; off by default)',
-    )
-    parser.add_argument('--title', help='page title')
-
-
-def demo_main(args: argparse.Namespace) -> int:
-    if args.topk < 1:
-        raise SystemExit(f'--topk {args.topk}: ask for at least 1 class.')
-    _import_gradio()
-    models = [load_demo_model(source, args.img_size, args.device) for source in args.checkpoint]
-    if args.examples is None:
-        examples, seen = [], set()
-        for path in [path for source in args.checkpoint for path in find_examples(source)]:
-            content = Path(path).read_bytes()  # checkpoints trained on the same synthetic data share images
-            if content not in seen:
-                seen.add(content)
-                examples.append(path)
-    else:
-        examples = _checked_examples(args.examples)
-    page = build_demo(models, examples, topk=args.topk, title=args.title)
-    print(f'Serving {", ".join(args.checkpoint)} on http://{args.host}:{args.port} (Ctrl+C stops)', flush=True)
-    page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=_served_folders(examples))
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------- Space
@@ -304,7 +254,7 @@ def _gradio_version() -> str:
     try:
         return version('gradio')
     except PackageNotFoundError:
-        raise SystemExit(f'{GRADIO_HINT}: the Space README pins the gradio version the app was built with.') from None
+        raise ImportError(f'{GRADIO_HINT}: the Space README pins the gradio version the app was built with.') from None
 
 
 def write_space(
@@ -315,22 +265,16 @@ def write_space(
     topk: int = 5,
 ) -> Path:
     """Write a Space folder for the export in `checkpoint`: app.py, model/, examples/, requirements.txt, README."""
-    from huggingface_hub import SpaceCardData
-
-    import fgvc_zoo
-
-    from .hub import CONFIG_NAME, WEIGHTS_NAME, _check_local_export
-
     checkpoint, out = Path(checkpoint), Path(out)
-    config = _check_local_export(checkpoint)
-    examples = find_examples(str(checkpoint)) if examples is None else _checked_examples(examples)
+    config = check_export_folder(checkpoint)
+    examples = find_examples(str(checkpoint)) if examples is None else checked_examples(examples)
     if not examples:
-        raise SystemExit(
+        raise UsageError(
             f'{checkpoint} has no synthetic_data/val to take example images from: pass --examples IMAGE ... '
             f'(a Space shows them under the upload box).'
         )
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f'{out} exists and is not empty: give a new folder (the Space is written from scratch).')
+        raise UsageError(f'{out} exists and is not empty: give a new folder (the Space is written from scratch).')
     (out / SPACE_MODEL_DIR).mkdir(parents=True)
     (out / SPACE_EXAMPLES_DIR).mkdir()
     for name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -341,7 +285,7 @@ def write_space(
     title = title or f'{architecture}: what it looks at'
     (out / 'app.py').write_text(
         APP_TEMPLATE.format(
-            version=fgvc_zoo.__version__,
+            version=__version__,
             examples=SPACE_EXAMPLES_DIR,
             model=SPACE_MODEL_DIR,
             name=architecture,
@@ -349,7 +293,7 @@ def write_space(
             title=title,
         )
     )
-    (out / 'requirements.txt').write_text(f'fgvc-zoo[demo]=={fgvc_zoo.__version__}\n')
+    (out / 'requirements.txt').write_text(f'fgvc-zoo[demo]=={__version__}\n')
     card = SpaceCardData(
         title=title[:60],
         emoji='🔍',
@@ -369,53 +313,6 @@ def write_space(
         f'Upload a photo: the page shows the top classes of `{architecture}` ({config["num_classes"]} classes: '
         f'{", ".join(labels[:10])}{", ..." if len(labels) > 10 else ""}) and the maps and boxes the head used.\n\n'
         f'Model arguments: `{json.dumps(config.get("model_args", {}), sort_keys=True)}`.\n\n'
-        f'Written by `fgvc-zoo space` (fgvc-zoo {fgvc_zoo.__version__}); run locally with `python app.py`.\n'
+        f'Written by `fgvc-zoo space` (fgvc-zoo {__version__}); run locally with `python app.py`.\n'
     )
     return out
-
-
-def push_space(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Create the Space `repo_id` (sdk gradio) if needed and upload the folder `write_space` wrote."""
-    from huggingface_hub import HfApi, get_token
-
-    folder = Path(folder)
-    missing = [
-        name for name in ('app.py', 'requirements.txt', 'README.md', SPACE_WEIGHTS) if not (folder / name).is_file()
-    ]
-    if missing:
-        raise SystemExit(
-            f'{folder} is not a Space folder (no {", ".join(missing)}): write one with `fgvc-zoo space DIR {folder}`.'
-        )
-    token = token or get_token()
-    if not token:
-        raise PermissionError(
-            f"No Hugging Face token to push '{folder}' to the Space '{repo_id}': pass --token (or token=), set "
-            f"HF_TOKEN, or run `hf auth login`. The token needs write access to '{repo_id.split('/')[0]}'."
-        )
-    api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='space', space_sdk='gradio')
-    api.upload_folder(
-        repo_id=repo_id,
-        repo_type='space',
-        folder_path=folder,
-        allow_patterns=[*SPACE_FILES, SPACE_WEIGHTS],
-        commit_message='Upload fgvc_zoo demo Space',
-    )
-    return str(url)
-
-
-def add_space_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('dir', help='a trained or exported folder (model.safetensors + config.json)')
-    parser.add_argument('out', help='the Space folder to write (new or empty)')
-    parser.add_argument('--examples', nargs='*', help='example images (default: a few from DIR/synthetic_data/val)')
-    parser.add_argument('--title', help='Space title')
-    parser.add_argument('--topk', type=int, default=5, help='classes shown')
-
-
-def space_main(args: argparse.Namespace) -> int:
-    out = write_space(args.dir, args.out, args.examples, title=args.title, topk=args.topk)
-    print(
-        f'Wrote the Space {out}: try it with `python {out / "app.py"}`, '
-        f'push it with `fgvc-zoo push {out} ORG/NAME --space`'
-    )
-    return 0

@@ -140,15 +140,17 @@ def test_an_unreachable_hub_fails_in_seconds_not_after_a_minute_of_retries(tmp_p
 
 
 def test_train_flag_gives_the_backbone_its_weights(tmp_path):
-    from fgvc_zoo import cli, train
+    from fgvc_zoo.commands.common import ArgumentParser
+    from fgvc_zoo.training.config import add_train_arguments, resolve_config
+    from fgvc_zoo.training.loop import build_model
 
     weights = write_hub_weights(tmp_path / 'w.safetensors')
-    parser = cli.ArgumentParser()
-    train.add_train_arguments(parser)
+    parser = ArgumentParser()
+    add_train_arguments(parser)
     args = parser.parse_args(
         ['--model', 'lfd', '--backbone', BACKBONE, '--synthetic', '--backbone-weights', str(tmp_path / 'w.safetensors')]
     )
-    assert_backbone_holds(train._build_model(train.resolve_config(args), 3), weights)
+    assert_backbone_holds(build_model(resolve_config(args), 3), weights)
 
 
 def test_cli_offline_with_an_empty_cache_exits_1_within_10_s_with_one_line(tmp_path):

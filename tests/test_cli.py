@@ -8,6 +8,7 @@ import time
 import pytest
 
 from fgvc_zoo import cli
+from fgvc_zoo.commands.common import report_errors
 
 
 def console(capsys, *argv: str) -> tuple[int, str]:
@@ -75,14 +76,14 @@ def test_an_error_raised_outside_the_package_keeps_its_traceback():
         raise ValueError('raised by code that is not fgvc_zoo: a bug, not a message for the user')
 
     with pytest.raises(ValueError, match='a bug'):
-        cli.report_errors(buggy, [], 'fgvc-zoo test')
+        report_errors(buggy, [], 'fgvc-zoo test')
 
 
 def test_a_file_error_is_one_line_wherever_it_is_raised(capsys, tmp_path):
     def opens(argv):
         open(tmp_path / 'missing.txt')
 
-    assert cli.report_errors(opens, [], 'fgvc-zoo test') == 1
+    assert report_errors(opens, [], 'fgvc-zoo test') == 1
     assert capsys.readouterr().err.startswith('fgvc-zoo test: error: [Errno 2] No such file or directory')
 
 
@@ -112,7 +113,7 @@ def test_importing_fgvc_zoo_before_timm_still_registers_the_heads(first):
 
 
 def test_torch_threads_share_the_cores_between_processes_and_data_workers(monkeypatch):
-    from fgvc_zoo.train import cpu_threads
+    from fgvc_zoo.runtime import cpu_threads
 
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)

@@ -34,7 +34,8 @@ import fgvc_zoo
 from fgvc_zoo import cli
 from fgvc_zoo.data import load_image
 from fgvc_zoo.demo import answer, load_demo_model
-from fgvc_zoo.explain import explain_images
+from fgvc_zoo.errors import UsageError
+from fgvc_zoo.inference.explain import explain_images
 from fgvc_zoo.models import Lfd
 
 READABLE = ('rgb', 'cmyk', '16bit', 'rgba', 'grayscale', '1x1', 'large')
@@ -131,15 +132,15 @@ def test_space_folder_holds_the_app_pinned_requirements_front_matter_model_and_e
 
 
 def test_space_refuses_a_non_empty_folder_and_a_model_without_examples(space, checkpoint, tmp_path):
-    with pytest.raises(SystemExit, match='exists and is not empty'):
+    with pytest.raises(UsageError, match='exists and is not empty'):
         cli.run(['space', str(checkpoint), str(space)])
     bare = tmp_path / 'bare'
     bare.mkdir()
     for name in ('model.safetensors', 'config.json'):
         (bare / name).write_bytes((checkpoint / name).read_bytes())
-    with pytest.raises(SystemExit, match='pass --examples IMAGE'):
+    with pytest.raises(UsageError, match='pass --examples IMAGE'):
         cli.run(['space', str(bare), str(tmp_path / 'out')])
-    with pytest.raises(SystemExit, match=r'--examples .*notes\.png: .*Pass image files'):
+    with pytest.raises(UsageError, match=r'--examples .*notes\.png: .*Pass image files'):
         cli.run(['space', str(bare), str(tmp_path / 'out'), '--examples', str(_text_file(tmp_path))])
 
 
@@ -225,7 +226,7 @@ def test_push_space_to_a_local_hub(space, monkeypatch, capsys):
 
 
 def test_push_space_refuses_a_folder_that_is_not_a_space(checkpoint):
-    with pytest.raises(SystemExit, match=r'is not a Space folder \(no app\.py, requirements\.txt'):
+    with pytest.raises(UsageError, match=r'is not a Space folder \(no app\.py, requirements\.txt'):
         cli.run(['push', str(checkpoint), 'someone/x', '--space'])
 
 

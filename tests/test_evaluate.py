@@ -1,4 +1,5 @@
-"""`fgvc_zoo.evaluate`: exact counts, batch-size invariance, forced eval mode, TTA recorded, `fgvc-zoo eval`."""
+"""`fgvc_zoo.inference.evaluate`: exact counts, batch-size invariance, forced eval mode, TTA recorded,
+`fgvc-zoo eval`."""
 
 import json
 
@@ -9,8 +10,8 @@ import torch.nn as nn
 
 from fgvc_zoo.cli import run
 from fgvc_zoo.data import make_synthetic_fgvc, synthetic_class_names
-from fgvc_zoo.evaluate import confusion_summary, evaluate
 from fgvc_zoo.hub import model_card, save_pretrained
+from fgvc_zoo.inference.evaluate import confusion_summary, evaluate
 
 NAMES = ['c0', 'c1', 'c2', 'c3', 'c4', 'c5']
 # Sample i is an image filled with the value i; LookupModel returns LOGITS[i] for it.
@@ -203,7 +204,7 @@ def test_eval_refuses_a_model_trained_on_other_classes(tmp_path):
 
 
 def test_eval_takes_the_data_flags_of_train_and_picks_the_device_itself(tmp_path, capsys):
-    from fgvc_zoo.evaluate import resolve_device
+    from fgvc_zoo.runtime import resolve_device
 
     data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=1, image_size=64)
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=2)

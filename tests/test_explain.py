@@ -1,7 +1,6 @@
-"""`fgvc_zoo.explain`: geometry back to the original image, what each head's PNG shows, `fgvc-zoo explain` on a
-real photo; and the pointing benchmark's box choices and metric on hand-made cases."""
+"""`fgvc_zoo.inference.explain`: geometry back to the original image, what each head's PNG shows, `fgvc-zoo explain`
+on a real photo; and the pointing benchmark's box choices and metric on hand-made cases."""
 
-import argparse
 import importlib.util
 from pathlib import Path
 
@@ -14,10 +13,11 @@ from torchvision import transforms as T
 
 from fgvc_zoo.cli import run
 from fgvc_zoo.data import pointing_accuracy
-from fgvc_zoo.evaluate import add_model_arguments, load_from_args
-from fgvc_zoo.explain import _output_paths, explain_images, view_geometry
+from fgvc_zoo.errors import UsageError
 from fgvc_zoo.hub import load_model, save_pretrained
+from fgvc_zoo.inference.explain import explain_images, output_paths, view_geometry
 from fgvc_zoo.models import DpNet, Explanation
+from fgvc_zoo.runtime import load_for_inference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,9 +120,7 @@ def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, 
     png = out / 'photo_explain.png'
 
     # The geometry the PNG was drawn from: a Resize(109) + CenterCrop(96) view of the 512 x 300 original.
-    parser = argparse.ArgumentParser()
-    add_model_arguments(parser)
-    loaded, transform, names, _ = load_from_args(parser.parse_args(['--checkpoint', str(folder), '--img-size', '96']))
+    loaded, transform, names, _ = load_for_inference(str(folder), img_size=96)
     (explained,) = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names, view='crop')
     x1, y1, x2, y2 = explained.map_extent
     assert (x1, y1, x2, y2) == pytest.approx((45 * 512 / 186, 6 * 300 / 109, 141 * 512 / 186, 102 * 300 / 109))
@@ -166,9 +164,7 @@ def test_explain_single_png_output_and_small_images_are_upscaled(tmp_path):
 
 
 def _transform(folder: Path, img_size: int):
-    parser = argparse.ArgumentParser()
-    add_model_arguments(parser)
-    return load_from_args(parser.parse_args(['--checkpoint', str(folder), '--img-size', str(img_size)]))[1]
+    return load_for_inference(str(folder), img_size=img_size)[1]
 
 
 def test_cam_boxes_bound_the_pixels_at_half_the_max_after_min_max_scaling():
@@ -216,13 +212,13 @@ def test_explain_refuses_a_model_that_is_not_a_head():
 
 def test_output_names_take_the_folder_when_file_names_repeat(tmp_path):
     out = str(tmp_path / 'out')
-    assert _output_paths(['a/x.jpg', 'b/y.jpg'], out) == [
+    assert output_paths(['a/x.jpg', 'b/y.jpg'], out) == [
         tmp_path / 'out' / 'x_explain.png',
         tmp_path / 'out' / 'y_explain.png',
     ]
-    assert _output_paths(['cub/bird/0001.jpg', 'cub/cat/0001.jpg'], out) == [
+    assert output_paths(['cub/bird/0001.jpg', 'cub/cat/0001.jpg'], out) == [
         tmp_path / 'out' / 'bird_0001_explain.png',
         tmp_path / 'out' / 'cat_0001_explain.png',
     ]
-    with pytest.raises(SystemExit, match='single PNG but 2 images'):
-        _output_paths(['a.jpg', 'b.jpg'], str(tmp_path / 'one.png'))
+    with pytest.raises(UsageError, match='single PNG but 2 images'):
+        output_paths(['a.jpg', 'b.jpg'], str(tmp_path / 'one.png'))

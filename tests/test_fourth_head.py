@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 from test_train import make_tiny_folder
 
+import fgvc_zoo
 from fgvc_zoo import cli, hub
 from fgvc_zoo import train as train_module
-from fgvc_zoo.explain import explain_images
+from fgvc_zoo.inference.explain import explain_images
 from fgvc_zoo.layers import class_activation_maps, upsample_maps
 from fgvc_zoo.models import Explanation, FgvcModel, FgvcOutput, PaperInfo, list_heads, register_head
 from fgvc_zoo.models._base import _HEAD_MODULES, _HEADS, build_fgvc_model, fgvc_cfg, generate_head_cfgs
@@ -180,5 +181,5 @@ def test_the_bench_times_the_fourth_head_against_its_default_backbone_pass(regis
 
 
 def test_nothing_in_the_package_names_the_fourth_head():
-    package = Path(hub.__file__).parent
+    package = Path(fgvc_zoo.__file__).parent
     assert not [p for p in package.rglob('*.py') if HEAD in p.read_text() or 'ToyHead' in p.read_text()]

@@ -17,9 +17,10 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from fgvc_zoo import export_onnx, read_onnx_metadata
 from fgvc_zoo.cli import run
 from fgvc_zoo.data import create_transforms
+from fgvc_zoo.errors import UsageError
 from fgvc_zoo.hub import load_model, save_pretrained
+from fgvc_zoo.hub.onnx import DATA_CONFIG_KEYS
 from fgvc_zoo.layers import cell_boxes, select_boxes, smooth_maps
-from fgvc_zoo.onnx import DATA_CONFIG_KEYS
 
 ort = pytest.importorskip('onnxruntime')
 pytest.importorskip('onnx')
@@ -215,5 +216,5 @@ def test_onnx_cli_export_reproduces_the_predict_cli(tmp_path, capsys):
 
 
 def test_onnx_cli_img_size_needs_onnx(tmp_path):
-    with pytest.raises(SystemExit, match='add --onnx'):
+    with pytest.raises(UsageError, match='add --onnx'):
         run(['export', str(tmp_path), '--img-size', '96'])

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from fgvc_zoo.evaluate import confused_subset, confusion_figure
-from fgvc_zoo.explain import explain_images, explanation_figure
-from fgvc_zoo.train import _curve_panels, _curves_figure
+from fgvc_zoo.inference.evaluate import confused_subset, confusion_figure
+from fgvc_zoo.inference.explain import explain_images, explanation_figure
+from fgvc_zoo.training.loop import curve_panels, curves_figure
 
 
 def text_problems(fig) -> list[str]:
@@ -50,11 +50,11 @@ LFD_HISTORY = [
 
 
 def test_every_loss_has_its_own_axes_and_epochs_are_whole_numbers():
-    panels = _curve_panels(LFD_HISTORY)
+    panels = curve_panels(LFD_HISTORY)
     loss_panels = [keys for _, _, keys in panels if any('loss' in k for k in keys)]
     assert sorted(k for keys in loss_panels for k in keys) == sorted(k for k in LFD_HISTORY[0] if 'loss' in k)
     assert all(len(keys) == 1 for keys in loss_panels)  # the sum, each term and the validation CE apart
-    fig = _curves_figure(LFD_HISTORY)
+    fig = curves_figure(LFD_HISTORY)
     try:
         for ax in fig.axes:
             if ax.axison:

@@ -1,4 +1,4 @@
-"""`fgvc_zoo.predict` and `fgvc-zoo predict`: top-k names and probabilities, text and JSON."""
+"""`fgvc_zoo.inference.predict` and `fgvc-zoo predict`: top-k names and probabilities, text and JSON."""
 
 import json
 import math
@@ -11,7 +11,7 @@ from PIL import Image
 
 from fgvc_zoo.cli import run
 from fgvc_zoo.hub import save_pretrained
-from fgvc_zoo.predict import format_predictions, predict
+from fgvc_zoo.inference.predict import format_predictions, predict
 
 
 class FixedLogits(nn.Module):

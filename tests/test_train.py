@@ -17,17 +17,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from fgvc_zoo.data import create_dataset, create_transforms
-from fgvc_zoo.train import (
-    _build_optimizer,
-    _build_scheduler,
-    _check_finite,
-    _find_resume,
-    _train_loader,
-    add_train_arguments,
-    parse_model_kwargs,
-    resolve_config,
-    state_dict_sha256,
-)
+from fgvc_zoo.runtime import parse_model_kwargs
+from fgvc_zoo.training.checkpoints import find_resume, state_dict_sha256
+from fgvc_zoo.training.config import add_train_arguments, resolve_config
+from fgvc_zoo.training.loop import build_optimizer, build_scheduler, build_train_loader, check_finite
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / 'train_scripts' / 'recipes').glob('*.yaml'))
@@ -245,11 +238,11 @@ def test_paper_recipes_resolve_and_build(recipe):
 def test_backbone_lr_is_a_tenth_and_the_step_schedule_decays_every_40_epochs():
     config = parse(['--model', 'lfd', '--synthetic', '--lr', '0.02', '--epochs', '100'])
     model = timm.create_model('lfd', backbone='test_resnet', num_classes=3)
-    optimizer = _build_optimizer(config, model)
+    optimizer = build_optimizer(config, model)
     head_group, backbone_group = optimizer.param_groups
     assert len(backbone_group['params']) == len(list(model.backbone_parameters()))
     assert len(head_group['params']) + len(backbone_group['params']) == len(list(model.parameters()))
-    scheduler = _build_scheduler(config, optimizer)
+    scheduler = build_scheduler(config, optimizer)
     for epoch, head_lr in ((0, 0.02), (39, 0.02), (40, 0.002), (80, 0.0002)):
         scheduler.step(epoch)
         assert head_group['lr'] == pytest.approx(head_lr)
@@ -259,7 +252,7 @@ def test_backbone_lr_is_a_tenth_and_the_step_schedule_decays_every_40_epochs():
 def test_a_frozen_backbone_leaves_only_the_head_group():
     config = parse(['--model', 'dpnet', '--synthetic'])
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=3, freeze_backbone=True)
-    (group,) = _build_optimizer(config, model).param_groups
+    (group,) = build_optimizer(config, model).param_groups
     assert group['lr'] == 0.01
     assert {id(p) for p in group['params']} == {id(p) for p in model.parameters() if p.requires_grad}
 
@@ -270,21 +263,21 @@ def test_a_split_smaller_than_one_batch_still_trains_and_mixup_refuses_an_odd_ba
     config = parse(['--model', 'lfd', '--synthetic', '--batch-size', '4', '--workers', '0'])
     # 6 images at 4 per process on 2 processes: dropping the partial batch would leave no step on either process;
     # one step each, the second batch padded by accelerate with images from the start of the split.
-    loader = _train_loader(config, list(range(6)), num_processes=2, pin_memory=False)
+    loader = build_train_loader(config, list(range(6)), num_processes=2, pin_memory=False)
     shards = [prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False) for rank in (0, 1)]
     assert [[len(batch) for batch in shard] for shard in shards] == [[4], [4]]
     # One process: 3 images are one batch of 3; 9 images are two batches of 4 (the partial batch is dropped).
-    assert [len(batch) for batch in _train_loader(config, list(range(3)), 1, False)] == [3]
-    assert [len(batch) for batch in _train_loader(config, list(range(9)), 1, False)] == [4, 4]
+    assert [len(batch) for batch in build_train_loader(config, list(range(3)), 1, False)] == [3]
+    assert [len(batch) for batch in build_train_loader(config, list(range(9)), 1, False)] == [4, 4]
 
     mixup = parse(['--model', 'lfd', '--synthetic', '--batch-size', '8', '--mixup', '0.2'])
     with pytest.raises(ValueError, match=r'holds 5 images .* pass an even --batch-size of at most 5\.'):
-        _train_loader(mixup, list(range(5)), 1, False)
+        build_train_loader(mixup, list(range(5)), 1, False)
     with pytest.raises(ValueError, match=r'holds 3 images .* pass an even --batch-size\.'):
-        _train_loader(
+        build_train_loader(
             parse(['--model', 'lfd', '--synthetic', '--batch-size', '3', '--cutmix', '1']), list(range(9)), 1, False
         )
-    assert len(_train_loader(mixup, list(range(6)), 2, False)) == 1  # padded to 8 on each process: even
+    assert len(build_train_loader(mixup, list(range(6)), 2, False)) == 1  # padded to 8 on each process: even
 
 
 def test_resume_takes_the_last_complete_checkpoint_and_ignores_partial_ones(tmp_path):
@@ -294,21 +287,21 @@ def test_resume_takes_the_last_complete_checkpoint_and_ignores_partial_ones(tmp_
     for name in ('epoch_001', 'epoch_002', '.epoch_003.tmp'):  # epoch_004 lacks its state: never renamed into place
         (root / name / 'trainer_state.json').write_text('{}')
     config = argparse.Namespace(output=str(tmp_path), resume='auto')
-    assert _find_resume(config) == root / 'epoch_002'
+    assert find_resume(config) == root / 'epoch_002'
     with pytest.raises(FileExistsError, match='pass --resume to continue'):
-        _find_resume(argparse.Namespace(output=str(tmp_path), resume=None))
-    assert _find_resume(argparse.Namespace(output=str(tmp_path / 'fresh'), resume='auto')) is None
+        find_resume(argparse.Namespace(output=str(tmp_path), resume=None))
+    assert find_resume(argparse.Namespace(output=str(tmp_path / 'fresh'), resume='auto')) is None
 
 
 def test_a_non_finite_loss_stops_naming_epoch_batch_and_last_checkpoint():
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    _check_finite(accelerator, torch.tensor(1.5), epoch=0, batch=0, step=0, last_good=None)
+    check_finite(accelerator, torch.tensor(1.5), epoch=0, batch=0, step=0, last_good=None)
     with pytest.raises(FloatingPointError, match=r'at epoch 3, batch 5, model step 1\. .*out/checkpoints/epoch_002'):
-        _check_finite(accelerator, torch.tensor(float('nan')), 2, 5, 1, Path('out/checkpoints/epoch_002'))
+        check_finite(accelerator, torch.tensor(float('nan')), 2, 5, 1, Path('out/checkpoints/epoch_002'))
     with pytest.raises(FloatingPointError, match='none \\(no epoch finished\\)'):
-        _check_finite(accelerator, torch.tensor(float('inf')), 0, 0, 0, None)
+        check_finite(accelerator, torch.tensor(float('inf')), 0, 0, 0, None)
 
 
 def test_weights_digest_sees_a_one_ulp_change():
@@ -320,21 +313,21 @@ def test_weights_digest_sees_a_one_ulp_change():
 
 
 def test_a_second_run_on_a_locked_output_is_refused_until_the_first_ends(tmp_path):
-    from fgvc_zoo.train import _lock_output
+    from fgvc_zoo.training.checkpoints import lock_output
 
-    first = _lock_output(tmp_path / 'out')
+    first = lock_output(tmp_path / 'out')
     with pytest.raises(RuntimeError, match=r'out is in use by another run'):
-        _lock_output(tmp_path / 'out')
+        lock_output(tmp_path / 'out')
     first.close()
-    _lock_output(tmp_path / 'out').close()
+    lock_output(tmp_path / 'out').close()
 
 
 def test_an_unknown_model_names_close_matches():
-    from fgvc_zoo.train import _build_model
+    from fgvc_zoo.training.loop import build_model
 
     config = parse(['--model', 'lfdd', '--backbone', 'test_resnet', '--synthetic'])
     with pytest.raises(ValueError, match=r"--model 'lfdd' is not a registered model\. Close matches: lfd\b"):
-        _build_model(config, num_classes=2)
+        build_model(config, num_classes=2)
 
 
 def test_a_recipe_that_is_not_plain_yaml_is_refused_naming_the_file(tmp_path):
@@ -347,13 +340,13 @@ def test_a_recipe_that_is_not_plain_yaml_is_refused_naming_the_file(tmp_path):
 def test_a_tracker_that_is_not_installed_stops_the_run_before_training(tmp_path):
     import importlib.util
 
-    from fgvc_zoo.train import train_main
+    from fgvc_zoo.training.loop import train
 
     if importlib.util.find_spec('tensorboard') is not None:
         pytest.skip('tensorboard is installed here')
     config = parse(['--model', 'lfd', '--synthetic', '--output', str(tmp_path / 'out'), '--log-with', 'tensorboard'])
     with pytest.raises(ValueError, match='--log-with tensorboard: that tracker is not installed'):
-        train_main(config)
+        train(config)
     assert not (tmp_path / 'out').exists()
 
 
@@ -386,30 +379,30 @@ def test_a_plain_timm_classifier_trains_exports_and_reloads_with_equal_logits(ti
 
 
 def test_a_plain_classifier_trains_its_classifier_at_lr_and_the_rest_at_the_backbone_lr():
-    from fgvc_zoo.train import _build_model
+    from fgvc_zoo.training.loop import build_model
 
     config = parse(['--model', 'test_resnet', '--synthetic', '--lr', '0.02', '--backbone-lr-mult', '0.1'])
-    model = _build_model(config, num_classes=3)
-    head_group, backbone_group = _build_optimizer(config, model).param_groups
+    model = build_model(config, num_classes=3)
+    head_group, backbone_group = build_optimizer(config, model).param_groups
     assert {id(p) for p in head_group['params']} == {id(p) for p in model.get_classifier().parameters()}
     assert len(head_group['params']) + len(backbone_group['params']) == len(list(model.parameters()))
     assert (head_group['lr'], backbone_group['lr']) == (0.02, pytest.approx(0.002))
 
 
 def test_a_plain_classifier_refuses_head_options_naming_them_and_takes_timms_own():
-    from fgvc_zoo.train import _build_model
+    from fgvc_zoo.training.loop import build_model
 
     config = parse(['--model', 'test_resnet', '--backbone', 'resnet50', '--synthetic'])
     with pytest.raises(
         ValueError,
         match=r'test_resnet is a plain timm classifier, which takes no --backbone .*--model lfd --backbone test_resnet',
     ):
-        _build_model(config, num_classes=2)
+        build_model(config, num_classes=2)
     config = parse(['--model', 'test_resnet', '--model-args', 'num_regions=2', '--synthetic'])
     with pytest.raises(
         ValueError, match=r"--model-args/--model-kwargs: test_resnet is a plain timm classifier .*'num_regions'"
     ):
-        _build_model(config, num_classes=2)
+        build_model(config, num_classes=2)
     # timm's own arguments reach timm, e.g. a local ImageNet weights file with --pretrained (no Hub needed).
     weights = {k: v.clone() for k, v in timm.create_model('test_resnet').state_dict().items()}
     with tempfile.TemporaryDirectory() as folder:
@@ -417,7 +410,7 @@ def test_a_plain_classifier_refuses_head_options_naming_them_and_takes_timms_own
         save_file(weights, str(path))
         kwargs = f'{{drop_rate: 0.5, pretrained_cfg_overlay: {{file: {path}}}}}'
         config = parse(['--model', 'test_resnet', '--pretrained', '--model-kwargs', kwargs, '--synthetic'])
-        model = _build_model(config, num_classes=3)
+        model = build_model(config, num_classes=3)
     assert model.drop_rate == 0.5 and model.num_classes == 3
     torch.testing.assert_close(model.conv1[0].weight, weights['conv1.0.weight'])  # loaded; the classifier is new
 
@@ -436,7 +429,7 @@ class _StopBeforeTraining(Exception):
 def test_the_ema_lives_where_prepare_put_the_model(move, tiny_folder, tmp_path, monkeypatch):
     from accelerate import Accelerator
 
-    from fgvc_zoo import train
+    from fgvc_zoo.training import loop
 
     real_prepare = Accelerator.prepare
 
@@ -454,23 +447,23 @@ def test_the_ema_lives_where_prepare_put_the_model(move, tiny_folder, tmp_path, 
         raise _StopBeforeTraining
 
     monkeypatch.setattr(Accelerator, 'prepare', prepare)
-    monkeypatch.setattr(train, '_train_one_epoch', first_epoch)
+    monkeypatch.setattr(loop, 'train_one_epoch', first_epoch)
     argv = train_command(tiny_folder, tmp_path / 'out', 'lfd', 1, '--model-ema')[3:]
     with pytest.raises(_StopBeforeTraining):
-        train.train_main(parse(argv))
+        loop.train(parse(argv))
     assert seen['model'].device.type == ('cuda' if move == 'cuda' else 'cpu')
     assert (seen['ema'].device, seen['ema'].dtype) == (seen['model'].device, seen['model'].dtype)
 
 
 def test_train_crop_picks_the_training_crop_and_refuses_scale_without_rrc():
-    from fgvc_zoo.train import _set_transforms
+    from fgvc_zoo.training.loop import set_transforms
 
     model = timm.create_model('test_resnet', num_classes=2)
     train_set, val_set = argparse.Namespace(), argparse.Namespace()
     config = parse(['--model', 'test_resnet', '--synthetic', '--img-size', '64', '--train-crop', 'resize_crop'])
-    _set_transforms(config, model, train_set, val_set)
+    set_transforms(config, model, train_set, val_set)
     assert [type(t).__name__ for t in train_set.transform.transforms[:2]] == ['Resize', 'RandomCrop']
     assert parse(['--model', 'test_resnet', '--synthetic']).train_crop == 'rrc'  # the default, until measured
     config = parse(['--model', 'test_resnet', '--synthetic', '--train-crop', 'resize_crop', '--scale', '0.5', '1'])
     with pytest.raises(ValueError, match='--scale sets the random resized crop, which --train-crop resize_crop'):
-        _set_transforms(config, model, train_set, val_set)
+        set_transforms(config, model, train_set, val_set)

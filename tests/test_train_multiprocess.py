@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 from test_train import make_tiny_folder, run, train_command
 
-from fgvc_zoo.train import state_dict_sha256
+from fgvc_zoo.training.checkpoints import state_dict_sha256
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -17,6 +17,7 @@ from ._base import (
     model_head_name,
     register_head,
 )
+from ._hub import HUB_ORG, PICKLE_WEIGHTS, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
 from .dpnet import DpNet
 from .iagn import Iagn
 from .lfd import Lfd
@@ -41,6 +42,13 @@ __all__ = [
     'list_heads',
     'model_head_name',
     'register_head',
+    'HUB_ORG',
+    'PICKLE_WEIGHTS',
+    'WEIGHTS_NAME',
+    'hub_cfg',
+    'hub_errors',
+    'safetensors_only',
+    'weights_record',
     'Lfd',
     'DpNet',
     'Iagn',

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-__all__ = ['CHECKPOINT_DIR', 'CHECKPOINT_STATE', 'LOCK_NAME', 'state_dict_sha256']
+from ..hub import share_file
+
+__all__ = ['CHECKPOINT_DIR', 'CHECKPOINT_STATE', 'LOCK_NAME', 'state_dict_sha256', 'find_resume', 'lock_output']
 
 _logger = logging.getLogger('fgvc_zoo.train')
 
@@ -46,7 +48,7 @@ def _complete_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
 
 
-def _lock_output(output: Path):
+def lock_output(output: Path):
     """Hold an exclusive lock on OUTPUT for the whole run, so that two runs never write into one folder."""
     import fcntl
 
@@ -63,7 +65,7 @@ def _lock_output(output: Path):
     return lock
 
 
-def _find_resume(config: argparse.Namespace) -> Path | None:
+def find_resume(config: argparse.Namespace) -> Path | None:
     checkpoints = _complete_checkpoints(Path(config.output) / CHECKPOINT_DIR)
     if config.resume is None:
         if checkpoints:
@@ -121,8 +123,6 @@ def _save_checkpoint(accelerator, output: Path, trainer_state: dict[str, Any], k
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _save_extra_state(tmp, scheduler, ema)
-            from ..hub import share_file
-
             for weights in tmp.glob('*.safetensors'):  # safetensors writes 0600; teammates need to read them
                 share_file(weights)
             # Written last: a folder with a trainer state is whole (see `_complete_checkpoints`).

@@ -6,7 +6,6 @@ import argparse
 import difflib
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import yaml
 from ..errors import UsageError
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_STATE, _complete_checkpoints
 
-__all__ = ['add_train_arguments', 'resolve_config', 'parse_model_kwargs']
+__all__ = ['add_train_arguments', 'resolve_config']
 
 # dest -> default and dest -> value type of every flag: the arguments themselves default to SUPPRESS so that
 # `resolve_config` can tell a flag given on the command line (wins) from one left to the recipe or the default.
@@ -238,7 +237,7 @@ def _saved_config(config: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
     else:
         checkpoint = Path(config['resume'])
         if not (checkpoint / CHECKPOINT_STATE).is_file():
-            return None  # `_find_resume` names the problem
+            return None  # `find_resume` names the problem
     saved = json.loads((checkpoint / CHECKPOINT_STATE).read_text()).get('config')
     return (saved, checkpoint) if isinstance(saved, dict) else None
 
@@ -313,27 +312,6 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
     return config
 
 
-def parse_model_kwargs(
-    model_args: str | None,
-    model_kwargs: Any = None,
-    flag: str = '--model-args',
-) -> dict[str, Any]:
-    """Head options from `--model-kwargs` (YAML mapping, inline or file) updated by `--model-args 'k=v,...'`."""
-    kwargs: dict[str, Any] = {}
-    if isinstance(model_kwargs, dict):
-        kwargs.update(model_kwargs)
-    elif model_kwargs:
-        text = Path(model_kwargs).read_text() if Path(model_kwargs).is_file() else model_kwargs
-        loaded = yaml.safe_load(text)
-        if not isinstance(loaded, dict):
-            raise ValueError(f'--model-kwargs {model_kwargs!r}: expected a YAML mapping like "{{num_regions: 4}}".')
-        kwargs.update(loaded)
-    # Split on commas outside brackets so that list values survive: 'region_sizes=[0.3,0.4],zoom_size=32'.
-    for item in re.split(r',(?![^\[\(]*[\]\)])', model_args or ''):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition('=')
-        if not sep or not key.strip():
-            raise UsageError(f"{flag}: '{item}' is not key=value (e.g. 'num_regions=4,zoom_size=224').")
-        kwargs[key.strip()] = yaml.safe_load(value)
-    return kwargs
+# `resolve_config` reads the flag table that declaring the flags fills: declared once here, so that it works for a
+# Python caller who built no parser.
+add_train_arguments(argparse.ArgumentParser())

@@ -1,18 +1,15 @@
-"""`fgvc-zoo eval`: top-1, top-5, mean per-class accuracy and the confusion of a model on a dataset split.
+"""Top-1, top-5, mean per-class accuracy and the confusion of a model on a dataset split.
 
 Evaluation is where FGVC numbers go wrong, so `evaluate` is strict about three things: the model is always run in
 eval mode (dropout off, BatchNorm running statistics), whatever mode it was handed in; every metric is
 accumulated as integer counts over the whole split, never as a mean of per-batch means, so the result does not
 depend on the batch size; and test-time augmentation is off unless asked for, and then recorded in the results.
 
-The JSON written by `--out` carries a `metrics` mapping, which `fgvc_zoo.hub.model_card` puts in the model card.
+The JSON `fgvc-zoo eval --out` writes carries a `metrics` mapping, which `fgvc_zoo.hub.card.model_card` puts in
+the model card.
 """
 
-import argparse
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,11 +24,7 @@ __all__ = [
     'confused_subset',
     'plot_confusion',
     'confusion_figure',
-    'add_model_arguments',
-    'resolve_device',
-    'load_from_args',
-    'add_eval_arguments',
-    'eval_main',
+    'check_classes',
 ]
 
 TTA_MODES = ('flip',)
@@ -218,87 +211,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], names: Sequence[str], t
     return fig
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model source shared by eval, predict and explain: a trained/exported folder, a Hub id or a model name."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        '--checkpoint',
-        help='trained or exported folder (model.safetensors + config.json), '
-        'hf-hub:ORG/NAME, or a registered pretrained tag',
-    )
-    source.add_argument('--model', help='a timm model name or tag, created with pretrained=True')
-    parser.add_argument(
-        '--img-size',
-        type=int,
-        help="input side; default: the model's data config (an export's is the size it was trained at)",
-    )
-    parser.add_argument(
-        '--device', default='auto', help='torch device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps, ...'
-    )
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto`: the first of CUDA, MPS and CPU that this machine has; else the named device, which must exist."""
-    from .errors import UsageError
-
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda')
-        mps = getattr(torch.backends, 'mps', None)
-        return torch.device('mps' if mps is not None and mps.is_available() else 'cpu')
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f'--device {name}: not a torch device (auto, cpu, cuda, cuda:1, mps, ...).') from e
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise UsageError(f'--device {name}: this machine has no CUDA device; pass --device auto or cpu.')
-    return device
-
-
-def load_from_args(args: argparse.Namespace) -> tuple[nn.Module, Any, list[str] | None, dict[str, Any]]:
-    """(model in eval mode on --device, its eval transform, its class names or None, the data config)."""
-    import timm
-
-    import fgvc_zoo  # noqa: F401  (registers the heads)
-
-    from .data import create_transforms, resolve_fgvc_data_config
-    from .hub import load_model, model_label_names
-
-    device = resolve_device(args.device)
-    args.device = str(device)
-    if args.checkpoint is not None:
-        model = load_model(args.checkpoint)
-    else:
-        model = timm.create_model(args.model, pretrained=True)
-    model = model.to(device).eval()
-    data_config = resolve_fgvc_data_config(model, args.img_size)
-    transform = create_transforms(data_config, is_training=False)
-    return model, transform, model_label_names(model), data_config
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument('--data-dir', required=True, help='dataset root (any layout fgvc_zoo.data knows)')
-    parser.add_argument('--split', default='val', help="split to evaluate: 'val' (= 'test') or 'train'")
-    # The same data flags as `fgvc-zoo train` (--layout: the name of earlier versions).
-    parser.add_argument('--dataset-layout', '--layout', default='auto', help='layout of --data-dir (auto detects it)')
-    parser.add_argument('--dataset-args', help="layout options as 'key=value,...', e.g. 'level=family' for aircraft")
-    parser.add_argument(
-        '--batch-size', type=int, default=32, help='images per forward pass (results do not depend on it)'
-    )
-    parser.add_argument('--workers', type=int, default=2, help='data loader worker processes')
-    parser.add_argument(
-        '--threads', type=int, default=0, help='torch CPU threads; 0: the cores over the data workers (as train)'
-    )
-    parser.add_argument('--tta', choices=TTA_MODES, help='test-time augmentation (off by default; recorded)')
-    parser.add_argument(
-        '--out',
-        default='eval_results.json',
-        help='results JSON; the confusion PNG is written beside it (<stem>_confusion.png)',
-    )
-
-
-def _check_classes(model_names: list[str] | None, dataset_names: list[str], num_classes: int, source: str) -> None:
+def check_classes(model_names: list[str] | None, dataset_names: list[str], num_classes: int, source: str) -> None:
     if len(dataset_names) != num_classes:
         raise ValueError(
             f'{source} predicts {num_classes} classes but the dataset has {len(dataset_names)}: '
@@ -311,56 +224,3 @@ def _check_classes(model_names: list[str] | None, dataset_names: list[str], num_
             f"'{dataset_names[differ]}': the class lists differ (names or order), so the accuracy "
             f'would be meaningless.'
         )
-
-
-def eval_main(args: argparse.Namespace) -> int:
-    from .data import create_dataset
-    from .train import cpu_threads, parse_model_kwargs
-
-    if args.threads or 'OMP_NUM_THREADS' not in os.environ:
-        torch.set_num_threads(cpu_threads(args.threads, args.workers))
-    options = parse_model_kwargs(args.dataset_args, None, flag='--dataset-args')
-    model, transform, model_names, data_config = load_from_args(args)
-    source = args.checkpoint or args.model
-    dataset = create_dataset(
-        args.data_dir, split=args.split, layout=args.dataset_layout, transform=transform, **options
-    )
-    _check_classes(model_names, dataset.classes, model.num_classes, source)
-    results = evaluate(
-        model,
-        dataset,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        num_workers=args.workers,
-        device=torch.device(args.device),
-        progress=True,
-    )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    png = out.with_name(f'{out.stem}_confusion.png')
-    plot_confusion(results['confusion'], results['label_names'], str(png), title=f'{source} on {args.split}')
-    results = {
-        'model': source,
-        'architecture': getattr(model, 'pretrained_cfg', {}).get('architecture'),
-        'dataset': {
-            'name': os.path.basename(os.path.normpath(args.data_dir)),
-            'root': args.data_dir,
-            'split': args.split,
-            'layout': dataset.layout,
-        },
-        'data_config': data_config,
-        'batch_size': args.batch_size,
-        **results,
-        'confusion_png': str(png),
-    }
-    out.write_text(json.dumps(results, indent=2))
-    metrics = results['metrics']
-    print(
-        f'{source} on {args.data_dir} ({args.split}, {results["num_images"]} images, tta={args.tta}): '
-        f'top1 {metrics["top1"]:.2f}  top{results["topk"]} {metrics["top5"]:.2f}  '
-        f'mean per-class {metrics["mean_class_accuracy"]:.2f}'
-    )
-    for pair in results['most_confused'][:5]:
-        print(f'  {pair["true"]} -> {pair["predicted"]}: {pair["count"]}')
-    print(f'Wrote {out} and {png}')
-    return 0

@@ -1,4 +1,4 @@
-"""`fgvc-zoo explain`: what each head really uses, drawn over the ORIGINAL image.
+"""What each head really uses, drawn over the ORIGINAL image.
 
 A head's `explain(x)` gives maps and boxes in the pixels of its input, which the eval transform made by resizing
 and centre-cropping the original. `view_geometry` reads that transform and maps input pixels back into the
@@ -18,7 +18,6 @@ module maps to the original and draws) and its optional `explanation_chart` (a b
 DP-Net's class-level part participation). No head is named here.
 """
 
-import argparse
 import math
 import textwrap
 from collections.abc import Callable, Sequence
@@ -31,8 +30,9 @@ import torch.nn as nn
 from PIL import Image
 from torchvision import transforms as T
 
-from .layers.cam import min_max_scale
-from .models import ExplanationChart, ExplanationPanel, model_head_name
+from ..errors import UsageError
+from ..layers.cam import min_max_scale
+from ..models import ExplanationChart, ExplanationPanel, model_head_name
 
 __all__ = [
     'ViewGeometry',
@@ -44,8 +44,7 @@ __all__ = [
     'explain_images',
     'explanation_figure',
     'draw_explanation',
-    'add_explain_arguments',
-    'explain_main',
+    'output_paths',
 ]
 
 # Steps of an eval transform that do not move pixels (tensor conversion, normalisation).
@@ -451,33 +450,10 @@ def _draw_chart(fig, explained: ImageExplanation, left: float, most: int = 20) -
     ax.xaxis.set_major_locator(MaxNLocator(4))
 
 
-def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluate import add_model_arguments
-
-    parser.add_argument('images', nargs='+', help='image files')
-    add_model_arguments(parser)
-    parser.add_argument(
-        '--out',
-        required=True,
-        help='output folder (one <image>_explain.png each, <folder>_<image>_'
-        'explain.png when names repeat); for one image also a .png path',
-    )
-    parser.add_argument(
-        '--parts', type=int, default=3, help='parts drawn, for heads that have parts (DP-Net: largest V[pred] x score)'
-    )
-    parser.add_argument(
-        '--view',
-        choices=VIEWS,
-        default='full',
-        help='full: explain the whole image (maps cover every pixel); crop: exactly what eval/predict see, the cut '
-        'border dimmed',
-    )
-
-
-def _output_paths(images: Sequence[str], out: str) -> list[Path]:
+def output_paths(images: Sequence[str], out: str) -> list[Path]:
     if out.lower().endswith('.png'):
         if len(images) != 1:
-            raise SystemExit(f'--out {out} is a single PNG but {len(images)} images were given: pass a folder.')
+            raise UsageError(f'--out {out} is a single PNG but {len(images)} images were given: pass a folder.')
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         return [Path(out)]
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -485,20 +461,5 @@ def _output_paths(images: Sequence[str], out: str) -> list[Path]:
     if len(set(stems)) != len(stems):  # dataset layouts reuse file names across class folders
         stems = [f'{Path(image).parent.name}_{Path(image).stem}' for image in images]
     if len(set(stems)) != len(stems):
-        raise SystemExit('Two images share a folder and file name; their PNGs would overwrite each other. Rename one.')
+        raise UsageError('Two images share a folder and file name; their PNGs would overwrite each other. Rename one.')
     return [Path(out) / f'{stem}_explain.png' for stem in stems]
-
-
-def explain_main(args: argparse.Namespace) -> int:
-    from .data import load_image
-    from .evaluate import load_from_args
-
-    model, transform, names, _ = load_from_args(args)
-    outputs = _output_paths(args.images, args.out)
-    for image_path, out in zip(args.images, outputs, strict=False):
-        (explained,) = explain_images(
-            model, [load_image(image_path)], transform, names, num_parts=args.parts, view=args.view
-        )
-        draw_explanation(explained, str(out))
-        print(f'{image_path}: {explained.label} ({explained.probability:.1%}) -> {out}')
-    return 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .models import PaperInfo, head_class, head_name
+from ..models import PaperInfo, head_class, head_name
 
 __all__ = ['NOT_RECORDED', 'RESULTS_NAME', 'base_model', 'model_card', 'read_template']
 

@@ -1,8 +1,8 @@
-"""Hugging Face Hub publishing and loading: `save_pretrained`, `load_model`, `fgvc-zoo export` and `fgvc-zoo push`.
+"""An export folder, written and read: `save_pretrained`, `load_model`, `write_card`, `check_export_folder`.
 
 An exported folder is what timm itself reads from a Hub repo: `model.safetensors`, `config.json` in timm's format
 (architecture, num_classes, label_names, model_args, pretrained_cfg) and `README.md`, the model card. timm's
-`save_for_hf` writes the first two; the card is `fgvc_zoo.card.model_card` (re-exported here), from the template
+`save_for_hf` writes the first two; the card is `fgvc_zoo.hub.card.model_card`, from the template
 that ships in the package filled with huggingface_hub's `ModelCardData` front matter, the numbers of the trainer's
 `results.json` and the head's own `paper`.
 
@@ -14,7 +14,6 @@ Weights are safetensors only: every config we write pins `hf_hub_filename='model
 falls back to a pickle (`pytorch_model.bin`), and `load_model` refuses folders and repos that hold only pickles.
 """
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -23,41 +22,36 @@ from typing import Any
 
 import timm
 import torch
-from huggingface_hub import HfApi, get_token, hf_hub_download, try_to_load_from_cache
-from timm.models import load_checkpoint, save_for_hf
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from timm.models import save_for_hf
 from timm.models._hub import hf_split
 
-from .card import NOT_RECORDED, RESULTS_NAME, base_model, model_card, read_template  # noqa: F401
-from .models import head_name, list_heads
-from .models._hub import HUB_ORG, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
+from ..models import WEIGHTS_NAME, head_name, hub_errors, list_heads, weights_record
+from .card import NOT_RECORDED, RESULTS_NAME, base_model, model_card
+from .onnx import ONNX_NAME
 
 __all__ = [
-    'HUB_ORG',
-    'WEIGHTS_NAME',
-    'hub_cfg',
+    'CONFIG_NAME',
+    'CARD_NAME',
+    'PUSHED_FILES',
+    'IMPORT_HINT',
     'save_pretrained',
     'load_model',
-    'model_card',
-    'read_template',
-    'base_model',
-    'weights_record',
-    'pretrained_weights_of',
-    'share_file',
+    'check_export_folder',
     'model_label_names',
-    'safetensors_only',
-    'hub_errors',
-    'push',
-    'add_export_arguments',
-    'export_main',
-    'add_push_arguments',
-    'push_main',
+    'pretrained_weights_of',
+    'describe_pretrained',
+    'share_file',
+    'read_results',
+    'read_label_names',
+    'write_card',
 ]
 
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.pkl', '.ckpt')
 # Files a push uploads: never a pickle, never a training checkpoint.
-PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME, 'model.onnx')
+PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME, ONNX_NAME)
 # Keyword arguments timm's factory passes along that describe where weights come from, not the architecture.
 RUNTIME_ARGS = ('cache_dir', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_model_args', 'device', 'dtype')
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
@@ -156,7 +150,7 @@ def _is_pickle(path: Path) -> bool:
     return any(path.name.endswith(suffix) for suffix in PICKLE_SUFFIXES)
 
 
-def _check_local_export(folder: Path) -> dict[str, Any]:
+def check_export_folder(folder: Path) -> dict[str, Any]:
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"'{folder}' has no {CONFIG_NAME}: export it with `fgvc-zoo export {folder}`.")
     if not (folder / WEIGHTS_NAME).is_file():
@@ -211,7 +205,7 @@ def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
         model = _load_hub(path_or_repo[len('hf-hub:') :], **kwargs)
     elif Path(path_or_repo).is_dir():
         folder = Path(path_or_repo)
-        config = _check_local_export(folder)
+        config = check_export_folder(folder)
         _check_registered(config, f"'{folder}'")
         model = timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
     elif '.' in path_or_repo and (cfg := timm.models.get_pretrained_cfg(path_or_repo)) is not None:
@@ -227,6 +221,20 @@ def load_model(path_or_repo: str, **kwargs: Any) -> torch.nn.Module:
             f'tag of ours, {IMPORT_HINT}.'
         )
     return model.eval()
+
+
+def describe_pretrained(name: str) -> str:
+    """What `pretrained=True` loads for a registered name (the tag's own weights, or the backbone's), in words."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        return f'published weights: hf-hub:{cfg.hf_hub_id}'
+    architecture, _, tag = name.partition('.')
+    backbone = architecture.split('_', 1)[1] if '_' in architecture else None
+    if backbone is None:
+        return "any timm backbone (backbone=...): pretrained=True loads the backbone's default weights"
+    backbone_cfg = timm.models.get_pretrained_cfg(f'{backbone}.{tag}' if tag else backbone)
+    hub_id = getattr(backbone_cfg, 'hf_hub_id', None)
+    return f'backbone weights {hub_id}, head from random init' if hub_id else 'no weights'
 
 
 def model_label_names(model: torch.nn.Module, download: bool = False) -> list[str] | None:
@@ -245,7 +253,7 @@ def model_label_names(model: torch.nn.Module, download: bool = False) -> list[st
     return list(names) if names is not None else None
 
 
-def _read_results(folder: Path) -> dict[str, Any]:
+def read_results(folder: Path) -> dict[str, Any]:
     path = folder / RESULTS_NAME
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -253,139 +261,14 @@ def _read_results(folder: Path) -> dict[str, Any]:
 def write_card(folder: str | os.PathLike, repo_id: str | None = None) -> Path:
     """(Re-)write `folder/README.md` from its config.json and results.json (if any)."""
     folder = Path(folder)
-    config = _check_local_export(folder)
+    config = check_export_folder(folder)
     card_path = folder / CARD_NAME
-    card_path.write_text(model_card(config, results=_read_results(folder), repo_id=repo_id))
+    card_path.write_text(model_card(config, results=read_results(folder), repo_id=repo_id))
     return card_path
 
 
-def push(
-    folder: str | os.PathLike,
-    repo_id: str,
-    private: bool = False,
-    token: str | None = None,
-    commit_message: str = 'Upload fgvc_zoo model',
-) -> str:
-    """Create `repo_id` if needed and upload the export in `folder` (safetensors, config, card, results only)."""
-    folder = Path(folder)
-    _check_local_export(folder)
-    token = token or get_token()
-    if not token:
-        raise PermissionError(
-            f"No Hugging Face token to push '{folder}' to '{repo_id}': pass --token (or token=), set HF_TOKEN, "
-            f"or run `hf auth login`. The token needs write access to '{repo_id.split('/')[0]}'."
-        )
-    write_card(folder, repo_id=repo_id)
-    api = HfApi(token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        allow_patterns=list(PUSHED_FILES),
-        commit_message=commit_message,
-    )
-    return str(repo_url)
-
-
-def _read_label_names(path: str | None) -> list[str] | None:
+def read_label_names(path: str | None) -> list[str] | None:
     if path is None:
         return None
     text = Path(path).read_text()
     return json.loads(text) if path.endswith('.json') else [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        'dir',
-        help='a trainer output folder (model.safetensors, config.json, results.json), '
-        'or the folder to export --model/--checkpoint into',
-    )
-    parser.add_argument('--model', help='model name, e.g. lfd_resnet50 (with --checkpoint)')
-    parser.add_argument('--checkpoint', help='weights file of --model (safetensors, or a local torch checkpoint)')
-    parser.add_argument('--num-classes', type=int, help='classes of the checkpoint')
-    parser.add_argument('--label-names', help='class names: a .json list or a text file with one name a line')
-    parser.add_argument(
-        '--model-kwargs',
-        nargs='*',
-        default={},
-        action=timm.utils.ParseKwargs,
-        help='more model arguments as key=value, e.g. backbone=convnext_tiny num_regions=4',
-    )
-    parser.add_argument('--repo-id', help='ORG/NAME the card tells users to load (default: the local folder)')
-    parser.add_argument(
-        '--onnx', action='store_true', help='also write model.onnx (needs `pip install fgvc-zoo[onnx]`)'
-    )
-    parser.add_argument('--img-size', type=int, help="input side of model.onnx (default: the export's data config)")
-
-
-def _write_onnx(folder: Path, img_size: int | None) -> None:
-    """`model.onnx` beside the weights, from the export as `fgvc-zoo predict` loads it (same preprocessing, names)."""
-    from .onnx import ONNX_NAME, export_onnx
-
-    model = load_model(str(folder))
-    path = export_onnx(model, folder / ONNX_NAME, img_size=img_size, label_names=model_label_names(model))
-    print(f'Wrote {path}')
-
-
-def export_main(args: argparse.Namespace) -> int:
-    import fgvc_zoo  # noqa: F401  (registers the heads)
-
-    folder = Path(args.dir)
-    if args.img_size is not None and not args.onnx:
-        raise SystemExit(f'--img-size {args.img_size} sets the input size of model.onnx: add --onnx.')
-    if args.model is None:
-        if args.checkpoint is not None:
-            raise SystemExit('--checkpoint needs --model NAME (the architecture the weights belong to).')
-        card = write_card(folder, repo_id=args.repo_id)
-        print(f'Wrote {card}')
-        if args.onnx:
-            _write_onnx(folder, args.img_size)
-        return 0
-    if args.checkpoint is None:
-        raise SystemExit(f'--model {args.model} needs --checkpoint FILE (the weights to export).')
-    model_kwargs = dict(args.model_kwargs)
-    if args.num_classes is not None:
-        model_kwargs['num_classes'] = args.num_classes
-    model = timm.create_model(args.model, **model_kwargs)
-    load_checkpoint(model, args.checkpoint)
-    # The weights are the checkpoint's, not the random init this model was built with: where they started from is
-    # known only from the trainer's results.json beside it, if any.
-    model.pretrained_weights = NOT_RECORDED
-    folder.mkdir(parents=True, exist_ok=True)
-    save_pretrained(
-        model.eval(), folder, label_names=_read_label_names(args.label_names), results=_read_results(folder)
-    )
-    if args.repo_id:
-        write_card(folder, repo_id=args.repo_id)
-    print(f'Exported {args.model} to {folder}')
-    if args.onnx:
-        _write_onnx(folder, args.img_size)
-    return 0
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('dir', help='an exported or trained model folder')
-    parser.add_argument('repo_id', metavar='ORG/NAME', help='the Hub repo, created if it does not exist')
-    parser.add_argument('--private', action='store_true', help='create the repo private')
-    parser.add_argument('--token', help='Hugging Face token with write access (default: HF_TOKEN or hf auth login)')
-    parser.add_argument('--keep-card', metavar='DIR', help='also copy the card to DIR/ORG--NAME.md (model_cards/)')
-    parser.add_argument(
-        '--space', action='store_true', help='DIR is a folder written by `fgvc-zoo space`: push it as a gradio Space'
-    )
-
-
-def push_main(args: argparse.Namespace) -> int:
-    if args.space:
-        from .demo import push_space
-
-        if args.keep_card:
-            raise SystemExit('--keep-card keeps a model card; a Space folder has none: drop --keep-card or --space.')
-        print(f'Pushed the Space {args.dir} to {push_space(args.dir, args.repo_id, args.private, args.token)}')
-        return 0
-    url = push(args.dir, args.repo_id, private=args.private, token=args.token)
-    if args.keep_card:
-        kept = Path(args.keep_card) / f'{args.repo_id.replace("/", "--")}.md'
-        kept.write_text((Path(args.dir) / CARD_NAME).read_text())
-        print(f'Kept the card in {kept}')
-    print(f'Pushed {args.dir} to {url}')
-    return 0

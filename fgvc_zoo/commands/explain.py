@@ -1,0 +1,44 @@
+"""`fgvc-zoo explain IMAGE... --out DIR`: what the head looks at (its maps and boxes) over each original image, one
+PNG each."""
+
+import argparse
+
+from ..data import load_image
+from ..inference.explain import VIEWS, draw_explanation, explain_images, output_paths
+from ..runtime import load_for_inference
+from .common import add_model_arguments
+
+__all__ = ['add_arguments', 'main']
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('images', nargs='+', help='image files')
+    add_model_arguments(parser)
+    parser.add_argument(
+        '--out',
+        required=True,
+        help='output folder (one <image>_explain.png each, <folder>_<image>_'
+        'explain.png when names repeat); for one image also a .png path',
+    )
+    parser.add_argument(
+        '--parts', type=int, default=3, help='parts drawn, for heads that have parts (DP-Net: largest V[pred] x score)'
+    )
+    parser.add_argument(
+        '--view',
+        choices=VIEWS,
+        default='full',
+        help='full: explain the whole image (maps cover every pixel); crop: exactly what eval/predict see, the cut '
+        'border dimmed',
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    model, transform, names, _ = load_for_inference(args.checkpoint, args.model, args.img_size, args.device)
+    outputs = output_paths(args.images, args.out)
+    for image_path, out in zip(args.images, outputs, strict=False):
+        (explained,) = explain_images(
+            model, [load_image(image_path)], transform, names, num_parts=args.parts, view=args.view
+        )
+        draw_explanation(explained, str(out))
+        print(f'{image_path}: {explained.label} ({explained.probability:.1%}) -> {out}')
+    return 0

@@ -1,0 +1,626 @@
+"""The one Accelerate trainer for every fgvc_zoo head.
+
+`python -m fgvc_zoo.train`, `accelerate launch -m fgvc_zoo.train`, `torchrun ... -m fgvc_zoo.train` and `fgvc-zoo
+train` all run `train` (through `fgvc_zoo.commands.train`). The trainer knows nothing about any head: it only uses
+the model contract (`model(x, target=y, step=k)` -> `FgvcOutput` for k < `model.num_train_steps`, `model(x)` ->
+logits, `model.backbone_parameters()`, `model.model_args`), so LFD, DP-Net, IAGN and any future head train
+unchanged. A plain timm classifier (`--model resnet50`, the baseline the heads must beat) trains through the same
+loop with the contract's defaults: one step a batch, the trainer's cross-entropy on its logits (soft targets with
+mixup or label smoothing), every parameter but `get_classifier()`'s as the backbone (so `--backbone-lr-mult` means
+the same for both), and no model args of fgvc_zoo's (`--model-args` reach timm's constructor: drop_rate,
+pretrained_cfg_overlay, ...).
+
+Every option is a flag; `--recipe FILE.yaml` holds flag names as keys, and flags on the command line win
+(`fgvc_zoo.training.config`). Each epoch a checkpoint is written with `accelerator.save_state` into a temporary
+folder that is renamed into place (`os.replace`), so a kill at any moment leaves the previous checkpoint whole;
+`--resume` continues from the last complete one to the same weights as an unbroken run
+(`fgvc_zoo.training.checkpoints`). This module is the loop: datasets, model, optimiser, the epochs, evaluation,
+curves and the export.
+"""
+
+import argparse
+import csv
+import difflib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data import UnreadableDataError, create_dataset, create_transforms, make_synthetic_fgvc
+from ..errors import UsageError
+from ..hub import pretrained_weights_of, save_pretrained
+from ..models import FgvcOutput, head_models, list_heads
+from ..runtime import parse_model_kwargs, set_cpu_threads
+from .checkpoints import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE,
+    _complete_checkpoints,
+    _load_extra_state,
+    _save_checkpoint,
+    find_resume,
+    lock_output,
+    state_dict_sha256,
+)
+
+__all__ = [
+    'train',
+    'build_model',
+    'set_transforms',
+    'build_optimizer',
+    'build_scheduler',
+    'build_train_loader',
+    'check_finite',
+    'train_one_epoch',
+    'curve_panels',
+    'curves_figure',
+]
+
+_logger = logging.getLogger(__name__)
+
+
+def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
+    """The train and val splits (untransformed until the model's data config is known), unreadable images dropped."""
+    root = config.data_dir
+    if config.synthetic:
+        root = str(Path(config.output) / 'synthetic_data')
+        if accelerator.is_main_process and not (Path(root) / 'train').is_dir():
+            make_synthetic_fgvc(root, seed=config.seed)
+        accelerator.wait_for_everyone()
+    options = parse_model_kwargs(config.dataset_args, None, flag='--dataset-args')
+    splits = []
+    for split in (config.train_split, config.val_split):
+        dataset = create_dataset(
+            root, split=split, layout=config.dataset_layout, max_unreadable_fraction=config.max_unreadable, **options
+        )
+        try:
+            dataset.check_images()  # every process drops the same images
+        except UnreadableDataError as e:
+            raise UnreadableDataError(f'{e} (the trainer flag: --max-unreadable FRACTION)') from e
+        splits.append(dataset)
+    return splits[0], splits[1]
+
+
+def set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val_set) -> None:
+    """Train (`--train-crop`, flip, ...) and eval (resize, centre crop) transforms from the model's config."""
+    aug = {k: getattr(config, k) for k in ('scale', 'hflip', 'color_jitter') if getattr(config, k) is not None}
+    if 'scale' in aug:
+        if config.train_crop != 'rrc':
+            raise ValueError(
+                f'--scale sets the random resized crop, which --train-crop {config.train_crop} does not do: '
+                f'drop --scale or pass --train-crop rrc.'
+            )
+        aug['scale'] = tuple(aug['scale'])
+    train_set.transform = create_transforms(
+        model, is_training=True, img_size=config.img_size, train_crop=config.train_crop, **aug
+    )
+    val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
+
+
+def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool = True) -> nn.Module:
+    """The head of `--model`; `load_weights=False` (a resumed run: the checkpoint has the weights) skips the
+    pretrained and `--backbone-weights` loads, so that a resume needs neither the Hub nor the weights file."""
+    kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
+    architecture = config.model.split('.')[0]
+    heads = head_models()
+    if ':' not in config.model and not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, heads, n=5)
+        hint = f' Close matches: {", ".join(close)}.' if close else ''
+        raise UsageError(f"--model '{config.model}' is not a registered model.{hint} See `fgvc-zoo list`.")
+    plain = ':' not in config.model and architecture not in heads
+    if plain and config.backbone:
+        raise UsageError(
+            f'--model {config.model} is a plain timm classifier, which takes no --backbone (it configures an fgvc_zoo '
+            f'head): train it without, or train a head over it with --model lfd --backbone {architecture}.'
+        )
+    if config.backbone:
+        kwargs['backbone'] = config.backbone
+    if 'backbone' not in kwargs and architecture in list_heads():
+        raise UsageError(
+            f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
+            f'test_resnet for a quick try), or a named variant such as --model {architecture}_resnet50.'
+        )
+    # A plain model's file is the whole classifier's: timm loads it as the model's pretrained weights.
+    plain_file = bool(plain and config.backbone_weights and load_weights)
+    if plain_file:
+        kwargs['pretrained_cfg_overlay'] = dict(file=str(config.backbone_weights))
+    elif config.backbone_weights and load_weights:
+        kwargs['backbone_weights'] = config.backbone_weights
+    # A resume loads no weights (the checkpoint has them), except an FGVC tag's, which can change the config.
+    pretrained = plain_file or (config.pretrained and (load_weights or (not plain and _has_full_weights(config.model))))
+    try:
+        model = timm.create_model(config.model, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if not (plain and kwargs and 'unexpected keyword argument' in str(e)):
+            raise
+        # A plain model takes timm's own arguments only (drop_rate, pretrained_cfg_overlay, ...), never a head's.
+        raise UsageError(
+            f'--model-args/--model-kwargs: {config.model} is a plain timm classifier and refuses them ({e}). '
+            f'Pass only its timm arguments (e.g. drop_rate), or train a head over it with --model lfd --backbone '
+            f'{architecture}.'
+        ) from e
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _num_train_steps(model: nn.Module) -> int:
+    """Optimiser steps a batch takes: what the model declares, else one (a plain timm classifier)."""
+    return getattr(model, 'num_train_steps', 1)
+
+
+def _backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The model's `backbone_parameters()`, else every parameter but its classifier's (a plain timm classifier)."""
+    if hasattr(model, 'backbone_parameters'):
+        return list(model.backbone_parameters())
+    classifier_ids = {id(p) for p in model.get_classifier().parameters()}
+    return [p for p in model.parameters() if id(p) not in classifier_ids]
+
+
+def _train_output(model: nn.Module, unwrapped: nn.Module, x: torch.Tensor, target: torch.Tensor, step: int):
+    """The step's `FgvcOutput`: a head (it declares `num_train_steps`) computes its own loss terms; for a plain
+    classifier the trainer takes the cross-entropy of its logits (class indices, or the soft targets of mixup and
+    label smoothing). `model` is the prepared (maybe DDP-wrapped) model, called so that DDP sees the forward."""
+    if hasattr(unwrapped, 'num_train_steps'):
+        return model(x, target=target, step=step)
+    logits = model(x)
+    return FgvcOutput(loss=F.cross_entropy(logits, target), logits=logits)
+
+
+def _has_full_weights(name: str) -> bool:
+    """Whether `pretrained=True` on `name` loads the whole model (an FGVC tag), which can change its config."""
+    cfg = timm.models.get_pretrained_cfg(name) if ':' not in name else None
+    return cfg is None or any(getattr(cfg, k, None) for k in ('hf_hub_id', 'file', 'url', 'state_dict'))
+
+
+def build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's optimiser over two groups: the backbone at `backbone_lr_mult` x lr (as the papers do), the head."""
+    backbone_ids = {id(p) for p in _backbone_parameters(model)}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {'params': [p for p in trainable if id(p) not in backbone_ids], 'lr': config.lr},
+        {'params': [p for p in trainable if id(p) in backbone_ids], 'lr': config.lr * config.backbone_lr_mult},
+    ]
+    groups = [g for g in groups if g['params']]  # a frozen backbone leaves its group empty
+    return create_optimizer_v2(
+        groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )
+
+
+def build_scheduler(config: argparse.Namespace, optimizer: torch.optim.Optimizer):
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=config.sched,
+        num_epochs=config.epochs,
+        decay_epochs=config.decay_epochs,
+        decay_rate=config.decay_rate,
+        min_lr=config.min_lr,
+        warmup_lr=config.warmup_lr,
+        warmup_epochs=config.warmup_epochs,
+    )
+    return scheduler
+
+
+def build_train_loader(config: argparse.Namespace, train_set, num_processes: int, pin_memory: bool):
+    """Shuffled training batches of `--batch-size` images per process (sharded by `accelerator.prepare`).
+
+    As timm's train loader, the last partial batch is dropped (Mixup pairs images; a batch of one breaks the BatchNorm
+    of IAGN's classifiers), unless the split is smaller than one batch on every process, where dropping it would leave
+    no step at all: then accelerate pads each process's batch to `--batch-size` by repeating images, and a single
+    process trains on the whole split as one batch.
+    """
+    drop_last = len(train_set) >= config.batch_size * num_processes
+    batch = config.batch_size if drop_last or num_processes > 1 else len(train_set)
+    if (config.mixup > 0 or config.cutmix > 0) and batch % 2:
+        at_most = f' of at most {len(train_set)}' if batch < config.batch_size else ''
+        raise UsageError(
+            f'--mixup/--cutmix mix the images of a batch in pairs, so a batch must be even, but it holds '
+            f'{batch} images ({len(train_set)} training images, --batch-size {config.batch_size}): '
+            f'pass an even --batch-size{at_most}.'
+        )
+    return torch.utils.data.DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=config.workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=config.workers > 0,
+    )
+
+
+def check_finite(accelerator, loss: torch.Tensor, epoch: int, batch: int, step: int, last_good: Path | None):
+    """Stop every process together when any has a non-finite loss, before it reaches the weights."""
+    bad = accelerator.gather(torch.isfinite(loss.detach()).logical_not().reshape(1)).any()
+    if bad:
+        raise FloatingPointError(
+            f'Non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {batch}, model step {step}. '
+            f'The last good checkpoint is {last_good or "none (no epoch finished)"}. '
+            f'Lower --lr, use --amp bf16 instead of fp16, or set --clip-grad, then --resume.'
+        )
+
+
+def _broadcast_buffers(accelerator, model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), as DDP does at the start of its next forward.
+
+    Each rank's last forward updated them from its own images; an EMA taken of those would differ across ranks.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def train_one_epoch(
+    config: argparse.Namespace,
+    epoch: int,
+    model: nn.Module,
+    loader,
+    optimizer,
+    accelerator,
+    ema,
+    mixup,
+    num_classes: int,
+    trainer_state: dict[str, Any],
+    last_good: Path | None,
+) -> dict[str, float]:
+    model.train()
+    unwrapped = accelerator.unwrap_model(model)
+    num_steps = _num_train_steps(unwrapped)
+    totals: dict[str, torch.Tensor] = {}
+    num_forward = 0
+    num_images = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f'epoch {epoch + 1}/{config.epochs}', disable=not accelerator.is_local_main_process)
+    for batch_index, (x, y) in enumerate(bar):
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if mixup is not None:
+            x, target = mixup(x, y)
+        elif config.label_smoothing > 0:
+            target = mixup_target(y, num_classes, smoothing=config.label_smoothing)
+        else:
+            target = y
+        for step in range(num_steps):
+            with accelerator.accumulate(model):
+                output = _train_output(model, unwrapped, x, target, step)
+                check_finite(accelerator, output.loss, epoch, batch_index, step, last_good)
+                accelerator.backward(output.loss)
+                if config.clip_grad and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                trainer_state['step'] += 1
+                if ema is not None:
+                    _broadcast_buffers(accelerator, unwrapped)
+                    ema.update(unwrapped, step=trainer_state['step'])
+            for name, value in {'loss': output.loss, **{f'loss_{k}': v for k, v in output.losses.items()}}.items():
+                totals[name] = totals.get(name, 0.0) + value.detach().float()
+            num_forward += 1
+        num_images += x.shape[0] * accelerator.num_processes
+        images_per_s = num_images / (time.perf_counter() - start)
+        bar.set_postfix(
+            loss=f'{output.loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}', img_s=f'{images_per_s:.1f}'
+        )
+    means = {k: accelerator.reduce(v / num_forward, reduction='mean').item() for k, v in sorted(totals.items())}
+    means['images_per_s'] = num_images / (time.perf_counter() - start)
+    return {f'train_{k}': v for k, v in means.items()}
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader, accelerator, prefix: str = 'val') -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole split, gathered from every process."""
+    model.eval()
+    loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
+    for x, y in loader:
+        logits = model(x)
+        logits, y = accelerator.gather_for_metrics((logits.float(), y))
+        loss_sum += F.cross_entropy(logits, y, reduction='sum').item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        count += y.numel()
+    return {
+        f'{prefix}_loss': loss_sum / count,
+        f'{prefix}_top1': 100 * correct1 / count,
+        f'{prefix}_top5': 100 * correct5 / count,
+    }
+
+
+def _write_metrics(output: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.csv/jsonl from the checkpointed history, so a resumed run never duplicates an epoch."""
+    with open(output / 'metrics.jsonl', 'w') as f:
+        f.writelines(json.dumps(row) + '\n' for row in history)
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    with open(output / 'metrics.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def curve_panels(history: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    """(title, y label, metric keys) of each panel of curves.png: every loss on its own axes.
+
+    A head's training loss is a sum of terms (LFD: image + region + hybrid) and the validation loss is one
+    cross-entropy: on one axis they would look like a huge generalisation gap.
+    """
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    terms = [k for k in keys if k.startswith('train_loss_')]
+    panels = [('training loss' + (' (sum of the terms)' if terms else ''), 'loss', ['train_loss'])]
+    panels += [(f'training loss term: {k[len("train_loss_") :]}', 'loss', [k]) for k in terms]
+    panels += [('validation cross-entropy', 'cross-entropy', [k for k in ('val_loss', 'ema_loss') if k in keys])]
+    panels += [('accuracy', 'accuracy (%)', [k for k in ('val_top1', 'val_top5', 'ema_top1', 'ema_top5') if k in keys])]
+    panels += [('learning rate (head)', 'learning rate', ['lr'])]
+    return [(title, label, [k for k in panel_keys if k in keys]) for title, label, panel_keys in panels]
+
+
+def _plot_curves(output: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(history)
+    fig.savefig(output / 'curves.png', dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(history: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [panel for panel in curve_panels(history) if panel[2]]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (title, label, keys) in zip(axes.flat, panels, strict=False):
+        for key in keys:
+            points = [(row['epoch'], row[key]) for row in history if key in row]
+            ax.plot(*zip(*points, strict=True), marker='o', ms=3, label=key)
+        ax.set(xlabel='epoch', ylabel=label, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def _export(
+    model: nn.Module,
+    output: Path,
+    label_names: list[str] | None,
+    results: dict[str, Any],
+    img_size: int,
+) -> None:
+    """model.safetensors + config.json (timm format, label names, trained input size) + card, via fgvc_zoo.hub."""
+    data_config = dict(input_size=(3, img_size, img_size))
+    save_pretrained(model, output, label_names=label_names, results=results, data_config=data_config)
+
+
+def _versions() -> dict[str, str]:
+    return {
+        'torch': torch.__version__,
+        'timm': timm.__version__,
+        'accelerate': accelerate.__version__,
+        'fgvc_zoo': __version__,
+        'python': sys.version.split()[0],
+    }
+
+
+def train(config: argparse.Namespace) -> int:
+    """Train, checkpoint every epoch, evaluate, and export the final model into `--output`.
+
+    `config` is resolved (`fgvc_zoo.training.config.resolve_config`): every option has its value.
+    """
+    output = Path(config.output)
+    created = not output.exists()
+    held = {'lock': False}  # set once this run holds OUTPUT's lock: never clean up a folder another run owns
+    try:
+        return _run(config, output, held)
+    except BaseException:
+        # A failed start leaves no folder of its own behind (lock file, generated data): only whole checkpoints
+        # make a folder worth keeping.
+        if created and held['lock'] and not _complete_checkpoints(output / CHECKPOINT_DIR):
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int:
+    set_cpu_threads(config.threads, config.workers)
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
+    accelerator = Accelerator(
+        # Accelerate sees a torchrun/MPI launch on CPU (gloo) only when told it runs on CPU.
+        cpu=config.cpu or not torch.accelerator.is_available(),
+        mixed_precision=config.amp,
+        gradient_accumulation_steps=config.grad_accum,
+        log_with=config.log_with,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / 'logs')),
+        # The per-epoch shuffle is seeded with seed + epoch: a resumed epoch sees the same order.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        kwargs_handlers=[ddp_kwargs],
+    )
+    if config.log_with and not accelerator.log_with:
+        raise ValueError(f'--log-with {config.log_with}: that tracker is not installed (e.g. pip install tensorboard).')
+    set_seed(config.seed, deterministic=config.deterministic)
+    lock = lock_output(output) if accelerator.is_main_process else None
+    held['lock'] = lock is not None
+    try:
+        return _train(config, accelerator, ddp_kwargs)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
+    output = Path(config.output)
+    resume_from = find_resume(config)
+
+    train_set, val_set = _build_datasets(config, accelerator)
+    label_names = list(train_set.classes)
+    num_classes = config.num_classes or len(label_names)
+    if num_classes < len(label_names):
+        raise UsageError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
+    model = build_model(config, num_classes, load_weights=resume_from is None)
+    set_transforms(config, model, train_set, val_set)
+    if _num_train_steps(model) > 1:
+        # Each of the model's steps trains part of it; DDP must not wait for the gradients of the other parts.
+        ddp_kwargs.find_unused_parameters = True
+        if config.grad_accum > 1:
+            raise UsageError(
+                f'--model {config.model} takes {_num_train_steps(model)} optimiser steps per batch, which cannot be '
+                f"combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head's single-step "
+                f'option in --model-args).'
+            )
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer)
+
+    mixing = config.mixup > 0 or config.cutmix > 0
+    mixup = (
+        Mixup(
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            prob=config.mixup_prob,
+            label_smoothing=config.label_smoothing,
+            num_classes=num_classes,
+        )
+        if mixing
+        else None
+    )
+    train_loader = build_train_loader(config, train_set, accelerator.num_processes, accelerator.device.type == 'cuda')
+    val_loader = torch.utils.data.DataLoader(
+        val_set,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=config.workers,
+        pin_memory=accelerator.device.type == 'cuda',
+    )
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # The EMA copy is taken of the prepared model, so it lives on the device (and in the dtype) prepare gave it:
+    # a copy taken before would stay on the CPU, and timm's update would mix CPU and GPU tensors.
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.model_ema_decay) if config.model_ema else None
+    # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed by us, not prepared.
+
+    trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
+        saved_epochs = trainer_state.get('config', {}).get('epochs', config.epochs)
+        if saved_epochs != config.epochs:
+            # timm's schedulers are functions of the epoch and their length: rebuilt for the new --epochs.
+            accelerator.print(
+                f'--epochs {config.epochs} (was {saved_epochs}): the lr schedule now spans {config.epochs}.'
+            )
+        _load_extra_state(resume_from, scheduler if saved_epochs == config.epochs else None, ema)
+        accelerator.print(f'Resumed from {resume_from} (epoch {trainer_state["epoch"]}, step {trainer_state["step"]}).')
+    last_good = resume_from
+
+    resolved = dict(vars(config))
+    trainer_state['config'] = resolved  # what `--resume` restores
+    if config.log_with:
+        scalars = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers('fgvc_zoo', config=scalars)
+    accelerator.print(
+        f'Training {config.model} on {len(train_set)} images ({num_classes} classes), world size '
+        f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} epochs from epoch '
+        f'{trainer_state["epoch"] + 1}.'
+    )
+
+    for epoch in range(trainer_state['epoch'], config.epochs):
+        scheduler.step(epoch)
+        train_loader.set_epoch(epoch)
+        row = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr']}
+        row |= train_one_epoch(
+            config,
+            epoch,
+            model,
+            train_loader,
+            optimizer,
+            accelerator,
+            ema,
+            mixup,
+            num_classes,
+            trainer_state,
+            last_good,
+        )
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            row |= _evaluate(model, val_loader, accelerator)
+            if ema is not None:
+                row |= _evaluate(ema.module, val_loader, accelerator, prefix='ema')
+        trainer_state['epoch'] = epoch + 1
+        trainer_state['history'].append(row)
+        last_good = _save_checkpoint(accelerator, output, trainer_state, config.keep_checkpoints, scheduler, ema)
+        if accelerator.is_main_process:
+            _write_metrics(output, trainer_state['history'])
+        if config.log_with:
+            accelerator.log({k: v for k, v in row.items() if k != 'epoch'}, step=epoch + 1)
+        accelerator.print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
+
+    exported = ema.module if ema is not None else accelerator.unwrap_model(model)
+    digest = state_dict_sha256(exported.state_dict())
+    digests = gather_object([digest])
+    if accelerator.is_main_process:
+        if len(set(digests)) != 1:
+            raise RuntimeError(f'Weights differ across ranks after training: {digests}. Please report this.')
+        prefix = 'ema_' if ema is not None else 'val_'
+        final = trainer_state['history'][-1]
+        results = {
+            # Metrics of the exported weights (the EMA's with --model-ema), named as the model card expects.
+            'metrics': {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)},
+            'train_metrics': {k: v for k, v in final.items() if k.startswith('train_')},
+            'history': trainer_state['history'],
+            'dataset': {
+                'name': config.dataset_name or Path(train_set.root).name,
+                'layout': train_set.layout,
+                'root': str(train_set.root),
+                'train_images': len(train_set),
+                'val_images': len(val_set),
+                'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable},
+            },
+            'exported_weights': 'ema' if ema is not None else 'model',
+            # What --pretrained really loaded (None: random init): the card's base_model comes from this only.
+            'pretrained_weights': pretrained_weights_of(exported, config.pretrained),
+            'weights_sha256_per_rank': digests,
+            'world_size': accelerator.num_processes,
+            'seed': config.seed,
+            'num_classes': num_classes,
+            'label_names': label_names,
+            'config': resolved,
+            'versions': _versions(),
+        }
+        if len(label_names) != num_classes:
+            _logger.warning(
+                '--num-classes %d differs from the %d dataset classes: config.json gets no label_names.',
+                num_classes,
+                len(label_names),
+            )
+        _export(exported, output, label_names if len(label_names) == num_classes else None, results, config.img_size)
+        (output / 'results.json').write_text(json.dumps(results, indent=2, default=str))
+        _plot_curves(output, trainer_state['history'])
+        accelerator.print(
+            f'World size {accelerator.num_processes}; weights identical on every rank ({digest[:12]}). '
+            f'Exported to {output}.'
+        )
+    accelerator.end_training()
+    return 0
