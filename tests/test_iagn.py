@@ -225,14 +225,6 @@ def test_folded_loss_is_the_sum_of_the_progressive_step_losses(batch):
         assert term.item() == pytest.approx(step_losses[name].item(), rel=1e-5)
 
 
-def test_soft_targets_train():
-    model = _model(progressive=False).train()
-    x = torch.randn(2, 3, IMG, IMG)
-    soft = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0], [0.0, 0.0, 0.2, 0.0, 0.8]])
-    output = model(x, target=soft)
-    assert torch.isfinite(output.loss)
-
-
 def test_registered_variants_and_arguments():
     expected = {'iagn', 'iagn_resnet50', 'iagn_convnext_tiny', 'iagn_vit_base_patch16_224'}
     assert expected <= set(timm.list_models('iagn*'))
