@@ -14,10 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import RNG_STATE_NAME
+from accelerate.utils import load as load_weights_only
 
 from ..hub import share_file
 
-__all__ = ['CHECKPOINT_DIR', 'CHECKPOINT_STATE', 'LOCK_NAME', 'state_dict_sha256', 'find_resume', 'lock_output']
+__all__ = [
+    'CHECKPOINT_DIR',
+    'CHECKPOINT_STATE',
+    'LOCK_NAME',
+    'state_dict_sha256',
+    'find_resume',
+    'lock_output',
+    'restore_state',
+]
 
 _logger = logging.getLogger('fgvc_zoo.train')
 
@@ -83,6 +93,27 @@ def find_resume(config: argparse.Namespace) -> Path | None:
         _logger.info('--resume: no complete checkpoint in %s, starting from scratch.', config.output)
         return None
     return checkpoints[-1]
+
+
+def restore_state(accelerator, folder: Path) -> None:
+    """`accelerator.load_state(folder)`, then proof that this process's random state came back.
+
+    accelerate only logs "Could not load random states" when its RNG file is unreadable (or refused: it is a pickle,
+    read with weights_only) and carries on with fresh randomness, so the resumed run would silently stop matching an
+    unbroken one. Here that is an error naming the file.
+    """
+    rng_file = folder / f'{RNG_STATE_NAME}_{accelerator.process_index}.pkl'
+    accelerator.load_state(str(folder))
+    try:
+        saved = load_weights_only(rng_file)['torch_manual_seed']
+    except Exception as e:  # whatever made accelerate skip it: missing, truncated, not plain data
+        why = (str(e).strip().splitlines() or [''])[0]  # torch's weights_only refusal goes on for a page
+        raise RuntimeError(
+            f'--resume {folder}: its random state {rng_file.name} cannot be read ({type(e).__name__}: {why}), so the '
+            f'run would continue with fresh randomness. Resume from an intact checkpoint, or start a new --output.'
+        ) from e
+    if not torch.equal(torch.get_rng_state(), saved):
+        raise RuntimeError(f'--resume {folder}: the random state of {rng_file.name} was not restored.')
 
 
 def _save_extra_state(folder: Path, scheduler, ema) -> None:

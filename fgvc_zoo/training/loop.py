@@ -57,6 +57,7 @@ from .checkpoints import (
     _save_checkpoint,
     find_resume,
     lock_output,
+    restore_state,
     state_dict_sha256,
 )
 
@@ -524,7 +525,7 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
 
     trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        restore_state(accelerator, resume_from)
         trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
         saved_epochs = trainer_state.get('config', {}).get('epochs', config.epochs)
         if saved_epochs != config.epochs:

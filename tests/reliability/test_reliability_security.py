@@ -2,12 +2,12 @@
 cannot run code; recipes and head options are parsed as plain YAML; dataset metadata cannot point outside the
 dataset root."""
 
-import contextlib
 import pickle
 import re
 
 import pytest
 import timm
+import torch
 import yaml
 from reliability_helpers import PACKAGE, train_args
 
@@ -121,9 +121,27 @@ def test_resume_never_runs_code_from_a_checkpoint(tiny_data, tmp_path):
     marker = tmp_path / 'executed'
     for pkl in (output / 'checkpoints' / 'epoch_001').glob('*.pkl'):
         write_malicious_pickle(pkl, marker)
-    with contextlib.suppress(Exception):  # refusing the files is fine; running them is not
+    # accelerate refuses the pickles (weights_only) and would resume with fresh randomness: the trainer stops instead
+    with pytest.raises(RuntimeError, match=r'its random state random_states_0\.pkl cannot be read .* fresh randomness'):
         cli.run(train_args(tiny_data, output, 2, '--resume'))
     assert not marker.exists()
+
+
+def test_a_resume_restores_the_random_state_the_checkpoint_saved(tmp_path):
+    from accelerate import Accelerator
+
+    from fgvc_zoo.training.checkpoints import restore_state
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(3)
+    accelerator.save_state(str(tmp_path / 'checkpoint'))
+    expected = torch.rand(4)
+    torch.manual_seed(99)  # what a fresh process would have
+    restore_state(accelerator, tmp_path / 'checkpoint')
+    assert torch.equal(torch.rand(4), expected)
+    (tmp_path / 'checkpoint' / 'random_states_0.pkl').write_bytes(b'')
+    with pytest.raises(RuntimeError, match='random_states_0.pkl cannot be read'):
+        restore_state(accelerator, tmp_path / 'checkpoint')
 
 
 def test_a_recipe_with_a_python_tag_is_refused_and_nothing_runs(tiny_data, tmp_path):
