@@ -8,14 +8,17 @@ import json
 import pytest
 import torch
 
+from fgvc_zoo import bench
 from fgvc_zoo.bench import (
     BenchConfig,
     backbone_passes,
     bench_head,
     build_model,
     format_table,
+    inference_fns,
     interleaved_times,
     median_ratio,
+    train_fns,
     train_peak_memory,
 )
 from fgvc_zoo.cli import run
@@ -55,12 +58,17 @@ def test_median_ratio_refuses_unpaired_timings():
         median_ratio([], [])
 
 
-def test_repetitions_alternate_head_and_backbone_after_the_warmup():
-    calls = []
-    head_times, base_times = interleaved_times(lambda: calls.append('A'), lambda: calls.append('B'), reps=3, warmup=2)
+def test_repetitions_alternate_head_and_backbone_after_the_warmup_and_time_each_call(monkeypatch):
+    calls, now = [], [0.0]
+
+    def call(name: str, seconds: float):
+        calls.append(name)
+        now[0] += seconds
+
+    monkeypatch.setitem(bench.CLOCKS, 'wall', lambda: now[0])
+    head_times, base_times = interleaved_times(lambda: call('A', 3.0), lambda: call('B', 1.0), reps=3, warmup=2)
     assert calls == ['A', 'B'] * 5  # 2 untimed warm-up pairs, then 3 timed pairs
-    assert len(head_times) == len(base_times) == 3
-    assert all(t >= 0 for t in head_times + base_times)
+    assert (head_times, base_times) == ([3.0] * 3, [1.0] * 3)
 
 
 def test_lfd_is_charged_the_image_pass_and_l_crops_at_inference_and_m_crops_in_training():
@@ -95,25 +103,57 @@ def test_progressive_iagn_is_charged_its_s_plus_one_steps():
     assert [(grad, stage) for _, grad, stage in steps[-1]] == [(True, None), (True, None)]
 
 
-def test_bench_head_reports_positive_ratios_consistent_with_its_medians(head):
-    result = bench_head(_config(head), reps=1, warmup=0, clock='cpu')
+def test_bench_head_reports_the_median_timings_and_the_median_of_per_pair_ratios(head, monkeypatch):
+    # Timings given by hand: head 2, 6, 12 ms against 1, 3, 2 ms. Medians 6 and 2; per-pair ratios 2, 2, 6, whose
+    # median is 2 (the ratio of the medians would be 3, the means 6.67 and 2).
+    times = ([2e-3, 6e-3, 12e-3], [1e-3, 3e-3, 2e-3])
+    monkeypatch.setattr(bench, 'interleaved_times', lambda *fns, **timing: times)
+    result = bench_head(_config(head), reps=3, warmup=0, clock='cpu')
     for kind in ('infer', 'train'):
-        assert result[f'{kind}_ratio'] > 0
-        # one repetition: the median ratio is exactly the ratio of the two timings
-        assert result[f'{kind}_ratio'] == pytest.approx(result[f'{kind}_head_ms'] / result[f'{kind}_backbone_ms'])
+        assert result[f'{kind}_head_ms'] == pytest.approx(6.0) and result[f'{kind}_backbone_ms'] == pytest.approx(2.0)
+        assert result[f'{kind}_ratio'] == pytest.approx(2.0)
         # a head never computes less than the backbone passes it is charged with
         assert result[f'{kind}_flop_ratio'] >= 1.0
 
 
-def test_channels_last_setting_runs():
-    result = bench_head(_config('lfd', channels_last=True), reps=1, warmup=0, train=False)
-    assert result['infer_ratio'] > 0 and result['channels_last']
+def _conv_calls(model) -> list[tuple[bool, bool, torch.dtype]]:
+    """Per call of the backbone's first convolution: (input channels-last, weight channels-last, output dtype)."""
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    calls = []
+
+    def record(module, inputs, output):
+        channels_last = torch.channels_last
+        calls.append(
+            (
+                inputs[0].is_contiguous(memory_format=channels_last),
+                module.weight.is_contiguous(memory_format=channels_last),
+                output.dtype,
+            )
+        )
+
+    conv.register_forward_hook(record)
+    return calls
 
 
-def test_bf16_autocast_setting_runs(head):
-    # CPU autocast hands LFD's class-activation einsum bf16 features and an fp32 weight: it must not fail on them
-    result = bench_head(_config(head, amp='bf16'), reps=1, warmup=0, train=False)
-    assert result['infer_ratio'] > 0 and result['amp'] == 'bf16'
+@pytest.mark.parametrize(
+    ('setting', 'image_input', 'weight', 'dtype'),
+    [
+        ({}, False, False, torch.float32),
+        ({'channels_last': True}, True, True, torch.float32),
+        ({'amp': 'bf16'}, False, False, torch.bfloat16),
+    ],
+)
+def test_bench_settings_change_what_the_head_and_the_backbone_passes_run(head, setting, image_input, weight, dtype):
+    cfg = _config(head, **setting)
+    model = build_model(cfg)
+    calls = _conv_calls(model)
+    for make_fns in (inference_fns, train_fns):
+        for fn in make_fns(model, cfg):
+            calls.clear()
+            fn()
+            # the image pass comes first on both sides; a head's crops are laid out by the head itself
+            assert calls[0][0] == image_input
+            assert {(w, d) for _, w, d in calls} == {(weight, dtype)}
 
 
 def test_table_flags_ratios_above_target():
