@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -94,14 +93,17 @@ def test_every_help_shows_the_defaults(capsys):
         assert default in capsys.readouterr().out
 
 
-def test_help_starts_in_well_under_two_seconds_without_importing_torch():
+def test_help_imports_neither_torch_nor_timm():
+    # Its time is measured by benchmarks/startup.py: a timed unit test fails on a busy machine.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    script = 'import sys, fgvc_zoo.cli; assert "torch" not in sys.modules and "timm" not in sys.modules'
-    subprocess.run([sys.executable, '-c', script], check=True, env=env, timeout=60)
-    start = time.monotonic()
-    finished = subprocess.run([sys.executable, '-m', 'fgvc_zoo.cli', '--help'], capture_output=True, env=env)
-    assert finished.returncode == 0 and b'COMMAND' in finished.stdout
-    assert time.monotonic() - start < 1.5
+    script = (
+        'import sys, runpy; sys.argv = ["fgvc-zoo", "--help"]\n'
+        'try:\n    runpy.run_module("fgvc_zoo.cli", run_name="__main__")\n'
+        'except SystemExit:\n    pass\n'
+        'assert "torch" not in sys.modules and "timm" not in sys.modules, "--help imported torch or timm"'
+    )
+    finished = subprocess.run([sys.executable, '-c', script], capture_output=True, env=env, timeout=60)
+    assert finished.returncode == 0 and b'COMMAND' in finished.stdout, finished.stderr
 
 
 @pytest.mark.parametrize('first', ['import fgvc_zoo', 'import fgvc_zoo.hub', 'from fgvc_zoo.layers import cam'])

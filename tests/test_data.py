@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import scipy.io as scipy_io
 import torch
 from PIL import Image
 
@@ -20,8 +21,6 @@ from fgvc_zoo.data import (
     detect_layout,
     load_image,
 )
-
-scipy_io = pytest.importorskip('scipy.io')
 
 
 def _image(path, size=(8, 6), colour=(10, 20, 30), fmt=None) -> str:

@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from requirements_check import require
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from fgvc_zoo import export_onnx, read_onnx_metadata
@@ -22,8 +23,8 @@ from fgvc_zoo.hub import load_model, save_pretrained
 from fgvc_zoo.hub.onnx import DATA_CONFIG_KEYS
 from fgvc_zoo.layers import cell_boxes, select_boxes, smooth_maps
 
-ort = pytest.importorskip('onnxruntime')
-pytest.importorskip('onnx')
+ort = require('onnxruntime', 'the ONNX export tests run the exported file (pip install fgvc-zoo[onnx])')
+require('onnx', 'the ONNX export writes the metadata with it (pip install fgvc-zoo[onnx])')
 
 TINY_BACKBONES = ('test_resnet', 'test_efficientnet', 'test_convnext', 'test_vit')
 HEAD_ARGS = {

@@ -7,13 +7,13 @@ import fnmatch
 import re
 from pathlib import Path
 
-import pytest
 from packaging.requirements import Requirement
+from requirements_check import require
 
 import fgvc_zoo
 from fgvc_zoo import hub
 
-tomllib = pytest.importorskip('tomllib', reason='tomllib is in the standard library from Python 3.11')
+tomllib = require('tomllib', 'the packaging tests read pyproject.toml with it (standard library from Python 3.11)')
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / 'pyproject.toml').read_text())
 
