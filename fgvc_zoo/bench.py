@@ -13,7 +13,6 @@ opt-in (`--memory`), as the CPU probe needs Linux.
 import contextlib
 import os
 import platform
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 import timm
 import torch
 import torch.nn as nn
-import yaml
 
 from .models import list_heads
+from .runtime import parse_options
 
 __all__ = [
     'CLOCKS',
@@ -313,16 +312,15 @@ def profile_head(cfg: BenchConfig, train: bool, row_limit: int = 15) -> str:
 
 
 def parse_head_args(text: str | None) -> dict[str, dict]:
-    """'HEAD:key=value,key=[0.3,0.4];HEAD2:key=value' -> {HEAD: {...}, HEAD2: {...}} (YAML values)."""
+    """'HEAD:key=value,key=[0.3,0.4];HEAD2:key=value' -> {HEAD: {...}, HEAD2: {...}}, each head's options in the
+    syntax of `--model-args` (`fgvc_zoo.runtime.parse_options`)."""
     heads = list_heads()
     parsed: dict[str, dict] = {}
     for chunk in filter(None, (text or '').split(';')):
         head, _, pairs = chunk.partition(':')
         if head not in heads or not pairs:
             raise ValueError(f"--head-args chunk '{chunk}' must read HEAD:key=value,... with HEAD one of {heads}.")
-        for pair in re.split(r',(?![^\[\(]*[\]\)])', pairs):  # commas inside [..] belong to list values
-            key, _, value = pair.partition('=')
-            parsed.setdefault(head, {})[key.strip()] = yaml.safe_load(value)
+        parsed.setdefault(head, {}).update(parse_options(pairs, f'--head-args {head}'))
     return parsed
 
 

@@ -3,8 +3,10 @@ syntax of `--model-args`, `--model-kwargs` and `--dataset-args`, and a model loa
 transform of its own data config. Above the export format (it loads export folders), below training and inference.
 """
 
+import ast
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,15 @@ from .data import create_transforms, resolve_fgvc_data_config
 from .errors import UsageError
 from .hub.folder import load_model, model_label_names
 
-__all__ = ['cpu_threads', 'set_cpu_threads', 'resolve_device', 'parse_model_kwargs', 'load_for_inference']
+__all__ = [
+    'cpu_threads',
+    'set_cpu_threads',
+    'resolve_device',
+    'option_value',
+    'parse_options',
+    'parse_model_kwargs',
+    'load_for_inference',
+]
 
 
 def cpu_threads(requested: int = 0, workers: int = 0) -> int:
@@ -58,30 +68,49 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def parse_model_kwargs(
-    model_args: str | None,
-    model_kwargs: Any = None,
-    flag: str = '--model-args',
-) -> dict[str, Any]:
-    """Head options from `--model-kwargs` (YAML mapping, inline or file) updated by `--model-args 'k=v,...'`."""
-    kwargs: dict[str, Any] = {}
-    if isinstance(model_kwargs, dict):
-        kwargs.update(model_kwargs)
-    elif model_kwargs:
-        text = Path(model_kwargs).read_text() if Path(model_kwargs).is_file() else model_kwargs
-        loaded = yaml.safe_load(text)
+# Commas outside brackets separate options, so that list and tuple values survive: 'region_sizes=[0.3,0.4],zoom=32'.
+_OPTION_SEPARATOR = re.compile(r',(?![^\[\(\{]*[\]\)\}])')
+
+
+def option_value(text: str) -> Any:
+    """One option value: a Python literal (`(0.3, 0.4)`, `1e-2`, `'a'`), else YAML (`true`, `pred`, `[1, 2]`)."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return yaml.safe_load(text)
+
+
+def parse_options(options: str | Sequence[str] | Mapping[str, Any] | None, flag: str) -> dict[str, Any]:
+    """The one syntax of `--model-args`, `--model-kwargs`, `--dataset-args` and each head of `--head-args`.
+
+    Either `key=value` pairs separated by commas (several words are joined with commas), or a YAML mapping, inline
+    (`{num_regions: 4}`) or in a .yaml file; a mapping (from a recipe) passes through.
+    """
+    if options is None or isinstance(options, Mapping):
+        return dict(options or {})
+    text = options if isinstance(options, str) else ','.join(options)
+    if not text.strip():
+        return {}
+    if Path(text).is_file() or '=' not in text or text.lstrip().startswith('{'):
+        try:
+            loaded = yaml.safe_load(Path(text).read_text() if Path(text).is_file() else text)
+        except yaml.YAMLError as e:
+            raise UsageError(f'{flag} {text!r}: not a YAML mapping ({e}).') from e
         if not isinstance(loaded, dict):
-            raise ValueError(f'--model-kwargs {model_kwargs!r}: expected a YAML mapping like "{{num_regions: 4}}".')
-        kwargs.update(loaded)
-    # Split on commas outside brackets so that list values survive: 'region_sizes=[0.3,0.4],zoom_size=32'.
-    for item in re.split(r',(?![^\[\(]*[\]\)])', model_args or ''):
-        if not item.strip():
-            continue
+            raise UsageError(f"{flag} {text!r}: expected 'key=value,...' or a YAML mapping like '{{num_regions: 4}}'.")
+        return loaded
+    parsed = {}
+    for item in _OPTION_SEPARATOR.split(text):
         key, sep, value = item.partition('=')
         if not sep or not key.strip():
             raise UsageError(f"{flag}: '{item}' is not key=value (e.g. 'num_regions=4,zoom_size=224').")
-        kwargs[key.strip()] = yaml.safe_load(value)
-    return kwargs
+        parsed[key.strip()] = option_value(value)
+    return parsed
+
+
+def parse_model_kwargs(model_args: str | None, model_kwargs: Any = None) -> dict[str, Any]:
+    """The model's options: `--model-kwargs`, then `--model-args` over them (same syntax, `parse_options`)."""
+    return {**parse_options(model_kwargs, '--model-kwargs'), **parse_options(model_args, '--model-args')}
 
 
 def load_for_inference(

@@ -5,9 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from fgvc_zoo import cli
+from fgvc_zoo.bench import parse_head_args
 from fgvc_zoo.commands.common import report_errors
+from fgvc_zoo.errors import UsageError
+from fgvc_zoo.runtime import parse_model_kwargs, parse_options
 
 
 def console(capsys, *argv: str) -> tuple[int, str]:
@@ -126,3 +130,33 @@ def test_torch_threads_share_the_cores_between_processes_and_data_workers(monkey
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
     assert cpu_threads(0, workers=2) == 1  # never 0
     assert cpu_threads(3, workers=2) == 3  # --threads wins
+
+
+OPTIONS = {'region_sizes': [0.3, 0.4], 'zoom_size': 32, 'cam_mode': 'pred', 'lr': 0.01, 'image_only': True}
+
+
+@pytest.mark.parametrize(
+    'options',
+    [
+        'region_sizes=[0.3,0.4],zoom_size=32,cam_mode=pred,lr=1e-2,image_only=true',
+        ['region_sizes=[0.3, 0.4]', 'zoom_size=32', 'cam_mode=pred', 'lr=1e-2', 'image_only=True'],
+        '{region_sizes: [0.3, 0.4], zoom_size: 32, cam_mode: pred, lr: 0.01, image_only: true}',
+    ],
+)
+def test_one_option_syntax_for_model_args_model_kwargs_dataset_args_and_head_args(options, tmp_path):
+    assert parse_options(options, '--dataset-args') == OPTIONS
+    text = options if isinstance(options, str) else ','.join(options)
+    assert parse_model_kwargs(text) == parse_model_kwargs(None, text) == OPTIONS
+    assert parse_head_args(f'lfd:{text};dpnet:w_cs=0.5') == {'lfd': OPTIONS, 'dpnet': {'w_cs': 0.5}}
+    (tmp_path / 'options.yaml').write_text(yaml.safe_dump(OPTIONS))
+    assert parse_options(str(tmp_path / 'options.yaml'), '--model-kwargs') == OPTIONS
+
+
+def test_an_option_value_is_a_python_literal_else_yaml():
+    assert parse_options('sizes=(0.3, 0.4),name=pred,off=false', '--x') == {
+        'sizes': (0.3, 0.4),
+        'name': 'pred',
+        'off': False,
+    }
+    with pytest.raises(UsageError, match="--head-args lfd: 'zoom' is not key=value"):
+        parse_head_args('lfd:zoom,a=1')

@@ -211,6 +211,8 @@ def test_model_args_keep_lists_and_yaml_types():
         'num_regions': 4,
     }
     with pytest.raises(ValueError, match="'zoom_size' is not key=value"):
+        parse_model_kwargs('zoom_size,num_regions=4')
+    with pytest.raises(ValueError, match="--model-args 'zoom_size': expected 'key=value,...' or a YAML mapping"):
         parse_model_kwargs('zoom_size')
 
 

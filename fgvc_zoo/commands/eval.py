@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data import create_dataset
 from ..inference.evaluate import TTA_MODES, check_classes, evaluate, plot_confusion
-from ..runtime import load_for_inference, parse_model_kwargs, set_cpu_threads
+from ..runtime import load_for_inference, parse_options, set_cpu_threads
 from .common import add_model_arguments
 
 __all__ = ['add_arguments', 'main']
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     set_cpu_threads(args.threads, args.workers)
-    options = parse_model_kwargs(args.dataset_args, None, flag='--dataset-args')
+    options = parse_options(args.dataset_args, '--dataset-args')
     model, transform, model_names, data_config = load_for_inference(
         args.checkpoint, args.model, args.img_size, args.device
     )

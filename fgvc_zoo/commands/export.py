@@ -6,7 +6,6 @@ from pathlib import Path
 
 import timm
 from timm.models import load_checkpoint
-from timm.utils import ParseKwargs
 
 from ..errors import UsageError
 from ..hub import (
@@ -20,6 +19,7 @@ from ..hub import (
     save_pretrained,
     write_card,
 )
+from ..runtime import parse_options
 
 __all__ = ['add_arguments', 'main']
 
@@ -37,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--model-kwargs',
         nargs='*',
-        default={},
-        action=ParseKwargs,
-        help='more model arguments as key=value, e.g. backbone=convnext_tiny num_regions=4',
+        help='more model arguments: key=value words (or one YAML mapping), e.g. backbone=convnext_tiny num_regions=4',
     )
     parser.add_argument('--repo-id', help='ORG/NAME the card tells users to load (default: the local folder)')
     parser.add_argument(
@@ -69,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.checkpoint is None:
         raise UsageError(f'--model {args.model} needs --checkpoint FILE (the weights to export).')
-    model_kwargs = dict(args.model_kwargs)
+    model_kwargs = parse_options(args.model_kwargs, '--model-kwargs')
     if args.num_classes is not None:
         model_kwargs['num_classes'] = args.num_classes
     model = timm.create_model(args.model, **model_kwargs)

@@ -48,7 +48,7 @@ from ..data import UnreadableDataError, create_dataset, create_transforms, make_
 from ..errors import UsageError
 from ..hub import pretrained_weights_of, save_pretrained
 from ..models import FgvcOutput, head_models, list_heads
-from ..runtime import parse_model_kwargs, set_cpu_threads
+from ..runtime import parse_model_kwargs, parse_options, set_cpu_threads
 from .checkpoints import (
     CHECKPOINT_DIR,
     CHECKPOINT_STATE,
@@ -85,7 +85,7 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
         if accelerator.is_main_process and not (Path(root) / 'train').is_dir():
             make_synthetic_fgvc(root, seed=config.seed)
         accelerator.wait_for_everyone()
-    options = parse_model_kwargs(config.dataset_args, None, flag='--dataset-args')
+    options = parse_options(config.dataset_args, '--dataset-args')
     splits = []
     for split in (config.train_split, config.val_split):
         dataset = create_dataset(
