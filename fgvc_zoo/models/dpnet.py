@@ -48,7 +48,9 @@ class DpNet(FgvcModel):
 
     Regions are the h x w cells of the backbone's last map (X: D x R). `self.parts.weight` is U (P, D), part p
     belonging to class p // q; `self.head` is V, whose first P columns weigh the parts (and the last D the
-    global feature when `use_global=True`). `model(x)` returns V's logits.
+    global feature when `use_global=True`). `model(x)` returns V's logits. The last map is the one timm's
+    classifier pools (`Backbone`); over a token- or attention-pooled backbone (ViT, DINOv2, CLIP, SigLIP) the regions
+    are the patch tokens after the final norm.
     """
 
     paper = PaperInfo(

@@ -40,6 +40,8 @@ class Lfd(FgvcModel):
     """LFD head over any timm backbone.
 
     `model(x)` returns the hybrid classifier's logits (the image-level ones with `image_only=True`).
+    Z is the map timm's classifier pools (`Backbone`); over a token- or attention-pooled backbone (ViT, DINOv2, CLIP,
+    SigLIP) it is the patch tokens after the final norm, so F^I is their average, not the CLS token.
     """
 
     paper = PaperInfo(
