@@ -208,13 +208,13 @@ def test_recipe_errors_name_the_file_and_the_fix(tmp_path):
 
 def test_model_args_keep_lists_and_yaml_types():
     kwargs = parse_model_kwargs(
-        'region_sizes=[0.25,0.5],zoom_size=32,cam_mode=pred,image_only=true', '{num_regions: 4, zoom_size: 64}'
+        'region_sizes=[0.25,0.5],zoom_size=32,cam_mode=pred,cam_baseline=true', '{num_regions: 4, zoom_size: 64}'
     )
     assert kwargs == {
         'region_sizes': [0.25, 0.5],
         'zoom_size': 32,
         'cam_mode': 'pred',
-        'image_only': True,
+        'cam_baseline': True,
         'num_regions': 4,
     }
     with pytest.raises(ValueError, match="'zoom_size' is not key=value"):

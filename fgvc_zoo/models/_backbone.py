@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from timm.layers import RmsNorm, SelectAdaptivePool2d
 
+from ..layers.norm_stats import freeze_stats_in_recompute
+
 __all__ = ['Backbone', 'create_backbone_model', 'check_backbone_name', 'backbone_pool']
 
 # timm's average pools (SelectAdaptivePool2d's 'fast' is a mean too).
@@ -143,6 +145,7 @@ class Backbone(nn.Module):
             )
         self.input_fmt = getattr(self.model, 'output_fmt', 'NCHW')
         self.grad_checkpointing = False
+        self._recompute_hooks: list = []
 
     def _prune_head(self, indices: list[int]) -> None:
         """Remove the layers after the map the head reads (pool, post-pool layers, classifier) and record them."""
@@ -203,8 +206,12 @@ class Backbone(nn.Module):
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's checkpointing, with BatchNorm statistics updated once per forward (not again by the recompute)."""
         self.grad_checkpointing = enable
         self.model.set_grad_checkpointing(enable)
+        for handle in self._recompute_hooks:
+            handle.remove()
+        self._recompute_hooks = freeze_stats_in_recompute(self.model) if enable else []
 
     def group_matcher(self, coarse: bool = False, prefix: str = 'backbone.model.') -> dict[str, Any]:
         """The backbone's own parameter groups with every regex re-rooted under `prefix`."""
