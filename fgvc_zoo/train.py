@@ -101,7 +101,12 @@ def _set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val
             )
         aug['scale'] = tuple(aug['scale'])
     train_set.transform = create_transforms(
-        model, is_training=True, img_size=config.img_size, train_crop=config.train_crop, **aug
+        model,
+        is_training=True,
+        img_size=config.img_size,
+        train_crop=config.train_crop,
+        padding=config.train_crop_padding,
+        **aug,
     )
     val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
 

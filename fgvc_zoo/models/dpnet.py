@@ -289,7 +289,9 @@ def _create_dpnet(variant: str, pretrained: bool = False, **kwargs) -> DpNet:
 
 
 def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
-    return fgvc_cfg(backbone, classifier=('parts', 'head'), **kwargs)
+    # DP-Net publishes no preprocessing; choice: LFD's (NTS-Net's squash to 600x600, centre crop 448), so that the
+    # heads compare on the same pixels.
+    return fgvc_cfg(backbone, classifier=('parts', 'head'), crop_pct=448 / 600, crop_mode='squash', **kwargs)
 
 
 default_cfgs = generate_head_cfgs('dpnet', _cfg)

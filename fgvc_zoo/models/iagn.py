@@ -416,7 +416,8 @@ def _create_iagn(variant: str, pretrained: bool = False, **kwargs) -> Iagn:
 
 
 def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
-    return fgvc_cfg(backbone, classifier=_classifier_names(3), **kwargs)
+    # Eval as PMG: squash the image to 550x550, centre-crop 448 (timm's crop_mode='squash').
+    return fgvc_cfg(backbone, classifier=_classifier_names(3), crop_pct=448 / 550, crop_mode='squash', **kwargs)
 
 
 default_cfgs = generate_head_cfgs('iagn', _cfg)

@@ -307,7 +307,14 @@ def _create_lfd(variant: str, pretrained: bool = False, **kwargs) -> Lfd:
 
 
 def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
-    return fgvc_cfg(backbone, classifier=('image_head', 'region_head', 'hybrid_head'), **kwargs)
+    # Eval as NTS-Net: squash the image to 600x600, centre-crop 448 (timm's crop_mode='squash').
+    return fgvc_cfg(
+        backbone,
+        classifier=('image_head', 'region_head', 'hybrid_head'),
+        crop_pct=448 / 600,
+        crop_mode='squash',
+        **kwargs,
+    )
 
 
 default_cfgs = generate_head_cfgs('lfd', _cfg)

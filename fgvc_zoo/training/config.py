@@ -98,8 +98,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         '--train-crop',
         default='rrc',
         choices=('rrc', 'resize_crop'),
-        help="training crop: 'rrc' timm's random resized crop (area --scale); 'resize_crop' the FGVC references' "
-        'resize of the short side to img-size / crop_pct (448 -> 512) then a random img-size crop',
+        help="training crop: 'rrc' timm's random resized crop (area --scale); 'resize_crop' the FGVC references': the "
+        "model's eval resize (the heads squash to img-size / crop_pct, e.g. 600x600 for LFD, 550x550 for IAGN), then "
+        'a random img-size crop and a flip',
+    )
+    _add(
+        group,
+        '--train-crop-padding',
+        type=int,
+        default=0,
+        help="zero pixels around the resized image before the random crop of 'resize_crop' (PMG: 8)",
     )
     _add(group, '--scale', type=float, nargs=2, help='random-resized-crop area range; default: the data config')
     _add(group, '--hflip', type=float, help='horizontal flip probability; default: the data config')
