@@ -198,16 +198,13 @@ def _has_full_weights(name: str) -> bool:
 
 
 def _build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    """timm's optimiser over two groups: the backbone at `backbone_lr_mult` x lr (as the papers do), the head."""
+    """timm's optimiser over the references' groups (`training.optim.param_groups`): the backbone at
+    `backbone_lr_mult` x lr (as the papers do), weight decay on every parameter but `no_weight_decay()`'s."""
     from timm.optim import create_optimizer_v2
 
-    backbone_ids = {id(p) for p in _backbone_parameters(model)}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {'params': [p for p in trainable if id(p) not in backbone_ids], 'lr': config.lr},
-        {'params': [p for p in trainable if id(p) in backbone_ids], 'lr': config.lr * config.backbone_lr_mult},
-    ]
-    groups = [g for g in groups if g['params']]  # a frozen backbone leaves its group empty
+    from .training.optim import param_groups
+
+    groups = param_groups(model, config.lr, config.backbone_lr_mult, config.weight_decay, _backbone_parameters(model))
     return create_optimizer_v2(
         groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
     )

@@ -205,6 +205,20 @@ def test_fgvc_aircraft_levels_and_trainval_test_protocol(tmp_path):
         create_dataset(root, level='model')
 
 
+def test_fgvc_aircraft_keeps_its_banner_as_the_references_and_crops_it_on_request(tmp_path):
+    root = _aircraft(tmp_path)
+    path = os.path.join(root, 'data', 'images', '1025794.jpg')
+    pixels = np.zeros((60, 40, 3), np.uint8)
+    pixels[-20:] = 255  # the 20-row banner at the bottom
+    Image.fromarray(pixels).save(path, quality=100)
+    kept = create_dataset(root, 'train')[0][0]
+    assert kept.size == (40, 60)
+    cropped = create_dataset(root, 'train', crop_banner=True)[0][0]
+    assert cropped.size == (40, 40) and np.asarray(cropped).max() < 30  # no banner row left
+    with pytest.raises(DatasetError, match=r"options \['crop_banner'\] are not accepted by the 'folder' layout"):
+        create_dataset(str(tmp_path / 'x'), 'train', layout='folder', crop_banner=True)
+
+
 def _dogs(root, lists='mat'):
     files = {
         'n02085620-Chihuahua': ['n02085620_1.jpg', 'n02085620_2.jpg'],

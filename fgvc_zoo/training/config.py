@@ -5,6 +5,7 @@ on the command line win; `--resume` restores the checkpoint's config, which only
 import argparse
 import difflib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from ..errors import UsageError
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_STATE, _complete_checkpoints
 
 __all__ = ['add_train_arguments', 'resolve_config', 'parse_model_kwargs']
+
+_logger = logging.getLogger(__name__)
 
 # dest -> default and dest -> value type of every flag: the arguments themselves default to SUPPRESS so that
 # `resolve_config` can tell a flag given on the command line (wins) from one left to the recipe or the default.
@@ -124,7 +127,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, '--epochs', type=int, default=100, help='training epochs')
     _add(group, '--batch-size', type=int, default=16, help='images per process per step')
     _add(group, '--grad-accum', type=int, default=1, help='batches accumulated per optimiser step')
-    _add(group, '--opt', default='sgd', help="optimiser name of timm's create_optimizer_v2 (sgd, adamw, ...)")
+    _add(
+        group,
+        '--opt',
+        default='momentum',
+        help="optimiser name of timm's create_optimizer_v2: 'momentum' is SGD with classical momentum (the papers' "
+        "and references'), timm's 'sgd' is Nesterov; adamw, ...",
+    )
     _add(group, '--lr', type=float, default=0.01, help='learning rate of the head')
     _add(group, '--backbone-lr-mult', type=float, default=0.1, help='backbone lr = this x --lr (papers: 0.1)')
     _add(group, '--weight-decay', type=float, default=5e-4, help='weight decay')
@@ -318,6 +327,11 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
     for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints'):
         if getattr(config, name) < 1:
             raise UsageError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
+    if not (config.pretrained or config.backbone_weights or config.resume or config.synthetic):
+        _logger.warning(
+            f'--model {config.model} trains from random weights: the papers and their numbers start from ImageNet '
+            f'weights. Pass --pretrained (or --backbone-weights FILE) unless training from scratch is the point.'
+        )
     return config
 
 
