@@ -49,18 +49,18 @@ class SecondaryNormStats(nn.Module):
 
 @contextlib.contextmanager
 def frozen_norm_stats(network: nn.Module):
-    """Run `network` in train mode without touching its BatchNorm running statistics.
+    """Run `network` in train mode without changing its BatchNorm running statistics.
 
-    Each BatchNorm still normalises with the batch's statistics (as in train mode), but sees no running buffers
-    for the time of the context, so it neither reads nor updates them: a grad-free pass that only picks a box or a
-    teacher's logits leaves the statistics to the passes that train.
+    Each BatchNorm still normalises with the batch's statistics (as in train mode) but with momentum 0 and no batch
+    counter, so its running statistics stay exactly as they were (and stay readable, e.g. by IAGN's per-cell
+    class maps): a grad-free pass that only picks a box or a teacher's logits leaves them to the passes that train.
     """
-    stashed = [(m, _stash(m)) for m in network.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    stashed = [_freeze(m) for m in network.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     try:
         yield network
     finally:
-        for module, stats in stashed:
-            _restore(module, stats)
+        for module, stash in stashed:
+            _unfreeze(module, stash)
 
 
 def freeze_stats_in_recompute(network: nn.Module) -> list:
@@ -88,23 +88,21 @@ def _in_backward() -> bool:
 
 def _pre_recompute(module: _BatchNorm, args) -> None:
     if module.training and _in_backward():
-        module._recompute_stash = (module.momentum, module.num_batches_tracked)
-        module.momentum, module.num_batches_tracked = 0.0, None
+        module._recompute_stash = _freeze(module)[1]
 
 
 def _post_recompute(module: _BatchNorm, args, output) -> None:
     stash = module.__dict__.pop('_recompute_stash', None)
     if stash is not None:
-        module.momentum, module.num_batches_tracked = stash
+        _unfreeze(module, stash)
 
 
-def _stash(module: _BatchNorm) -> tuple:
-    stats = tuple(getattr(module, stat) for stat in _STATS)
-    for stat in _STATS:
-        setattr(module, stat, None)
-    return stats
+def _freeze(module: _BatchNorm) -> tuple[_BatchNorm, tuple]:
+    """Momentum 0 and no batch counter: a train-mode forward leaves the running statistics as they are."""
+    stash = (module.momentum, module.num_batches_tracked)
+    module.momentum, module.num_batches_tracked = 0.0, None
+    return module, stash
 
 
-def _restore(module: _BatchNorm, stats: tuple) -> None:
-    for stat, value in zip(_STATS, stats, strict=True):
-        setattr(module, stat, value)
+def _unfreeze(module: _BatchNorm, stash: tuple) -> None:
+    module.momentum, module.num_batches_tracked = stash
