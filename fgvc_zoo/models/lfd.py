@@ -213,7 +213,8 @@ class Lfd(FgvcModel):
 
     def crop_size(self, img_size: int) -> int:
         """Side of the zoomed crops: `zoom_size`, or the paper's 224 / 448 of the input height."""
-        return self.zoom_size or round(img_size * 224 / 448)
+        # int(): under the ONNX tracer the input height is a tensor; the crop side is a constant of the graph.
+        return self.zoom_size or max(1, round(int(img_size) * 224 / 448))
 
     def _region_features(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """GAP features of the zoomed crops of (B, N, 4) boxes through the shared backbone: (B, N, n)."""
