@@ -8,9 +8,12 @@ The protocol was fixed before any result was read:
 - Data: per dataset a `train/`, `val/` and `test/` folder. `val/` is carved out of the training images and never
   trained on; `test/` is read only to report.
 - Budget: the same epochs, batch size, input size, augmentation, optimiser (SGD, momentum 0.9, cosine schedule) and
-  backbone lr (0.1 x the head's lr, the papers' recipe) for every method. Augmentation: `--train-crop`, by default
-  the FGVC references' resize + random crop + flip (NTS-Net, PMG), since timm's random-resized crop at area 0.08
-  can cut a small part out of the view and with it the label; the first 1-epoch tables used `rrc`.
+  backbone lr (0.1 x the head's lr, the papers' recipe) for every method. Data config: the heads' (`data_config`:
+  LFD's and DP-Net's NTS-Net squash + centre crop, bilinear) for every method, the plain fine-tune included (its own
+  cfg would resize bicubic and keep the aspect), so that the methods see the same pixels in training and eval.
+  Augmentation: `--train-crop`, by default the FGVC references' resize + random crop + flip (NTS-Net, PMG), since
+  timm's random-resized crop at area 0.08 can cut a small part out of the view and with it the label; the first
+  1-epoch tables used `rrc`.
 - Per method, an lr sweep (`--lrs`, seed 0) scored on val top-1; the best lr (ties: the smaller) is kept, and the
   seeds (`--seeds`, seed 0's sweep run reused) are trained at it. Test top-1 is reported as mean +- std over seeds.
 - On the synthetic part dataset also pointing on test: the share of images whose head box (LFD's top region, DP-Net's
@@ -196,13 +199,27 @@ def _flags(method: str) -> list[str]:
     return (base[: base.index('--model-args')] if '--model-args' in base else base) + model_args
 
 
+def data_config() -> dict[str, Any]:
+    """The preprocessing every method is trained and evaluated with: the heads' (the cfg of `lfd`, which DP-Net
+    shares; IAGN's PMG crop keeps a little more of the image, 448/550)."""
+    import timm
+
+    import fgvc_zoo  # noqa: F401  (registers the heads)
+
+    cfg = timm.models.get_pretrained_cfg('lfd')
+    return {key: getattr(cfg, key) for key in ('interpolation', 'crop_pct', 'crop_mode')}
+
+
 def train_command(method: str, lr: float, seed: int, data: Path, output: Path, args: argparse.Namespace) -> list[str]:
     img_size = DATASETS[args.dataset]['img_size']
     regions = '[0.357]' if img_size >= 96 else '[0.36,0.5]'
     weights = backbone_weights_file()
-    # The same ImageNet file, where each kind of model takes it: a plain timm model's own cfg, a head's backbone.
-    overlay = dict(pretrained_cfg_overlay=dict(file=str(weights)))
-    kwargs = overlay if method == 'plain' else {'backbone_args': backbone_args(weights)}
+    # The same ImageNet file, where each kind of model takes it: a plain timm model's own cfg, a head's backbone;
+    # the same data config for every method.
+    if method == 'plain':
+        kwargs = dict(pretrained_cfg_overlay=dict(file=str(weights), **data_config()))
+    else:
+        kwargs = dict(backbone_args=backbone_args(weights), pretrained_cfg_overlay=data_config())
     return [
         sys.executable, '-m', 'fgvc_zoo.train',
         *[flag.format(zoom=img_size // 2, regions=regions) for flag in _flags(method)],

@@ -7,7 +7,7 @@ briefly with the project's trainer, then measured on the val split:
 - accuracy: top-1 (%), from `fgvc_zoo.inference.evaluate.evaluate`;
 - pointing (%): share of val images whose box contains the part's centre; the box is LFD's top region, DP-Net's
   best box of the part that weighs most in the predicted class (V[pred, p] x part score, as `fgvc-zoo explain`
-  draws it), IAGN's attended box, and for the plain backbone (LFD with `image_only=True`: backbone + GAP + linear
+  draws it), IAGN's attended box, and for the plain backbone (LFD with `cam_baseline=True`: backbone + GAP + linear
   classifier, trained the same way) the box bounding its predicted class's CAM >= 0.5 x max (min-max scaled, like
   IAGN's box). Boxes are mapped back through the eval resize + centre crop into the original image's pixels;
 - box area (%): the mean share of the model's view the box covers (a box covering everything always points);
@@ -42,7 +42,7 @@ HEADS: dict[str, dict[str, str]] = {
     'lfd': dict(model='lfd', model_args='zoom_size=64'),
     'dpnet': dict(model='dpnet', model_args='freeze_backbone=false,part_box_cells=1'),
     'iagn': dict(model='iagn', model_args='mid_channels=64,feature_channels=128,hidden_features=64'),
-    'plain_cam': dict(model='lfd', model_args='image_only=true'),
+    'plain_cam': dict(model='lfd', model_args='cam_baseline=true'),
 }
 
 

@@ -3,6 +3,7 @@ here; robust decoding of every image fault; dataset faults; transforms."""
 
 import contextlib
 import io
+import math
 import os
 
 import numpy as np
@@ -21,6 +22,7 @@ from fgvc_zoo.data import (
     detect_layout,
     load_image,
 )
+from fgvc_zoo.data.synthetic import make_synthetic_fgvc
 
 
 def _image(path, size=(8, 6), colour=(10, 20, 30), fmt=None) -> str:
@@ -200,6 +202,20 @@ def test_fgvc_aircraft_levels_and_trainval_test_protocol(tmp_path):
     assert create_dataset(root, 'val', level='manufacturer').targets == [1, 0]
     with pytest.raises(DatasetError, match='level'):
         create_dataset(root, level='model')
+
+
+def test_fgvc_aircraft_keeps_its_banner_as_the_references_and_crops_it_on_request(tmp_path):
+    root = _aircraft(tmp_path)
+    path = os.path.join(root, 'data', 'images', '1025794.jpg')
+    pixels = np.zeros((60, 40, 3), np.uint8)
+    pixels[-20:] = 255  # the 20-row banner at the bottom
+    Image.fromarray(pixels).save(path, quality=100)
+    kept = create_dataset(root, 'train')[0][0]
+    assert kept.size == (40, 60)
+    cropped = create_dataset(root, 'train', crop_banner=True)[0][0]
+    assert cropped.size == (40, 40) and np.asarray(cropped).max() < 30  # no banner row left
+    with pytest.raises(DatasetError, match=r"options \['crop_banner'\] are not accepted by the 'folder' layout"):
+        create_dataset(str(tmp_path / 'x'), 'train', layout='folder', crop_banner=True)
 
 
 def _dogs(root, lists='mat'):
@@ -612,3 +628,98 @@ def test_resize_crop_refuses_the_random_resized_crop_options_and_unknown_crops()
         create_transforms(config, True, train_crop='resize_crop', scale=(0.5, 1.0))
     with pytest.raises(ValueError, match=r"train_crop='centre' is not one of \('rrc', 'resize_crop'\)"):
         create_transforms(config, True, train_crop='centre')
+
+
+# The references' pipelines, built from torchvision as their code writes them (NTS-Net core/dataset.py, PMG train.py).
+REFERENCES = {
+    'lfd_resnet50': (600, 0),  # NTS-Net: Resize((600, 600)) -> RandomCrop(448) / CenterCrop(448)
+    'iagn_resnet50': (550, 8),  # PMG: Resize((550, 550)) -> RandomCrop(448, padding=8) / CenterCrop(448)
+    'dpnet_resnet50': (600, 0),  # no reference: LFD's, a choice (docs/methods.md)
+}
+
+
+def _reference(scale: int, padding: int, train: bool, config: dict):
+    from torchvision import transforms as T
+
+    crop = [T.RandomCrop(448, padding=padding or None), T.RandomHorizontalFlip()] if train else [T.CenterCrop(448)]
+    normalize = [T.ToTensor(), T.Normalize(config['mean'], config['std'])]
+    return T.Compose([T.Resize((scale, scale), interpolation=T.InterpolationMode.BILINEAR), *crop, *normalize])
+
+
+@pytest.mark.parametrize('name', list(REFERENCES))
+def test_each_heads_cfg_gives_timm_users_the_references_squash_and_centre_crop_pixel_for_pixel(name):
+    import timm
+
+    scale, _ = REFERENCES[name]
+    config = timm.data.resolve_data_config({}, model=timm.create_model(name))
+    assert config['crop_mode'] == 'squash' and config['input_size'] == (3, 448, 448)
+    assert math.floor(448 / config['crop_pct']) == scale
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8))  # 4:3
+    ours = timm.data.create_transform(**config)(image)
+    torch.testing.assert_close(ours, _reference(scale, 0, False, config)(image), atol=0, rtol=0)
+    torch.testing.assert_close(create_transforms(config, is_training=False)(image), ours, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('name', list(REFERENCES))
+def test_resize_crop_is_the_references_square_resize_random_crop_and_flip_pixel_for_pixel(name):
+    import timm
+
+    scale, padding = REFERENCES[name]
+    config = timm.data.resolve_data_config({}, model=timm.create_model(name))
+    ours = create_transforms(config, is_training=True, train_crop='resize_crop', padding=padding)
+    reference = _reference(scale, padding, True, config)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 520, 3), dtype=np.uint8))
+    for seed in range(4):  # the same random draws: crop position (padded for PMG) and flip
+        torch.manual_seed(seed)
+        mine = ours(image)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(mine, reference(image), atol=0, rtol=0)
+
+
+def test_padding_is_only_for_the_resize_crop():
+    config = {'input_size': (3, 64, 64), 'crop_pct': 0.875, 'interpolation': 'bilinear'}
+    with pytest.raises(ValueError, match="padding=8 pads the random crop of train_crop='resize_crop' only"):
+        create_transforms(config, True, padding=8)
+
+
+def test_synthetic_parts_lie_inside_what_the_eval_crop_keeps(tmp_path):
+    import json
+
+    from fgvc_zoo.data.synthetic import EVAL_KEEP
+
+    size = 128
+    make_synthetic_fgvc(str(tmp_path), num_classes=4, train_per_class=40, val_per_class=10, image_size=size)
+    boxes = np.array(list(json.loads((tmp_path / 'parts.json').read_text()).values()))
+    # 448 / 600 of each side is kept: [0.1267, 0.8733] x size = [16.2, 111.8] px at 128.
+    low, high = (1 - EVAL_KEEP) / 2 * size, (1 + EVAL_KEEP) / 2 * size
+    assert boxes[:, :2].min() >= math.floor(low) and boxes[:, 2:].max() <= math.ceil(high)
+    assert boxes[:, 2:].max() > 0.8 * size  # the parts still reach the kept square's edges, not just its centre
+
+
+class _ExtremeRng:
+    """A generator that puts the body and its part at an extreme: body centre at the end of its range `end`, widest
+    body, part at the body's rim in direction `theta` (what random draws reach only rarely)."""
+
+    def __init__(self, end: str, theta: float):
+        self.rng, self.end, self.theta = np.random.default_rng(0), end, theta
+
+    def integers(self, *args, **kwargs):
+        return self.rng.integers(*args, **kwargs)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        if high == 2 * np.pi:
+            return self.theta
+        value = low if (self.end == 'low' and low == 0.4) else high
+        return np.full(size, value) if size else value
+
+
+@pytest.mark.parametrize('end,theta', [('high', 0.0), ('high', np.pi / 2), ('low', np.pi), ('low', 3 * np.pi / 2)])
+def test_a_part_at_the_bodys_rim_is_pulled_inside_the_eval_crop(end, theta):
+    from fgvc_zoo.data.synthetic import EVAL_KEEP, _render
+
+    size, side = 128, 19
+    _, (x1, y1, x2, y2) = _render(_ExtremeRng(end, theta), size, 'hbar', side)
+    low, high = (1 - EVAL_KEEP) / 2 * size, (1 + EVAL_KEEP) / 2 * size  # 16.2 and 111.8 px
+    assert min(x1, y1) >= math.floor(low) and max(x2, y2) <= math.ceil(high)
+    # Pulled to the kept square's edge, not further: centre 0.6 + 0.34 - half would have put it at 120 px.
+    assert max(x2, y2) >= math.floor(high) if end == 'high' else min(x1, y1) <= math.ceil(low)

@@ -116,7 +116,7 @@ def test_export_writes_safetensors_timm_config_and_card(exported):
     cfg = config['pretrained_cfg']
     assert cfg['input_size'] == [3, 448, 448]
     assert cfg['mean'] == [0.5, 0.5, 0.5] and cfg['std'] == [0.5, 0.5, 0.5]  # test_resnet's normalisation
-    assert cfg['crop_pct'] == 0.875 and cfg['crop_mode'] == 'center'
+    assert cfg['crop_pct'] == 448 / 600 and cfg['crop_mode'] == 'squash'  # LFD's eval: NTS-Net's 600 -> 448
     assert cfg['hf_hub_filename'] == 'model.safetensors'
     # built without pretrained weights: no base_model, and the record says so
     assert 'base_model' not in config and config['pretrained_weights'] is None

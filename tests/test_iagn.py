@@ -260,3 +260,61 @@ def test_a_training_batch_of_one_is_a_clear_error():
     ).train()
     with pytest.raises(ValueError, match='batches of at least 2 images'):
         model(torch.randn(1, 3, 64, 64), target=torch.tensor([0]))
+
+
+def _batches_tracked(module: torch.nn.Module) -> int:
+    return int(module.num_batches_tracked)
+
+
+def test_box_and_teacher_passes_leave_the_batchnorm_statistics_alone(batch):
+    x, y = batch
+    model = _model().train()
+    stem, s1_conv_bn = model.backbone.model.bn1, model.stage_convs[0][0].bn
+    counted = {
+        'stem': stem,
+        'stage1 conv': s1_conv_bn,
+        'stage1 classifier': model.stage_classifiers[0].norm_in,
+        'stage3 classifier': model.stage_classifiers[2].norm_in,
+        'fused classifier': model.fused_classifier.norm_in,
+    }
+    before = {k: _batches_tracked(m) for k, m in counted.items()}
+    for step in range(model.num_train_steps):
+        model(x, target=y, step=step).loss.backward()
+    updates = {k: _batches_tracked(m) - before[k] for k, m in counted.items()}
+    # By hand, the passes that train: stage step l runs the jigsaw (stem, stage l's conv and classifier once); the
+    # fused step runs x and its zoom (stem and every stage conv twice, the fused classifier twice). The box passes
+    # (one per step) and the teachers (stage l - 1 in step l, every stage in the fused step) count nothing.
+    assert updates == {
+        'stem': 3 + 2,
+        'stage1 conv': 1 + 2,
+        'stage1 classifier': 1,
+        'stage3 classifier': 1,
+        'fused classifier': 2,
+    }
+
+
+@pytest.mark.parametrize(
+    'backbone,widths',
+    [('resnet50', (512, 1024, 512)), ('tf_efficientnet_lite0', (80, 160, 80)), ('test_resnet', (24, 48, 24))],
+)
+def test_stage_head_widths_scale_with_the_backbone_as_pmgs_on_resnet50(backbone, widths):
+    # PMG on ResNet-50 (2048 channels): 1x1 conv to 512, 3x3 conv to 1024, classifier hidden 512 = 1/4, 1/2, 1/4.
+    model = timm.create_model('iagn', backbone=backbone, num_classes=NUM_CLASSES)
+    assert (model.mid_channels, model.feature_channels, model.hidden_features) == widths
+    assert model.stage_convs[0][1].conv.out_channels == widths[1]
+    assert model.stage_classifiers[0].fc_hidden.out_features == widths[2]
+    assert model.backbone.channels[-1] == 4 * widths[0]
+
+
+def test_frozen_norm_stats_normalise_with_the_batch_and_leave_every_statistic_as_it_was():
+    from fgvc_zoo.layers import frozen_norm_stats
+
+    norm = torch.nn.BatchNorm2d(3).train()
+    norm.running_mean.fill_(0.5)
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    with torch.no_grad(), frozen_norm_stats(norm):
+        out = norm(x)
+    mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(out, (x - mean.view(1, 3, 1, 1)) / torch.sqrt(var.view(1, 3, 1, 1) + norm.eps))
+    assert torch.equal(norm.running_mean, torch.full((3,), 0.5)) and torch.equal(norm.running_var, torch.ones(3))
+    assert int(norm.num_batches_tracked) == 0 and norm.momentum == 0.1

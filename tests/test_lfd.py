@@ -182,8 +182,8 @@ def test_training_has_image_region_and_hybrid_cross_entropies():
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_image_only_ablation_predicts_with_the_image_classifier_and_crops_nothing():
-    model = _lfd(image_only=True)
+def test_cam_baseline_predicts_with_the_image_classifier_and_crops_nothing():
+    model = _lfd(cam_baseline=True)
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
     out = model.train()(x, target=y)
     assert set(out.losses) == {'image'}
@@ -195,6 +195,84 @@ def test_image_only_ablation_predicts_with_the_image_classifier_and_crops_nothin
     # The region and hybrid classifiers take no part: none of their parameters waits for a gradient (DDP).
     assert not any(p.requires_grad for p in [*model.region_head.parameters(), *model.hybrid_head.parameters()])
     assert model.crop_stats is None
+
+
+def test_image_level_ablation_trains_crops_with_the_region_loss_and_predicts_with_the_image_classifier():
+    # The paper's "image level only" (86.7 on CUB): no hybrid classifier; regions still cropped and trained.
+    model = _lfd(hybrid=False, num_regions=6, loss_weights=(1.0, 2.0, 3.0))
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    assert _backbone_batch_sizes(model.train(), x, target=y) == [2, 2 * 6]
+    out = model(x, target=y)
+    assert set(out.losses) == {'image', 'region'}
+    torch.testing.assert_close(out.loss, out.losses['image'] + 2 * out.losses['region'])
+    out.loss.backward()
+    assert model.region_head.weight.grad is not None
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.crop_stats is not None
+    model.eval()
+    assert _backbone_batch_sizes(model, x) == [2]  # the image classifier needs no crop at inference
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.image_head(model.backbone(x).mean(dim=(2, 3))))
+    assert model.get_classifier() is model.image_head
+
+
+def test_zoom_size_follows_the_input_as_224_of_448():
+    model = _lfd(zoom_size=None).eval()
+    sizes = []
+    handle = model.backbone.register_forward_hook(lambda m, inputs, out: sizes.append(inputs[0].shape[-1]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 128, 128))
+        model(torch.randn(1, 3, 96, 96))
+    handle.remove()
+    assert sizes == [128, 64, 96, 48]
+    assert model.backbone_passes(2, 448, train=False)[0][1].img_size == 224
+    assert _lfd(zoom_size=40).crop_size(128) == 40
+
+
+def test_attention_map_is_float32_under_autocast():
+    model = _lfd(cam_sigma=1.0)
+    features = torch.randn(2, model.num_features, 4, 4).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        attention = model.attention_map(features)
+    assert attention.dtype == torch.float32
+    # By hand in float64 from the same (bf16-valued) features: the max over classes of W Z, then the smoothing.
+    maps = torch.einsum('bnhw,cn->bchw', features.double(), model.image_head.weight.double())
+    expected = smooth_maps(maps.amax(dim=1, keepdim=True), 1.0)
+    torch.testing.assert_close(attention.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def _bn_counts(modules):
+    return [int(m.num_batches_tracked) for m in modules if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize('checkpointing', [False, True])
+def test_each_train_step_updates_image_and_crop_statistics_once_with_or_without_grad_checkpointing(checkpointing):
+    model = _lfd().train()
+    model.set_grad_checkpointing(checkpointing)
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = _bn_counts(bns)
+    crop_means = {k: getattr(model.crop_stats, k.replace('.', '__')).clone() for k in model.crop_stats.keys}
+    image_means = [m.running_mean.clone() for m in bns]
+    model(torch.randn(2, 3, 64, 64), target=torch.tensor([0, 1])).loss.backward()
+    # The image pass and the crop pass each count one batch, in their own statistics; backward's recompute none.
+    assert _bn_counts(bns) == [c + 1 for c in before]
+    counters = [k.replace('.', '__') for k in model.crop_stats.keys if 'batches' in k]
+    crop_counts = [int(getattr(model.crop_stats, k)) for k in counters]
+    assert crop_counts == [c + 1 for c in before]
+    assert all(not torch.equal(m.running_mean, old) for m, old in zip(bns, image_means, strict=True))
+    assert any(not torch.equal(getattr(model.crop_stats, k.replace('.', '__')), v) for k, v in crop_means.items())
+
+
+def test_grad_checkpointing_updates_the_same_statistics_as_a_plain_step():
+    torch.manual_seed(0)
+    plain = _lfd().train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    for model in (plain, checkpointed):
+        model(x, target=y).loss.backward()
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(checkpointed.state_dict()[key], value, msg=key)
 
 
 def test_cam_mode_target_selects_regions_from_the_target_class_map():

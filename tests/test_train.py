@@ -201,13 +201,13 @@ def test_recipe_errors_name_the_file_and_the_fix(tmp_path):
 
 def test_model_args_keep_lists_and_yaml_types():
     kwargs = parse_model_kwargs(
-        'region_sizes=[0.25,0.5],zoom_size=32,cam_mode=pred,image_only=true', '{num_regions: 4, zoom_size: 64}'
+        'region_sizes=[0.25,0.5],zoom_size=32,cam_mode=pred,cam_baseline=true', '{num_regions: 4, zoom_size: 64}'
     )
     assert kwargs == {
         'region_sizes': [0.25, 0.5],
         'zoom_size': 32,
         'cam_mode': 'pred',
-        'image_only': True,
+        'cam_baseline': True,
         'num_regions': 4,
     }
     with pytest.raises(ValueError, match="'zoom_size' is not key=value"):
@@ -226,10 +226,10 @@ def test_there_is_a_recipe_per_head_and_dataset():
 def test_paper_recipes_resolve_and_build(recipe):
     config = parse(['--recipe', str(recipe), '--data-dir', 'unused', '--backbone', 'test_resnet'])
     head, backbone, dataset = recipe.stem.split('_')
-    assert config.model == f'{head}_{backbone}' and config.img_size == 448 and config.pretrained
+    assert config.model == f'{head}_{backbone}.tv_in1k' and config.img_size == 448 and config.pretrained
     assert config.dataset_layout == dataset
     if head == 'lfd':  # docs/methods.md section 1: the paper's recipe
-        assert (config.opt, config.momentum, config.weight_decay, config.epochs) == ('sgd', 0.9, 5e-4, 100)
+        assert (config.opt, config.momentum, config.weight_decay, config.epochs) == ('momentum', 0.9, 5e-4, 100)
         assert (config.lr, config.sched, config.decay_epochs, config.decay_rate) == (0.01, 'step', 40, 0.1)
         assert config.backbone_lr_mult == 0.1
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)

@@ -33,7 +33,7 @@ _logger = logging.getLogger(__name__)
 LAYOUT_NAMES = tuple(LAYOUTS)
 SPLIT_ALIASES = {'train': 'train', 'val': 'val', 'test': 'val', 'validation': 'val'}
 # Options each layout accepts besides the common `max_unreadable_fraction`.
-LAYOUT_OPTIONS = {'aircraft': ('level',), 'hf': ('image_column', 'label_column', 'hf_split', 'name')}
+LAYOUT_OPTIONS = {'aircraft': ('level', 'crop_banner'), 'hf': ('image_column', 'label_column', 'hf_split', 'name')}
 MAX_WARNINGS = 20  # one warning per unreadable file up to this many per check, then one summary
 HF_SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val', 'test', 'valid')}
 
@@ -62,6 +62,7 @@ class FgvcDataset(torch.utils.data.Dataset):
         boxes: list[Box | None] | None = None,
         max_unreadable_fraction: float = 0.01,
         hf_images: Any | None = None,
+        bottom_crop: int = 0,
     ):
         """
         Args:
@@ -82,6 +83,7 @@ class FgvcDataset(torch.utils.data.Dataset):
         self.samples = list(samples)
         self.transform = transform
         self.boxes = list(boxes) if boxes is not None else None
+        self.bottom_crop = bottom_crop
         self.max_unreadable_fraction = max_unreadable_fraction
         self.unreadable: list[str] = []
         self.unreadable_reasons: dict[str, str] = {}
@@ -112,8 +114,11 @@ class FgvcDataset(torch.utils.data.Dataset):
         return entry['path'], None
 
     def load(self, index: int) -> Image.Image:
-        """The RGB image of sample `index`, untransformed; raises `UnreadableImageError`."""
-        return load_image(*self._image_source(index))
+        """The RGB image of sample `index`, untransformed (less `bottom_crop` rows); raises `UnreadableImageError`."""
+        image = load_image(*self._image_source(index))
+        if self.bottom_crop:
+            image = image.crop((0, 0, image.width, max(1, image.height - self.bottom_crop)))
+        return image
 
     def __getitem__(self, index: int):
         for offset in range(len(self.samples)):
@@ -269,7 +274,8 @@ def create_dataset(
         split: 'train', or 'val' / 'test' / 'validation' for the layout's held-out split.
         layout: 'auto' (detected from the files; the choice is logged) or one of LAYOUT_NAMES.
         transform: applied to each RGB PIL image.
-        options: max_unreadable_fraction (0.01); aircraft: level ('variant' | 'family' | 'manufacturer');
+        options: max_unreadable_fraction (0.01); aircraft: level ('variant' | 'family' | 'manufacturer'),
+            crop_banner (False: the images keep their copyright banner, as the references do);
             hf: image_column ('image'), label_column ('label'), hf_split (the split's key), name (config name).
     """
     split = normalize_split(split)
@@ -294,4 +300,6 @@ def create_dataset(
         hf_images = _HfImages(images, options.get('image_column', 'image'))
         return FgvcDataset(root, split, layout, classes, samples, hf_images=hf_images, **common)
     data = read_layout(layout, root, split, **options)
-    return FgvcDataset(root, split, layout, data.classes, data.samples, boxes=data.boxes, **common)
+    return FgvcDataset(
+        root, split, layout, data.classes, data.samples, boxes=data.boxes, bottom_crop=data.bottom_crop, **common
+    )

@@ -34,6 +34,7 @@ class LayoutData:
     samples: list[tuple[str, int]]
     classes: list[str]
     boxes: list[Box] | None = None  # x1, y1, x2, y2 in pixels of the image, one per sample
+    bottom_crop: int = 0  # rows cut off the bottom of every image when it is loaded (FGVC-Aircraft's banner)
 
 
 def display_name(name: str) -> str:
@@ -201,14 +202,20 @@ def _read_cars(root: str, split: str) -> LayoutData:
 # --- FGVC-Aircraft ----------------------------------------------------------------------------------------------
 
 AIRCRAFT_LEVELS = {'variant': 'variants.txt', 'family': 'families.txt', 'manufacturer': 'manufacturers.txt'}
+# Every FGVC-Aircraft image ends in a copyright banner this many rows high (the dataset's README).
+AIRCRAFT_BANNER_ROWS = 20
 
 
 def _aircraft_data(root: str) -> str:
     return os.path.join(root, 'data') if os.path.isdir(os.path.join(root, 'data')) else root
 
 
-def _read_aircraft(root: str, split: str, level: str = 'variant') -> LayoutData:
-    """data/images_<level>_{trainval,test}.txt: 'train' is the paper protocol's trainval, 'val' is test."""
+def _read_aircraft(root: str, split: str, level: str = 'variant', crop_banner: bool = False) -> LayoutData:
+    """data/images_<level>_{trainval,test}.txt: 'train' is the paper protocol's trainval, 'val' is test.
+
+    The images keep their bottom copyright banner, as NTS-Net and PMG (and so the papers' numbers) keep it;
+    `crop_banner=True` cuts its `AIRCRAFT_BANNER_ROWS` rows off every image.
+    """
     if level not in AIRCRAFT_LEVELS:
         raise DatasetError(f'aircraft level {level!r} is not one of {sorted(AIRCRAFT_LEVELS)}')
     data = _aircraft_data(root)
@@ -231,7 +238,7 @@ def _read_aircraft(root: str, split: str, level: str = 'variant') -> LayoutData:
         source = f'{list_path} line {number}'
         samples.append((safe_join(os.path.join(data, 'images'), image_id + '.jpg', source), index_of[name]))
         boxes.append(box_of.get(image_id))
-    return LayoutData(samples, classes, boxes if box_of else None)
+    return LayoutData(samples, classes, boxes if box_of else None, AIRCRAFT_BANNER_ROWS if crop_banner else 0)
 
 
 # --- Stanford Dogs ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from ..models import PaperInfo, head_class, head_name
 
-__all__ = ['NOT_RECORDED', 'RESULTS_NAME', 'base_model', 'model_card', 'read_template']
+__all__ = ['NOT_RECORDED', 'RESULTS_NAME', 'base_model', 'model_card', 'pretraining_data', 'read_template']
 
 RESULTS_NAME = 'results.json'
 # The card template is package data: a wheel installed anywhere has it (see [tool.setuptools.package-data]).
@@ -109,7 +109,38 @@ def _describe_weights(weights: dict[str, str] | None | object) -> tuple[str, str
     else:
         name = f'`{weights["id"]}` ({weights.get("source", "file")})'
     head_note = '; the head started from random initialisation' if part == 'backbone' else ''
-    return f'Fine-tuned from {name} ({part} weights{head_note}).', f'{name} ({part})'
+    data = pretraining_data(weights['id']) if part == 'backbone' else None
+    data_note = f' Backbone pretraining data: {data}.' if data else ''
+    return f'Fine-tuned from {name} ({part} weights{head_note}).{data_note}', f'{name} ({part})'
+
+
+# timm tag fragments -> the data the weights were pretrained on (the first match wins).
+PRETRAINING_DATA = (
+    ('in22k', 'ImageNet-22k'),
+    ('in21k', 'ImageNet-21k'),
+    ('lvd142m', 'LVD-142M (DINOv2)'),
+    ('laion', 'LAION'),
+    ('openai', "OpenAI's CLIP data"),
+    ('webli', 'WebLI'),
+    ('in1k', 'ImageNet-1k'),
+)
+
+
+def pretraining_data(weights_id: str) -> str | None:
+    """The data a timm backbone tag was pretrained on (`timm/resnet50.tv_in1k` -> ImageNet-1k), None if unknown.
+
+    ImageNet-21k/22k hold images of CUB-200-2011's species (some of them CUB's own photos): the card says so, as
+    accuracies from such a start are not comparable with the papers' ImageNet-1k ResNet-50.
+    """
+    tag = weights_id.rsplit('/', 1)[-1].partition('.')[2]
+    parts = tag.split('_')
+    for fragment, data in PRETRAINING_DATA:
+        if any(part.startswith(fragment) for part in parts):
+            if fragment in ('in21k', 'in22k'):
+                data += ' (then ImageNet-1k)' if 'in1k' in parts else ''
+                data += ", which overlaps CUB-200-2011's images"
+            return f'{data} (tag `{tag}`)'
+    return None
 
 
 def read_template(template: str | os.PathLike | None = None) -> str:

@@ -2,7 +2,7 @@ from .boxes import cell_boxes, crop_and_zoom, select_boxes
 from .cam import class_activation_maps, min_max_scale, smooth_maps, upsample_maps
 from .distill import distillation_loss
 from .jigsaw import jigsaw
-from .norm_stats import SecondaryNormStats
+from .norm_stats import SecondaryNormStats, freeze_stats_in_recompute, frozen_norm_stats
 from .parts import (
     PART_POOLS,
     assignment_loss,
@@ -33,4 +33,6 @@ __all__ = [
     'distillation_loss',
     'jigsaw',
     'SecondaryNormStats',
+    'freeze_stats_in_recompute',
+    'frozen_norm_stats',
 ]

@@ -8,10 +8,13 @@ the copy, eval normalises with it, and the weights (affine parameters included) 
 attribute assignment rather than `torch.func.functional_call`, which the TorchScript (ONNX) tracer refuses.
 """
 
+import contextlib
+
+import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['SecondaryNormStats']
+__all__ = ['SecondaryNormStats', 'frozen_norm_stats', 'freeze_stats_in_recompute']
 
 _STATS = ('running_mean', 'running_var', 'num_batches_tracked')
 
@@ -42,3 +45,64 @@ class SecondaryNormStats(nn.Module):
         finally:
             for module, stat, own in swapped:
                 setattr(module, stat, own)
+
+
+@contextlib.contextmanager
+def frozen_norm_stats(network: nn.Module):
+    """Run `network` in train mode without changing its BatchNorm running statistics.
+
+    Each BatchNorm still normalises with the batch's statistics (as in train mode) but with momentum 0 and no batch
+    counter, so its running statistics stay exactly as they were (and stay readable, e.g. by IAGN's per-cell
+    class maps): a grad-free pass that only picks a box or a teacher's logits leaves them to the passes that train.
+    """
+    stashed = [_freeze(m) for m in network.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    try:
+        yield network
+    finally:
+        for module, stash in stashed:
+            _unfreeze(module, stash)
+
+
+def freeze_stats_in_recompute(network: nn.Module) -> list:
+    """Hooks that keep gradient checkpointing's recomputation from updating BatchNorm running statistics.
+
+    Checkpointing reruns a segment's forward during backward; in train mode that run would update the statistics a
+    second time, and with the statistics of whatever set is in place then (LFD's crop statistics are swapped out
+    by then, so the image statistics would take the crops'). Inside backward (autograd's current graph task is
+    set) each BatchNorm runs with momentum 0 and no batch counter: the same batch statistics, hence the same output
+    and the same saved tensors (which checkpointing compares), and running statistics left as they were. Returns
+    the hook handles (`handle.remove()` undoes them).
+    """
+    handles = []
+    for module in network.modules():
+        if isinstance(module, _BatchNorm) and module.track_running_stats:
+            handles.append(module.register_forward_pre_hook(_pre_recompute))
+            handles.append(module.register_forward_hook(_post_recompute))
+    return handles
+
+
+def _in_backward() -> bool:
+    # No public API says "this forward is a checkpoint recomputation"; the autograd engine's graph task id does.
+    return torch._C._current_graph_task_id() != -1
+
+
+def _pre_recompute(module: _BatchNorm, args) -> None:
+    if module.training and _in_backward():
+        module._recompute_stash = _freeze(module)[1]
+
+
+def _post_recompute(module: _BatchNorm, args, output) -> None:
+    stash = module.__dict__.pop('_recompute_stash', None)
+    if stash is not None:
+        _unfreeze(module, stash)
+
+
+def _freeze(module: _BatchNorm) -> tuple[_BatchNorm, tuple]:
+    """Momentum 0 and no batch counter: a train-mode forward leaves the running statistics as they are."""
+    stash = (module.momentum, module.num_batches_tracked)
+    module.momentum, module.num_batches_tracked = 0.0, None
+    return module, stash
+
+
+def _unfreeze(module: _BatchNorm, stash: tuple) -> None:
+    module.momentum, module.num_batches_tracked = stash

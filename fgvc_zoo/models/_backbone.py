@@ -3,9 +3,10 @@
 Every head in fgvc_zoo reaches its backbone through this module and nothing else, so a head never knows
 whether it sits on a ResNet, a ConvNeXt, an EfficientNet, a ViT or a Swin. Feature maps come from timm's own
 `forward_intermediates(..., output_fmt='NCHW')`; channels and strides come from `feature_info`. The final map
-is the one timm's own classifier pools (see `Backbone`), so a head keeps every pretrained layer. The only
-model-dependent decision is asking for `dynamic_img_size=True` where the model class supports it, so that a
-448 image and 224 crops go through the same weights (ViT, Swin, ...).
+is the one timm's own classifier pools (see `Backbone` for the one rule, per kind of pool), so a head keeps every
+pretrained layer that can act on a map and none that cannot. The only model-dependent decision is asking for
+`dynamic_img_size=True` where the model class supports it, so that a 448 image and 224 crops go through the same
+weights (ViT, Swin, ...).
 """
 
 import difflib
@@ -14,8 +15,16 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import RmsNorm, SelectAdaptivePool2d
 
-__all__ = ['Backbone', 'create_backbone_model', 'check_backbone_name']
+from ..layers.norm_stats import freeze_stats_in_recompute
+
+__all__ = ['Backbone', 'create_backbone_model', 'check_backbone_name', 'backbone_pool']
+
+# timm's average pools (SelectAdaptivePool2d's 'fast' is a mean too).
+AVERAGE_POOLS = ('avg', 'fast')
+# Pools that read a token or attention over the map: the map they read is kept, the pool itself is removed.
+MAP_READ_POOLS = ('token', 'map', 'attention')
 
 
 def check_backbone_name(name: str) -> None:
@@ -64,12 +73,23 @@ def _create_backbone(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
 class Backbone(nn.Module):
     """A timm model seen as its final feature map and, on request, the NCHW maps of its last `num_stages` stages.
 
-    `forward` returns the final map (B, num_features, h, w): every layer timm runs before its classifier pools
-    (EfficientNet's conv_head/bn2, ViT's norm), and a norm that the classifier applies after pooling (ConvNeXt's
-    `head.norm`, ViT's `fc_norm`) folded in per image, so the map's average pool is exactly
-    `forward_head(forward_features(x), pre_logits=True)`: a head starts from the features the pretrained classifier
-    was trained on. `forward_stages` returns the stage maps of `forward_intermediates`; `channels[i]` and
-    `strides[i]` describe them, `stride` is the final map's.
+    `forward` returns the final map (B, num_features, h, w): the map timm's own classifier pools, after every layer
+    timm runs before pooling (EfficientNet's conv_head/bn2, ViT's final norm). One rule by the backbone's pool
+    (`pool`, from `backbone_pool`):
+
+    - an average pool: a LayerNorm the classifier applies after pooling (ConvNeXt's `head.norm`, ViT's/EVA's
+      `fc_norm`) is folded in per image, so the map's average is exactly `forward_head(forward_features(x),
+      pre_logits=True)`: a head starts from the features the pretrained classifier was trained on;
+    - a token or attention pool (ViT/DINOv2/CLIP `'token'`: the CLS token; SigLIP/ViT `'map'`, CLIP ResNets'
+      attention pool), or layers after an average pool that cannot act per position (MobileNetV3's `conv_head`,
+      MambaOut's MLP head): the map is the one the pool reads (ViT: the patch tokens after the final norm) and
+      the layers after it are removed (`removed`), so no parameter is left without a gradient. The CLS token
+      stays: every patch token attends to it. The registered weights load before the removal;
+    - any other pool ('max', 'avgmax', 'catavgmax', none) is refused: the heads average the map, which would
+      silently change what the backbone was trained to give.
+
+    `forward_stages` returns the stage maps of `forward_intermediates`; `channels[i]` and `strides[i]` describe
+    them, `stride` is the final map's.
     """
 
     def __init__(
@@ -107,14 +127,32 @@ class Backbone(nn.Module):
         self.channels = [feature_info[i]['num_chs'] for i in self.stage_indices]
         self.strides = [feature_info[i]['reduction'] for i in self.stage_indices]
         self.stride = self.strides[-1]
+        self.pool = backbone_pool(self.model)
+        self.removed: list[str] = []
         if num_stages:
-            self.model.prune_intermediate_layers(self.stage_indices, prune_norm=False, prune_head=True)
+            self._prune_head(self.stage_indices)
             self.num_features = self.channels[-1]
-        else:
+        elif self.pool in AVERAGE_POOLS and not _has_post_pool_layers(self.model):
             self.num_features = self.model.num_features
             _pooled_norm(self.model)  # refuse an unsupported norm now rather than at the first forward
+        elif self.pool in AVERAGE_POOLS + MAP_READ_POOLS:
+            self._prune_head(self.stage_indices[-1:])
+            self.num_features = self.channels[-1]
+        else:
+            raise ValueError(
+                f"Backbone '{name}' pools its features with global_pool='{self.pool}', which fgvc_zoo's heads cannot "
+                f"reproduce on a map (they average it): build it with backbone_args={{'global_pool': 'avg'}}."
+            )
         self.input_fmt = getattr(self.model, 'output_fmt', 'NCHW')
         self.grad_checkpointing = False
+        self._recompute_hooks: list = []
+
+    def _prune_head(self, indices: list[int]) -> None:
+        """Remove the layers after the map the head reads (pool, post-pool layers, classifier) and record them."""
+        before = {n.split('.')[0] for n, _ in self.model.named_parameters()}
+        self.model.prune_intermediate_layers(indices, prune_norm=False, prune_head=True)
+        after = {n.split('.')[0] for n, _ in self.model.named_parameters()}
+        self.removed = sorted(before - after)
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
@@ -136,6 +174,9 @@ class Backbone(nn.Module):
         # The classifier normalises the pooled vector; the same per-image affine map applied to every position
         # keeps the map linear (class maps stay class maps) and makes its average the normalised vector.
         pooled = final.mean(dim=(2, 3))
+        if isinstance(norm, RmsNorm):
+            scale = torch.rsqrt(pooled.pow(2).mean(dim=1) + norm.eps).view(-1, 1, 1, 1)
+            return final * scale * norm.weight.view(1, -1, 1, 1)
         scale = torch.rsqrt(pooled.var(dim=1, unbiased=False) + norm.eps).view(-1, 1, 1, 1)
         centred = (final - pooled.mean(dim=1).view(-1, 1, 1, 1)) * scale
         return centred * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
@@ -165,8 +206,12 @@ class Backbone(nn.Module):
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's checkpointing, with BatchNorm statistics updated once per forward (not again by the recompute)."""
         self.grad_checkpointing = enable
         self.model.set_grad_checkpointing(enable)
+        for handle in self._recompute_hooks:
+            handle.remove()
+        self._recompute_hooks = freeze_stats_in_recompute(self.model) if enable else []
 
     def group_matcher(self, coarse: bool = False, prefix: str = 'backbone.model.') -> dict[str, Any]:
         """The backbone's own parameter groups with every regex re-rooted under `prefix`."""
@@ -180,8 +225,39 @@ class Backbone(nn.Module):
         return {prefix + n for n in names if n in existing}
 
 
-def _pooled_norm(model: nn.Module) -> nn.LayerNorm | None:
-    """The LayerNorm that timm's classifier applies after average pooling, if any.
+def backbone_pool(model: nn.Module) -> str:
+    """The global pool of a timm model's classifier: an `AVERAGE_POOLS` or `MAP_READ_POOLS` name, or another timm
+    pool type ('max', 'catavgmax', '' for none, ...).
+
+    timm keeps it as `global_pool` (a string or a `SelectAdaptivePool2d`) on the model or on its head, or as the
+    head's `pool_type`; an attention-pool module in its place (`attn_pool`, CLIP ResNets' `AttentionPool2d` head)
+    is 'attention' whatever the string says.
+    """
+    head = getattr(model, 'head', None)
+    if getattr(model, 'attn_pool', None) is not None or 'Attention' in type(head).__name__:
+        return 'attention' if getattr(model, 'global_pool', None) != 'map' else 'map'
+    for owner in (model, head):
+        pool = getattr(owner, 'global_pool', None)
+        if isinstance(pool, SelectAdaptivePool2d):
+            return pool.pool_type
+        if isinstance(pool, str):
+            return pool
+        if isinstance(getattr(owner, 'pool_type', None), str):
+            return owner.pool_type
+    raise ValueError(
+        f'Cannot tell how {type(model).__name__} pools its features (no global_pool or pool_type): fgvc_zoo '
+        f'needs to know which map its classifier reads. Pick a timm backbone that declares its global_pool.'
+    )
+
+
+def _has_post_pool_layers(model: nn.Module) -> bool:
+    """Whether layers other than a norm act on the pooled vector before the classifier (MobileNetV3's conv_head,
+    an MLP head): timm then reports their width as `head_hidden_size`."""
+    return getattr(model, 'head_hidden_size', model.num_features) != model.num_features
+
+
+def _pooled_norm(model: nn.Module) -> nn.LayerNorm | RmsNorm | None:
+    """The LayerNorm (or RmsNorm) that timm's classifier applies after average pooling, if any.
 
     timm's two places for it: a `NormMlpClassifierHead`'s `head.norm` (ConvNeXt and its kin) and `fc_norm`
     (ViT and its kin with average pooling). Any other non-identity norm there is refused rather than skipped.
@@ -191,9 +267,11 @@ def _pooled_norm(model: nn.Module) -> nn.LayerNorm | None:
             continue
         if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.weight.ndim == 1:
             return norm
+        if isinstance(norm, RmsNorm) and norm.weight is not None and norm.weight.ndim == 1:
+            return norm
         raise ValueError(
             f'The backbone normalises pooled features with {type(norm).__name__}, which fgvc_zoo cannot '
-            f'fold into its feature map; pick a backbone whose classifier uses a LayerNorm or none.'
+            f'fold into its feature map; pick a backbone whose classifier uses a LayerNorm, an RmsNorm or none.'
         )
     return None
 

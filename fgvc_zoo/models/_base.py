@@ -62,6 +62,8 @@ POPULAR_BACKBONES: dict[str, str] = {
     'swin_base_patch4_window7_224': 'ms_in22k_ft_in1k',
 }
 
+# The ImageNet weights of the papers' ResNet-50 (torchvision's): `<head>_resnet50.tv_in1k` loads them.
+PAPER_RESNET50_TAG = 'tv_in1k'
 # Preprocessing fields of an export's config.json that a local weights file brings with it.
 EXPORTED_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 # The datasets of the papers' recipes: a `<head>_resnet50.<dataset>` tag names fgvc_zoo's Hub repo for them.
@@ -349,6 +351,8 @@ def generate_head_cfgs(
         raise ValueError(f'Published tags {sorted(unknown)} are not FGVC tags of {head}: {sorted(candidates)}.')
     entries = {head: cfg_fn()}
     entries.update({f'{head}_{name}.{tag}': cfg_fn(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()})
+    # The torchvision ResNet-50 the papers and their references start from (the paper recipes use it).
+    entries[f'{head}_resnet50.{PAPER_RESNET50_TAG}'] = cfg_fn(f'resnet50.{PAPER_RESNET50_TAG}')
     resnet50 = f'resnet50.{POPULAR_BACKBONES["resnet50"]}'
     entries.update(
         {name: cfg_fn(resnet50, num_classes=n, **hub_cfg(name)) for name, n in candidates.items() if name in published}

@@ -48,7 +48,9 @@ class DpNet(FgvcModel):
 
     Regions are the h x w cells of the backbone's last map (X: D x R). `self.parts.weight` is U (P, D), part p
     belonging to class p // q; `self.head` is V, whose first P columns weigh the parts (and the last D the
-    global feature when `use_global=True`). `model(x)` returns V's logits.
+    global feature when `use_global=True`). `model(x)` returns V's logits. The last map is the one timm's
+    classifier pools (`Backbone`); over a token- or attention-pooled backbone (ViT, DINOv2, CLIP, SigLIP) the regions
+    are the patch tokens after the final norm.
     """
 
     paper = PaperInfo(
@@ -287,7 +289,9 @@ def _create_dpnet(variant: str, pretrained: bool = False, **kwargs) -> DpNet:
 
 
 def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
-    return fgvc_cfg(backbone, classifier=('parts', 'head'), **kwargs)
+    # DP-Net publishes no preprocessing; choice: LFD's (NTS-Net's squash to 600x600, centre crop 448), so that the
+    # heads compare on the same pixels.
+    return fgvc_cfg(backbone, classifier=('parts', 'head'), crop_pct=448 / 600, crop_mode='squash', **kwargs)
 
 
 default_cfgs = generate_head_cfgs('dpnet', _cfg)

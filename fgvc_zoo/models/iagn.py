@@ -29,6 +29,7 @@ from ..layers.boxes import crop_and_zoom
 from ..layers.cam import min_max_scale, upsample_maps
 from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
+from ..layers.norm_stats import frozen_norm_stats
 from ._base import (
     BackbonePass,
     Explanation,
@@ -117,9 +118,9 @@ class Iagn(FgvcModel):
         backbone: str = 'resnet50',
         num_classes: int = 1000,
         num_stages: int = 3,
-        mid_channels: int = 512,
-        feature_channels: int = 1024,
-        hidden_features: int = 512,
+        mid_channels: int | None = None,
+        feature_channels: int | None = None,
+        hidden_features: int | None = None,
         attn_threshold: float = 0.5,
         zoom_size: int | None = None,
         jigsaw_sizes: Sequence[int] | None = None,
@@ -137,9 +138,12 @@ class Iagn(FgvcModel):
             backbone: any timm model name (with an optional pretrained tag).
             num_classes: number of fine-grained classes C.
             num_stages: S, the number of last backbone stages with a stage head.
-            mid_channels: output channels of each stage head's 1x1 conv.
-            feature_channels: output channels of each stage head's 3x3 conv (the pooled stage feature).
-            hidden_features: width of the hidden layer of every classifier BN-FC-BN-ELU-FC.
+            mid_channels: output channels of each stage head's 1x1 conv; None is 1/4 of the backbone's final
+                channels (PMG's 512 on ResNet-50's 2048).
+            feature_channels: output channels of each stage head's 3x3 conv (the pooled stage feature); None is 1/2
+                of the backbone's final channels (PMG's 1024 on ResNet-50).
+            hidden_features: width of the hidden layer of every classifier BN-FC-BN-ELU-FC; None is 1/4 of the
+                backbone's final channels (PMG's 512 on ResNet-50).
             attn_threshold: the attended box bounds the pixels of the attention map >= this fraction of its max.
             zoom_size: side of the zoomed attended crop in pixels; None zooms to the input height.
             jigsaw_sizes: cells per side of the jigsaw fed to stage 1 .. S; None is PMG's 2^(S-l+1) (8, 4, 2).
@@ -161,7 +165,6 @@ class Iagn(FgvcModel):
             raise ValueError(f'attn_threshold={attn_threshold} must be a fraction of the attention maximum in [0, 1].')
         self.num_classes = num_classes
         self.num_stages = num_stages
-        self.hidden_features = hidden_features
         self.attn_threshold = attn_threshold
         self.zoom_size = zoom_size
         self.jigsaw_sizes = tuple(jigsaw_sizes)
@@ -172,6 +175,13 @@ class Iagn(FgvcModel):
         self.fused_loss_weight = fused_loss_weight
 
         self._init_backbone(backbone, pretrained_backbone, in_chans, backbone_args, drop_rate, num_stages=num_stages)
+        # PMG's widths are fractions of ResNet-50's 2048 final channels: on a narrower backbone (EfficientNet-Lite0's
+        # 320) fixed 512/1024 heads would cost many times the backbone itself.
+        final_channels = self.backbone.channels[-1]
+        mid_channels = mid_channels or max(1, final_channels // 4)
+        feature_channels = feature_channels or max(1, final_channels // 2)
+        self.hidden_features = hidden_features = hidden_features or max(1, final_channels // 4)
+        self.mid_channels, self.feature_channels = mid_channels, feature_channels
         self.stage_convs = nn.ModuleList(
             [
                 nn.Sequential(
@@ -287,7 +297,8 @@ class Iagn(FgvcModel):
         is stage - 1 on the same jigsaw input, detached; the first stage has no teacher and no KD term. The loss
         reaches only the backbone up to this stage and this stage's head: other heads get no gradient at all.
         """
-        with torch.no_grad():
+        # The box and teacher passes only pick a box and soft targets: they leave the BatchNorm statistics alone.
+        with torch.no_grad(), frozen_norm_stats(self):
             features = self.stage_features(x)
             _, attention = self.attention_maps(features, _class_index(target), x.shape[-2:])
         puzzle = jigsaw(self.zoom(x, self.attended_boxes(attention)), self.jigsaw_sizes[stage])
@@ -296,7 +307,7 @@ class Iagn(FgvcModel):
         losses = {f'ce_stage{stage + 1}': F.cross_entropy(logits, target)}
         loss = losses[f'ce_stage{stage + 1}']
         if stage > 0:
-            with torch.no_grad():
+            with torch.no_grad(), frozen_norm_stats(self):
                 teacher = self.stage_logits(self.stage_convs[stage - 1](stage_maps[stage - 1]), stage - 1)
             losses[f'kd_stage{stage + 1}'] = distillation_loss(logits, teacher, self.kd_temperature)
             loss = loss + self.kd_weight * losses[f'kd_stage{stage + 1}']
@@ -308,7 +319,7 @@ class Iagn(FgvcModel):
         losses, loss, logits = {}, 0.0, 0.0
         for name, stage_features in (('fused', features), ('fused_zoom', zoom_features)):
             fused_logits = self.fused_classifier(self.head_drop(self._fused_feature(stage_features)))
-            with torch.no_grad():
+            with torch.no_grad(), frozen_norm_stats(self):
                 teacher = torch.stack([self.stage_logits(f, stage) for stage, f in enumerate(stage_features)]).mean(
                     dim=0
                 )
@@ -416,7 +427,8 @@ def _create_iagn(variant: str, pretrained: bool = False, **kwargs) -> Iagn:
 
 
 def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
-    return fgvc_cfg(backbone, classifier=_classifier_names(3), **kwargs)
+    # Eval as PMG: squash the image to 550x550, centre-crop 448 (timm's crop_mode='squash').
+    return fgvc_cfg(backbone, classifier=_classifier_names(3), crop_pct=448 / 550, crop_mode='squash', **kwargs)
 
 
 default_cfgs = generate_head_cfgs('iagn', _cfg)

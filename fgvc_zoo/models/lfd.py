@@ -39,7 +39,10 @@ CAM_MODES = ('max', 'pred', 'target')
 class Lfd(FgvcModel):
     """LFD head over any timm backbone.
 
-    `model(x)` returns the hybrid classifier's logits (the image-level ones with `image_only=True`).
+    `model(x)` returns the hybrid classifier's logits (the image classifier's with `hybrid=False` or
+    `cam_baseline=True`).
+    Z is the map timm's classifier pools (`Backbone`); over a token- or attention-pooled backbone (ViT, DINOv2, CLIP,
+    SigLIP) it is the patch tokens after the final norm, so F^I is their average, not the CLS token.
     """
 
     paper = PaperInfo(
@@ -78,11 +81,12 @@ class Lfd(FgvcModel):
         num_regions: int = 6,
         num_hybrid_regions: int = 4,
         region_sizes: Sequence[float] = (160 / 448,),
-        zoom_size: int = 224,
+        zoom_size: int | None = None,
         nms_iou: float = 0.25,
         cam_sigma: float = 1.0,
         cam_mode: str = 'max',
-        image_only: bool = False,
+        hybrid: bool = True,
+        cam_baseline: bool = False,
         hybrid_scale: float | None = None,
         crop_norm_stats: bool = True,
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -98,11 +102,15 @@ class Lfd(FgvcModel):
             num_regions: m, regions kept after NMS and used by the region classifier in training.
             num_hybrid_regions: l, top regions in the hybrid feature; the only ones computed at inference.
             region_sizes: region sides as fractions of the shorter input side (160 px at 448).
-            zoom_size: side of a zoomed crop in pixels.
+            zoom_size: side of a zoomed crop in pixels; None is the paper's 224/448 of the input height.
             nms_iou: IoU threshold of the NMS over candidate regions.
             cam_sigma: Gaussian smoothing of the attention map, in feature cells (0 disables).
             cam_mode: 'max' over all class maps (paper), or the single map of the 'pred' or 'target' class.
-            image_only: train and predict with the image-level classifier alone (the paper's ablation).
+            hybrid: False is the paper's "image level only" ablation (86.7 on CUB): regions are still cropped, zoomed
+                and trained with the region loss, but there is no hybrid classifier and the image classifier predicts.
+            cam_baseline: no regions at all: backbone, GAP and the bias-free image classifier, trained with its
+                cross-entropy alone, whose class maps explain it (the plain CAM baseline of `benchmarks/pointing.py`;
+                not an ablation of the paper).
             hybrid_scale: factor on the hybrid feature before its classifier. None: 1 / sqrt(l + 1), so that the
                 concatenation of l + 1 features has the squared norm of one and the hybrid classifier takes the
                 image classifier's effective step at the shared lr (unscaled, it takes l + 1 times larger ones and
@@ -130,16 +138,17 @@ class Lfd(FgvcModel):
         self.nms_iou = nms_iou
         self.cam_sigma = cam_sigma
         self.cam_mode = cam_mode
-        self.image_only = image_only
+        self.hybrid = hybrid and not cam_baseline
+        self.cam_baseline = cam_baseline
         self.hybrid_scale = (num_hybrid_regions + 1) ** -0.5 if hybrid_scale is None else hybrid_scale
         self.crop_norm_stats = crop_norm_stats
         self.loss_weights = tuple(loss_weights)
 
         self._init_backbone(backbone, pretrained_backbone, in_chans, backbone_args, drop_rate)
         self.num_features = self.backbone.num_features
-        self.head_hidden_size = self.num_features * (1 if image_only else num_hybrid_regions + 1)
+        self.head_hidden_size = self.num_features * (num_hybrid_regions + 1 if self.hybrid else 1)
         # Crop statistics start from the backbone's current ones (the ImageNet weights' when pretrained).
-        self.crop_stats = SecondaryNormStats(self.backbone) if crop_norm_stats and not image_only else None
+        self.crop_stats = SecondaryNormStats(self.backbone) if crop_norm_stats and not cam_baseline else None
         self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
@@ -149,21 +158,28 @@ class Lfd(FgvcModel):
         self.image_head = nn.Linear(self.num_features, num_classes, bias=False)
         self.region_head = nn.Linear(self.num_features, num_classes)
         self.hybrid_head = nn.Linear(self.num_features * (self.num_hybrid_regions + 1), num_classes)
-        if self.image_only:  # kept for the cfg's classifier names, but unused: no gradient for DDP to wait for
+        # Unused classifiers are kept for the cfg's classifier names, frozen: no gradient for DDP to wait for.
+        if self.cam_baseline:
             self.region_head.requires_grad_(False)
+        if not self.hybrid:
             self.hybrid_head.requires_grad_(False)
 
     def get_classifier(self) -> nn.Module:
-        return self.image_head if self.image_only else self.hybrid_head
+        return self.hybrid_head if self.hybrid else self.image_head
 
     def attention_map(self, features: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
-        """The smoothed attention map M (B, 1, h, w): max over all class maps, or the map of `class_index`."""
-        maps = class_activation_maps(features, self.image_head.weight)
-        if class_index is None:
-            attention = maps.amax(dim=1, keepdim=True)
-        else:
-            attention = maps.gather(1, class_index.view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:]))
-        return smooth_maps(attention, self.cam_sigma)
+        """The smoothed attention map M (B, 1, h, w): max over all class maps, or the map of `class_index`.
+
+        Always in float32, autocast or not: on a flat map half precision ties and reorders the cells that pick the
+        regions (the top region of bf16 maps differed from fp32 in 31 % of images).
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            maps = class_activation_maps(features.float(), self.image_head.weight.float())
+            if class_index is None:
+                attention = maps.amax(dim=1, keepdim=True)
+            else:
+                attention = maps.gather(1, class_index.view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:]))
+            return smooth_maps(attention, self.cam_sigma)
 
     def _cam_class(self, image_logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor | None:
         if self.cam_mode == 'max':
@@ -195,9 +211,14 @@ class Lfd(FgvcModel):
         scores = attention.flatten(1).repeat(1, len(self.region_sizes))
         return select_boxes(boxes, scores, num, self.nms_iou)
 
+    def crop_size(self, img_size: int) -> int:
+        """Side of the zoomed crops: `zoom_size`, or the paper's 224 / 448 of the input height."""
+        # int(): under the ONNX tracer the input height is a tensor; the crop side is a constant of the graph.
+        return self.zoom_size or max(1, round(int(img_size) * 224 / 448))
+
     def _region_features(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """GAP features of the zoomed crops of (B, N, 4) boxes through the shared backbone: (B, N, n)."""
-        crops = crop_and_zoom(x, boxes, self.zoom_size)
+        crops = crop_and_zoom(x, boxes, self.crop_size(x.shape[-2]))
         features = self.backbone(crops) if self.crop_stats is None else self.crop_stats(self.backbone, crops)
         return features.mean(dim=(2, 3)).view(*boxes.shape[:2], -1)
 
@@ -209,7 +230,7 @@ class Lfd(FgvcModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The hybrid feature [F^I, F^R_1 .. F^R_l] (B, (l + 1) n); only the top-l crops are computed."""
         features, image_feature, image_logits = self._image_forward(x)
-        if self.image_only:
+        if not self.hybrid:
             return image_feature
         boxes, _ = self.select_regions(features, image_logits, x.shape[-2:], self.num_hybrid_regions)
         return self._hybrid_feature(image_feature, self._region_features(x, boxes))
@@ -225,13 +246,16 @@ class Lfd(FgvcModel):
         """All three cross-entropies; `target` holds class indices (B,) or soft targets (B, C) from mixup."""
         features, image_feature, image_logits = self._image_forward(x)
         losses = {'image': F.cross_entropy(image_logits, target)}
-        if self.image_only:
+        if self.cam_baseline:
             return FgvcOutput(loss=losses['image'], logits=image_logits, losses=losses)
         boxes, _ = self.select_regions(features, image_logits, x.shape[-2:], self.num_regions, target)
         region_features = self._region_features(x, boxes)
         region_logits = self.region_head(self.head_drop(region_features))
         region_target = target.repeat_interleave(self.num_regions, dim=0)
         losses['region'] = F.cross_entropy(region_logits.flatten(0, 1), region_target)
+        if not self.hybrid:
+            loss = self.loss_weights[0] * losses['image'] + self.loss_weights[1] * losses['region']
+            return FgvcOutput(loss=loss, logits=image_logits, losses=losses)
         hybrid = self._hybrid_feature(image_feature, region_features[:, : self.num_hybrid_regions])
         logits = self.hybrid_head(self.head_drop(hybrid))
         losses['hybrid'] = F.cross_entropy(logits, target)
@@ -244,7 +268,7 @@ class Lfd(FgvcModel):
         features, image_feature, image_logits = self._image_forward(x)
         num = self.num_hybrid_regions
         boxes, scores = self.select_regions(features, image_logits, x.shape[-2:], num)
-        if self.image_only:
+        if not self.hybrid:
             logits = image_logits
         else:
             hybrid = self._hybrid_feature(image_feature, self._region_features(x, boxes))
@@ -259,10 +283,10 @@ class Lfd(FgvcModel):
 
     def backbone_passes(self, batch_size: int, img_size: int, train: bool) -> list[list[BackbonePass]]:
         """The image, and l crops per image at `zoom_size` (m crops in training)."""
-        if self.image_only:
+        if self.cam_baseline or (not self.hybrid and not train):
             return [[BackbonePass(batch_size, img_size, train)]]
         crops = batch_size * (self.num_regions if train else self.num_hybrid_regions)
-        return [[BackbonePass(batch_size, img_size, train), BackbonePass(crops, self.zoom_size, train)]]
+        return [[BackbonePass(batch_size, img_size, train), BackbonePass(crops, self.crop_size(img_size), train)]]
 
     @classmethod
     def bench_args(cls, img_size: int, zoom_ratio: float) -> dict[str, Any]:
@@ -284,7 +308,14 @@ def _create_lfd(variant: str, pretrained: bool = False, **kwargs) -> Lfd:
 
 
 def _cfg(backbone: str | None = None, **kwargs) -> dict[str, Any]:
-    return fgvc_cfg(backbone, classifier=('image_head', 'region_head', 'hybrid_head'), **kwargs)
+    # Eval as NTS-Net: squash the image to 600x600, centre-crop 448 (timm's crop_mode='squash').
+    return fgvc_cfg(
+        backbone,
+        classifier=('image_head', 'region_head', 'hybrid_head'),
+        crop_pct=448 / 600,
+        crop_mode='squash',
+        **kwargs,
+    )
 
 
 default_cfgs = generate_head_cfgs('lfd', _cfg)

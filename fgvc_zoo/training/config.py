@@ -5,6 +5,7 @@ on the command line win; `--resume` restores the checkpoint's config, which only
 import argparse
 import difflib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from ..errors import UsageError
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_STATE, _complete_checkpoints
 
 __all__ = ['add_train_arguments', 'resolve_config']
+
+_logger = logging.getLogger(__name__)
 
 # dest -> default and dest -> value type of every flag: the arguments themselves default to SUPPRESS so that
 # `resolve_config` can tell a flag given on the command line (wins) from one left to the recipe or the default.
@@ -97,8 +100,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         '--train-crop',
         default='rrc',
         choices=('rrc', 'resize_crop'),
-        help="training crop: 'rrc' timm's random resized crop (area --scale); 'resize_crop' the FGVC references' "
-        'resize of the short side to img-size / crop_pct (448 -> 512) then a random img-size crop',
+        help="training crop: 'rrc' timm's random resized crop (area --scale); 'resize_crop' the FGVC references': the "
+        "model's eval resize (the heads squash to img-size / crop_pct, e.g. 600x600 for LFD, 550x550 for IAGN), then "
+        'a random img-size crop and a flip',
+    )
+    _add(
+        group,
+        '--train-crop-padding',
+        type=int,
+        default=0,
+        help="zero pixels around the resized image before the random crop of 'resize_crop' (PMG: 8)",
     )
     _add(group, '--scale', type=float, nargs=2, help='random-resized-crop area range; default: the data config')
     _add(group, '--hflip', type=float, help='horizontal flip probability; default: the data config')
@@ -115,7 +126,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, '--epochs', type=int, default=100, help='training epochs')
     _add(group, '--batch-size', type=int, default=16, help='images per process per step')
     _add(group, '--grad-accum', type=int, default=1, help='batches accumulated per optimiser step')
-    _add(group, '--opt', default='sgd', help="optimiser name of timm's create_optimizer_v2 (sgd, adamw, ...)")
+    _add(
+        group,
+        '--opt',
+        default='momentum',
+        help="optimiser name of timm's create_optimizer_v2: 'momentum' is SGD with classical momentum (the papers' "
+        "and references'), timm's 'sgd' is Nesterov; adamw, ...",
+    )
     _add(group, '--lr', type=float, default=0.01, help='learning rate of the head')
     _add(group, '--backbone-lr-mult', type=float, default=0.1, help='backbone lr = this x --lr (papers: 0.1)')
     _add(group, '--weight-decay', type=float, default=5e-4, help='weight decay')
@@ -309,6 +326,11 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
     for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints'):
         if getattr(config, name) < 1:
             raise UsageError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
+    if not (config.pretrained or config.backbone_weights or config.resume or config.synthetic):
+        _logger.warning(
+            f'--model {config.model} trains from random weights: the papers and their numbers start from ImageNet '
+            f'weights. Pass --pretrained (or --backbone-weights FILE) unless training from scratch is the point.'
+        )
     return config
 
 

@@ -60,6 +60,7 @@ from .checkpoints import (
     restore_state,
     state_dict_sha256,
 )
+from .optim import param_groups
 
 __all__ = [
     'train',
@@ -110,7 +111,12 @@ def set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val_
             )
         aug['scale'] = tuple(aug['scale'])
     train_set.transform = create_transforms(
-        model, is_training=True, img_size=config.img_size, train_crop=config.train_crop, **aug
+        model,
+        is_training=True,
+        img_size=config.img_size,
+        train_crop=config.train_crop,
+        padding=config.train_crop_padding,
+        **aug,
     )
     val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
 
@@ -194,14 +200,9 @@ def _has_full_weights(name: str) -> bool:
 
 
 def build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    """timm's optimiser over two groups: the backbone at `backbone_lr_mult` x lr (as the papers do), the head."""
-    backbone_ids = {id(p) for p in _backbone_parameters(model)}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {'params': [p for p in trainable if id(p) not in backbone_ids], 'lr': config.lr},
-        {'params': [p for p in trainable if id(p) in backbone_ids], 'lr': config.lr * config.backbone_lr_mult},
-    ]
-    groups = [g for g in groups if g['params']]  # a frozen backbone leaves its group empty
+    """timm's optimiser over the references' groups (`training.optim.param_groups`): the backbone at
+    `backbone_lr_mult` x lr (as the papers do), weight decay on every parameter but `no_weight_decay()`'s."""
+    groups = param_groups(model, config.lr, config.backbone_lr_mult, config.weight_decay, _backbone_parameters(model))
     return create_optimizer_v2(
         groups, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
     )
