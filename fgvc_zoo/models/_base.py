@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet
 
 from ..errors import UnknownArgumentError
@@ -625,5 +625,7 @@ def build_fgvc_model(
     if features_only:
         info = model.backbone.model.feature_info
         out_indices = feature_args.pop('out_indices', tuple(range(len(info))))
-        return FeatureGetterNet(model.backbone.model, out_indices=out_indices, prune=False, **feature_args)
+        extractor = FeatureGetterNet(model.backbone.model, out_indices=out_indices, prune=False, **feature_args)
+        extractor.pretrained_cfg = extractor.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+        return extractor
     return model
