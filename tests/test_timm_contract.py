@@ -11,6 +11,7 @@ import warnings
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
 from fgvc_zoo.models import head_name
 from fgvc_zoo.models._base import DEFAULT_BACKBONE, HEAD_POOL
@@ -28,11 +29,17 @@ def _create(head: str, backbone: str = 'test_resnet', **kwargs) -> torch.nn.Modu
     return timm.create_model(head, backbone=backbone, **dict(dict(num_classes=NUM_CLASSES), **args))
 
 
-def test_num_classes_0_gives_the_pre_logits_of_a_model_with_the_weights_class_layers(head, batch):
+def test_num_classes_0_gives_the_pre_logits_of_a_model_with_the_weights_class_layers(head, batch, tmp_path):
     x, _ = batch
     model = _create(head).eval()
     with torch.no_grad():
         pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+    save_file(model.state_dict(), str(tmp_path / 'model.safetensors'))
+    overlay = dict(file=str(tmp_path / 'model.safetensors'))
+    loaded = _create(head, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0).eval()
+    assert loaded.num_classes == 0
+    with torch.no_grad():  # the trained class layers load whole and localise as before
+        torch.testing.assert_close(loaded(x), pre_logits, rtol=0, atol=0)
         model.reset_classifier(0)  # a trained model keeps what localises: the embedding does not change
         assert model.num_classes == 0
         torch.testing.assert_close(model(x), pre_logits, rtol=0, atol=0)

@@ -608,9 +608,6 @@ def build_fgvc_model(
         )
     if dtype is not None:
         model.to(dtype=dtype)
-    if no_classes or global_pool is not None:
-        model.reset_classifier(0 if no_classes else model.num_classes, global_pool)
-    model.pretrained_cfg['pool_size'] = model.feature_pool_size(model.pretrained_cfg['input_size'][-2:])
     # What `config.json` needs to rebuild this model with `timm.create_model(architecture, **model_args)`.
     runtime_only = ('num_classes', 'cache_dir', 'pretrained_model_args')
     model.model_args = dict(backbone=backbone, **{k: v for k, v in kwargs.items() if k not in runtime_only})
@@ -622,6 +619,11 @@ def build_fgvc_model(
         model.pretrained_weights = weights_record(pretrained_cfg, 'model except classifiers' if dropped else 'model')
     else:
         model.pretrained_weights = weights_record(model.backbone.pretrained_cfg, 'backbone')
+    if no_classes:
+        model.reset_classifier(0, global_pool)  # keeps the class layers, loaded or not
+    elif global_pool is not None:
+        model._reset_pool(model.num_classes, global_pool)  # the pool alone: the class layers stay as loaded
+    model.pretrained_cfg['pool_size'] = model.feature_pool_size(model.pretrained_cfg['input_size'][-2:])
     if features_only:
         info = model.backbone.model.feature_info
         out_indices = feature_args.pop('out_indices', tuple(range(len(info))))
