@@ -107,8 +107,10 @@ def test_explained_boxes_have_the_configured_size_and_lie_inside_the_image():
 def test_hybrid_feature_is_the_image_feature_and_l_region_features():
     model = _lfd(num_regions=5, num_hybrid_regions=3).eval()
     with torch.no_grad():
-        hybrid = model.forward_features(torch.randn(2, 3, 64, 64))
-    assert hybrid.shape == (2, 4 * model.num_features)
+        tokens = model.forward_features(torch.randn(2, 3, 64, 64))
+        hybrid = model.forward_head(tokens, pre_logits=True)
+    assert tokens.shape == (2, 4, model.num_features)
+    torch.testing.assert_close(hybrid, tokens.flatten(1) * model.hybrid_scale)
     assert model.hybrid_head.in_features == 4 * model.num_features == model.head_hidden_size
 
 
@@ -119,7 +121,8 @@ def test_the_hybrid_feature_is_scaled_to_the_squared_norm_of_one_feature_by_defa
     scaled.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(scaled.forward_features(x), 0.5 * plain.forward_features(x))
+        hybrid = scaled.forward_head(scaled.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(hybrid, 0.5 * plain.forward_head(plain.forward_features(x), pre_logits=True))
 
 
 def test_crops_and_images_keep_separate_batchnorm_running_statistics():
@@ -155,8 +158,8 @@ def test_eval_crops_are_normalised_with_the_crop_statistics():
             model.backbone(x), model.image_head(model.backbone(x).mean((2, 3))), (64, 64), 4
         )
         expected = crops_backbone(crop_and_zoom(x, boxes, model.zoom_size)).mean(dim=(2, 3))
-        hybrid = model.forward_features(x)
-    torch.testing.assert_close(hybrid[:, model.num_features :] / model.hybrid_scale, expected.flatten()[None])
+        tokens = model.forward_features(x)
+    torch.testing.assert_close(tokens[0, 1:], expected)
 
 
 def _backbone_batch_sizes(model, x, **kwargs):

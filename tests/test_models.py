@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 
 from fgvc_zoo.models import Explanation, FgvcOutput, head_class, head_models, head_name
+from fgvc_zoo.models._base import DEFAULT_BACKBONE
 
 BACKBONES = ['test_resnet', 'test_convnext', 'test_efficientnet', 'test_vit', 'test_nfnet']
 # Small head sizes so the matrix runs in seconds on a 2-core CPU; everything else (and any head not listed) is the
@@ -187,7 +188,8 @@ def _registered_cfgs():
 def test_every_registered_cfg_names_layers_of_its_model(name, cfg):
     # timm's test_model_default_cfgs: the classifier layers (dropped when num_classes changes) and the first conv
     # (adapted to in_chans) that a cfg names exist in the model it builds, and the pre-logits have its width.
-    variant_backbone = name.split('_', 1)[1] if '_' in name else None
+    # A variant's cfg is its backbone's; a generic name's, its default backbone's (it builds without one).
+    variant_backbone = name.split('_', 1)[1] if '_' in name else DEFAULT_BACKBONE
     model = _create(name, _tiny_backbone(variant_backbone))
     modules = dict(model.named_modules())
     classifiers = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier
@@ -195,8 +197,7 @@ def test_every_registered_cfg_names_layers_of_its_model(name, cfg):
     assert isinstance(modules[classifiers[-1]], torch.nn.Linear)
     first_convs = (cfg.first_conv,) if isinstance(cfg.first_conv, str) else cfg.first_conv or ()
     assert all(c in modules for c in first_convs if c), (cfg.first_conv, name)
-    if variant_backbone is not None:  # a variant's cfg takes its first conv from its backbone
-        assert first_convs and all(c.startswith('backbone.model.') for c in first_convs)
+    assert first_convs and all(c.startswith('backbone.model.') for c in first_convs)
     model.eval()
     with torch.no_grad():
         pre_logits = model.forward_head(model.forward_features(torch.randn(2, 3, 64, 64)), pre_logits=True)

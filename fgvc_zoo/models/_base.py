@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
+from timm.models._features import FeatureGetterNet
 
 from ..errors import UnknownArgumentError
 from ._backbone import Backbone, check_backbone_name
@@ -45,6 +47,8 @@ __all__ = [
     'fgvc_cfg',
     'generate_head_cfgs',
     'POPULAR_BACKBONES',
+    'DEFAULT_BACKBONE',
+    'HEAD_POOL',
     'FGVC_DATASETS',
     'PUBLISHED_TAGS',
     'fgvc_tags',
@@ -64,6 +68,13 @@ POPULAR_BACKBONES: dict[str, str] = {
 
 # The ImageNet weights of the papers' ResNet-50 (torchvision's): `<head>_resnet50.tv_in1k` loads them.
 PAPER_RESNET50_TAG = 'tv_in1k'
+
+# The backbone of a generic name (`timm.create_model('lfd')`): every registry name builds with its defaults, as timm's
+# tools expect. The CLI still refuses a generic head without --backbone (a recipe names its backbone).
+DEFAULT_BACKBONE = 'resnet50'
+# `global_pool` of a head: its own reduction of `forward_features` to the pre-logits ('' returns them unreduced).
+HEAD_POOL = 'head'
+
 # Preprocessing fields of an export's config.json that a local weights file brings with it.
 EXPORTED_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 # The datasets of the papers' recipes: a `<head>_resnet50.<dataset>` tag names fgvc_zoo's Hub repo for them.
@@ -156,10 +167,16 @@ class FgvcModel(nn.Module):
     A head also declares what the generic tools read, so that none of them names a head: `paper` (the model card),
     `explanation_legend`, `explanation_panels` and `explanation_chart` (explain, demo), `backbone_passes`,
     `bench_args` and `min_train_batch` (the bench).
+
+    timm's contract (docs/architecture.md, "The timm contract"): `forward_features` returns what the head reduces
+    and classifies (DP-Net's part maps, LFD's and IAGN's per-pass feature tokens), `forward_head` reduces it
+    (`global_pool=''`: not at all) and classifies (`num_classes == 0`: not at all, the pre-logits embedding).
     """
 
     backbone: Backbone
     num_train_steps: int = 1
+    # The head's reduction of `forward_features` (HEAD_POOL), or '' for the unreduced features; set by `global_pool`.
+    global_pool: str = HEAD_POOL
     paper: ClassVar[PaperInfo | None] = None
     # What the explanation panels mean (the demo's legend, Markdown).
     explanation_legend: ClassVar[str] = ''
@@ -173,13 +190,38 @@ class FgvcModel(nn.Module):
         step: int = 0,
     ):
         if target is None or not self.training:
+            if self.training:
+                self._warn_untargeted_train()
             return self.forward_head(self.forward_features(x))
+        if not self.num_classes or not self.global_pool:
+            raise ValueError(
+                f'{type(self).__name__} with num_classes={self.num_classes}, global_pool={self.global_pool!r} has no '
+                f'classifier to train: reset_classifier(num_classes, global_pool={HEAD_POOL!r}) first.'
+            )
         if not 0 <= step < self.num_train_steps:
             raise ValueError(f'step={step} is out of range: this model takes {self.num_train_steps} step(s) a batch.')
         return self.forward_train(x, target, step)
 
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
         raise NotImplementedError
+
+    def logits_loss_gap(self) -> str:
+        """What a loss on train-mode logits alone (`CE(model(x), y)`, timm's train.py) misses of the method, or ''."""
+        return ''
+
+    @torch.jit.ignore
+    def _warn_untargeted_train(self) -> None:
+        gap = self.logits_loss_gap()
+        if not gap or getattr(self, '_warned_untargeted', False):
+            return
+        self._warned_untargeted = True
+        warnings.warn(
+            f'{type(self).__name__}: a train-mode forward without a target returns logits only, and a loss on them '
+            f'misses {gap}. Train with `model(x, target=y).loss` (one per step of num_train_steps) or '
+            '`fgvc-zoo train`.',
+            UserWarning,
+            stacklevel=3,
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -197,6 +239,53 @@ class FgvcModel(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         raise NotImplementedError
 
+    def _reset_pool(self, num_classes: int, global_pool: str | None) -> bool:
+        """The part of `reset_classifier` every head shares; True when the head must keep its class layers.
+
+        `num_classes == 0` keeps every class layer, because they localise (LFD's and IAGN's class maps, DP-Net's
+        parts), and makes `forward` return the pre-logits. `global_pool` None keeps the reduction, '' drops it,
+        HEAD_POOL restores it.
+        """
+        if num_classes < 0:
+            raise ValueError(f'num_classes={num_classes} must be >= 0 (0: no classifier, the pre-logits embedding).')
+        if global_pool is not None:
+            if global_pool not in ('', HEAD_POOL):
+                raise ValueError(
+                    f"global_pool={global_pool!r}: an fgvc_zoo head reduces its features its own way; pass '' for the "
+                    f"unreduced forward_features, or {HEAD_POOL!r} (the default) for the head's own."
+                )
+            self.global_pool = global_pool
+        if num_classes:
+            return False
+        try:
+            self.get_classifier()
+        except AttributeError:
+            raise ValueError(
+                f'{type(self).__name__}(num_classes=0) has no class layers to localise with: build it with '
+                "timm.create_model(name, num_classes=0), which sizes them as the weights' classes."
+            ) from None
+        self.num_classes = 0
+        return True
+
+    def _new_layer_kwargs(self) -> dict[str, Any]:
+        """Device and dtype of the model's weights, for class layers made after construction (timm's reset)."""
+        weight = next(self.backbone.parameters())
+        return dict(device=weight.device, dtype=weight.dtype)
+
+    def feature_pool_size(self, img_size: Sequence[int]) -> tuple[int, int] | None:
+        """The (h, w) grid of `forward_features` at `img_size` (the cfg's `pool_size`); None: its output is not a
+        feature map (LFD's and IAGN's tokens come from passes at different resolutions)."""
+        return None
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The backbone's feature_info, module names under `backbone.model.`: the image pass's feature maps."""
+        return [dict(info, module=f'backbone.model.{info["module"]}') for info in self.backbone.model.feature_info]
+
+    def forward_intermediates(self, x: torch.Tensor, **kwargs: Any):
+        """The backbone's `forward_intermediates` on the image (its pass over `x`, not the head's zooms)."""
+        return self.backbone.model.forward_intermediates(x, **kwargs)
+
     def _init_backbone(
         self,
         backbone: str,
@@ -209,6 +298,7 @@ class FgvcModel(nn.Module):
         """The constructor part every head shares: `self.backbone` over the timm model `backbone` (extra
         `backbone_args` of its timm constructor) and `self.head_drop`, the dropout before the classifiers."""
         self.drop_rate = drop_rate
+        self.in_chans = in_chans
         self.backbone = Backbone(
             backbone, pretrained=pretrained, in_chans=in_chans, **backbone_kwargs, **(backbone_args or {})
         )
@@ -349,7 +439,7 @@ def generate_head_cfgs(
     unknown = {t for t in published if t.split('_')[0] == head and t not in candidates}
     if unknown:
         raise ValueError(f'Published tags {sorted(unknown)} are not FGVC tags of {head}: {sorted(candidates)}.')
-    entries = {head: cfg_fn()}
+    entries = {head: cfg_fn(DEFAULT_BACKBONE)}
     entries.update({f'{head}_{name}.{tag}': cfg_fn(f'{name}.{tag}') for name, tag in POPULAR_BACKBONES.items()})
     # The torchvision ResNet-50 the papers and their references start from (the paper recipes use it).
     entries[f'{head}_resnet50.{PAPER_RESNET50_TAG}'] = cfg_fn(f'resnet50.{PAPER_RESNET50_TAG}')
@@ -445,12 +535,25 @@ def build_fgvc_model(
 
     `backbone_weights` (a local safetensors file, or a folder or Hugging Face cache holding it) gives the backbone
     of a fresh head its timm weights without the Hub, whatever `pretrained` says.
+
+    timm's factory arguments (docs/architecture.md, "The timm contract"): a generic name without `backbone` takes
+    DEFAULT_BACKBONE; `num_classes=0` builds the class layers at the weights' class count (they localise) and drops
+    only the classification (`reset_classifier(0)`); `global_pool=''` returns `forward_features`; `device`/`dtype`
+    place the model; `features_only=True` returns timm's FeatureGetterNet over the backbone's image pass.
     """
-    if backbone is None:
-        raise ValueError(
-            f"'{variant}' needs a backbone: timm.create_model('{variant}', backbone='<any timm model name>', ...)."
-        )
+    backbone = DEFAULT_BACKBONE if backbone is None else backbone
     check_backbone_name(backbone)
+    device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
+    global_pool = kwargs.pop('global_pool', None)
+    features_only = kwargs.pop('features_only', False)
+    feature_args = {k: kwargs.pop(k) for k in ('out_indices', 'feature_cls', 'output_fmt') if k in kwargs}
+    if feature_args and not features_only:
+        raise ValueError(f'{", ".join(feature_args)} only apply with features_only=True.')
+    if feature_args.pop('feature_cls', 'getter') != 'getter':
+        raise ValueError(
+            "An fgvc_zoo head's features_only model is timm's FeatureGetterNet over its backbone's image pass: "
+            "pass feature_cls='getter' or none."
+        )
     _check_model_args(
         model_cls, variant, {k: v for k, v in kwargs.items() if k not in ('pretrained_cfg', 'pretrained_cfg_overlay')}
     )
@@ -492,7 +595,13 @@ def build_fgvc_model(
     build_kwargs = dict(kwargs)
     if backbone_weights is not None:
         build_kwargs['backbone_args'] = dict(kwargs.get('backbone_args') or {}, weights=str(backbone_weights))
-    with hub_errors(hub_id) if hub_id else contextlib.nullcontext():
+    no_classes = build_kwargs.get('num_classes') == 0
+    if no_classes:  # the class layers localise: build them as the weights have them, then drop the classification
+        build_kwargs['num_classes'] = pretrained_cfg.get('num_classes') or 1000
+    with (
+        hub_errors(hub_id) if hub_id else contextlib.nullcontext(),
+        torch.device(device) if device else contextlib.nullcontext(),
+    ):
         model = build_model_with_cfg(
             model_cls,
             variant,
@@ -502,6 +611,8 @@ def build_fgvc_model(
             pretrained_backbone=pretrained and not full_weights and backbone_weights is None,
             **build_kwargs,
         )
+    if dtype is not None:
+        model.to(dtype=dtype)
     # What `config.json` needs to rebuild this model with `timm.create_model(architecture, **model_args)`.
     runtime_only = ('num_classes', 'cache_dir', 'pretrained_model_args')
     model.model_args = dict(backbone=backbone, **{k: v for k, v in kwargs.items() if k not in runtime_only})
@@ -513,4 +624,15 @@ def build_fgvc_model(
         model.pretrained_weights = weights_record(pretrained_cfg, 'model except classifiers' if dropped else 'model')
     else:
         model.pretrained_weights = weights_record(model.backbone.pretrained_cfg, 'backbone')
+    if no_classes:
+        model.reset_classifier(0, global_pool)  # keeps the class layers, loaded or not
+    elif global_pool is not None:
+        model._reset_pool(model.num_classes, global_pool)  # the pool alone: the class layers stay as loaded
+    model.pretrained_cfg['pool_size'] = model.feature_pool_size(model.pretrained_cfg['input_size'][-2:])
+    if features_only:
+        info = model.backbone.model.feature_info
+        out_indices = feature_args.pop('out_indices', tuple(range(len(info))))
+        extractor = FeatureGetterNet(model.backbone.model, out_indices=out_indices, prune=False, **feature_args)
+        extractor.pretrained_cfg = extractor.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+        return extractor
     return model

@@ -8,6 +8,8 @@ classifier V. Three constraints make the parts complementary (C_perp), each regi
 Where the paper is silent, the choices of `docs/methods.md` section 2 are constructor arguments.
 """
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -164,14 +166,25 @@ class DpNet(FgvcModel):
         return self
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New part detectors U (q k, D) and classifier V for k = `num_classes` classes."""
-        if num_classes < 1:
-            raise ValueError(f'DP-Net needs num_classes >= 1 (its parts belong to classes), got {num_classes}.')
+        """New part detectors U (q k, D) and classifier V for k = `num_classes` classes; 0 keeps both (the parts
+        belong to the trained classes) and `model(x)` is the bag of parts."""
+        if self._reset_pool(num_classes, global_pool):
+            return
         self.num_classes = num_classes
         self.num_parts = self.parts_per_class * num_classes
         self.num_features = self.head_hidden_size = self.num_parts + (self.region_dim if self.use_global else 0)
-        self.parts = nn.Linear(self.region_dim, self.num_parts, bias=False)
-        self.head = nn.Linear(self.num_features, num_classes)
+        like = self._new_layer_kwargs()
+        self.parts = nn.Linear(self.region_dim, self.num_parts, bias=False, **like)
+        self.head = nn.Linear(self.num_features, num_classes, **like)
+        self.train(self.training)
+
+    def logits_loss_gap(self) -> str:
+        weights = {'C_perp': self.w_perp, 'C_Assign': self.w_assign, 'CS': self.w_cs}
+        terms = [name for name, weight in weights.items() if weight]
+        return f'its constraint terms ({", ".join(terms)})' if terms else ''
+
+    def feature_pool_size(self, img_size: Sequence[int]) -> tuple[int, int]:
+        return tuple(math.ceil(side / self.backbone.stride) for side in img_size)
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -192,12 +205,17 @@ class DpNet(FgvcModel):
         return bag
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The bag of parts b (B, P), with GAP(X) appended when `use_global=True`."""
-        return self._bag_of_parts(*self._part_maps(x))
+        """The part maps S (B, P, h, w), with the region descriptors X after them when `use_global=True`."""
+        features, scores = self._part_maps(x)
+        return torch.cat([scores, features], dim=1) if self.use_global else scores
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        """The bag of parts b (B, P) pooled from the maps of `forward_features` (with GAP(X) appended when
+        `use_global=True`), then V; `global_pool=''` returns the maps."""
+        if not self.global_pool:
+            return x
+        x = self.head_drop(self._bag_of_parts(x[:, self.num_parts :], x[:, : self.num_parts]))
+        return x if pre_logits or not self.num_classes else self.head(x)
 
     def constraint_losses(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unweighted constraints whose weight is not 0; a switched-off term is neither computed nor listed."""
@@ -213,7 +231,7 @@ class DpNet(FgvcModel):
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
         """Cross-entropy plus the weighted constraints; every unweighted term is in `.losses`."""
         features, scores = self._part_maps(x)
-        logits = self.forward_head(self._bag_of_parts(features, scores))
+        logits = self.head(self.head_drop(self._bag_of_parts(features, scores)))
         losses = {'ce': F.cross_entropy(logits, target), **self.constraint_losses(scores)}
         weights = {'ce': 1.0, 'perp': self.w_perp, 'assign': self.w_assign, 'cs': self.w_cs}
         loss = sum(weights[name] * term for name, term in losses.items())

@@ -200,10 +200,19 @@ class Iagn(FgvcModel):
         self.fused_classifier = IagnClassifier(self.num_features, hidden_features, num_classes)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New class layers (the last FC of every stage classifier and of the fused one) for `num_classes`."""
+        """New class layers (the last FC of every stage classifier and of the fused one) for `num_classes`; 0 keeps
+        them (the stage class maps place the zoom, the fused prediction picks their class) and `model(x)` is the
+        pre-logits."""
+        if self._reset_pool(num_classes, global_pool):
+            return
         self.num_classes = num_classes
+        like = self._new_layer_kwargs()
         for classifier in [*self.stage_classifiers, self.fused_classifier]:
-            classifier.fc = nn.Linear(self.hidden_features, num_classes)
+            classifier.fc = nn.Linear(self.hidden_features, num_classes, **like)
+        self.train(self.training)
+
+    def logits_loss_gap(self) -> str:
+        return 'the stage heads (their class maps place the zoom) and the progressive, distilled schedule'
 
     def get_classifier(self) -> nn.Module:
         return self.fused_classifier.fc
@@ -275,20 +284,24 @@ class Iagn(FgvcModel):
         return features, self.stage_features(self.zoom(x, boxes)), stage_maps, attention, boxes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Fused features of the image and of its attended zoom side by side: (B, 2 * S * feature_channels)."""
+        """The fused features of the image and of its attended zoom as two tokens: (B, 2, S * feature_channels)."""
         features, zoom_features, _, _, _ = self._image_and_zoom(x, None)
-        return torch.cat([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
+        return torch.stack([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """fused(x) + fused(zoom(x, box)) from the (B, 2 * S * feature_channels) output of `forward_features`.
+        """fused(x) + fused(zoom(x, box)) from the (B, 2, S * feature_channels) tokens of `forward_features`.
 
-        `pre_logits=True` returns both fused features (`head_hidden_size` wide), the input of the fused classifier
-        BN-FC-BN-ELU-FC, which scores each of the two halves: there is no single vector before `get_classifier()`.
+        `pre_logits=True` returns both fused features side by side (`head_hidden_size` wide), the input of the fused
+        classifier BN-FC-BN-ELU-FC, which scores each of the two: there is no single vector before
+        `get_classifier()`. `global_pool=''` returns the tokens.
         """
-        x = self.head_drop(x)
-        if pre_logits:
+        if not self.global_pool:
             return x
-        return self.fused_classifier(x.view(-1, self.num_features)).view(x.shape[0], 2, -1).sum(dim=1)
+        x = self.head_drop(x)
+        return x.flatten(1) if pre_logits or not self.num_classes else self._fused_logits(x)
+
+    def _fused_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fused_classifier(tokens.flatten(0, 1)).view(tokens.shape[0], 2, -1).sum(dim=1)
 
     def _stage_step(self, x: torch.Tensor, target: torch.Tensor, stage: int) -> FgvcOutput:
         """Stage `stage` (0-based) on the jigsaw of the attended zoom, distilled from the stage before it.
@@ -356,8 +369,8 @@ class Iagn(FgvcModel):
         The box's score is the fraction of the attention map's total mass that falls inside the box.
         """
         features, zoom_features, stage_maps, attention, boxes = self._image_and_zoom(x, None)
-        fused = torch.cat([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
-        logits = self.forward_head(fused)
+        fused = torch.stack([self._fused_feature(features), self._fused_feature(zoom_features)], dim=1)
+        logits = self._fused_logits(fused)
         height, width = x.shape[-2:]
         ys = torch.arange(height, device=x.device).view(1, -1, 1) + 0.5
         xs = torch.arange(width, device=x.device).view(1, 1, -1) + 0.5

@@ -152,17 +152,29 @@ class Lfd(FgvcModel):
         self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New image, region and hybrid classifiers for `num_classes` classes."""
+        """New image, region and hybrid classifiers for `num_classes` classes; 0 keeps them all (the image
+        classifier's class maps place the regions) and `model(x)` is the pre-logits hybrid feature."""
+        if self._reset_pool(num_classes, global_pool):
+            return
         self.num_classes = num_classes
+        like = self._new_layer_kwargs()
         # Eq. (1) of the paper has no bias: the class maps M_k = W_k Z are exactly the image classifier's scores.
-        self.image_head = nn.Linear(self.num_features, num_classes, bias=False)
-        self.region_head = nn.Linear(self.num_features, num_classes)
-        self.hybrid_head = nn.Linear(self.num_features * (self.num_hybrid_regions + 1), num_classes)
+        self.image_head = nn.Linear(self.num_features, num_classes, bias=False, **like)
+        self.region_head = nn.Linear(self.num_features, num_classes, **like)
+        self.hybrid_head = nn.Linear(self.num_features * (self.num_hybrid_regions + 1), num_classes, **like)
         # Unused classifiers are kept for the cfg's classifier names, frozen: no gradient for DDP to wait for.
         if self.cam_baseline:
             self.region_head.requires_grad_(False)
         if not self.hybrid:
             self.hybrid_head.requires_grad_(False)
+        self.train(self.training)
+
+    def logits_loss_gap(self) -> str:
+        if self.cam_baseline:
+            return ''
+        if not self.hybrid:
+            return "the region classifier's loss (the regions it trains are what the paper's ablation keeps)"
+        return "the image classifier's and the region classifier's losses (its class maps place the regions)"
 
     def get_classifier(self) -> nn.Module:
         return self.hybrid_head if self.hybrid else self.image_head
@@ -228,19 +240,24 @@ class Lfd(FgvcModel):
         return features, image_feature, self.image_head(self.head_drop(image_feature))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The hybrid feature [F^I, F^R_1 .. F^R_l] (B, (l + 1) n); only the top-l crops are computed."""
+        """The tokens of the hybrid feature, [F^I, F^R_1 .. F^R_l] (B, l + 1, n), each the GAP of its own backbone
+        pass ((B, 1, n) with `hybrid=False`); only the top-l crops are computed."""
         features, image_feature, image_logits = self._image_forward(x)
         if not self.hybrid:
-            return image_feature
+            return image_feature.unsqueeze(1)
         boxes, _ = self.select_regions(features, image_logits, x.shape[-2:], self.num_hybrid_regions)
-        return self._hybrid_feature(image_feature, self._region_features(x, boxes))
+        return torch.cat([image_feature.unsqueeze(1), self._region_features(x, boxes)], dim=1)
 
     def _hybrid_feature(self, image_feature: torch.Tensor, region_features: torch.Tensor) -> torch.Tensor:
         return torch.cat([image_feature, region_features.flatten(1)], dim=1) * self.hybrid_scale
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x)
-        return x if pre_logits else self.get_classifier()(x)
+        """The tokens of `forward_features` flattened into the hybrid feature (scaled by `hybrid_scale`), then
+        classified; `global_pool=''` returns the tokens."""
+        if not self.global_pool:
+            return x
+        x = self.head_drop(x.flatten(1) if not self.hybrid else self._hybrid_feature(x[:, 0], x[:, 1:]))
+        return x if pre_logits or not self.num_classes else self.get_classifier()(x)
 
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
         """All three cross-entropies; `target` holds class indices (B,) or soft targets (B, C) from mixup."""

@@ -1,0 +1,130 @@
+"""The timm contract of every head (docs/architecture.md, "The timm contract"), beyond what timm's own
+tests/test_models.py checks (`.ci/run` runs that one over fgvc_zoo's registry with tests/timm_suite.py).
+
+`num_classes=0` and `global_pool=''` as a feature extractor uses them, generic names that build with their defaults,
+a train-mode forward without a target that warns when a loss on logits misses part of the method, features_only and
+torch.export.
+"""
+
+import warnings
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from fgvc_zoo.models import head_name
+from fgvc_zoo.models._base import DEFAULT_BACKBONE, HEAD_POOL
+
+TINY_HEAD_ARGS = {
+    'lfd': dict(zoom_size=32, region_sizes=(0.35, 0.5)),
+    'dpnet': dict(freeze_backbone=False),
+    'iagn': dict(mid_channels=16, feature_channels=32, hidden_features=16),
+}
+NUM_CLASSES = 5
+
+
+def _create(head: str, backbone: str = 'test_resnet', **kwargs) -> torch.nn.Module:
+    args = dict(TINY_HEAD_ARGS.get(head_name(head), {}), **kwargs)
+    return timm.create_model(head, backbone=backbone, **dict(dict(num_classes=NUM_CLASSES), **args))
+
+
+def test_num_classes_0_gives_the_pre_logits_of_a_model_with_the_weights_class_layers(head, batch, tmp_path):
+    x, _ = batch
+    model = _create(head).eval()
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+    save_file(model.state_dict(), str(tmp_path / 'model.safetensors'))
+    overlay = dict(file=str(tmp_path / 'model.safetensors'))
+    loaded = _create(head, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0).eval()
+    assert loaded.num_classes == 0
+    with torch.no_grad():  # the trained class layers load whole and localise as before
+        torch.testing.assert_close(loaded(x), pre_logits, rtol=0, atol=0)
+        model.reset_classifier(0)  # a trained model keeps what localises: the embedding does not change
+        assert model.num_classes == 0
+        torch.testing.assert_close(model(x), pre_logits, rtol=0, atol=0)
+        model.reset_classifier(3)
+        assert model(x).shape == (3, 3)
+    fresh = _create(head, num_classes=0).eval()  # class layers at the cfg's class count (they localise)
+    assert fresh.num_classes == 0 and fresh.pretrained_cfg['num_classes'] == 1000
+    with torch.no_grad():
+        assert fresh(x).shape == (3, fresh.head_hidden_size)
+
+
+def test_global_pool_empty_returns_the_unreduced_features_and_nothing_else_is_taken(head, batch):
+    x, _ = batch
+    model = _create(head, num_classes=0, global_pool='').eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(model(x), features, rtol=0, atol=0)
+        model.reset_classifier(0, HEAD_POOL)
+        assert model(x).shape == (3, model.head_hidden_size)
+    size = model.feature_pool_size(x.shape[-2:])
+    if size is not None:  # a feature map: its grid is the cfg's pool_size at the cfg's input size
+        assert tuple(features.shape[-2:]) == size and features.shape[1] == model.num_features
+    else:  # tokens, one per backbone pass
+        assert features.ndim == 3 and features.shape[-1] == model.num_features
+    with pytest.raises(ValueError, match="global_pool='avg'"):
+        model.reset_classifier(0, 'avg')
+    with pytest.raises(ValueError, match='no classifier to train'):
+        model.train()(x, target=torch.tensor([0, 1, 2]))
+
+
+def test_a_generic_name_builds_with_the_default_backbone_and_its_cfg(head):
+    model = timm.create_model(head, device='meta')
+    assert model.backbone.name == DEFAULT_BACKBONE
+    assert all(p.device.type == 'meta' for p in model.parameters())
+    first_conv = model.pretrained_cfg['first_conv']
+    assert first_conv and f'{first_conv}.weight' in model.state_dict()
+    assert timm.models.get_pretrained_cfg(head).first_conv == first_conv
+
+
+def test_class_layers_made_after_construction_follow_the_model_device_and_dtype(head):
+    model = _create(head).to(torch.float64).eval()
+    model.reset_classifier(7)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert not any(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize('image_only', [False, True])
+def test_a_target_less_train_forward_trains_every_parameter_or_warns_once(head, batch, image_only):
+    if image_only and head != 'lfd':
+        pytest.skip('image_only is an LFD argument')
+    x, _ = batch
+    model = _create(head, **(dict(image_only=True) if image_only else {})).train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model(x).mean().backward()
+        model(x)
+    untrained = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if not model.logits_loss_gap():
+        assert not messages and not untrained
+        return
+    assert len(messages) == 1, messages
+    assert 'model(x, target=y).loss' in messages[0] and 'fgvc-zoo train' in messages[0]
+    assert untrained or head == 'dpnet', 'a head that warns about untrained layers has some'
+
+
+def test_features_only_is_timms_feature_getter_over_the_backbone_image_pass(head, batch):
+    x, _ = batch
+    extractor = _create(head, features_only=True).eval()
+    model = _create(head).eval()
+    with torch.no_grad():
+        features = extractor(x)
+        expected = model.forward_intermediates(x, intermediates_only=True)
+    assert [f.shape[1] for f in features] == extractor.feature_info.channels()
+    assert [f.shape for f in features] == [e.shape for e in expected]
+    assert [i['module'] for i in model.feature_info][-1].startswith('backbone.model.')
+    modules = dict(model.named_modules())
+    assert all(i['module'] in modules for i in model.feature_info)
+    with pytest.raises(ValueError, match="feature_cls='getter'"):
+        _create(head, features_only=True, feature_cls='hook')
+
+
+def test_torch_export_reproduces_the_eval_forward(head, batch):
+    x, _ = batch
+    model = _create(head).eval()
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
