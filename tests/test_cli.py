@@ -132,15 +132,15 @@ def test_torch_threads_share_the_cores_between_processes_and_data_workers(monkey
     assert cpu_threads(3, workers=2) == 3  # --threads wins
 
 
-OPTIONS = {'region_sizes': [0.3, 0.4], 'zoom_size': 32, 'cam_mode': 'pred', 'lr': 0.01, 'image_only': True}
+OPTIONS = {'region_sizes': [0.3, 0.4], 'zoom_size': 32, 'cam_mode': 'pred', 'lr': 0.01, 'cam_baseline': True}
 
 
 @pytest.mark.parametrize(
     'options',
     [
-        'region_sizes=[0.3,0.4],zoom_size=32,cam_mode=pred,lr=1e-2,image_only=true',
-        ['region_sizes=[0.3, 0.4]', 'zoom_size=32', 'cam_mode=pred', 'lr=1e-2', 'image_only=True'],
-        '{region_sizes: [0.3, 0.4], zoom_size: 32, cam_mode: pred, lr: 0.01, image_only: true}',
+        'region_sizes=[0.3,0.4],zoom_size=32,cam_mode=pred,lr=1e-2,cam_baseline=true',
+        ['region_sizes=[0.3, 0.4]', 'zoom_size=32', 'cam_mode=pred', 'lr=1e-2', 'cam_baseline=True'],
+        '{region_sizes: [0.3, 0.4], zoom_size: 32, cam_mode: pred, lr: 0.01, cam_baseline: true}',
     ],
 )
 def test_one_option_syntax_for_model_args_model_kwargs_dataset_args_and_head_args(options, tmp_path):

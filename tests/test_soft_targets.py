@@ -18,8 +18,11 @@ CROSS_ENTROPY_TERMS = {
     'dpnet': ({}, [(0, 'ce')]),
     'iagn': (dict(mid_channels=8, feature_channels=16, hidden_features=8), [(0, 'ce_stage1'), (1, 'ce_stage2')]),
 }
-# LFD's image-only mode returns the image logits, so its `image` term is checked there too.
-EXTRA_CASES = [('lfd', dict(zoom_size=32, region_sizes=(0.35, 0.5), image_only=True), 0, 'image')]
+# LFD's image-level ablation and its CAM baseline return the image logits, so its `image` term is checked there.
+EXTRA_CASES = [
+    ('lfd', dict(zoom_size=32, region_sizes=(0.35, 0.5), hybrid=False), 0, 'image'),
+    ('lfd', dict(zoom_size=32, region_sizes=(0.35, 0.5), cam_baseline=True), 0, 'image'),
+]
 SOFT = torch.tensor(
     [
         [0.7, 0.3, 0.0, 0.0, 0.0],

@@ -86,12 +86,12 @@ def test_class_layers_made_after_construction_follow_the_model_device_and_dtype(
     assert not any(m.training for m in model.modules())
 
 
-@pytest.mark.parametrize('image_only', [False, True])
-def test_a_target_less_train_forward_trains_every_parameter_or_warns_once(head, batch, image_only):
-    if image_only and head != 'lfd':
-        pytest.skip('image_only is an LFD argument')
+@pytest.mark.parametrize('lfd_args', [{}, dict(hybrid=False), dict(cam_baseline=True)], ids=['', 'image-level', 'cam'])
+def test_a_target_less_train_forward_trains_every_parameter_or_warns_once(head, batch, lfd_args):
+    if lfd_args and head != 'lfd':
+        pytest.skip('LFD arguments')
     x, _ = batch
-    model = _create(head, **(dict(image_only=True) if image_only else {})).train()
+    model = _create(head, **lfd_args).train()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         model(x).mean().backward()
