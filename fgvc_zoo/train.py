@@ -482,9 +482,13 @@ def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int
     if config.threads or 'OMP_NUM_THREADS' not in os.environ:  # an explicit OMP_NUM_THREADS (torchrun sets 1) wins
         torch.set_num_threads(cpu_threads(config.threads, config.workers))
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
+    if hasattr(torch, 'accelerator'):  # torch >= 2.6
+        has_accelerator = torch.accelerator.is_available()
+    else:
+        has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
     accelerator = Accelerator(
         # Accelerate sees a torchrun/MPI launch on CPU (gloo) only when told it runs on CPU.
-        cpu=config.cpu or not torch.accelerator.is_available(),
+        cpu=config.cpu or not has_accelerator,
         mixed_precision=config.amp,
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with,
