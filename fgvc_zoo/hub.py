@@ -15,6 +15,7 @@ falls back to a pickle (`pytorch_model.bin`), and `load_model` refuses folders a
 """
 
 import argparse
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -138,6 +139,9 @@ def save_pretrained(
         model_config['base_model'] = base_model(weights)
     if label_names is not None:
         model_config['label_names'] = list(label_names)
+    if not all(t.is_contiguous() for t in model.state_dict().values()):
+        # channels-last weights (train --channels-last): safetensors writes only contiguous tensors.
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     save_for_hf(
         model,
         str(out_dir),
