@@ -145,6 +145,15 @@ def test_every_head_round_trips_through_an_export(head, tmp_path):
     assert head in yaml.safe_load((folder / 'README.md').read_text().split('---\n')[1])['tags']
 
 
+def test_a_channels_last_model_exports_and_reloads_with_the_same_logits(tmp_path):
+    model = timm.create_model('lfd', backbone='test_resnet', num_classes=3).eval()
+    model = model.to(memory_format=torch.channels_last)
+    folder = hub.save_pretrained(model, tmp_path / 'cl', label_names=LABELS)
+    assert model.backbone.model.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)  # left as it was
+    x = _images()  # compared in one memory format: a channels-last conv rounds differently
+    assert torch.equal(hub.load_model(str(folder))(x), model.to(memory_format=torch.contiguous_format)(x))
+
+
 def test_local_folder_with_only_a_pickle_is_refused(exported):
     model, folder = exported
     (folder / 'model.safetensors').unlink()

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from requirements_check import require
 
 import fgvc_zoo
@@ -39,14 +41,32 @@ def test_the_card_template_is_read_from_the_package():
     assert hub.read_template().startswith('---\n${front_matter}\n---')
 
 
-def test_runtime_dependencies_are_lower_bounds_met_by_the_pair_ci_installs():
+def _lowest_pins() -> dict[str, str]:
+    lines = (REPO / '.ci' / 'lowest-constraints.txt').read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line and not line.startswith('#')]
+    return {canonicalize_name(r.name): str(r.specifier)[2:] for r in pins}
+
+
+def test_every_lower_bound_is_the_version_the_lowest_ci_venv_pins():
     requirements = _requirements()
-    assert [str(r) for r in requirements.values() if any(s.operator == '==' for s in r.specifier)] == []
-    ci = (REPO / '.ci' / 'run').read_text()
-    for name in ('torch', 'torchvision'):
-        [pinned] = re.findall(rf'"{name}==([\d.]+)"', ci)
+    optional = PYPROJECT['project']['optional-dependencies']
+    requirements.update((r.name, r) for r in map(Requirement, optional['dev'] + optional['onnx'] + optional['demo']))
+    assert [str(r) for r in _requirements().values() if any(s.operator == '==' for s in r.specifier)] == []
+    pins = _lowest_pins()
+    for name in [*_requirements(), 'gradio', 'onnx', 'onnxruntime']:
         [bound] = [s.version for s in requirements[name].specifier if s.operator == '>=']
-        assert bound == pinned, f'pyproject {name}>={bound} is not the pair .ci/run tests ({name}=={pinned})'
+        assert Version(bound) == Version(pins[canonicalize_name(name)]), (
+            f'pyproject {name}>={bound}, but .ci/lowest-constraints.txt tests {name}=={pins[canonicalize_name(name)]}'
+        )
+
+
+def test_ci_builds_the_newest_and_the_lowest_venv_and_the_readme_installs_the_newest_pair():
+    ci = (REPO / '.ci' / 'run').read_text()
+    assert '-c .ci/lowest-constraints.txt' in ci
+    newest = re.search(r'NEWEST=\((.*)\)', ci).group(1).split()
+    readme = (REPO / 'README.md').read_text()
+    for pin in newest:
+        assert readme.count(pin) >= 2, f'the README set-up lines do not install {pin}, the newest pair CI tests'
 
 
 def test_timm_has_an_upper_bound_while_a_private_timm_api_is_imported():

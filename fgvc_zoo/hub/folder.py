@@ -14,6 +14,7 @@ Weights are safetensors only: every config we write pins `hf_hub_filename='model
 falls back to a pickle (`pytorch_model.bin`), and `load_model` refuses folders and repos that hold only pickles.
 """
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -132,6 +133,9 @@ def save_pretrained(
         model_config['base_model'] = base_model(weights)
     if label_names is not None:
         model_config['label_names'] = list(label_names)
+    if not all(t.is_contiguous() for t in model.state_dict().values()):
+        # channels-last weights (train --channels-last): safetensors writes only contiguous tensors.
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     save_for_hf(
         model,
         str(out_dir),

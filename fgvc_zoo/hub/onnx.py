@@ -9,6 +9,7 @@ can preprocess images exactly as `fgvc-zoo predict` does: `read_onnx_metadata` r
 Needs the `onnx` extra: `pip install fgvc-zoo[onnx]` (onnx to write the metadata, onnxruntime to run the file).
 """
 
+import inspect
 import json
 import os
 import warnings
@@ -149,7 +150,8 @@ def export_onnx(
             module,
             (example,),
             str(path),
-            dynamo=False,
+            # torch >= 2.5 has the dynamo exporter and takes dynamo=False for the TorchScript one, 2.4's only exporter.
+            **({'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}),
             opset_version=opset,
             input_names=['input'],
             output_names=output_names,

@@ -13,7 +13,8 @@ from typing import Any
 
 import timm
 import torch.nn as nn
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, is_offline_mode, try_to_load_from_cache
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from safetensors.torch import load_file
 from timm.models._hub import hf_split
@@ -55,7 +56,7 @@ def hub_weights_file(name: str) -> str | None:
         f"Cannot load the ImageNet weights of backbone '{name}': '{filename}' of Hub repo '{repo}' is not in the "
         f'local Hub cache'
     )
-    if is_offline_mode():
+    if hf_constants.HF_HUB_OFFLINE:  # not is_offline_mode(): huggingface_hub exports it only from 1.0
         raise OSError(f'{where} and HF_HUB_OFFLINE is set. {_ways_out(name, repo, filename)}')
     try:
         get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), timeout=HUB_PROBE_TIMEOUT)

@@ -48,7 +48,7 @@ from ..data import UnreadableDataError, create_dataset, create_transforms, make_
 from ..errors import UsageError
 from ..hub import pretrained_weights_of, save_pretrained
 from ..models import FgvcOutput, head_models, list_heads
-from ..runtime import parse_model_kwargs, parse_options, set_cpu_threads
+from ..runtime import parse_model_kwargs, parse_options, resolve_device, set_cpu_threads
 from .checkpoints import (
     CHECKPOINT_DIR,
     CHECKPOINT_STATE,
@@ -454,7 +454,7 @@ def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
     accelerator = Accelerator(
         # Accelerate sees a torchrun/MPI launch on CPU (gloo) only when told it runs on CPU.
-        cpu=config.cpu or not torch.accelerator.is_available(),
+        cpu=config.cpu or resolve_device('auto').type == 'cpu',
         mixed_precision=config.amp,
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with,
