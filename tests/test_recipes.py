@@ -11,9 +11,9 @@ import pytest
 import timm
 import torch
 
-from fgvc_zoo.card import pretraining_data
-from fgvc_zoo.train import _build_optimizer
+from fgvc_zoo.hub.card import pretraining_data
 from fgvc_zoo.training.config import add_train_arguments, resolve_config
+from fgvc_zoo.training.loop import build_optimizer
 from fgvc_zoo.training.optim import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ def test_paper_recipes_use_classical_momentum_the_torchvision_resnet50_and_the_r
     assert config.model == f'{head}_resnet50.tv_in1k' and config.opt == 'momentum' and config.pretrained
     assert config.train_crop == 'resize_crop' and config.train_crop_padding == (8 if head == 'iagn' else 0)
     model = timm.create_model(config.model, backbone=config.backbone, num_classes=3)
-    optimizer = _build_optimizer(config, model)
+    optimizer = build_optimizer(config, model)
     assert isinstance(optimizer, torch.optim.SGD)
     assert all(g['momentum'] == 0.9 and g['nesterov'] is False for g in optimizer.param_groups)
 
@@ -201,7 +201,7 @@ def test_a_model_trained_without_pretrained_weights_is_warned_about(caplog):
     ],
 )
 def test_the_card_names_the_backbones_pretraining_data(weights, data):
-    from fgvc_zoo.card import _describe_weights
+    from fgvc_zoo.hub.card import _describe_weights
 
     assert pretraining_data(weights).startswith(data)
     sentence, _ = _describe_weights({'source': 'hf-hub', 'id': weights, 'part': 'backbone'})

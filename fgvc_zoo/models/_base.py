@@ -114,8 +114,8 @@ class Explanation:
 
 @dataclass
 class ExplanationPanel:
-    """One picture of a head's explanation, in the pixels of the model's input; `fgvc_zoo.explain` draws it over
-    the original image (it maps the boxes and the map back through the eval transform).
+    """One picture of a head's explanation, in the pixels of the model's input; `fgvc_zoo.inference.explain` draws
+    it over the original image (it maps the boxes and the map back through the eval transform).
 
     heatmap: (H, W) map at the input resolution, or None (the photo alone); boxes: (N, 4) xyxy input pixels with a
     legend text each; first_box: number (and colour) of the first box, so that a box keeps them across panels.
