@@ -538,6 +538,8 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
 
     resolved = dict(vars(config))
     trainer_state['config'] = resolved  # what `--resume` restores
+    if resume_from is None:  # a resume loads no weights: the run's start is the one its first build recorded
+        trainer_state['pretrained_weights'] = pretrained_weights_of(accelerator.unwrap_model(model), config.pretrained)
     if config.log_with:
         scalars = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers('fgvc_zoo', config=scalars)
@@ -599,14 +601,16 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
                 'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable},
             },
             'exported_weights': 'ema' if ema is not None else 'model',
-            # What --pretrained really loaded (None: random init): the card's base_model comes from this only.
-            'pretrained_weights': pretrained_weights_of(exported, config.pretrained),
+            # What --pretrained or --backbone-weights really loaded (None: random init), recorded once, here; the
+            # card's base_model comes from this only. Absent for a run resumed from a checkpoint that lacks it.
+            **{k: v for k, v in trainer_state.items() if k == 'pretrained_weights'},
             'weights_sha256_per_rank': digests,
             'world_size': accelerator.num_processes,
             'seed': config.seed,
             'num_classes': num_classes,
             'label_names': label_names,
-            'config': resolved,
+            # The weights file by name only: a local path means nothing elsewhere (its record is above).
+            'config': dict(resolved, backbone_weights=config.backbone_weights and Path(config.backbone_weights).name),
             'versions': _versions(),
         }
         if len(label_names) != num_classes:
