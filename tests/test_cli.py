@@ -124,3 +124,32 @@ def test_torch_threads_share_the_cores_between_processes_and_data_workers(monkey
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
     assert cpu_threads(0, workers=2) == 1  # never 0
     assert cpu_threads(3, workers=2) == 3  # --threads wins
+
+
+@pytest.mark.parametrize('from_recipe', [False, True])
+def test_a_named_variant_with_another_backbone_is_refused_naming_both_and_the_ways_out(capsys, tmp_path, from_recipe):
+    output = tmp_path / 'run'
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text('model: lfd_resnet50\nbackbone: resnet18\n')
+    model = ['--recipe', str(recipe)] if from_recipe else ['--model', 'lfd_resnet50', '--backbone', 'resnet18']
+    status, err = console(capsys, 'train', *model, '--synthetic', '--img-size', '64', '--workers', '0',
+                          '--output', str(output))  # fmt: skip
+    assert status == 2 and err.count('\n') == 1 and 'Traceback' not in err
+    assert '--model lfd_resnet50 is lfd over resnet50, but --backbone resnet18' in err
+    assert '(--model lfd --backbone resnet18)' in err and 'drop --backbone' in err
+    assert not output.exists()
+
+
+def test_the_way_out_of_a_variant_with_another_backbone_trains_that_backbone():
+    from fgvc_zoo.commands.common import ArgumentParser
+    from fgvc_zoo.training.config import add_train_arguments, resolve_config
+    from fgvc_zoo.training.loop import build_model
+
+    parser = ArgumentParser()
+    add_train_arguments(parser)
+    model = build_model(
+        resolve_config(parser.parse_args(['--model', 'lfd', '--backbone', 'resnet18', '--synthetic'])), 4
+    )
+    assert model.backbone.name.split('.')[0] == 'resnet18'
+    same = resolve_config(parser.parse_args(['--model', 'lfd_resnet50', '--backbone', 'resnet50', '--synthetic']))
+    assert build_model(same, 4).backbone.name.split('.')[0] == 'resnet50'

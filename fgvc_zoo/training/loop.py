@@ -47,7 +47,7 @@ from .. import __version__
 from ..data import UnreadableDataError, create_dataset, create_transforms, make_synthetic_fgvc
 from ..errors import UsageError
 from ..hub import pretrained_weights_of, save_pretrained
-from ..models import FgvcOutput, head_models, list_heads
+from ..models import FgvcOutput, head_models, head_name, list_heads
 from ..runtime import parse_model_kwargs, set_cpu_threads
 from .checkpoints import (
     CHECKPOINT_DIR,
@@ -132,6 +132,14 @@ def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool
         )
     if config.backbone:
         kwargs['backbone'] = config.backbone
+    head = None if plain else head_name(architecture)
+    variant_backbone = architecture[len(head) + 1 :] if head and architecture != head else None
+    if variant_backbone and kwargs.get('backbone') and kwargs['backbone'].split('.')[0] != variant_backbone:
+        raise UsageError(
+            f'--model {config.model} is {head} over {variant_backbone}, but --backbone {kwargs["backbone"]} asks for '
+            f'another backbone: train the generic head (--model {head} --backbone {kwargs["backbone"]}), or drop '
+            f'--backbone (from the command line and the recipe) to train {config.model}.'
+        )
     if 'backbone' not in kwargs and architecture in list_heads():
         raise UsageError(
             f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
