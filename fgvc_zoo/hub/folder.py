@@ -168,8 +168,17 @@ def _is_pickle(path: Path) -> bool:
 
 
 def check_export_folder(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"'{folder}': no such folder. Pass a trainer's output folder (its run writes {CONFIG_NAME} when it ends) "
+            f'or an export folder.'
+        )
     if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"'{folder}' has no {CONFIG_NAME}: export it with `fgvc-zoo export {folder}`.")
+        if (folder / 'checkpoints').is_dir():  # the trainer's checkpoint folder: a run that has not ended
+            how = f'its run has not ended: `fgvc-zoo train --output {folder} --resume` finishes it and exports it'
+        else:
+            how = f'write one from a weights file with `fgvc-zoo export {folder} --model NAME --checkpoint FILE`'
+        raise FileNotFoundError(f"'{folder}' has no {CONFIG_NAME}, so it is not an export: {how}.")
     if not (folder / WEIGHTS_NAME).is_file():
         pickles = sorted(p.name for p in folder.iterdir() if _is_pickle(p))
         found = f' (it holds {", ".join(pickles)}, which fgvc_zoo never loads)' if pickles else ''

@@ -46,7 +46,8 @@ def _ways_out(name: str, repo: str, filename: str) -> str:
         f'Either pass the file with --backbone-weights PATH (backbone_weights=PATH in Python: the .safetensors file, '
         f'or a folder or Hugging Face cache holding it), or run `hf download {repo} {filename}` (huggingface-cli '
         f'download in older huggingface_hub) on a connected machine and copy its Hub cache here (HF_HUB_CACHE). '
-        f'To train the backbone from scratch instead, drop --pretrained (pretrained=False).'
+        f'To train the backbone from scratch instead, pass --no-pretrained (pretrained=False; it also overrides a '
+        f"recipe's `pretrained: true`)."
     )
 
 
