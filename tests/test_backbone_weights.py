@@ -4,6 +4,8 @@ The Hub cache here is built by the test (huggingface_hub's layout: models--ORG--
 holding random weights for timm's test_resnet, so that "the backbone got these weights" is checked bit for bit.
 """
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +17,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from fgvc_zoo.cli import run
+from fgvc_zoo.hub import load_model
 from fgvc_zoo.models._weights import load_backbone_weights
 
 BACKBONE = 'test_resnet'
@@ -162,3 +166,58 @@ def test_cli_offline_with_an_empty_cache_exits_1_with_one_line(tmp_path):
     assert lines[0].startswith('fgvc-zoo train: error: ')
     assert "'timm/resnet50.a1_in1k'" in lines[0] and '--backbone-weights' in lines[0]
     assert not output.exists(), 'the failed start left its output folder behind'
+
+
+# A run trained with --backbone-weights (the offline route): its export carries no local path, every loader
+# accepts it, and its provenance (the file's name, size and sha256) is recorded once, in results.json.
+@pytest.fixture(scope='module')
+def run_folder(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp('local_weights')
+    weights = tmp / 'imagenet' / 'my_backbone.safetensors'
+    write_hub_weights(weights)
+    output = tmp / 'run'
+    flags = ['--model', 'lfd', '--backbone', BACKBONE, '--backbone-weights', str(weights), '--synthetic']
+    flags += ['--img-size', '96', '--epochs', '1', '--batch-size', '16', '--workers', '0', '--output', str(output)]
+    assert run(['train', *flags]) == 0
+    return output, weights
+
+
+def test_the_export_carries_no_local_path(run_folder):
+    output, weights = run_folder
+    for name in ('config.json', 'README.md', 'results.json'):
+        text = (output / name).read_text()
+        assert str(weights.parent) not in text, f'{name} carries the local path of the weights'
+    config = json.loads((output / 'config.json').read_text())
+    assert 'backbone_weights' not in config['model_args']
+
+
+def test_the_provenance_is_recorded_once_in_results_and_stated_by_the_card(run_folder):
+    output, weights = run_folder
+    results = json.loads((output / 'results.json').read_text())
+    record = results['pretrained_weights']
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert record == dict(source='file', id=weights.name, size=weights.stat().st_size, sha256=sha256, part='backbone')
+    assert results['config']['backbone_weights'] == weights.name
+    card = (output / 'README.md').read_text()
+    assert 'random initialisation: no pretrained weights' not in card
+    assert f'`{weights.name}` ({weights.stat().st_size} bytes, sha256 `{sha256}`)' in card
+
+
+def test_every_loader_accepts_the_export(run_folder, tmp_path):
+    output, _ = run_folder
+    image = sorted((output / 'synthetic_data' / 'val').glob('*/*.png'))[0]
+    model = load_model(str(output))
+    assert model.num_classes == 4
+    assert timm.create_model(f'local-dir:{output}', pretrained=True).num_classes == 4
+    data = ['--data-dir', str(output / 'synthetic_data')]
+    assert run(['eval', '--checkpoint', str(output), *data, '--out', str(tmp_path / 'eval.json')]) == 0
+    assert run(['predict', '--checkpoint', str(output), str(image)]) == 0
+    assert run(['explain', '--checkpoint', str(output), str(image), '--out', str(tmp_path / 'x.png')]) == 0
+
+
+def test_onnx_export_accepts_the_export(run_folder):
+    pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnx')
+    output, _ = run_folder
+    assert run(['export', str(output), '--onnx', '--img-size', '96']) == 0
+    assert (output / 'model.onnx').is_file()

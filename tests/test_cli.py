@@ -1,5 +1,6 @@
 """The console script: one-line errors with the right exit status, close matches, --debug, a fast start."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -160,3 +161,142 @@ def test_an_option_value_is_a_python_literal_else_yaml():
     }
     with pytest.raises(UsageError, match="--head-args lfd: 'zoom' is not key=value"):
         parse_head_args('lfd:zoom,a=1')
+
+
+@pytest.mark.parametrize('from_recipe', [False, True])
+def test_a_named_variant_with_another_backbone_is_refused_naming_both_and_the_ways_out(capsys, tmp_path, from_recipe):
+    output = tmp_path / 'run'
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text('model: lfd_resnet50\nbackbone: resnet18\n')
+    model = ['--recipe', str(recipe)] if from_recipe else ['--model', 'lfd_resnet50', '--backbone', 'resnet18']
+    status, err = console(capsys, 'train', *model, '--synthetic', '--img-size', '64', '--workers', '0',
+                          '--output', str(output))  # fmt: skip
+    assert status == 2 and err.count('\n') == 1 and 'Traceback' not in err
+    assert '--model lfd_resnet50 is lfd over resnet50, but --backbone resnet18' in err
+    assert '(--model lfd --backbone resnet18)' in err and 'drop --backbone' in err
+    assert not output.exists()
+
+
+def test_the_way_out_of_a_variant_with_another_backbone_trains_that_backbone():
+    from fgvc_zoo.commands.common import ArgumentParser
+    from fgvc_zoo.training.config import add_train_arguments, resolve_config
+    from fgvc_zoo.training.loop import build_model
+
+    parser = ArgumentParser()
+    add_train_arguments(parser)
+    model = build_model(
+        resolve_config(parser.parse_args(['--model', 'lfd', '--backbone', 'resnet18', '--synthetic'])), 4
+    )
+    assert model.backbone.name.split('.')[0] == 'resnet18'
+    same = resolve_config(parser.parse_args(['--model', 'lfd_resnet50', '--backbone', 'resnet50', '--synthetic']))
+    assert build_model(same, 4).backbone.name.split('.')[0] == 'resnet50'
+
+
+# Every hint an error gives is a command or flag that exists and does what the hint says.
+
+
+def parse_hint(command: str):
+    """The namespace `fgvc-zoo ...` (a command a hint quotes) parses to: argparse exits (status 2) on a bad one."""
+    import importlib
+    import shlex
+
+    from fgvc_zoo.commands.common import ArgumentParser
+
+    argv = shlex.split(command)
+    assert argv[0] == 'fgvc-zoo' and argv[1] in cli.SUBCOMMANDS, command
+    parser = ArgumentParser(prog=f'fgvc-zoo {argv[1]}')
+    importlib.import_module(f'fgvc_zoo.commands.{cli.SUBCOMMANDS[argv[1]][0]}').add_arguments(parser)
+    return parser.parse_args(argv[2:])
+
+
+def quoted_commands(message: str) -> list[str]:
+    return [c for c in message.split('`')[1::2] if c.startswith('fgvc-zoo ')]
+
+
+def test_export_of_a_folder_without_config_hints_at_a_command_that_exists(capsys, tmp_path):
+    status, err = console(capsys, 'export', str(tmp_path / 'notarun'))
+    assert status == 1 and err.count('\n') == 1 and 'no such folder' in err
+    (tmp_path / 'weights').mkdir()
+    status, err = console(capsys, 'export', str(tmp_path / 'weights'))
+    assert status == 1 and err.count('\n') == 1
+    [hint] = quoted_commands(err)
+    assert hint != f'fgvc-zoo export {tmp_path / "weights"}', 'the hint repeats the command that failed'
+    args = parse_hint(hint)
+    assert args.dir == str(tmp_path / 'weights') and args.model and args.checkpoint
+    (tmp_path / 'unfinished' / 'checkpoints').mkdir(parents=True)
+    status, err = console(capsys, 'export', str(tmp_path / 'unfinished'))
+    [hint] = quoted_commands(err)
+    args = parse_hint(hint)
+    assert args.output == str(tmp_path / 'unfinished') and args.resume == 'auto'
+
+
+@pytest.mark.parametrize('command', ['train', 'eval', 'predict', 'explain', 'export'])
+def test_img_size_0_is_refused_in_one_line_before_any_work(capsys, tmp_path, command):
+    argv = {
+        'train': ['--model', 'dpnet', '--backbone', 'test_resnet', '--synthetic', '--output', str(tmp_path / 'run')],
+        'eval': ['--model', 'test_resnet', '--data-dir', str(tmp_path)],
+        'predict': ['--model', 'test_resnet', 'x.png'],
+        'explain': ['--model', 'test_resnet', 'x.png'],
+        'export': [str(tmp_path), '--onnx'],
+    }[command]
+    status, err = console(capsys, command, *argv, '--img-size', '0')
+    assert status == 2 and err.count('\n') == 1 and 'Traceback' not in err
+    assert '--img-size' in err and '>= 1' in err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_train_refuses_negative_or_out_of_range_numbers(capsys, tmp_path):
+    common = ['train', '--model', 'dpnet', '--backbone', 'test_resnet', '--synthetic', '--output', str(tmp_path / 'r')]
+    for flag, value, words in [('--workers', '-1', '>= 0'), ('--lr', '-0.1', '>= 0'), ('--hflip', '2', '[0, 1]')]:
+        status, err = console(capsys, *common, flag, value)
+        assert status == 2 and err.count('\n') == 1 and flag in err and words in err, err
+
+
+def test_the_offline_hint_against_a_recipes_pretrained_names_a_flag_that_turns_it_off(capsys, tmp_path, monkeypatch):
+    from fgvc_zoo.training.config import resolve_config
+
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text('model: dpnet_resnet50\npretrained: true\n')
+    flags = ['--recipe', str(recipe), '--synthetic', '--img-size', '64', '--workers', '0']
+    status, err = console(capsys, 'train', *flags, '--output', str(tmp_path / 'run'))
+    assert status == 1 and err.count('\n') == 1
+    assert 'drop --pretrained' not in err and 'pass --no-pretrained' in err
+    args = parse_hint(f'fgvc-zoo train {" ".join(flags)} --no-pretrained')
+    assert resolve_config(args).pretrained is False
+
+
+def test_a_recipes_dataset_layout_with_synthetic_names_the_layout_to_pass(capsys, tmp_path):
+    from fgvc_zoo.training.config import resolve_config
+
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text('model: dpnet\nbackbone: test_resnet\ndataset-layout: cub\n')
+    flags = ['--recipe', str(recipe), '--synthetic', '--output', str(tmp_path / 'run')]
+    status, err = console(capsys, 'train', *flags)
+    assert status == 2 and err.count('\n') == 1 and 'pass --dataset-layout folder' in err
+    assert resolve_config(parse_hint(f'fgvc-zoo train {" ".join(flags)} --dataset-layout folder')).synthetic
+
+
+def test_bench_tells_a_heads_argument_fix_in_head_args_syntax(capsys):
+    from fgvc_zoo.bench import parse_head_args
+    from fgvc_zoo.models import head_class
+
+    flags = ['--heads', 'lfd', '--backbone', 'test_resnet', '--img-size', '32', '--reps', '1', '--no-train']
+    status, err = console(capsys, 'bench', *flags)  # too small an input for LFD's 6 regions
+    assert status == 1 and err.count('\n') == 1
+    suggested = err.split("--head-args '")[-1].split("'")[0]
+    [(head, kwargs)] = parse_head_args(suggested).items()
+    assert head == 'lfd' and set(kwargs) <= set(inspect.signature(head_class('lfd').__init__).parameters)
+    assert 'num_regions' in kwargs  # the argument the head's message names
+
+
+def test_bench_prints_its_table_once(capsys):
+    flags = ['--heads', 'dpnet', '--backbone', 'test_resnet', '--img-size', '64', '--reps', '1', '--no-train']
+    with pytest.raises(SystemExit) as ended:
+        cli.main(['bench', *flags])
+    out = capsys.readouterr().out
+    assert ended.value.code == 0
+    assert out.count('| head | backbone |') == 1 and out.count('| dpnet | test_resnet | 64 |') == 1, out

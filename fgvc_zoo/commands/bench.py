@@ -1,9 +1,12 @@
 """`fgvc-zoo bench`: time each head against the backbone passes it cannot avoid (the library: `fgvc_zoo.bench`)."""
 
 import argparse
+import inspect
 import json
 import sys
+import traceback
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -20,9 +23,13 @@ from ..bench import (
     profile_head,
     train_peak_memory,
 )
+from ..errors import UnknownArgumentError
 from ..models import head_class, list_heads
+from .common import positive_int
 
 __all__ = ['add_arguments', 'main']
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='timm backbone, random init (default: resnet18, the largest real ResNet whose default '
         'run fits 10 minutes on 2 shared CPU cores)',
     )
-    parser.add_argument('--img-size', type=int, nargs='+', default=[160], help='input sides to sweep (default: 160)')
-    parser.add_argument('--batch-size', type=int, nargs='+', default=[2], help='batch sizes to sweep (default: 2)')
-    parser.add_argument('--num-classes', type=int, default=10, help='classes (default: 10)')
+    parser.add_argument(
+        '--img-size', type=positive_int, nargs='+', default=[160], help='input sides to sweep (default: 160)'
+    )
+    parser.add_argument(
+        '--batch-size', type=positive_int, nargs='+', default=[2], help='batch sizes to sweep (default: 2)'
+    )
+    parser.add_argument('--num-classes', type=positive_int, default=10, help='classes (default: 10)')
     parser.add_argument(
         '--zoom-ratio',
         type=float,
@@ -48,11 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="extra head kwargs, 'HEAD:key=value,...;HEAD2:key=value' (YAML values), e.g. 'lfd:num_regions=6'",
     )
-    parser.add_argument('--reps', type=int, default=5, help='interleaved timed repetitions (default: 5)')
+    parser.add_argument('--reps', type=positive_int, default=5, help='interleaved timed repetitions (default: 5)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed warm-up calls of each side (default: 1)')
     parser.add_argument(
         '--threads',
-        type=int,
+        type=positive_int,
         default=1,
         help='torch.set_num_threads (default: 1, so that CPU time is not inflated by spin-waiting)',
     )
@@ -111,25 +122,50 @@ def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> list[BenchCo
     return configs
 
 
+def _bench(cfg: BenchConfig, args: argparse.Namespace, clock: str) -> dict:
+    """`bench_head`, with a head's own refusal of its arguments told in this command's syntax (--head-args)."""
+    try:
+        return bench_head(cfg, reps=args.reps, warmup=args.warmup, train=args.train, clock=clock)
+    except (ValueError, UnknownArgumentError) as e:
+        if not Path(traceback.extract_tb(e.__traceback__)[-1].filename).is_relative_to(PACKAGE_DIR):
+            raise  # not a message of ours: a bug, whose traceback the report needs
+        raise type(e)(
+            f"{e} (fgvc-zoo bench sets a head's arguments with --head-args '{cfg.head}:key=value,...'; the default, "
+            f"to change: --head-args '{cfg.head}:{_example_arg(cfg.head, str(e))}')"
+        ) from e
+
+
+def _example_arg(head: str, message: str) -> str:
+    """A real `key=value` of the head's constructor for the hint: an argument the message names, else the first."""
+    parameters = inspect.signature(head_class(head).__init__).parameters.values()
+    options = [
+        p for p in parameters if p.default is not inspect.Parameter.empty and p.name not in ('backbone', 'num_classes')
+    ]
+    named = [p for p in options if p.name in message]
+    chosen = (named or options)[0]
+    value = list(chosen.default) if isinstance(chosen.default, tuple) else chosen.default
+    return f'{chosen.name}={value}'
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     clock = args.clock or ('cpu' if args.device == 'cpu' else 'wall')
     print(f'# fgvc-zoo bench on {describe_machine()}, clock={clock}')
     print(f'# {" ".join(sys.argv)}')
     rows = []
+    print(
+        f'\nRatios ({clock} clock; median of interleaved per-pair ratios; '
+        f'targets: inference <= {INFERENCE_TARGET}, train step <= {TRAIN_TARGET})'
+    )
+    print('\n'.join(format_table([]).splitlines()[:2]), flush=True)  # the header once, each row as it is timed
     for grad_checkpointing in (False, True) if args.grad_checkpointing else (False,):
         for cfg in _configs(args, grad_checkpointing):
-            rows.append(bench_head(cfg, reps=args.reps, warmup=args.warmup, train=args.train, clock=clock))
+            rows.append(_bench(cfg, args, clock))
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
             if args.profile:
                 print(profile_head(cfg, train=False))
                 if args.train:
                     print(profile_head(cfg, train=True))
-    print(
-        f'\nRatios ({clock} clock; median of interleaved per-pair ratios; '
-        f'targets: inference <= {INFERENCE_TARGET}, train step <= {TRAIN_TARGET})'
-    )
-    print(format_table(rows))
     memory_rows = []
     if args.memory and args.train:
         for cfg in _configs(args, False) + _configs(args, True):

@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 
 from ..errors import UnknownArgumentError, UsageError
 
-__all__ = ['DEBUG_FLAG', 'DEBUG_ENV', 'HelpFormatter', 'ArgumentParser', 'add_model_arguments', 'report_errors']
+__all__ = [
+    'DEBUG_FLAG',
+    'DEBUG_ENV',
+    'HelpFormatter',
+    'ArgumentParser',
+    'positive_int',
+    'add_model_arguments',
+    'report_errors',
+]
 
 DEBUG_FLAG = '--debug'
 DEBUG_ENV = 'FGVC_ZOO_DEBUG'
@@ -51,6 +59,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see `{self.prog} --help`)\n')
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (an input side, a count), refused before any work starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model source shared by eval, predict and explain: a trained/exported folder, a Hub id or a model name."""
     source = parser.add_mutually_exclusive_group(required=True)
@@ -62,7 +81,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument('--model', help='a timm model name or tag, created with pretrained=True')
     parser.add_argument(
         '--img-size',
-        type=int,
+        type=positive_int,
         help="input side; default: the model's data config (an export's is the size it was trained at)",
     )
     parser.add_argument(

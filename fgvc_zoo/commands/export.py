@@ -20,6 +20,7 @@ from ..hub import (
     write_card,
 )
 from ..runtime import parse_options
+from .common import positive_int
 
 __all__ = ['add_arguments', 'main']
 
@@ -43,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--onnx', action='store_true', help='also write model.onnx (needs `pip install fgvc-zoo[onnx]`)'
     )
-    parser.add_argument('--img-size', type=int, help="input side of model.onnx (default: the export's data config)")
+    parser.add_argument(
+        '--img-size', type=positive_int, help="input side of model.onnx (default: the export's data config)"
+    )
 
 
 def _write_onnx(folder: Path, img_size: int | None) -> None:

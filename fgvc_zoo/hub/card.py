@@ -106,6 +106,10 @@ def _describe_weights(weights: dict[str, str] | None | object) -> tuple[str, str
     part = weights.get('part', 'model')
     if weights.get('source') == 'hf-hub':
         name = f'[`{weights["id"]}`](https://huggingface.co/{weights["id"]})'
+        if weights.get('revision'):
+            name += f' at revision `{weights["revision"]}`'
+    elif weights.get('sha256'):
+        name = f'the local file `{weights["id"]}` ({weights["size"]} bytes, sha256 `{weights["sha256"]}`)'
     else:
         name = f'`{weights["id"]}` ({weights.get("source", "file")})'
     head_note = '; the head started from random initialisation' if part == 'backbone' else ''

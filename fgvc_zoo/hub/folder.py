@@ -54,7 +54,16 @@ PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.pkl', '.ckpt')
 # Files a push uploads: never a pickle, never a training checkpoint.
 PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME, ONNX_NAME)
 # Keyword arguments timm's factory passes along that describe where weights come from, not the architecture.
-RUNTIME_ARGS = ('cache_dir', 'pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_model_args', 'device', 'dtype')
+# `backbone_weights` is a local path: timm's factory keeps it in `model._model_args`, which `save_for_hf` exports.
+RUNTIME_ARGS = (
+    'cache_dir',
+    'pretrained_cfg',
+    'pretrained_cfg_overlay',
+    'pretrained_model_args',
+    'device',
+    'dtype',
+    'backbone_weights',
+)
 IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_model` (it registers the heads)'
 
 
@@ -133,17 +142,25 @@ def save_pretrained(
         model_config['base_model'] = base_model(weights)
     if label_names is not None:
         model_config['label_names'] = list(label_names)
+    # timm's save_for_hf exports the factory's `_model_args` too: drop the runtime ones (a local path) while it writes.
+    factory_args = getattr(model, '_model_args', None)
+    if factory_args is not None:
+        model._model_args = {k: v for k, v in factory_args.items() if k not in RUNTIME_ARGS}
     if not all(t.is_contiguous() for t in model.state_dict().values()):
         # channels-last weights (train --channels-last): safetensors writes only contiguous tensors.
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    save_for_hf(
-        model,
-        str(out_dir),
-        model_config=model_config,
-        model_args=_export_model_args(model),
-        data_config=data_config,
-        safe_serialization=True,
-    )
+    try:
+        save_for_hf(
+            model,
+            str(out_dir),
+            model_config=model_config,
+            model_args=_export_model_args(model),
+            data_config=data_config,
+            safe_serialization=True,
+        )
+    finally:
+        if factory_args is not None:
+            model._model_args = factory_args
     share_file(out_dir / WEIGHTS_NAME)
     config = json.loads((out_dir / CONFIG_NAME).read_text())
     (out_dir / CARD_NAME).write_text(model_card(config, results=results, recipe=recipe))
@@ -155,8 +172,17 @@ def _is_pickle(path: Path) -> bool:
 
 
 def check_export_folder(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"'{folder}': no such folder. Pass a trainer's output folder (its run writes {CONFIG_NAME} when it ends) "
+            f'or an export folder.'
+        )
     if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"'{folder}' has no {CONFIG_NAME}: export it with `fgvc-zoo export {folder}`.")
+        if (folder / 'checkpoints').is_dir():  # the trainer's checkpoint folder: a run that has not ended
+            how = f'its run has not ended: `fgvc-zoo train --output {folder} --resume` finishes it and exports it'
+        else:
+            how = f'write one from a weights file with `fgvc-zoo export {folder} --model NAME --checkpoint FILE`'
+        raise FileNotFoundError(f"'{folder}' has no {CONFIG_NAME}, so it is not an export: {how}.")
     if not (folder / WEIGHTS_NAME).is_file():
         pickles = sorted(p.name for p in folder.iterdir() if _is_pickle(p))
         found = f' (it holds {", ".join(pickles)}, which fgvc_zoo never loads)' if pickles else ''

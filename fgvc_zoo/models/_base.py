@@ -28,6 +28,7 @@ from timm.models._features import FeatureGetterNet
 from ..errors import UnknownArgumentError
 from ._backbone import Backbone, check_backbone_name
 from ._hub import hub_cfg, hub_errors, safetensors_only, weights_record
+from ._weights import local_weights_record, resolve_weights_file
 
 __all__ = [
     'FgvcOutput',
@@ -617,7 +618,9 @@ def build_fgvc_model(
     runtime_only = ('num_classes', 'cache_dir', 'pretrained_model_args')
     model.model_args = dict(backbone=backbone, **{k: v for k, v in kwargs.items() if k not in runtime_only})
     # Which weights were really loaded (None: random init); the model card's `base_model` comes from this only.
-    if not pretrained:
+    if backbone_weights is not None:
+        model.pretrained_weights = local_weights_record(resolve_weights_file(backbone_weights, backbone), 'backbone')
+    elif not pretrained:
         model.pretrained_weights = None
     elif full_weights:
         dropped = pretrained_cfg.get('num_classes') not in (None, model.num_classes)

@@ -7,6 +7,7 @@ and the two ways out, instead of huggingface_hub's minute of retries. `backbone_
 loads the same file from a path. Either way the keys are checked strictly against the backbone.
 """
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, Repositor
 from safetensors.torch import load_file
 from timm.models._hub import hf_split
 
-__all__ = ['WEIGHTS_NAME', 'HUB_PROBE_TIMEOUT', 'hub_weights_file', 'resolve_weights_file', 'load_backbone_weights']
+__all__ = [
+    'WEIGHTS_NAME',
+    'HUB_PROBE_TIMEOUT',
+    'hub_weights_file',
+    'resolve_weights_file',
+    'load_backbone_weights',
+    'local_weights_record',
+]
 
 WEIGHTS_NAME = 'model.safetensors'
 HUB_PROBE_TIMEOUT = 5.0  # seconds for the one request that tells whether the Hub can be reached
@@ -39,7 +47,8 @@ def _ways_out(name: str, repo: str, filename: str) -> str:
         f'Either pass the file with --backbone-weights PATH (backbone_weights=PATH in Python: the .safetensors file, '
         f'or a folder or Hugging Face cache holding it), or run `hf download {repo} {filename}` (huggingface-cli '
         f'download in older huggingface_hub) on a connected machine and copy its Hub cache here (HF_HUB_CACHE). '
-        f'To train the backbone from scratch instead, drop --pretrained (pretrained=False).'
+        f'To train the backbone from scratch instead, pass --no-pretrained (pretrained=False; it also overrides a '
+        f"recipe's `pretrained: true`)."
     )
 
 
@@ -91,6 +100,20 @@ def resolve_weights_file(source: str | Path, name: str) -> Path:
         f"Backbone weights '{path}': the folder holds no {WEIGHTS_NAME}{looked_for}. Pass the .safetensors file of "
         f"backbone '{name}' itself."
     )
+
+
+def local_weights_record(path: Path, part: str) -> dict[str, Any]:
+    """Where a local weights file came from, without its local path: a file in a Hugging Face cache is that Hub
+    repo at that revision; any other file is its name, size and sha256 (a path means nothing on another machine)."""
+    parts = path.parts
+    if len(parts) >= 4 and parts[-4].startswith('models--') and parts[-3] == 'snapshots':
+        repo = parts[-4][len('models--') :].replace('--', '/')
+        return dict(source='hf-hub', id=repo, revision=parts[-2], file=path.name, part=part)
+    digest = hashlib.sha256()
+    with path.open('rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return dict(source='file', id=path.name, size=path.stat().st_size, sha256=digest.hexdigest(), part=part)
 
 
 def _examples(keys: list[str], most: int = 3) -> str:

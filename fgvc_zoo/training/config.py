@@ -323,9 +323,20 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
         )
     if config.synthetic == bool(config.data_dir):
         raise UsageError('Pass exactly one of --data-dir DIR and --synthetic.')
-    for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints'):
+    for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints', 'img_size'):
         if getattr(config, name) < 1:
             raise UsageError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
+    for name in ('workers', 'threads', 'lr', 'weight_decay', 'warmup_epochs', 'label_smoothing', 'mixup', 'cutmix'):
+        if getattr(config, name) < 0:
+            raise UsageError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(config, name)}.')
+    for name in ('max_unreadable', 'hflip', 'mixup_prob'):
+        if getattr(config, name) is not None and not 0 <= getattr(config, name) <= 1:
+            raise UsageError(f'--{name.replace("_", "-")} is a fraction in [0, 1], got {getattr(config, name)}.')
+    if config.synthetic and config.dataset_layout not in ('auto', 'folder'):
+        raise UsageError(
+            f'--synthetic writes an image-folder dataset, but --dataset-layout is {config.dataset_layout} (a recipe may'
+            f' set it): pass --dataset-layout folder with --synthetic, or train on --data-dir DIR instead.'
+        )
     if not (config.pretrained or config.backbone_weights or config.resume or config.synthetic):
         _logger.warning(
             f'--model {config.model} trains from random weights: the papers and their numbers start from ImageNet '

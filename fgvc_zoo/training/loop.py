@@ -47,7 +47,7 @@ from .. import __version__
 from ..data import UnreadableDataError, create_dataset, create_transforms, make_synthetic_fgvc
 from ..errors import UsageError
 from ..hub import pretrained_weights_of, save_pretrained
-from ..models import FgvcOutput, head_models, list_heads
+from ..models import FgvcOutput, head_models, head_name, list_heads
 from ..runtime import parse_model_kwargs, parse_options, resolve_device, set_cpu_threads
 from .checkpoints import (
     CHECKPOINT_DIR,
@@ -139,6 +139,14 @@ def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool
         )
     if config.backbone:
         kwargs['backbone'] = config.backbone
+    head = None if plain else head_name(architecture)
+    variant_backbone = architecture[len(head) + 1 :] if head and architecture != head else None
+    if variant_backbone and kwargs.get('backbone') and kwargs['backbone'].split('.')[0] != variant_backbone:
+        raise UsageError(
+            f'--model {config.model} is {head} over {variant_backbone}, but --backbone {kwargs["backbone"]} asks for '
+            f'another backbone: train the generic head (--model {head} --backbone {kwargs["backbone"]}), or drop '
+            f'--backbone (from the command line and the recipe) to train {config.model}.'
+        )
     if 'backbone' not in kwargs and architecture in list_heads():
         raise UsageError(
             f'--model {config.model} is a generic head: pass --backbone NAME (any timm model, e.g. resnet50, or '
@@ -540,6 +548,8 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
 
     resolved = dict(vars(config))
     trainer_state['config'] = resolved  # what `--resume` restores
+    if resume_from is None:  # a resume loads no weights: the run's start is the one its first build recorded
+        trainer_state['pretrained_weights'] = pretrained_weights_of(accelerator.unwrap_model(model), config.pretrained)
     if config.log_with:
         scalars = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers('fgvc_zoo', config=scalars)
@@ -601,14 +611,16 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
                 'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable},
             },
             'exported_weights': 'ema' if ema is not None else 'model',
-            # What --pretrained really loaded (None: random init): the card's base_model comes from this only.
-            'pretrained_weights': pretrained_weights_of(exported, config.pretrained),
+            # What --pretrained or --backbone-weights really loaded (None: random init), recorded once, here; the
+            # card's base_model comes from this only. Absent for a run resumed from a checkpoint that lacks it.
+            **{k: v for k, v in trainer_state.items() if k == 'pretrained_weights'},
             'weights_sha256_per_rank': digests,
             'world_size': accelerator.num_processes,
             'seed': config.seed,
             'num_classes': num_classes,
             'label_names': label_names,
-            'config': resolved,
+            # The weights file by name only: a local path means nothing elsewhere (its record is above).
+            'config': dict(resolved, backbone_weights=config.backbone_weights and Path(config.backbone_weights).name),
             'versions': _versions(),
         }
         if len(label_names) != num_classes:
