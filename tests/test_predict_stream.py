@@ -21,6 +21,7 @@ from fgvc_zoo.cli import run
 from fgvc_zoo.errors import UsageError
 from fgvc_zoo.hub import save_pretrained
 from fgvc_zoo.inference.predict import (
+    RowWriter,
     TorchRunner,
     expand_sources,
     merge_rows,
@@ -243,3 +244,17 @@ def test_two_processes_under_torchrun_write_one_table_in_source_order(exported, 
     assert [(r['indices'], r['error']) for r in rows] == [(r['indices'], r['error']) for r in single]
     for row, want in zip(rows, single, strict=True):
         assert row['probabilities'] == pytest.approx(want['probabilities'], abs=1e-6)
+
+
+@pytest.mark.parametrize('suffix', ['.csv', '.jsonl'])
+def test_each_batch_is_on_disk_once_written(tmp_path, suffix):
+    """What a kill leaves: every batch written so far is readable by another reader while the writer is open."""
+    writer = RowWriter(tmp_path / f'p{suffix}', topk=1)
+    rows = [
+        {'path': f'{k}.jpg', 'indices': [1], 'labels': ['b'], 'probabilities': [0.5], 'error': None} for k in range(3)
+    ]
+    writer.write(rows[:2])
+    assert [r['path'] for r in read_rows(tmp_path / f'p{suffix}')] == ['0.jpg', '1.jpg']
+    writer.write(rows[2:])
+    assert read_rows(tmp_path / f'p{suffix}') == rows
+    writer.close()
