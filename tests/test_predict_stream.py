@@ -19,7 +19,8 @@ from PIL import Image
 
 from fgvc_zoo.cli import run
 from fgvc_zoo.errors import UsageError
-from fgvc_zoo.hub import save_pretrained
+from fgvc_zoo.hub import load_model, save_pretrained
+from fgvc_zoo.hub.onnx import export_onnx
 from fgvc_zoo.inference.predict import (
     RowWriter,
     TorchRunner,
@@ -258,3 +259,34 @@ def test_each_batch_is_on_disk_once_written(tmp_path, suffix):
     writer.write(rows[2:])
     assert read_rows(tmp_path / f'p{suffix}') == rows
     writer.close()
+
+
+def test_onnx_runtime_gives_the_rows_of_the_pytorch_model(exported, image_folder, tmp_path):
+    """--onnx: onnxruntime with the preprocessing and names the export recorded, no model folder needed."""
+    pytest.importorskip('onnxruntime')
+    root, _, _ = image_folder
+    model = load_model(str(exported))
+    onnx_path = export_onnx(model, tmp_path / 'model.onnx', img_size=64, label_names=NAMES)
+    flags = _flags(exported)[2:]  # no --checkpoint
+    assert run(['predict', str(root), '--onnx', str(onnx_path), *flags, '--output', str(tmp_path / 'o.csv')]) == 1
+    run(['predict', str(root), *_flags(exported), '--output', str(tmp_path / 't.csv')])
+    onnx_rows, torch_rows = read_rows(tmp_path / 'o.csv'), read_rows(tmp_path / 't.csv')
+    assert [(r['path'], r['labels'], r['error']) for r in onnx_rows] == [
+        (r['path'], r['labels'], r['error']) for r in torch_rows
+    ]
+    for row, want in zip(onnx_rows, torch_rows, strict=True):
+        assert row['probabilities'] == pytest.approx(want['probabilities'], abs=1e-4)
+    with pytest.raises(UsageError, match='exported for 64x64'):
+        run(['predict', str(root), '--onnx', str(onnx_path), '--img-size', '96', '--output', str(tmp_path / 'x.csv')])
+
+
+@pytest.mark.parametrize('flag', [['--channels-last'], ['--amp'], ['--amp', 'float16']])
+def test_runtime_options_keep_the_predictions(exported, image_folder, tmp_path, flag):
+    root, _, _ = image_folder
+    run(['predict', str(root), *_flags(exported), '--output', str(tmp_path / 'plain.jsonl')])
+    run(['predict', str(root), *_flags(exported), *flag, '--output', str(tmp_path / 'option.jsonl')])
+    plain, option = read_rows(tmp_path / 'plain.jsonl'), read_rows(tmp_path / 'option.jsonl')
+    tolerance = 1e-5 if flag == ['--channels-last'] else 0.03  # autocast: bfloat16 / float16 on the CPU
+    for row, want in zip(option, plain, strict=True):
+        assert row['path'] == want['path'] and row['error'] == want['error']
+        assert row['probabilities'] == pytest.approx(want['probabilities'], abs=tolerance)
