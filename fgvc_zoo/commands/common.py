@@ -70,8 +70,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model source shared by eval, predict and explain: a trained/exported folder, a Hub id or a model name."""
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """The model source shared by eval, predict and explain: a trained/exported folder, a Hub id or a model name.
+
+    Returns the (required, exclusive) source group, for a command with another source (predict's `--onnx`)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         '--checkpoint',
@@ -87,6 +89,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--device', default='auto', help='torch device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps, ...'
     )
+    return source
 
 
 def _is_deliberate(e: BaseException) -> bool:
