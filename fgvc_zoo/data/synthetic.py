@@ -117,8 +117,8 @@ def make_synthetic_fgvc(
 
     `clutter`: random shapes drawn on each background (more make the body and its part harder to find);
     `held_out_split`: the held-out folder's name ('test' for a dataset whose val split is carved from train); its
-    images are the same whatever its name. parts.json maps each image's path relative to root ('train/hbar/0000.png') to its part box
-    [x1, y1, x2, y2] in pixels (x2, y2 exclusive).
+    images are the same whatever its name. parts.json maps each image's path relative to root
+    ('train/hbar/0000.png') to its part box [x1, y1, x2, y2] in pixels (x2, y2 exclusive).
     """
     part_side = max(3, round(part_size * image_size))
     if part_side > image_size // 2:

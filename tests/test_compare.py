@@ -1,0 +1,158 @@
+"""`fgvc-zoo compare`: the report's numbers are those of its run records, the test split is read only after every
+run has trained, the val split is carved per class, and a rerun continues instead of retraining."""
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy.stats import t
+
+from fgvc_zoo import compare
+from fgvc_zoo.cli import run
+from fgvc_zoo.commands import compare as compare_command
+from fgvc_zoo.errors import UsageError
+
+TINY = [
+    'compare', '--synthetic', '--synthetic-args', 'num_classes=4,train_per_class=6,val_per_class=4,image_size=64',
+    '--backbone', 'test_resnet', '--methods', 'plain', 'dpnet', '--epochs', '1', '--lrs', '0.01', '0.03',
+    '--seeds', '2', '--batch-size', '8', '--img-size', '64', '--devices', 'cpu', '--explain', '1',
+]  # fmt: skip
+
+
+def _table(report: str, header: str) -> dict[str, dict[str, str]]:
+    """The rows of the markdown table whose header row starts with `header`, keyed by their first cell."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    names = [c.strip() for c in lines[start].strip('|').split('|')]
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith('|'):
+            break
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rows[cells[0]] = dict(zip(names, cells, strict=True))
+    return rows
+
+
+def _pm(cell: str) -> tuple[float, float]:
+    mean, std = cell.split(' +- ')
+    return float(mean), float(std)
+
+
+def _close(written: float, value: float) -> bool:
+    return abs(written - value) <= 0.005 + 1e-9  # the report writes 2 decimals
+
+
+@pytest.fixture(scope='module')
+def compared(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('compare') / 'out'
+    seen_test = []
+    train_job = compare._train_job
+
+    def spying_train_job(*args, **kwargs):
+        seen_test.append((out / compare.TEST_DATA).exists())
+        return train_job(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compare, '_train_job', spying_train_job)
+        assert run([*TINY, '--output', str(out)]) == 0
+    assert seen_test == [False] * 6, 'a run trained after the test split was linked (or not 2 lrs + 1 seed each)'
+    return out
+
+
+def test_report_numbers_are_the_records(compared: Path) -> None:
+    report = (compared / 'REPORT.md').read_text()
+    records = [json.loads(p.read_text()) for p in sorted((compared / 'runs').glob('*.json'))]
+    assert len(records) == 6  # per method: lrs 0.01 and 0.03 at seed 0, seed 1 at the chosen lr
+
+    sweep = _table(report, '| method | lr chosen')
+    tests = _table(report, '| method | test top-1')
+    cost = _table(report, '| method | train images/s')
+    chosen = {}
+    for method in ('plain', 'dpnet'):
+        seed0 = {r['lr']: r['val_top1'] for r in records if r['method'] == method and r['seed'] == 0}
+        best = max(seed0.values())
+        chosen[method] = min(lr for lr, v in seed0.items() if v == best)
+        assert float(sweep[method]['lr chosen']) == chosen[method]
+        written = dict(item.split(': ') for item in sweep[method]['val top-1 by lr'].split(', '))
+        assert {float(k): float(v) for k, v in written.items()} == pytest.approx(seed0, abs=0.005)
+
+    runs = {
+        m: sorted((r for r in records if r['method'] == m and r['lr'] == chosen[m]), key=lambda r: r['seed'])
+        for m in chosen
+    }
+    assert [r['seed'] for r in runs['dpnet']] == [0, 1]
+    for method, column, key in (
+        (m, c, k)
+        for m in chosen
+        for c, k in (('test top-1', 'test_top1'), ('mean per-class', 'test_mean_class_accuracy'))
+    ):
+        values = [r[key] for r in runs[method]]
+        mean, std = _pm(tests[method][column])
+        assert _close(mean, statistics.mean(values)) and _close(std, statistics.stdev(values)), (method, column)
+
+    for column, key in (('top-1 - plain', 'test_top1'), ('mean per-class - plain', 'test_mean_class_accuracy')):
+        diffs = [h[key] - p[key] for h, p in zip(runs['dpnet'], runs['plain'], strict=True)]
+        mean, std = _pm(tests['dpnet'][column])
+        assert _close(mean, statistics.mean(diffs)) and _close(std, statistics.stdev(diffs)), column
+    diffs = [h['test_top1'] - p['test_top1'] for h, p in zip(runs['dpnet'], runs['plain'], strict=True)]
+    half = t.ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
+    low, high = map(float, tests['dpnet']['95 % interval'].strip('[]').split(', '))
+    assert _close(low, statistics.mean(diffs) - half) and _close(high, statistics.mean(diffs) + half)
+    shown = low > 0 or high < 0
+    assert tests['dpnet']['reading'].startswith(('above', 'below') if shown else 'no difference shown')
+
+    for method in chosen:
+        assert _close(
+            float(cost[method]['train images/s']), statistics.mean(r['train_images_per_s'] for r in runs[method])
+        )
+        assert _close(
+            float(cost[method]['eval images/s']), statistics.mean(r['eval_images_per_s'] for r in runs[method])
+        )
+        assert _close(
+            float(cost[method]['train peak memory (MiB)']), max(r['train_peak_memory_mb'] for r in runs[method])
+        )
+        assert _close(
+            float(cost[method]['eval peak memory (MiB)']), max(r['eval_peak_memory_mb'] for r in runs[method])
+        )
+
+    per_class = _table(report, '| method | largest gains')['dpnet']
+    classes = runs['plain'][0]['test_per_class_accuracy']
+    gain = {
+        c: statistics.mean(r['test_per_class_accuracy'][c] for r in runs['dpnet'])
+        - statistics.mean(r['test_per_class_accuracy'][c] for r in runs['plain'])
+        for c in classes
+    }
+    for cell in (per_class['largest gains'], per_class['largest losses']):
+        for item in [] if cell == 'none' else cell.split(', '):
+            name, value = item.rsplit(' ', 1)
+            assert _close(float(value), gain[name]), item
+    for picture in re.findall(r'!\[[^\]]*\]\(([^)]+)\)', report):
+        assert (compared / picture).is_file(), picture
+    assert (compared / 'bars.png').is_file() and (compared / 'per_class.png').is_file()
+
+
+def test_rerun_continues_and_refuses_another_budget(compared: Path) -> None:
+    stamps = {p: p.stat().st_mtime_ns for p in (compared / 'runs').glob('*.json')}
+    assert run([*TINY, '--output', str(compared), '--explain', '0']) == 0
+    assert {p: p.stat().st_mtime_ns for p in (compared / 'runs').glob('*.json')} == stamps  # nothing retrained
+    with pytest.raises(UsageError, match='another budget'):
+        run([*TINY, '--output', str(compared), '--epochs', '2'])
+
+
+def test_val_is_carved_per_class_with_a_fixed_seed() -> None:
+    labels = [0] * 10 + [1] * 5 + [2] * 2
+    train, val = compare.carve_val(labels, 0.2, seed=0)
+    assert sorted(train + val) == list(range(len(labels)))
+    assert [sum(labels[i] == c for i in val) for c in range(3)] == [2, 1, 1]
+    assert compare.carve_val(labels, 0.2, seed=0) == (train, val)
+    assert compare.carve_val(labels, 0.2, seed=1) != (train, val)
+
+
+def test_default_train_args_are_the_librarys() -> None:
+    parser = __import__('argparse').ArgumentParser()
+    compare_command.add_arguments(parser)
+    args = parser.parse_args(['--synthetic', '--backbone', 'x', '--output', 'o'])
+    assert args.train_args.split() == compare.DEFAULT_TRAIN_ARGS
