@@ -679,15 +679,16 @@ def _figures(summary: dict[str, Any], classes: list[str], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(3 + 1.2 * len(methods), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2 + 1.6 * len(methods)), 3.8), squeeze=False)
     for ax, (key, title) in zip(axes.flat, METRICS, strict=True):
         means = [summary[m][key + '_mean'] for m in methods]
         stds = [summary[m][key + '_std'] for m in methods]
         ax.bar(methods, means, yerr=stds, capsize=5, color=['0.6'] + ['C0'] * (len(methods) - 1), alpha=0.8)
         for i, m in enumerate(methods):
             ax.scatter([i] * len(summary[m][key]), summary[m][key], color='k', s=10, zorder=3)
-        ax.set(title=f'{title} (%), mean +- std', ylim=(0, 100))
+        ax.set(title=f'{title} (%)', ylim=(0, 100))
         ax.grid(axis='y', alpha=0.3)
+    fig.suptitle('test accuracy: bar = mean over seeds, error bar = std, dots = seeds', fontsize=10)
     fig.tight_layout()
     fig.savefig(out / 'bars.png', dpi=100)
     plt.close(fig)

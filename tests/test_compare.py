@@ -13,13 +13,24 @@ from scipy.stats import t
 from fgvc_zoo import compare
 from fgvc_zoo.cli import run
 from fgvc_zoo.commands import compare as compare_command
+from fgvc_zoo.data import create_dataset, make_synthetic_fgvc
 from fgvc_zoo.errors import UsageError
 
 TINY = [
-    'compare', '--synthetic', '--synthetic-args', 'num_classes=4,train_per_class=6,val_per_class=4,image_size=64',
-    '--backbone', 'test_resnet', '--methods', 'plain', 'dpnet', '--epochs', '1', '--lrs', '0.01', '0.03',
+    'compare', '--backbone', 'test_resnet', '--methods', 'plain', 'dpnet', '--epochs', '1', '--lrs', '0.01', '0.03',
     '--seeds', '2', '--batch-size', '8', '--img-size', '64', '--devices', 'cpu', '--explain', '1',
 ]  # fmt: skip
+TEST_IMAGES = (6, 4, 2, 1)  # per class: after one epoch a model often predicts one class, whose share this varies
+
+
+def _tiny_data(root: Path) -> Path:
+    """The synthetic part set as a folder dataset with train/ and an imbalanced test/ split."""
+    make_synthetic_fgvc(str(root), num_classes=4, train_per_class=6, val_per_class=6, image_size=64,
+                        held_out_split='test')  # fmt: skip
+    for folder, keep in zip(sorted((root / 'test').iterdir()), TEST_IMAGES, strict=True):
+        for image in sorted(folder.iterdir())[keep:]:
+            image.unlink()
+    return root
 
 
 def _table(report: str, header: str) -> dict[str, dict[str, str]]:
@@ -47,7 +58,8 @@ def _close(written: float, value: float) -> bool:
 
 @pytest.fixture(scope='module')
 def compared(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp('compare') / 'out'
+    base = tmp_path_factory.mktemp('compare')
+    out, data = base / 'out', _tiny_data(base / 'data')
     seen_test = []
     train_job = compare._train_job
 
@@ -57,12 +69,13 @@ def compared(tmp_path_factory) -> Path:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(compare, '_train_job', spying_train_job)
-        assert run([*TINY, '--output', str(out)]) == 0
+        assert run([*TINY, '--data-dir', str(data), '--output', str(out)]) == 0
     assert seen_test == [False] * 6, 'a run trained after the test split was linked (or not 2 lrs + 1 seed each)'
-    return out
+    return out, data
 
 
-def test_report_numbers_are_the_records(compared: Path) -> None:
+def test_report_numbers_are_the_records(compared: tuple[Path, Path]) -> None:
+    compared = compared[0]
     report = (compared / 'REPORT.md').read_text()
     records = [json.loads(p.read_text()) for p in sorted((compared / 'runs').glob('*.json'))]
     assert len(records) == 6  # per method: lrs 0.01 and 0.03 at seed 0, seed 1 at the chosen lr
@@ -134,12 +147,13 @@ def test_report_numbers_are_the_records(compared: Path) -> None:
     assert (compared / 'bars.png').is_file() and (compared / 'per_class.png').is_file()
 
 
-def test_rerun_continues_and_refuses_another_budget(compared: Path) -> None:
+def test_rerun_continues_and_refuses_another_budget(compared: tuple[Path, Path]) -> None:
+    compared, data = compared
     stamps = {p: p.stat().st_mtime_ns for p in (compared / 'runs').glob('*.json')}
-    assert run([*TINY, '--output', str(compared), '--explain', '0']) == 0
+    assert run([*TINY, '--data-dir', str(data), '--output', str(compared), '--explain', '0']) == 0
     assert {p: p.stat().st_mtime_ns for p in (compared / 'runs').glob('*.json')} == stamps  # nothing retrained
     with pytest.raises(UsageError, match='another budget'):
-        run([*TINY, '--output', str(compared), '--epochs', '2'])
+        run([*TINY, '--data-dir', str(data), '--output', str(compared), '--epochs', '2'])
 
 
 def test_val_is_carved_per_class_with_a_fixed_seed() -> None:
@@ -156,3 +170,30 @@ def test_default_train_args_are_the_librarys() -> None:
     compare_command.add_arguments(parser)
     args = parser.parse_args(['--synthetic', '--backbone', 'x', '--output', 'o'])
     assert args.train_args.split() == compare.DEFAULT_TRAIN_ARGS
+
+
+def test_synthetic_writes_the_hard_protocol_with_a_test_split(tmp_path: Path) -> None:
+    protocol = {**compare.HARD_SYNTHETIC, 'num_classes': 3, 'train_per_class': 2, 'val_per_class': 1, 'image_size': 96}
+    config = compare.CompareConfig(output=str(tmp_path), backbone='x', methods=['plain'], lrs=[0.1], synthetic=protocol)
+    root, layout = compare._source(config)
+    assert layout == 'folder' and sorted(p.name for p in Path(root).iterdir()) == ['parts.json', 'test', 'train']
+    assert len(create_dataset(root, 'test', layout)) == 3
+    splits = compare.prepare_splits(config)
+    assert (splits['train_images'], splits['val_images']) == (3, 3)
+    assert not (tmp_path / compare.TEST_DATA).exists()
+
+
+def test_a_disagreement_is_drawn_with_the_heads_explanation(compared: tuple[Path, Path]) -> None:
+    out = compared[0]
+    splits = json.loads((out / 'splits.json').read_text())
+    summary = json.loads((out / 'summary.json').read_text())
+    runs = [json.loads((out / 'runs' / f'{m}_lr{summary[m]["lr"]:g}_seed0.json').read_text()) for m in summary]
+    truth = create_dataset(str(out / compare.TEST_DATA), 'test', 'folder').targets
+    runs[0]['test_predictions'] = [(y + 1) % 4 for y in truth]  # plain wrong everywhere: every image disagrees
+    runs[1]['test_predictions'] = list(truth)
+    config = compare.CompareConfig(output=str(out), backbone='test_resnet', methods=['plain', 'dpnet'], lrs=[0.01],
+                                   img_size=64, explain=2)  # fmt: skip
+    drawn = compare._disagreements(config, summary, runs, out / compare.TEST_DATA, splits)
+    names = [splits['classes'][y] for y in truth[:2]]
+    assert [(d['method'], d['true'], d['head']) for d in drawn] == [('dpnet', name, name) for name in names]
+    assert all(d['plain'] != d['true'] and (out / d['png']).stat().st_size > 1000 for d in drawn)
