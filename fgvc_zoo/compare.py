@@ -178,8 +178,14 @@ def prepare_splits(config: CompareConfig) -> dict[str, Any]:
 
     out = Path(config.output)
     path = out / 'splits.json'
+    keys = ('data_dir', 'synthetic', 'dataset_layout', 'dataset_args', 'train_split', 'val_fraction', 'split_seed')
+    source = json.loads(json.dumps({k: getattr(config, k) for k in keys}))
     if path.is_file():
-        return json.loads(path.read_text())
+        splits = json.loads(path.read_text())
+        if splits['source'] != source:
+            changed = sorted(k for k in keys if splits['source'].get(k) != source[k])
+            raise UsageError(f'{out} holds the splits of other data (differs in {changed}): pass a new --output.')
+        return splits
     root, layout = _source(config)
     train = create_dataset(root, config.train_split, layout, **config.dataset_args)
     train_index, val_index = carve_val(train.targets, config.val_fraction, config.split_seed)
@@ -193,7 +199,7 @@ def prepare_splits(config: CompareConfig) -> dict[str, Any]:
     shutil.rmtree(out / DATA, ignore_errors=True)
     partial.rename(out / DATA)
     splits = dict(
-        root=str(root), layout=train.layout, classes=list(train.classes), folders=folders,
+        source=source, root=str(root), layout=train.layout, classes=list(train.classes), folders=folders,
         train_images=len(train_index), val_images=len(val_index),
         train=[train.samples[k][0] for k in train_index], val=[train.samples[k][0] for k in val_index],
     )  # fmt: skip

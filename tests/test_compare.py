@@ -3,6 +3,7 @@ run has trained, the val split is carved per class, and a rerun continues instea
 
 import json
 import math
+import os
 import re
 import statistics
 from pathlib import Path
@@ -154,6 +155,8 @@ def test_rerun_continues_and_refuses_another_budget(compared: tuple[Path, Path])
     assert {p: p.stat().st_mtime_ns for p in (compared / 'runs').glob('*.json')} == stamps  # nothing retrained
     with pytest.raises(UsageError, match='another budget'):
         run([*TINY, '--data-dir', str(data), '--output', str(compared), '--epochs', '2'])
+    with pytest.raises(UsageError, match='splits of other data'):
+        run([*TINY, '--data-dir', str(data), '--output', str(compared), '--val-fraction', '0.5'])
 
 
 def test_val_is_carved_per_class_with_a_fixed_seed() -> None:
@@ -197,3 +200,26 @@ def test_a_disagreement_is_drawn_with_the_heads_explanation(compared: tuple[Path
     names = [splits['classes'][y] for y in truth[:2]]
     assert [(d['method'], d['true'], d['head']) for d in drawn] == [('dpnet', name, name) for name in names]
     assert all(d['plain'] != d['true'] and (out / d['png']).stat().st_size > 1000 for d in drawn)
+
+
+def _visible_device(tag: str, cuda: bool) -> dict[str, object]:
+    """A job run in a device worker: what it saw."""
+    return dict(tag=tag, cuda=cuda, device=os.environ.get('CUDA_VISIBLE_DEVICES'), pid=os.getpid())
+
+
+@pytest.mark.slow  # two worker processes, each importing torch
+def test_cuda_devices_get_one_pinned_worker_each() -> None:
+    """One worker process per CUDA device, pinned by CUDA_VISIBLE_DEVICES, each job run once (no GPU needed: the
+    jobs only report what they see)."""
+    done = []
+    devices = compare._Devices(['cuda:0', 'cuda:3'])
+    try:
+        devices.run([(_visible_device, (str(k),), done.append) for k in range(6)])
+    finally:
+        devices.close()
+    assert sorted(d['tag'] for d in done) == [str(k) for k in range(6)] and all(d['cuda'] for d in done)
+    pids = {d['device']: set() for d in done}
+    for d in done:
+        pids[d['device']].add(d['pid'])
+    assert set(pids) <= {'0', '3'} and all(len(p) == 1 for p in pids.values())
+    assert os.getpid() not in {d['pid'] for d in done}
