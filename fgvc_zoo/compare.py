@@ -639,6 +639,12 @@ def report_markdown(
                 f'- `{image["source"]}`: true {image["true"]}, plain says {image["plain"]}, {image["method"]} says '
                 f'{image["head"]}: ![{image["method"]}]({image["png"]})'
             )
+    lines += ['', '## Training curves (seed 0 at the chosen lr: each loss term, val accuracy, lr per epoch)', '']
+    for method, e in summary.items():
+        name = run_name(method, e['lr'], 0)
+        final = next(r for r in runs if r['method'] == method and r['seed'] == 0)['history'][-1]
+        terms = ', '.join(f'{k[len("train_") :]} {v:.4g}' for k, v in final.items() if k.startswith('train_loss'))
+        lines.append(f'- {method} (last epoch: {terms}): ![{method} curves]({RUNS}/{name}/curves.png)')
     versions = runs[0]['versions']
     lines += [
         '',
