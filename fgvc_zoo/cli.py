@@ -1,4 +1,4 @@
-"""`fgvc-zoo {train,eval,predict,explain,demo,space,export,push,list,bench}`.
+"""`fgvc-zoo {train,eval,predict,explain,demo,space,export,push,list,bench,compare}`.
 
 Each subcommand NAME is the module `fgvc_zoo.commands.NAME` (`list` is `list_models`), which exposes
 `add_arguments(parser)` and `main(args) -> int`. Only the module of the subcommand that runs is imported, so
@@ -33,6 +33,7 @@ SUBCOMMANDS = {
     'push': ('push', 'upload an exported or trained model folder to a Hub repo'),
     'list': ('list_models', 'list the registered fgvc_zoo models and tags, and which weights each loads'),
     'bench': ('bench', 'time each head against the backbone passes it needs'),
+    'compare': ('compare', 'does a head help on my data? each head against plain fine-tuning, with a report'),
 }
 
 

@@ -19,7 +19,7 @@ FLOORS = (
     ('fgvc_zoo.hub',),  # the export format: folder, card, ONNX, upload
     ('fgvc_zoo.runtime',),  # threads, device, option syntax, a model loaded for inference
     ('fgvc_zoo.training', 'fgvc_zoo.inference'),
-    ('fgvc_zoo.demo', 'fgvc_zoo.bench'),
+    ('fgvc_zoo.demo', 'fgvc_zoo.bench', 'fgvc_zoo.compare'),
     ('fgvc_zoo.commands',),
     ('fgvc_zoo.cli', 'fgvc_zoo.train'),
 )

@@ -65,13 +65,13 @@ def synthetic_class_names(num_classes: int) -> list[str]:
     return list(GLYPHS[:num_classes])
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
+def _background(rng: np.random.Generator, size: int, shapes: int = 10) -> Image.Image:
     coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
     field = np.asarray(coarse.resize((size, size), Image.BILINEAR), dtype=np.int16)
     field = field + rng.integers(-20, 21, field.shape, dtype=np.int16)  # pixel noise
     image = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(10):
+    for _ in range(shapes):
         x1, y1 = rng.integers(-size // 4, size, 2)
         w, h = rng.integers(size // 16, size // 3, 2)
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
@@ -92,9 +92,9 @@ def _part_tile(side: int, glyph: str) -> np.ndarray:
     return np.repeat(tile[..., None], 3, axis=2)
 
 
-def _render(rng: np.random.Generator, size: int, glyph: str, part_side: int):
+def _render(rng: np.random.Generator, size: int, glyph: str, part_side: int, clutter: int = 10):
     """One image and its part box [x1, y1, x2, y2] (pixels, x2/y2 exclusive)."""
-    image = _background(rng, size)
+    image = _background(rng, size, clutter)
     cx, cy = rng.uniform(0.4, 0.6, 2) * size
     ax, ay = rng.uniform(0.22, 0.34, 2) * size
     jitter = rng.integers(-15, 16, 3)
@@ -123,11 +123,15 @@ def make_synthetic_fgvc(
     image_size: int = 128,
     seed: int = 0,
     part_size: float = 0.15,
+    clutter: int = 10,
+    held_out_split: str = 'val',
 ) -> str:
     """Write root/{train,val}/<class>/*.png (a 'folder' layout) and root/parts.json; return root.
 
-    parts.json maps each image's path relative to root ('train/hbar/0000.png') to its part box
-    [x1, y1, x2, y2] in pixels (x2, y2 exclusive).
+    `clutter`: random shapes drawn on each background (more make the body and its part harder to find);
+    `held_out_split`: the held-out folder's name ('test' for a dataset whose val split is carved from train); its
+    images are the same whatever its name. parts.json maps each image's path relative to root
+    ('train/hbar/0000.png') to its part box [x1, y1, x2, y2] in pixels (x2, y2 exclusive).
     """
     part_side = max(3, round(part_size * image_size))
     if part_side > image_size // 2:
@@ -135,14 +139,16 @@ def make_synthetic_fgvc(
             f'part_size={part_size} makes a part of {part_side} px, more than half of image_size='
             f'{image_size}; the part must be small (e.g. 0.1-0.2)'
         )
+    if held_out_split == 'train':
+        raise ValueError("held_out_split='train' would mix the held-out images into the training folder")
     names = synthetic_class_names(num_classes)
     parts = {}
-    for split, per_class in (('train', train_per_class), ('val', val_per_class)):
+    for split, per_class in (('train', train_per_class), (held_out_split, val_per_class)):
         for class_index, name in enumerate(names):
             os.makedirs(os.path.join(root, split, name), exist_ok=True)
             for i in range(per_class):
-                rng = np.random.default_rng([seed, SPLIT_SEEDS[split], class_index, i])
-                image, box = _render(rng, image_size, name, part_side)
+                rng = np.random.default_rng([seed, SPLIT_SEEDS['train' if split == 'train' else 'val'], class_index, i])
+                image, box = _render(rng, image_size, name, part_side, clutter)
                 relative = f'{split}/{name}/{i:04d}.png'
                 image.save(os.path.join(root, relative), compress_level=1)
                 parts[relative] = box

@@ -1,0 +1,100 @@
+"""`fgvc-zoo compare`: each head against a plain fine-tune of the same backbone on your data, with a report (the
+library: `fgvc_zoo.compare`)."""
+
+import argparse
+import shlex
+
+__all__ = ['add_arguments', 'main']
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..compare import DEFAULT_TRAIN_ARGS
+    from ..models import list_heads
+
+    data = parser.add_argument_group('data')
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument('--data-dir', help='dataset root: any layout the trainer reads (folder, cub, cars, ...)')
+    source.add_argument(
+        '--synthetic',
+        action='store_true',
+        help='the built-in hard synthetic protocol (fgvc_zoo.compare.HARD_SYNTHETIC), written to OUTPUT',
+    )
+    data.add_argument(
+        '--synthetic-args', default='', help="override the synthetic protocol: 'num_classes=4,image_size=64,...'"
+    )
+    data.add_argument('--dataset-layout', default='auto', help='layout of --data-dir')
+    data.add_argument('--dataset-args', default='', help="layout options, 'key=value,...' (e.g. level=family)")
+    data.add_argument('--train-split', default='train', help='the split the runs train on (val is carved from it)')
+    data.add_argument('--test-split', default='test', help='the held-out split, read only at the end')
+    data.add_argument('--val-fraction', type=float, default=0.2, help="share of each class's training images for val")
+    data.add_argument('--split-seed', type=int, default=0, help='seed of the val split')
+
+    model = parser.add_argument_group('model and budget')
+    model.add_argument('--backbone', required=True, help='timm backbone shared by plain and every head')
+    weights = model.add_mutually_exclusive_group()
+    weights.add_argument('--pretrained', action='store_true', help="timm's pretrained weights of the backbone")
+    weights.add_argument('--backbone-weights', help='the backbone weights from a local file or folder (no Hub)')
+    methods = ['plain', *list_heads()]
+    model.add_argument('--methods', nargs='+', default=methods, choices=methods, help='plain is the baseline')
+    model.add_argument(
+        '--method-args', default='', help="each method's --model-args, 'lfd:zoom_size=112;iagn:mid_channels=128'"
+    )
+    model.add_argument('--lrs', type=float, nargs='+', default=[0.003, 0.01, 0.03], help='lrs swept at seed 0')
+    model.add_argument('--seeds', type=int, default=3, help='seeds trained at the chosen lr (0..N-1)')
+    model.add_argument('--epochs', type=int, default=10, help='epochs of every run')
+    model.add_argument('--batch-size', type=int, default=16, help='batch size of every run')
+    model.add_argument('--img-size', type=int, default=224, help='input side of every run')
+    model.add_argument(
+        '--train-args',
+        default=' '.join(DEFAULT_TRAIN_ARGS),
+        help='more trainer flags shared by every run, as one string (see `fgvc-zoo train --help`)',
+    )
+
+    run = parser.add_argument_group('run')
+    run.add_argument(
+        '--devices',
+        nargs='+',
+        default=None,
+        help="'cpu' (runs in this process) or CUDA devices, each training one run at a time (default: every "
+        'visible CUDA device, else cpu)',
+    )
+    run.add_argument('--workers', type=int, default=0, help='data loader workers per run')
+    run.add_argument('--threads', type=int, default=0, help="torch CPU threads per run (0: the trainer's choice)")
+    run.add_argument('--explain', type=int, default=3, help='disagreement images drawn per head')
+    run.add_argument('--output', required=True, help='runs, records and REPORT.md; rerun with it to continue')
+
+
+def _pairs(text: str, flag: str) -> dict[str, object]:
+    from ..runtime import parse_model_kwargs
+
+    return parse_model_kwargs(text or None, None, flag=flag)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..compare import HARD_SYNTHETIC, CompareConfig, run_compare
+    from ..errors import UsageError
+
+    method_args = {}
+    for item in filter(None, (part.strip() for part in args.method_args.split(';'))):
+        method, sep, values = item.partition(':')
+        if not sep or method not in args.methods:
+            raise UsageError(f"--method-args '{item}': write METHOD:key=value,... with METHOD one of {args.methods}.")
+        method_args[method] = values
+    if args.synthetic_args and not args.synthetic:
+        raise UsageError('--synthetic-args sets the synthetic protocol: pass --synthetic with it.')
+    synthetic = {**HARD_SYNTHETIC, **_pairs(args.synthetic_args, '--synthetic-args')} if args.synthetic else None
+    devices = args.devices or [f'cuda:{i}' for i in range(torch.cuda.device_count())] or ['cpu']
+    config = CompareConfig(
+        output=args.output, backbone=args.backbone, methods=args.methods, lrs=args.lrs, seeds=args.seeds,
+        epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size, data_dir=args.data_dir,
+        synthetic=synthetic, dataset_layout=args.dataset_layout,
+        dataset_args=_pairs(args.dataset_args, '--dataset-args'), train_split=args.train_split,
+        test_split=args.test_split, val_fraction=args.val_fraction, split_seed=args.split_seed,
+        pretrained=args.pretrained, backbone_weights=args.backbone_weights, method_args=method_args,
+        train_args=shlex.split(args.train_args), devices=devices, workers=args.workers, threads=args.threads,
+        explain=args.explain,
+    )  # fmt: skip
+    run_compare(config)
+    return 0
