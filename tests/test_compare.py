@@ -150,9 +150,15 @@ def test_report_numbers_are_the_records(compared: tuple[Path, Path]) -> None:
 
 def test_rerun_continues_and_refuses_another_budget(compared: tuple[Path, Path]) -> None:
     compared, data = compared
+    summary = json.loads((compared / 'summary.json').read_text())
+    unchosen = compared / 'runs' / f'dpnet_lr{0.03 if summary["dpnet"]["lr"] == 0.01 else 0.01:g}_seed0.json'
+    lost = json.loads(unchosen.read_text())
+    unchosen.unlink()  # as if killed after its last checkpoint, before its record
     stamps = {p: p.stat().st_mtime_ns for p in (compared / 'runs').glob('*.json')}
     assert run([*TINY, '--data-dir', str(data), '--output', str(compared), '--explain', '0']) == 0
-    assert {p: p.stat().st_mtime_ns for p in (compared / 'runs').glob('*.json')} == stamps  # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the recorded runs were not retrained
+    resumed = json.loads(unchosen.read_text())  # the lost one continued from its checkpoint: the same epochs
+    assert resumed['history'] == lost['history'] and resumed['val_top1'] == lost['val_top1']
     with pytest.raises(UsageError, match='another budget'):
         run([*TINY, '--data-dir', str(data), '--output', str(compared), '--epochs', '2'])
     with pytest.raises(UsageError, match='splits of other data'):
