@@ -119,11 +119,15 @@ def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, 
     assert run(['explain', *common, '--view', 'crop', '--out', str(out)]) == 0
     png = out / 'photo_explain.png'
 
-    # The geometry the PNG was drawn from: a Resize(109) + CenterCrop(96) view of the 512 x 300 original.
+    # The geometry the PNG was drawn from: the head's squash to floor(96 / crop_pct) square + CenterCrop(96) view of
+    # the 512 x 300 original. LFD, DP-Net: crop_pct 448/600 -> 128 px, 16 px cut each side; IAGN: 448/550 -> 117 px,
+    # round(10.5) = 10 px cut at the left/top (torchvision's rounding).
     loaded, transform, names, _ = load_for_inference(str(folder), img_size=96)
     (explained,) = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names, view='crop')
     x1, y1, x2, y2 = explained.map_extent
-    assert (x1, y1, x2, y2) == pytest.approx((45 * 512 / 186, 6 * 300 / 109, 141 * 512 / 186, 102 * 300 / 109))
+    side, cut = {'lfd': (128, 16), 'dpnet': (128, 16), 'iagn': (117, 10)}[head]
+    expected = (cut * 512 / side, cut * 300 / side, (cut + 96) * 512 / side, (cut + 96) * 300 / side)
+    assert (x1, y1, x2, y2) == pytest.approx(expected)
     assert len(explained.panels) == panels
     assert explained.label in names
     for panel in explained.panels:
@@ -140,11 +144,11 @@ def test_explain_cli_on_a_real_photo_lines_up_with_the_original(tmp_path, head, 
     assert Image.open(png).size == explained.png_size
     assert explained.png_size[0] == 512 * (panels + (head == 'dpnet'))
 
-    # The default view explains the whole original: the model's input is the 96 x 163 resize of all of it, and
-    # every map covers all 512 x 300 pixels.
+    # The default view explains the whole original: the heads squash, so the model's input is all of it squashed to
+    # 96 x 96 (as the heads train), and every map covers all 512 x 300 pixels.
     assert run(['explain', *common, '--out', str(out)]) == 0
     (whole,) = explain_images(loaded, [Image.open(photo).convert('RGB')], transform, names)
-    assert whole.geometry.input_size == (int(96 * 512 / 300), 96)
+    assert whole.geometry.input_size == (96, 96)
     assert whole.map_extent == pytest.approx((0, 0, 512, 300), abs=1.5)  # int() truncation of the long side
     assert Image.open(png).size == whole.png_size
 

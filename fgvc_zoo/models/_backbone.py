@@ -127,7 +127,8 @@ class Backbone(nn.Module):
         self.channels = [feature_info[i]['num_chs'] for i in self.stage_indices]
         self.strides = [feature_info[i]['reduction'] for i in self.stage_indices]
         self.stride = self.strides[-1]
-        self.pool = backbone_pool(self.model)
+        # The classifier's pool decides the final map; a stage reader never pools through it (None).
+        self.pool = None if num_stages else backbone_pool(self.model)
         self.removed: list[str] = []
         if num_stages:
             self._prune_head(self.stage_indices)
