@@ -239,8 +239,13 @@ def phase_throughput(args: argparse.Namespace, s: dict, report: Report, deadline
 
 
 def phase_bench(args: argparse.Namespace, s: dict, report: Report, work: Path, deadline: float, compile: bool) -> None:
+    from fgvc_zoo.bench import COMPILE_MIN_TORCH, torch_version
+
     key = 'bench_compile' if compile else 'bench'
     rows = report.data[key] = {}
+    if compile and torch_version() < COMPILE_MIN_TORCH:
+        rows['skipped'] = f'--compile needs torch>={COMPILE_MIN_TORCH}'
+        return
     for head in HEADS:
         left = deadline - time.monotonic()
         if left < 1:

@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 INFERENCE_TARGET = 1.05
+# torch.compile(fullgraph=True) of the heads over timm's backbones: torch 2.4's dynamo rejects what timm's
+# forward_intermediates uses (enumerate(..., start=1)); 2.5 traces it.
+COMPILE_MIN_TORCH = (2, 5)
 TRAIN_TARGET = 1.10
 
 
@@ -465,7 +468,19 @@ def _machine() -> str:
     )
 
 
+def torch_version() -> tuple[int, int]:
+    return tuple(int(part) for part in torch.__version__.split('.')[:2])
+
+
 def bench_main(args: argparse.Namespace) -> int:
+    if args.compile and torch_version() < COMPILE_MIN_TORCH:
+        from .errors import UsageError
+
+        need = '.'.join(map(str, COMPILE_MIN_TORCH))
+        raise UsageError(
+            f'--compile needs torch>={need} (fullgraph tracing of timm backbones); this is torch '
+            f'{torch.__version__}: upgrade torch or drop --compile.'
+        )
     torch.set_num_threads(args.threads)
     clock = args.clock or ('cpu' if args.device == 'cpu' else 'wall')
     print(f'# fgvc-zoo bench on {_machine()}, clock={clock}')
