@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 INFERENCE_TARGET = 1.05
+# torch.compile(fullgraph=True) of the heads over timm's backbones: torch 2.4's dynamo rejects what timm's
+# forward_intermediates uses (enumerate(..., start=1)); 2.5 traces it.
+COMPILE_MIN_TORCH = (2, 5)
 TRAIN_TARGET = 1.10
 
 
@@ -370,3 +373,20 @@ def describe_machine() -> str:
         f'{cpu}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, torch {torch.__version__}, '
         f'load average {load}, {time.strftime("%Y-%m-%d %H:%M %Z")}'
     )
+
+
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the installed torch."""
+    return tuple(int(part) for part in torch.__version__.split('.')[:2])
+
+
+def check_compile_supported() -> None:
+    """Refuse `--compile` in one line on a torch whose compiler cannot trace timm's backbones."""
+    if torch_version() < COMPILE_MIN_TORCH:
+        from .errors import UsageError
+
+        need = '.'.join(map(str, COMPILE_MIN_TORCH))
+        raise UsageError(
+            f'--compile needs torch>={need} (fullgraph tracing of timm backbones); this is torch '
+            f'{torch.__version__}: upgrade torch or drop --compile.'
+        )

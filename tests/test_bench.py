@@ -229,3 +229,13 @@ def _one_thread():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def test_compile_on_a_torch_too_old_for_it_fails_in_one_line_naming_the_versions(monkeypatch):
+    import fgvc_zoo.bench
+    from fgvc_zoo.errors import UsageError
+
+    monkeypatch.setattr(fgvc_zoo.bench, 'COMPILE_MIN_TORCH', (99, 0))
+    with pytest.raises(UsageError, match=r'--compile needs torch>=99\.0') as e:
+        run(['bench', '--heads', 'dpnet', '--backbone', 'test_resnet', '--compile', '--no-train'])
+    assert torch.__version__ in str(e.value) and '\n' not in str(e.value)

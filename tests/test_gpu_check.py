@@ -20,6 +20,7 @@ def smoke(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
     cmd = [sys.executable, str(REPO / 'benchmarks' / 'gpu_check.py'), '--smoke', '--workers', '0']
     cmd += ['--json', str(work / 'gpu_check.json'), '--work', str(work), '--compile-limit', '20']
+    cmd += ['--time-limit', '2100']  # below the timeout: the script cuts a slow run and keeps its JSON
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2400)
     return proc, json.loads((work / 'gpu_check.json').read_text())
 

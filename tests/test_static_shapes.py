@@ -10,6 +10,11 @@ import pytest
 import timm
 import torch
 
+from fgvc_zoo.bench import COMPILE_MIN_TORCH, torch_version
+
+pytestmark = pytest.mark.skipif(
+    torch_version() < COMPILE_MIN_TORCH, reason=f'fullgraph compile needs torch>={COMPILE_MIN_TORCH}'
+)
 TINY_BACKBONES = ('test_resnet', 'test_efficientnet', 'test_convnext', 'test_vit')
 # Small enough for a second per compile; LFD with two region sizes gives tied scores across sizes.
 HEAD_ARGS = {

@@ -16,6 +16,7 @@ from ..bench import (
     TRAIN_TARGET,
     BenchConfig,
     bench_head,
+    check_compile_supported,
     describe_machine,
     format_memory_table,
     format_table,
@@ -148,6 +149,8 @@ def _example_arg(head: str, message: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.compile:
+        check_compile_supported()
     torch.set_num_threads(args.threads)
     clock = args.clock or ('cpu' if args.device == 'cpu' else 'wall')
     print(f'# fgvc-zoo bench on {describe_machine()}, clock={clock}')
