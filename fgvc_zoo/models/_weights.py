@@ -18,9 +18,10 @@ from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, Repositor
 from safetensors.torch import load_file
 from timm.models._hub import hf_split
 
+from ._hub import WEIGHTS_NAME
+
 __all__ = ['WEIGHTS_NAME', 'HUB_PROBE_TIMEOUT', 'hub_weights_file', 'resolve_weights_file', 'load_backbone_weights']
 
-WEIGHTS_NAME = 'model.safetensors'
 HUB_PROBE_TIMEOUT = 5.0  # seconds for the one request that tells whether the Hub can be reached
 
 
