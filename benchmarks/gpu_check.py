@@ -13,7 +13,7 @@ Phases, in this order, each time-boxed, the JSON rewritten after every one (a ru
    and train-step ratios against the backbone passes, FLOP ratios, peak memory), eager.
 4. bench_compile: the same with `--compile`, last, since Inductor's compile time is the least predictable.
 
-`--smoke` runs all of it on the CPU with timm's `test_resnet`, 128 px and a few steps (tests/test_gpu_check.py).
+`--smoke` runs all of it on the CPU with timm's `test_resnet`, 64 px and a few steps (tests/test_gpu_check.py).
 
 On the lent GPU machine (torch 2.11, Python 3.12, nothing installable, no `fgvc-zoo` command), timm 1.0.31 travels
 as a wheel. Here, in the repository root, once: `echo /.whl/ >> .git/info/exclude; python3 -m pip download
@@ -51,17 +51,28 @@ def _settings(args: argparse.Namespace) -> dict:
         head_args = dict(lfd='zoom_size=32,num_regions=4,num_hybrid_regions=2', iagn=SMOKE_IAGN)
         return dict(
             backbone='test_resnet',
-            img_size=128,
+            img_size=64,
             batch_size=16,
             epochs=2,
             device='cpu',
             reps=1,
             warmup=1,
             head_args=head_args,
+            # DP-Net's frozen random test backbone leaves only its part classifiers to learn: the trainer's default lr
+            # moves their loss by less than the batch noise in 8 steps.
+            head_lr=dict(dpnet=0.05),
         )
     # 64 synthetic training images at batch 16: 4 steps an epoch, 13 epochs = 52 steps. Heads at their defaults.
     return dict(
-        backbone='resnet50', img_size=448, batch_size=16, epochs=13, device='cuda', reps=10, warmup=3, head_args={}
+        backbone='resnet50',
+        img_size=448,
+        batch_size=16,
+        epochs=13,
+        device='cuda',
+        reps=10,
+        warmup=3,
+        head_args={},
+        head_lr={},
     )
 
 
@@ -126,6 +137,8 @@ def phase_train(args: argparse.Namespace, s: dict, report: Report, work: Path, d
         cmd += ['--amp', 'bf16', '--model-ema', '--model-ema-decay', '0.9', '--channels-last', '--output', str(out)]
         if head in s['head_args']:
             cmd += ['--model-args', s['head_args'][head]]
+        if head in s['head_lr']:
+            cmd += ['--lr', str(s['head_lr'][head])]
         if args.smoke:
             cmd += ['--cpu']
         row = rows[head] = _run(cmd, min(args.train_limit, deadline - time.monotonic()), work / f'train_{head}.log')
@@ -198,7 +211,7 @@ def _images_per_s(fn, s: dict, deadline: float) -> float:
 
 def _parse_args(text: str | None) -> dict:
     """'key=value,...' as the trainer's --model-args reads it (values parsed as YAML)."""
-    from fgvc_zoo.training.config import parse_model_kwargs
+    from fgvc_zoo.runtime import parse_model_kwargs
 
     return parse_model_kwargs(text, None) if text else {}
 

@@ -111,12 +111,32 @@ def test_help_imports_neither_torch_nor_timm():
     assert finished.returncode == 0 and b'COMMAND' in finished.stdout, finished.stderr
 
 
-@pytest.mark.parametrize('first', ['import fgvc_zoo', 'import fgvc_zoo.hub', 'from fgvc_zoo.layers import cam'])
-def test_importing_fgvc_zoo_before_timm_still_registers_the_heads(first):
-    # fgvc_zoo.hub imports timm before it defines what fgvc_zoo.models needs from it: registering the heads the
-    # moment timm is imported would be a circular import there.
-    script = f'{first}; import timm; assert timm.is_model("lfd") and timm.is_model("iagn_resnet50"), "not registered"'
-    subprocess.run([sys.executable, '-c', script], check=True, timeout=120)
+@pytest.mark.parametrize(
+    'first',
+    ['import fgvc_zoo', 'import fgvc_zoo.hub', 'from fgvc_zoo.layers import cam', 'import fgvc_zoo.models._backbone'],
+)
+def test_importing_fgvc_zoo_before_timm_registers_the_heads_and_leaves_no_hook(first):
+    # fgvc_zoo.hub and fgvc_zoo.models._backbone import timm before they are done: the registration must wait for
+    # neither (hub is above models) or be done by the module itself (models).
+    script = (
+        f'{first}; import sys, timm, fgvc_zoo\n'
+        'assert timm.is_model("lfd") and timm.is_model("iagn_resnet50"), "not registered"\n'
+        'assert not [f for f in sys.meta_path if type(f).__module__ == "fgvc_zoo"], "the hook stayed"\n'
+        'assert type(timm.__loader__).__module__ != "fgvc_zoo" and timm.__spec__.loader is timm.__loader__'
+    )
+    subprocess.run([sys.executable, '-W', 'error::RuntimeWarning', '-c', script], check=True, timeout=120)
+
+
+def test_a_failed_registration_warns_and_leaves_timm_importable():
+    # fgvc_zoo.models made unimportable (None in sys.modules): `import timm` still works, with a warning that says so
+    script = (
+        'import sys, fgvc_zoo\nsys.modules["fgvc_zoo.models"] = None\n'
+        'import timm\nassert not timm.is_model("lfd")\ntimm.create_model("test_resnet")'
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    finished = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert 'fgvc_zoo could not register its heads with timm (ModuleNotFoundError' in finished.stderr
 
 
 def test_torch_threads_share_the_cores_between_processes_and_data_workers(monkeypatch):

@@ -136,6 +136,16 @@ def test_every_room_of_the_package_is_on_a_floor():
     assert rooms == placed
 
 
+@pytest.mark.parametrize('module', sorted(m for m in _modules() if room(m) in ('fgvc_zoo.errors', 'fgvc_zoo.layers')))
+def test_what_the_models_import_below_them_never_imports_timm(module):
+    # The registration hook (fgvc_zoo/__init__.py) imports fgvc_zoo.models right after timm: a module it needs may
+    # not be the one whose import of timm set it off, half-executed.
+    tree = ast.parse(_modules()[module].read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or '' for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
+    assert not [n for n in names if n == 'timm' or n.startswith('timm.')]
+
+
 def test_there_is_no_import_cycle_in_the_package():
     assert find_cycle(import_graph()) == []
 

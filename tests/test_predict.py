@@ -12,6 +12,7 @@ from PIL import Image
 from fgvc_zoo.cli import run
 from fgvc_zoo.hub import save_pretrained
 from fgvc_zoo.inference.predict import format_predictions, predict
+from fgvc_zoo.runtime import load_for_inference
 
 
 class FixedLogits(nn.Module):
@@ -88,11 +89,15 @@ def test_predict_cli_json(exported, capsys):
     )
     output = json.loads(capsys.readouterr().out)
     assert [entry['image'] for entry in output] == images
-    for entry in output:
-        top = entry['predictions']
-        assert len(top) == 2 and {p['label'] for p in top} <= {'ant', 'bee', 'cat'}
-        assert top[0]['probability'] >= top[1]['probability'] and top[0]['probability'] + top[1]['probability'] <= 1
-        assert top[0]['label'] == ['ant', 'bee', 'cat'][top[0]['index']]
+    # The values, computed here from the exported model and its eval transform at 96 px
+    model, transform, _, _ = load_for_inference(str(folder), img_size=96, device='cpu')
+    with torch.no_grad():
+        probabilities = model(torch.stack([transform(Image.open(p).convert('RGB')) for p in images])).softmax(dim=1)
+    for entry, row in zip(output, probabilities, strict=True):
+        expected = row.argsort(descending=True)[:2].tolist()
+        assert [p['index'] for p in entry['predictions']] == expected
+        assert [p['label'] for p in entry['predictions']] == [['ant', 'bee', 'cat'][k] for k in expected]
+        assert [p['probability'] for p in entry['predictions']] == pytest.approx(row[expected].tolist(), abs=1e-6)
 
 
 def test_predict_cli_text(exported, capsys):

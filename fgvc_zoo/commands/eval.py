@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument('--data-dir', required=True, help='dataset root (any layout fgvc_zoo.data knows)')
     parser.add_argument('--split', default='val', help="split to evaluate: 'val' (= 'test') or 'train'")
-    # The same data flags as `fgvc-zoo train` (--layout: the name of earlier versions).
-    parser.add_argument('--dataset-layout', '--layout', default='auto', help='layout of --data-dir (auto detects it)')
+    # The data flags of `fgvc-zoo train`, under the same names.
+    parser.add_argument('--dataset-layout', default='auto', help='layout of --data-dir (auto detects it)')
     parser.add_argument('--dataset-args', help="layout options as 'key=value,...', e.g. 'level=family' for aircraft")
     parser.add_argument(
         '--batch-size', type=int, default=32, help='images per forward pass (results do not depend on it)'

@@ -20,6 +20,8 @@ from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, Repositor
 from safetensors.torch import load_file
 from timm.models._hub import hf_split
 
+from ._hub import WEIGHTS_NAME
+
 __all__ = [
     'WEIGHTS_NAME',
     'HUB_PROBE_TIMEOUT',
@@ -29,7 +31,6 @@ __all__ = [
     'local_weights_record',
 ]
 
-WEIGHTS_NAME = 'model.safetensors'
 HUB_PROBE_TIMEOUT = 5.0  # seconds for the one request that tells whether the Hub can be reached
 
 

@@ -24,6 +24,7 @@ __all__ = [
     'CHECKPOINT_STATE',
     'LOCK_NAME',
     'state_dict_sha256',
+    'resume_checkpoint',
     'find_resume',
     'lock_output',
     'restore_state',
@@ -75,24 +76,33 @@ def lock_output(output: Path):
     return lock
 
 
+def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint `--resume` means: none without it; with `auto` (the flag alone) OUTPUT's last complete one, or
+    none yet; else the folder given, which must be a complete checkpoint."""
+    if resume is None:
+        return None
+    if resume == 'auto':
+        checkpoints = _complete_checkpoints(Path(output) / CHECKPOINT_DIR)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / CHECKPOINT_STATE).is_file():
+        raise FileNotFoundError(f'--resume {path}: not a complete checkpoint folder (no {CHECKPOINT_STATE}).')
+    return path
+
+
 def find_resume(config: argparse.Namespace) -> Path | None:
-    checkpoints = _complete_checkpoints(Path(config.output) / CHECKPOINT_DIR)
+    """`resume_checkpoint`, refusing to start over an OUTPUT that holds checkpoints unless `--resume` is given."""
     if config.resume is None:
+        checkpoints = _complete_checkpoints(Path(config.output) / CHECKPOINT_DIR)
         if checkpoints:
             raise FileExistsError(
                 f'{config.output} already holds checkpoints ({checkpoints[-1].name}): pass --resume to continue '
                 f'or a new --output to start over.'
             )
-        return None
-    if config.resume != 'auto':
-        path = Path(config.resume)
-        if not (path / CHECKPOINT_STATE).is_file():
-            raise FileNotFoundError(f'--resume {path}: not a complete checkpoint folder (no {CHECKPOINT_STATE}).')
-        return path
-    if not checkpoints:
+    found = resume_checkpoint(config.output, config.resume)
+    if found is None and config.resume == 'auto':
         _logger.info('--resume: no complete checkpoint in %s, starting from scratch.', config.output)
-        return None
-    return checkpoints[-1]
+    return found
 
 
 def restore_state(accelerator, folder: Path) -> None:

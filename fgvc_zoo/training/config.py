@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ..errors import UsageError
-from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_STATE, _complete_checkpoints
+from .checkpoints import CHECKPOINT_STATE, resume_checkpoint
 
 __all__ = ['add_train_arguments', 'resolve_config']
 
@@ -246,15 +246,9 @@ _RUN_IDENTITY = (
 
 def _saved_config(config: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
     """The resolved config the checkpoint `--resume` names (or OUTPUT's last complete one) was trained with."""
-    if config['resume'] == 'auto':
-        checkpoints = _complete_checkpoints(Path(config['output']) / CHECKPOINT_DIR)
-        if not checkpoints:
-            return None
-        checkpoint = checkpoints[-1]
-    else:
-        checkpoint = Path(config['resume'])
-        if not (checkpoint / CHECKPOINT_STATE).is_file():
-            return None  # `find_resume` names the problem
+    checkpoint = resume_checkpoint(config['output'], config['resume'])
+    if checkpoint is None:
+        return None
     saved = json.loads((checkpoint / CHECKPOINT_STATE).read_text()).get('config')
     return (saved, checkpoint) if isinstance(saved, dict) else None
 

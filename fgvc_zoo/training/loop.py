@@ -446,18 +446,23 @@ def train(config: argparse.Namespace) -> int:
     """
     output = Path(config.output)
     created = not output.exists()
-    held = {'lock': False}  # set once this run holds OUTPUT's lock: never clean up a folder another run owns
+    accelerator, ddp_kwargs = _accelerator(config, output)
+    lock = lock_output(output) if accelerator.is_main_process else None
     try:
-        return _run(config, output, held)
+        return _train(config, accelerator, ddp_kwargs)
     except BaseException:
         # A failed start leaves no folder of its own behind (lock file, generated data): only whole checkpoints
-        # make a folder worth keeping.
-        if created and held['lock'] and not _complete_checkpoints(output / CHECKPOINT_DIR):
+        # make a folder worth keeping; and a folder whose lock another run holds is never this run's to clean.
+        if created and lock is not None and not _complete_checkpoints(output / CHECKPOINT_DIR):
             shutil.rmtree(output, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.close()
 
 
-def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int:
+def _accelerator(config: argparse.Namespace, output: Path):
+    """The run's Accelerator (and its DDP options, which the model can still change), seeded."""
     set_cpu_threads(config.threads, config.workers)
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
     accelerator = Accelerator(
@@ -474,17 +479,11 @@ def _run(config: argparse.Namespace, output: Path, held: dict[str, bool]) -> int
     if config.log_with and not accelerator.log_with:
         raise ValueError(f'--log-with {config.log_with}: that tracker is not installed (e.g. pip install tensorboard).')
     set_seed(config.seed, deterministic=config.deterministic)
-    lock = lock_output(output) if accelerator.is_main_process else None
-    held['lock'] = lock is not None
-    try:
-        return _train(config, accelerator, ddp_kwargs)
-    finally:
-        if lock is not None:
-            lock.close()
+    return accelerator, ddp_kwargs
 
 
 def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
-    output = Path(config.output)
+    """Datasets, model, optimiser and loaders; the epochs from the start or the checkpoint; the export."""
     resume_from = find_resume(config)
 
     train_set, val_set = _build_datasets(config, accelerator)
@@ -494,37 +493,15 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         raise UsageError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
     model = build_model(config, num_classes, load_weights=resume_from is None)
     set_transforms(config, model, train_set, val_set)
-    if _num_train_steps(model) > 1:
-        # Each of the model's steps trains part of it; DDP must not wait for the gradients of the other parts.
-        ddp_kwargs.find_unused_parameters = True
-        if config.grad_accum > 1:
-            raise UsageError(
-                f'--model {config.model} takes {_num_train_steps(model)} optimiser steps per batch, which cannot be '
-                f"combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head's single-step "
-                f'option in --model-args).'
-            )
+    _check_train_steps(config, model, ddp_kwargs)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
 
-    mixing = config.mixup > 0 or config.cutmix > 0
-    mixup = (
-        Mixup(
-            mixup_alpha=config.mixup,
-            cutmix_alpha=config.cutmix,
-            prob=config.mixup_prob,
-            label_smoothing=config.label_smoothing,
-            num_classes=num_classes,
-        )
-        if mixing
-        else None
-    )
-    train_loader = build_train_loader(config, train_set, accelerator.num_processes, accelerator.device.type == 'cuda')
+    mixup = _build_mixup(config, num_classes)
+    pin_memory = accelerator.device.type == 'cuda'
+    train_loader = build_train_loader(config, train_set, accelerator.num_processes, pin_memory)
     val_loader = torch.utils.data.DataLoader(
-        val_set,
-        batch_size=config.batch_size,
-        shuffle=False,
-        num_workers=config.workers,
-        pin_memory=accelerator.device.type == 'cuda',
+        val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers, pin_memory=pin_memory
     )
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     # The EMA copy is taken of the prepared model, so it lives on the device (and in the dtype) prepare gave it:
@@ -532,32 +509,12 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.model_ema_decay) if config.model_ema else None
     # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed by us, not prepared.
 
-    trainer_state: dict[str, Any] = {'epoch': 0, 'step': 0, 'history': []}
-    if resume_from is not None:
-        restore_state(accelerator, resume_from)
-        trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
-        saved_epochs = trainer_state.get('config', {}).get('epochs', config.epochs)
-        if saved_epochs != config.epochs:
-            # timm's schedulers are functions of the epoch and their length: rebuilt for the new --epochs.
-            accelerator.print(
-                f'--epochs {config.epochs} (was {saved_epochs}): the lr schedule now spans {config.epochs}.'
-            )
-        _load_extra_state(resume_from, scheduler if saved_epochs == config.epochs else None, ema)
-        accelerator.print(f'Resumed from {resume_from} (epoch {trainer_state["epoch"]}, step {trainer_state["step"]}).')
+    trainer_state = _resume(config, accelerator, resume_from, scheduler, ema)
     last_good = resume_from
 
-    resolved = dict(vars(config))
-    trainer_state['config'] = resolved  # what `--resume` restores
+    _announce(config, accelerator, trainer_state, len(train_set), num_classes)
     if resume_from is None:  # a resume loads no weights: the run's start is the one its first build recorded
         trainer_state['pretrained_weights'] = pretrained_weights_of(accelerator.unwrap_model(model), config.pretrained)
-    if config.log_with:
-        scalars = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers('fgvc_zoo', config=scalars)
-    accelerator.print(
-        f'Training {config.model} on {len(train_set)} images ({num_classes} classes), world size '
-        f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} epochs from epoch '
-        f'{trainer_state["epoch"] + 1}.'
-    )
 
     for epoch in range(trainer_state['epoch'], config.epochs):
         scheduler.step(epoch)
@@ -580,16 +537,48 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             row |= _evaluate(model, val_loader, accelerator)
             if ema is not None:
                 row |= _evaluate(ema.module, val_loader, accelerator, prefix='ema')
-        trainer_state['epoch'] = epoch + 1
-        trainer_state['history'].append(row)
-        last_good = _save_checkpoint(accelerator, output, trainer_state, config.keep_checkpoints, scheduler, ema)
-        if accelerator.is_main_process:
-            _write_metrics(output, trainer_state['history'])
-        if config.log_with:
-            accelerator.log({k: v for k, v in row.items() if k != 'epoch'}, step=epoch + 1)
-        accelerator.print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
+        last_good = _record_epoch(config, accelerator, trainer_state, row, scheduler, ema)
 
-    exported = ema.module if ema is not None else accelerator.unwrap_model(model)
+    _export_run(config, accelerator, accelerator.unwrap_model(model), ema, trainer_state, train_set, val_set)
+    accelerator.end_training()
+    return 0
+
+
+def _build_mixup(config: argparse.Namespace, num_classes: int) -> Mixup | None:
+    """timm's Mixup/CutMix (with label smoothing) when either is on; else None (label smoothing alone is the loop's)."""
+    if config.mixup <= 0 and config.cutmix <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=config.mixup,
+        cutmix_alpha=config.cutmix,
+        prob=config.mixup_prob,
+        label_smoothing=config.label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _resume(config: argparse.Namespace, accelerator, resume_from: Path | None, scheduler, ema) -> dict[str, Any]:
+    """The trainer state to continue from: a fresh one, or the checkpoint's, with the weights, optimiser, random
+    state, scheduler and EMA restored from it."""
+    if resume_from is None:
+        return {'epoch': 0, 'step': 0, 'history': []}
+    restore_state(accelerator, resume_from)
+    trainer_state = json.loads((resume_from / CHECKPOINT_STATE).read_text())
+    saved_epochs = trainer_state.get('config', {}).get('epochs', config.epochs)
+    if saved_epochs != config.epochs:
+        # timm's schedulers are functions of the epoch and their length: rebuilt for the new --epochs.
+        accelerator.print(f'--epochs {config.epochs} (was {saved_epochs}): the lr schedule now spans {config.epochs}.')
+    _load_extra_state(resume_from, scheduler if saved_epochs == config.epochs else None, ema)
+    accelerator.print(f'Resumed from {resume_from} (epoch {trainer_state["epoch"]}, step {trainer_state["step"]}).')
+    return trainer_state
+
+
+def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, trainer_state, train_set, val_set):
+    """Check every rank ended on the same weights, then (main process) export them with results.json and curves."""
+    output = Path(config.output)
+    label_names = list(train_set.classes)
+    num_classes = config.num_classes or len(label_names)
+    exported = ema.module if ema is not None else model
     digest = state_dict_sha256(exported.state_dict())
     digests = gather_object([digest])
     if accelerator.is_main_process:
@@ -620,7 +609,10 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             'num_classes': num_classes,
             'label_names': label_names,
             # The weights file by name only: a local path means nothing elsewhere (its record is above).
-            'config': dict(resolved, backbone_weights=config.backbone_weights and Path(config.backbone_weights).name),
+            'config': dict(
+                trainer_state['config'],
+                backbone_weights=config.backbone_weights and Path(config.backbone_weights).name,
+            ),
             'versions': _versions(),
         }
         if len(label_names) != num_classes:
@@ -636,5 +628,44 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             f'World size {accelerator.num_processes}; weights identical on every rank ({digest[:12]}). '
             f'Exported to {output}.'
         )
-    accelerator.end_training()
-    return 0
+
+
+def _check_train_steps(config: argparse.Namespace, model: nn.Module, ddp_kwargs) -> None:
+    """A model taking several optimiser steps a batch trains part of itself at each: DDP must not wait for the
+    gradients of the other parts (set before `prepare` wraps the model), and gradient accumulation cannot span them."""
+    if _num_train_steps(model) <= 1:
+        return
+    ddp_kwargs.find_unused_parameters = True
+    if config.grad_accum > 1:
+        raise UsageError(
+            f'--model {config.model} takes {_num_train_steps(model)} optimiser steps per batch, which cannot be '
+            f"combined with --grad-accum {config.grad_accum}: use --grad-accum 1 (or the head's single-step "
+            f'option in --model-args).'
+        )
+
+
+def _announce(config: argparse.Namespace, accelerator, trainer_state, num_images: int, num_classes: int) -> None:
+    """Record the resolved config in the trainer state (what `--resume` restores), start the trackers, say what runs."""
+    trainer_state['config'] = dict(vars(config))
+    if config.log_with:
+        scalars = {k: v for k, v in trainer_state['config'].items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers('fgvc_zoo', config=scalars)
+    accelerator.print(
+        f'Training {config.model} on {num_images} images ({num_classes} classes), world size '
+        f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} epochs from epoch '
+        f'{trainer_state["epoch"] + 1}.'
+    )
+
+
+def _record_epoch(config: argparse.Namespace, accelerator, trainer_state, row: dict, scheduler, ema) -> Path:
+    """The epoch's row into the history, its checkpoint, metrics files, trackers and the log; returns the checkpoint."""
+    output = Path(config.output)
+    trainer_state['epoch'] = row['epoch']
+    trainer_state['history'].append(row)
+    checkpoint = _save_checkpoint(accelerator, output, trainer_state, config.keep_checkpoints, scheduler, ema)
+    if accelerator.is_main_process:
+        _write_metrics(output, trainer_state['history'])
+    if config.log_with:
+        accelerator.log({k: v for k, v in row.items() if k != 'epoch'}, step=row['epoch'])
+    accelerator.print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
+    return checkpoint
