@@ -60,7 +60,16 @@ HARD_SYNTHETIC: dict[str, Any] = dict(
     num_classes=12, train_per_class=30, val_per_class=30, image_size=224, part_size=0.045, clutter=40
 )
 # Shared trainer flags (the FGVC references' crop and the papers' backbone lr), on top of which --train-args add.
-DEFAULT_TRAIN_ARGS = ['--sched', 'cosine', '--train-crop', 'resize_crop', '--opt', 'sgd', '--backbone-lr-mult', '0.1']
+DEFAULT_TRAIN_ARGS = [
+    '--sched',
+    'cosine',
+    '--train-crop',
+    'resize_crop',
+    '--opt',
+    'momentum',
+    '--backbone-lr-mult',
+    '0.1',
+]
 PLAIN = 'plain'
 DATA, TEST_DATA, RUNS, IMAGES = 'data', 'test_data', 'runs', 'images'
 
@@ -237,12 +246,24 @@ def run_name(method: str, lr: float, seed: int) -> str:
     return f'{method}_lr{lr:g}_seed{seed}'
 
 
+def shared_data_config() -> dict[str, Any]:
+    """The preprocessing every method trains and is tested with: the heads' (LFD's and DP-Net's NTS-Net squash to
+    600 and centre crop 448, bilinear), the plain fine-tune included, whose own cfg would resize bicubic and keep the
+    aspect, and IAGN, whose PMG crop keeps a little more (448/550): the methods see the same pixels."""
+    import timm
+
+    from .models import head_class  # noqa: F401  (the heads' cfgs are registered with timm once models is imported)
+
+    cfg = timm.models.get_pretrained_cfg('lfd')
+    return {key: getattr(cfg, key) for key in ('interpolation', 'crop_pct', 'crop_mode')}
+
+
 def train_argv(config: CompareConfig, method: str, lr: float, seed: int) -> list[str]:
     """The trainer's flags of one run: the shared budget, the method's model, its lr and seed."""
     out = Path(config.output)
     model = ['--model', config.backbone] if method == PLAIN else ['--model', method, '--backbone', config.backbone]
-    if config.method_args.get(method):
-        model += ['--model-args', config.method_args[method]]
+    overlay = f'pretrained_cfg_overlay={shared_data_config()!r}'
+    model += ['--model-args', ','.join(filter(None, [config.method_args.get(method), overlay]))]
     weights = ['--backbone-weights', config.backbone_weights] if config.backbone_weights else []
     return [
         *model, *(['--pretrained'] if config.pretrained else []), *weights,

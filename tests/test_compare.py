@@ -229,3 +229,33 @@ def test_cuda_devices_get_one_pinned_worker_each() -> None:
         pids[d['device']].add(d['pid'])
     assert set(pids) <= {'0', '3'} and all(len(p) == 1 for p in pids.values())
     assert os.getpid() not in {d['pid'] for d in done}
+
+
+@pytest.mark.parametrize('weights', [False, True], ids=['fresh', 'backbone-weights'])
+def test_every_method_the_plain_baseline_included_sees_the_heads_data_config(tmp_path: Path, weights: bool) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    from fgvc_zoo.commands.common import ArgumentParser
+    from fgvc_zoo.training.config import add_train_arguments, resolve_config
+    from fgvc_zoo.training.loop import build_model
+
+    backbone_weights = None
+    if weights:  # the plain model loads the file as its own pretrained weights; the data config must survive that
+        backbone_weights = str(tmp_path / 'test_resnet.safetensors')
+        save_file(timm.create_model('test_resnet', num_classes=4).state_dict(), backbone_weights)
+    config = compare.CompareConfig(
+        output=str(tmp_path), backbone='test_resnet', methods=['plain', 'lfd', 'iagn'], lrs=[0.01], synthetic={},
+        backbone_weights=backbone_weights,
+    )  # fmt: skip
+    own = timm.data.resolve_data_config({}, model=timm.create_model('test_resnet'))
+    # NTS-Net's eval: squash to 600 x 600, centre-crop 448, bilinear.
+    heads = dict(interpolation='bilinear', crop_pct=448 / 600, crop_mode='squash')
+    assert {k: own[k] for k in heads} != heads, 'the plain backbone would otherwise see other pixels'
+    parser = ArgumentParser()
+    add_train_arguments(parser)
+    for method in config.methods:
+        argv = compare.train_argv(config, method, 0.01, 0)
+        model = build_model(resolve_config(parser.parse_args(argv)), 4)
+        resolved = timm.data.resolve_data_config({}, model=model)
+        assert {k: resolved[k] for k in heads} == heads, method

@@ -154,8 +154,11 @@ def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool
         )
     # A plain model's file is the whole classifier's: timm loads it as the model's pretrained weights.
     plain_file = bool(plain and config.backbone_weights and load_weights)
-    if plain_file:
-        kwargs['pretrained_cfg_overlay'] = dict(file=str(config.backbone_weights))
+    if plain_file:  # the file joins any overlay the user gave (e.g. a data config), it does not replace it
+        kwargs['pretrained_cfg_overlay'] = {
+            **kwargs.get('pretrained_cfg_overlay', {}),
+            'file': str(config.backbone_weights),
+        }
     elif config.backbone_weights and load_weights:
         kwargs['backbone_weights'] = config.backbone_weights
     # A resume loads no weights (the checkpoint has them), except an FGVC tag's, which can change the config.
