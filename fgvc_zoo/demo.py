@@ -20,6 +20,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from . import __version__
 from .data import UnreadableImageError, check_image, load_image
 from .errors import UsageError
 from .hub import CONFIG_NAME, WEIGHTS_NAME, check_export_folder
-from .hub.upload import SPACE_EXAMPLES_DIR, SPACE_MODEL_DIR
+from .hub.upload import SPACE_EXAMPLES_DIR, SPACE_MODEL_DIR, SPACE_WHEELS_DIR
 from .inference.explain import draw_explanation, explain_images
 from .inference.predict import predict
 from .runtime import load_for_inference
@@ -257,6 +259,22 @@ def _gradio_version() -> str:
         raise ImportError(f'{GRADIO_HINT}: the Space README pins the gradio version the app was built with.') from None
 
 
+def _space_requirement(out: Path) -> str:
+    """The requirement that installs this fgvc-zoo in the Space. Run from a source tree (any version before its
+    release, which no index has), it is the wheel built from that tree into the Space's `wheels/`; from an
+    installed release, that release on the package index."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / 'pyproject.toml').is_file():
+        return f'fgvc-zoo[demo]=={__version__}'
+    wheels = out / SPACE_WHEELS_DIR
+    command = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(wheels)]
+    built = subprocess.run([*command, str(root)], capture_output=True, text=True)
+    found = sorted(wheels.glob('fgvc_zoo-*.whl')) if wheels.is_dir() else []
+    if built.returncode != 0 or len(found) != 1:
+        raise RuntimeError(f'Could not build the fgvc-zoo wheel of {root} for the Space: {built.stderr.strip()[-300:]}')
+    return f'./{SPACE_WHEELS_DIR}/{found[0].name}[demo]'
+
+
 def write_space(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -264,7 +282,8 @@ def write_space(
     title: str | None = None,
     topk: int = 5,
 ) -> Path:
-    """Write a Space folder for the export in `checkpoint`: app.py, model/, examples/, requirements.txt, README."""
+    """Write a Space folder for the export in `checkpoint`: app.py, model/, examples/, wheels/ (this fgvc-zoo),
+    requirements.txt, README."""
     checkpoint, out = Path(checkpoint), Path(out)
     config = check_export_folder(checkpoint)
     examples = find_examples(str(checkpoint)) if examples is None else checked_examples(examples)
@@ -293,7 +312,7 @@ def write_space(
             title=title,
         )
     )
-    (out / 'requirements.txt').write_text(f'fgvc-zoo[demo]=={__version__}\n')
+    (out / 'requirements.txt').write_text(f'{_space_requirement(out)}\n')
     card = SpaceCardData(
         title=title[:60],
         emoji='🔍',

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -118,8 +119,18 @@ def _front_matter(readme: str) -> dict:
 
 
 def test_space_folder_holds_the_app_pinned_requirements_front_matter_model_and_examples(space, checkpoint):
-    assert sorted(p.name for p in space.iterdir()) == ['README.md', 'app.py', 'examples', 'model', 'requirements.txt']
-    assert (space / 'requirements.txt').read_text() == f'fgvc-zoo[demo]=={fgvc_zoo.__version__}\n'
+    names = ['README.md', 'app.py', 'examples', 'model', 'requirements.txt', 'wheels']
+    assert sorted(p.name for p in space.iterdir()) == names
+    # No index has a version before its release: the Space installs the wheel it holds.
+    [wheel] = (space / 'wheels').iterdir()
+    assert wheel.name.startswith(f'fgvc_zoo-{fgvc_zoo.__version__}-') and wheel.suffix == '.whl'
+    assert (space / 'requirements.txt').read_text() == f'./wheels/{wheel.name}[demo]\n'
+    with zipfile.ZipFile(wheel) as archive:
+        assert 'fgvc_zoo/demo.py' in archive.namelist() and 'fgvc_zoo/templates/model_card.md' in archive.namelist()
+    # pip finds everything the requirement names inside the Space, with no index at all.
+    command = [sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--dry-run', '-r', 'requirements.txt']
+    resolved = subprocess.run(command, cwd=space, capture_output=True, text=True)
+    assert resolved.returncode == 0 and f'Processing ./wheels/{wheel.name}' in resolved.stdout, resolved.stderr
     meta = _front_matter((space / 'README.md').read_text())
     assert meta['sdk'] == 'gradio' and meta['sdk_version'] == version('gradio') and meta['app_file'] == 'app.py'
     assert sorted(p.name for p in (space / 'model').iterdir()) == ['config.json', 'model.safetensors']
