@@ -35,7 +35,7 @@ from PIL import Image
 from . import __version__
 from .data import UnreadableImageError, check_image, load_image
 from .errors import UsageError
-from .hub import CONFIG_NAME, WEIGHTS_NAME, check_export_folder
+from .hub import CONFIG_NAME, WEIGHTS_NAME, check_export_folder, read_results
 from .hub.upload import SPACE_EXAMPLES_DIR, SPACE_MODEL_DIR, SPACE_WHEELS_DIR
 from .inference.explain import draw_explanation, explain_images
 from .inference.predict import predict
@@ -114,7 +114,8 @@ def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5, name: s
         reason = e.reason.replace(repr(source), repr(name))  # PIL names the buffer it read, not the file
         return DemoAnswer({}, None, '', f'**Cannot read {name}**: {reason}. Please {IMAGE_HINT}.')
     (top,) = predict(demo_model.model, [image], demo_model.transform, demo_model.label_names, topk)
-    (explained,) = explain_images(demo_model.model, [image], demo_model.transform, demo_model.label_names)
+    # The view predict sees (the eval centre crop), so that the panel's probability is the one in the results.
+    (explained,) = explain_images(demo_model.model, [image], demo_model.transform, demo_model.label_names, view='crop')
     if explained.label != top[0]['label']:
         raise RuntimeError(
             f'{demo_model.name}: explain() predicts {explained.label} but forward() predicts {top[0]["label"]} '
@@ -209,12 +210,25 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
 
 
 def find_examples(checkpoint: str, limit: int = EXAMPLES_PER_MODEL) -> list[str]:
-    """Example images of a trained folder: the first validation image of each class of its synthetic data."""
-    val = Path(checkpoint) / 'synthetic_data' / 'val'
-    if not val.is_dir():
+    """Example images of a trained folder: the first validation image of each class of the data it was trained on
+    (its synthetic data, or the image folder results.json names), when that data is a folder of class folders."""
+    folder = Path(checkpoint)
+    results = read_results(folder)
+    split = results.get('config', {}).get('val_split') or 'val'
+    candidates = [folder / 'synthetic_data' / split]
+    if results.get('dataset', {}).get('root'):
+        candidates.append(Path(results['dataset']['root']) / split)
+    val = next((c for c in candidates if c.is_dir()), None)
+    if val is None:
         return []
-    firsts = [min(folder.iterdir()) for folder in sorted(val.iterdir()) if folder.is_dir() and any(folder.iterdir())]
-    return [str(path) for path in firsts[:limit]]
+    firsts = []
+    for classes in sorted(c for c in val.iterdir() if c.is_dir()):
+        readable = next((f for f in sorted(classes.iterdir()) if check_image(str(f)) is None), None)
+        if readable is not None:
+            firsts.append(str(readable))
+        if len(firsts) == limit:
+            break
+    return firsts
 
 
 def checked_examples(examples: Sequence[str]) -> list[str]:
@@ -289,7 +303,8 @@ def write_space(
     examples = find_examples(str(checkpoint)) if examples is None else checked_examples(examples)
     if not examples:
         raise UsageError(
-            f'{checkpoint} has no synthetic_data/val to take example images from: pass --examples IMAGE ... '
+            f'{checkpoint} has no image folder of validation images (its synthetic_data, or the one its '
+            f'results.json names) to take examples from: pass --examples IMAGE ... '
             f'(a Space shows them under the upload box).'
         )
     if out.exists() and any(out.iterdir()):

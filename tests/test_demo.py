@@ -75,9 +75,11 @@ def test_every_readable_upload_gets_predicts_top1_and_the_panels_of_explain(
     assert len(result.probabilities) == 3
     assert result.message.startswith(f'Top-1: **{expected["label"]}** ({expected["probability"]:.1%}) for {path.name}')
     (explained,) = explain_images(
-        demo_model.model, [load_image(str(path))], demo_model.transform, demo_model.label_names
+        demo_model.model, [load_image(str(path))], demo_model.transform, demo_model.label_names, view='crop'
     )
     assert result.explanation.size == explained.png_size  # every panel of `fgvc-zoo explain`, at its scale
+    # The panel's caption shows the probability of the view predict sees: the same number as the results.
+    assert explained.probability == pytest.approx(expected['probability'], abs=1e-6)
     assert Lfd.explanation_legend in result.legend
     assert all(f'. {panel.title}' in result.legend for panel in explained.panels)
 
@@ -255,3 +257,17 @@ def test_demo_cli_is_registered_with_its_options(capsys):
     help_text = capsys.readouterr().out
     for option in ('--checkpoint', '--port', '--share, --no-share', '--examples', '--topk', '--host'):
         assert option in help_text
+
+
+def test_examples_of_a_run_on_its_own_data_come_from_its_val_folder(tmp_path):
+    from fgvc_zoo.demo import find_examples
+
+    data = tmp_path / 'my_data'
+    for name in ('zebra', 'horse'):
+        (data / 'val' / name).mkdir(parents=True)
+        (data / 'val' / name / 'broken.jpg').write_bytes(b'not an image')  # sorted first, skipped
+        Image.new('RGB', (8, 8)).save(data / 'val' / name / 'photo.png')
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'results.json').write_text(json.dumps({'dataset': {'root': str(data)}, 'config': {'val_split': 'val'}}))
+    assert find_examples(str(run)) == [str(data / 'val' / n / 'photo.png') for n in ('horse', 'zebra')]
