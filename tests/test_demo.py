@@ -87,7 +87,9 @@ def test_every_readable_upload_gets_predicts_top1_and_the_panels_of_explain(
 def test_the_explanation_is_the_png_of_fgvc_zoo_explain(uploads, checkpoint, demo_model, tmp_path):
     result = answer(demo_model, str(uploads['rgb']))
     out = tmp_path / 'explained.png'
-    assert cli.run(['explain', str(uploads['rgb']), '--checkpoint', str(checkpoint), '--out', str(out)]) == 0
+    # the view predict sees: `fgvc-zoo explain --view crop`
+    argv = ['explain', str(uploads['rgb']), '--checkpoint', str(checkpoint), '--view', 'crop', '--out', str(out)]
+    assert cli.run(argv) == 0
     assert np.array_equal(np.asarray(result.explanation), np.asarray(Image.open(out).convert('RGB')))
 
 
