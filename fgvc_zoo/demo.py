@@ -20,6 +20,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,8 +35,8 @@ from PIL import Image
 from . import __version__
 from .data import UnreadableImageError, check_image, load_image
 from .errors import UsageError
-from .hub import CONFIG_NAME, WEIGHTS_NAME, check_export_folder
-from .hub.upload import SPACE_EXAMPLES_DIR, SPACE_MODEL_DIR
+from .hub import CONFIG_NAME, WEIGHTS_NAME, check_export_folder, read_results
+from .hub.upload import SPACE_EXAMPLES_DIR, SPACE_MODEL_DIR, SPACE_WHEELS_DIR
 from .inference.explain import draw_explanation, explain_images
 from .inference.predict import predict
 from .runtime import load_for_inference
@@ -112,7 +114,8 @@ def answer(demo_model: DemoModel, image_path: str | None, topk: int = 5, name: s
         reason = e.reason.replace(repr(source), repr(name))  # PIL names the buffer it read, not the file
         return DemoAnswer({}, None, '', f'**Cannot read {name}**: {reason}. Please {IMAGE_HINT}.')
     (top,) = predict(demo_model.model, [image], demo_model.transform, demo_model.label_names, topk)
-    (explained,) = explain_images(demo_model.model, [image], demo_model.transform, demo_model.label_names)
+    # The view predict sees (the eval centre crop), so that the panel's probability is the one in the results.
+    (explained,) = explain_images(demo_model.model, [image], demo_model.transform, demo_model.label_names, view='crop')
     if explained.label != top[0]['label']:
         raise RuntimeError(
             f'{demo_model.name}: explain() predicts {explained.label} but forward() predicts {top[0]["label"]} '
@@ -207,12 +210,25 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
 
 
 def find_examples(checkpoint: str, limit: int = EXAMPLES_PER_MODEL) -> list[str]:
-    """Example images of a trained folder: the first validation image of each class of its synthetic data."""
-    val = Path(checkpoint) / 'synthetic_data' / 'val'
-    if not val.is_dir():
+    """Example images of a trained folder: the first validation image of each class of the data it was trained on
+    (its synthetic data, or the image folder results.json names), when that data is a folder of class folders."""
+    folder = Path(checkpoint)
+    results = read_results(folder)
+    split = results.get('config', {}).get('val_split') or 'val'
+    candidates = [folder / 'synthetic_data' / split]
+    if results.get('dataset', {}).get('root'):
+        candidates.append(Path(results['dataset']['root']) / split)
+    val = next((c for c in candidates if c.is_dir()), None)
+    if val is None:
         return []
-    firsts = [min(folder.iterdir()) for folder in sorted(val.iterdir()) if folder.is_dir() and any(folder.iterdir())]
-    return [str(path) for path in firsts[:limit]]
+    firsts = []
+    for classes in sorted(c for c in val.iterdir() if c.is_dir()):
+        readable = next((f for f in sorted(classes.iterdir()) if check_image(str(f)) is None), None)
+        if readable is not None:
+            firsts.append(str(readable))
+        if len(firsts) == limit:
+            break
+    return firsts
 
 
 def checked_examples(examples: Sequence[str]) -> list[str]:
@@ -257,6 +273,22 @@ def _gradio_version() -> str:
         raise ImportError(f'{GRADIO_HINT}: the Space README pins the gradio version the app was built with.') from None
 
 
+def _space_requirement(out: Path) -> str:
+    """The requirement that installs this fgvc-zoo in the Space. Run from a source tree (any version before its
+    release, which no index has), it is the wheel built from that tree into the Space's `wheels/`; from an
+    installed release, that release on the package index."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / 'pyproject.toml').is_file():
+        return f'fgvc-zoo[demo]=={__version__}'
+    wheels = out / SPACE_WHEELS_DIR
+    command = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(wheels)]
+    built = subprocess.run([*command, str(root)], capture_output=True, text=True)
+    found = sorted(wheels.glob('fgvc_zoo-*.whl')) if wheels.is_dir() else []
+    if built.returncode != 0 or len(found) != 1:
+        raise RuntimeError(f'Could not build the fgvc-zoo wheel of {root} for the Space: {built.stderr.strip()[-300:]}')
+    return f'./{SPACE_WHEELS_DIR}/{found[0].name}[demo]'
+
+
 def write_space(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -264,13 +296,15 @@ def write_space(
     title: str | None = None,
     topk: int = 5,
 ) -> Path:
-    """Write a Space folder for the export in `checkpoint`: app.py, model/, examples/, requirements.txt, README."""
+    """Write a Space folder for the export in `checkpoint`: app.py, model/, examples/, wheels/ (this fgvc-zoo),
+    requirements.txt, README."""
     checkpoint, out = Path(checkpoint), Path(out)
     config = check_export_folder(checkpoint)
     examples = find_examples(str(checkpoint)) if examples is None else checked_examples(examples)
     if not examples:
         raise UsageError(
-            f'{checkpoint} has no synthetic_data/val to take example images from: pass --examples IMAGE ... '
+            f'{checkpoint} has no image folder of validation images (its synthetic_data, or the one its '
+            f'results.json names) to take examples from: pass --examples IMAGE ... '
             f'(a Space shows them under the upload box).'
         )
     if out.exists() and any(out.iterdir()):
@@ -293,7 +327,7 @@ def write_space(
             title=title,
         )
     )
-    (out / 'requirements.txt').write_text(f'fgvc-zoo[demo]=={__version__}\n')
+    (out / 'requirements.txt').write_text(f'{_space_requirement(out)}\n')
     card = SpaceCardData(
         title=title[:60],
         emoji='🔍',

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -74,9 +75,11 @@ def test_every_readable_upload_gets_predicts_top1_and_the_panels_of_explain(
     assert len(result.probabilities) == 3
     assert result.message.startswith(f'Top-1: **{expected["label"]}** ({expected["probability"]:.1%}) for {path.name}')
     (explained,) = explain_images(
-        demo_model.model, [load_image(str(path))], demo_model.transform, demo_model.label_names
+        demo_model.model, [load_image(str(path))], demo_model.transform, demo_model.label_names, view='crop'
     )
     assert result.explanation.size == explained.png_size  # every panel of `fgvc-zoo explain`, at its scale
+    # The panel's caption shows the probability of the view predict sees: the same number as the results.
+    assert explained.probability == pytest.approx(expected['probability'], abs=1e-6)
     assert Lfd.explanation_legend in result.legend
     assert all(f'. {panel.title}' in result.legend for panel in explained.panels)
 
@@ -84,7 +87,9 @@ def test_every_readable_upload_gets_predicts_top1_and_the_panels_of_explain(
 def test_the_explanation_is_the_png_of_fgvc_zoo_explain(uploads, checkpoint, demo_model, tmp_path):
     result = answer(demo_model, str(uploads['rgb']))
     out = tmp_path / 'explained.png'
-    assert cli.run(['explain', str(uploads['rgb']), '--checkpoint', str(checkpoint), '--out', str(out)]) == 0
+    # the view predict sees: `fgvc-zoo explain --view crop`
+    argv = ['explain', str(uploads['rgb']), '--checkpoint', str(checkpoint), '--view', 'crop', '--out', str(out)]
+    assert cli.run(argv) == 0
     assert np.array_equal(np.asarray(result.explanation), np.asarray(Image.open(out).convert('RGB')))
 
 
@@ -118,8 +123,18 @@ def _front_matter(readme: str) -> dict:
 
 
 def test_space_folder_holds_the_app_pinned_requirements_front_matter_model_and_examples(space, checkpoint):
-    assert sorted(p.name for p in space.iterdir()) == ['README.md', 'app.py', 'examples', 'model', 'requirements.txt']
-    assert (space / 'requirements.txt').read_text() == f'fgvc-zoo[demo]=={fgvc_zoo.__version__}\n'
+    names = ['README.md', 'app.py', 'examples', 'model', 'requirements.txt', 'wheels']
+    assert sorted(p.name for p in space.iterdir()) == names
+    # No index has a version before its release: the Space installs the wheel it holds.
+    [wheel] = (space / 'wheels').iterdir()
+    assert wheel.name.startswith(f'fgvc_zoo-{fgvc_zoo.__version__}-') and wheel.suffix == '.whl'
+    assert (space / 'requirements.txt').read_text() == f'./wheels/{wheel.name}[demo]\n'
+    with zipfile.ZipFile(wheel) as archive:
+        assert 'fgvc_zoo/demo.py' in archive.namelist() and 'fgvc_zoo/templates/model_card.md' in archive.namelist()
+    # pip finds everything the requirement names inside the Space, with no index at all.
+    command = [sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--dry-run', '-r', 'requirements.txt']
+    resolved = subprocess.run(command, cwd=space, capture_output=True, text=True)
+    assert resolved.returncode == 0 and f'Processing ./wheels/{wheel.name}' in resolved.stdout, resolved.stderr
     meta = _front_matter((space / 'README.md').read_text())
     assert meta['sdk'] == 'gradio' and meta['sdk_version'] == version('gradio') and meta['app_file'] == 'app.py'
     assert sorted(p.name for p in (space / 'model').iterdir()) == ['config.json', 'model.safetensors']
@@ -244,3 +259,17 @@ def test_demo_cli_is_registered_with_its_options(capsys):
     help_text = capsys.readouterr().out
     for option in ('--checkpoint', '--port', '--share, --no-share', '--examples', '--topk', '--host'):
         assert option in help_text
+
+
+def test_examples_of_a_run_on_its_own_data_come_from_its_val_folder(tmp_path):
+    from fgvc_zoo.demo import find_examples
+
+    data = tmp_path / 'my_data'
+    for name in ('zebra', 'horse'):
+        (data / 'val' / name).mkdir(parents=True)
+        (data / 'val' / name / 'broken.jpg').write_bytes(b'not an image')  # sorted first, skipped
+        Image.new('RGB', (8, 8)).save(data / 'val' / name / 'photo.png')
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'results.json').write_text(json.dumps({'dataset': {'root': str(data)}, 'config': {'val_split': 'val'}}))
+    assert find_examples(str(run)) == [str(data / 'val' / n / 'photo.png') for n in ('horse', 'zebra')]

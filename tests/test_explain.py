@@ -224,5 +224,34 @@ def test_output_names_take_the_folder_when_file_names_repeat(tmp_path):
         tmp_path / 'out' / 'bird_0001_explain.png',
         tmp_path / 'out' / 'cat_0001_explain.png',
     ]
-    with pytest.raises(UsageError, match='single PNG but 2 images'):
+    with pytest.raises(UsageError, match='single file but 2 images'):
         output_paths(['a.jpg', 'b.jpg'], str(tmp_path / 'one.png'))
+
+
+def _embedded_svg_images(svg: str) -> list[tuple[int, int]]:
+    import base64
+    import io
+    import re
+
+    payloads = re.findall(r'data:image/png;base64,([A-Za-z0-9+/=\s]+)', svg)
+    return [Image.open(io.BytesIO(base64.b64decode(p))).size for p in payloads]
+
+
+def test_explain_writes_png_at_a_dpi_and_vector_figures_holding_the_original_at_its_resolution(tmp_path):
+    photo = tmp_path / 'big.png'
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(photo)  # larger than a panel
+    folder = save_pretrained(timm.create_model('lfd', backbone='test_resnet', num_classes=2), tmp_path / 'model')
+    common = [str(photo), '--checkpoint', str(folder), '--img-size', '96']
+    assert run(['explain', *common, '--out', str(tmp_path / 'at100.png')]) == 0
+    assert run(['explain', *common, '--dpi', '200', '--out', str(tmp_path / 'at200.png')]) == 0
+    width, height = Image.open(tmp_path / 'at100.png').size
+    assert Image.open(tmp_path / 'at200.png').size == (2 * width, 2 * height)
+    assert run(['explain', *common, '--format', 'pdf', '--out', str(tmp_path / 'fig.pdf')]) == 0
+    assert (tmp_path / 'fig.pdf').read_bytes().startswith(b'%PDF')
+    assert run(['explain', *common, '--out', str(tmp_path / 'fig.svg')]) == 0  # the format from the suffix
+    sizes = _embedded_svg_images((tmp_path / 'fig.svg').read_text())
+    # each of LFD's three panels embeds the 1600 x 1200 original itself, not the 1024 px panel's resampling
+    assert sizes.count((1600, 1200)) == 3, sizes
+    with pytest.raises(UsageError, match=r'is not a \.pdf file'):
+        run(['explain', *common, '--format', 'pdf', '--out', str(tmp_path / 'fig.png')])

@@ -469,3 +469,28 @@ def test_train_crop_picks_the_training_crop_and_refuses_scale_without_rrc():
     config = parse(['--model', 'test_resnet', '--synthetic', '--train-crop', 'resize_crop', '--scale', '0.5', '1'])
     with pytest.raises(ValueError, match='--scale sets the random resized crop, which --train-crop resize_crop'):
         set_transforms(config, model, train_set, val_set)
+
+
+DEMO_RECIPE = REPO / 'train_scripts' / 'demo_cpu.yaml'
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_readme_demo_learns_far_above_chance_and_its_predict_example_answers_right(tmp_path, capsys):
+    from fgvc_zoo.cli import run as fgvc_zoo_run
+
+    readme = (REPO / 'README.md').read_text()
+    assert 'fgvc-zoo train --recipe train_scripts/demo_cpu.yaml --output out/demo' in readme
+    output = tmp_path / 'demo'
+    assert fgvc_zoo_run(['train', '--recipe', str(DEMO_RECIPE), '--output', str(output)]) == 0
+    final = json.loads((output / 'metrics.jsonl').read_text().splitlines()[-1])
+    # 4 classes, 32 val images: chance is 25 %, and 60 % or more by chance has probability below 1e-5.
+    assert final['val_top1'] >= 60, final
+    capsys.readouterr()
+    example = 'out/demo/synthetic_data/val/cross/0000.png'
+    assert f'fgvc-zoo predict --checkpoint out/demo --topk 3 {example}' in readme
+    assert (
+        fgvc_zoo_run(['predict', '--checkpoint', str(output), '--topk', '3', str(output / example[len('out/demo/') :])])
+        == 0
+    )
+    assert capsys.readouterr().out.splitlines()[1].split()[1] == 'cross'

@@ -4,9 +4,9 @@ PNG each."""
 import argparse
 
 from ..data import load_image
-from ..inference.explain import VIEWS, draw_explanation, explain_images, output_paths
+from ..inference.explain import DPI, FORMATS, VIEWS, draw_explanation, explain_images, output_paths
 from ..runtime import load_for_inference
-from .common import add_model_arguments
+from .common import add_model_arguments, positive_int
 
 __all__ = ['add_arguments', 'main']
 
@@ -17,11 +17,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--out',
         required=True,
-        help='output folder (one <image>_explain.png each, <folder>_<image>_'
-        'explain.png when names repeat); for one image also a .png path',
+        help='output folder (one <image>_explain.<format> each, <folder>_<image>_'
+        'explain.<format> when names repeat); for one image also a .png, .pdf or .svg path',
     )
     parser.add_argument(
         '--parts', type=int, default=3, help='parts drawn, for heads that have parts (DP-Net: largest V[pred] x score)'
+    )
+    parser.add_argument(
+        '--format',
+        choices=FORMATS,
+        help='png (raster at --dpi), or pdf / svg (vector, the original embedded at its own resolution); default: '
+        "--out's suffix, else png",
+    )
+    parser.add_argument(
+        '--dpi', type=positive_int, default=DPI, help=f'pixels per inch of a png (default {DPI}; 200 doubles them)'
     )
     parser.add_argument(
         '--view',
@@ -34,11 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     model, transform, names, _ = load_for_inference(args.checkpoint, args.model, args.img_size, args.device)
-    outputs = output_paths(args.images, args.out)
+    suffix = args.out.lower().rsplit('.', 1)[-1]
+    fmt = args.format or (suffix if suffix in FORMATS else 'png')
+    outputs = output_paths(args.images, args.out, fmt)
     for image_path, out in zip(args.images, outputs, strict=False):
         (explained,) = explain_images(
             model, [load_image(image_path)], transform, names, num_parts=args.parts, view=args.view
         )
-        draw_explanation(explained, str(out))
+        draw_explanation(explained, str(out), fmt=fmt, dpi=args.dpi)
         print(f'{image_path}: {explained.label} ({explained.probability:.1%}) -> {out}')
     return 0

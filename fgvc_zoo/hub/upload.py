@@ -13,16 +13,26 @@ from ..errors import UsageError
 from ..models import WEIGHTS_NAME
 from .folder import CARD_NAME, CONFIG_NAME, PUSHED_FILES, check_export_folder, write_card
 
-__all__ = ['SPACE_MODEL_DIR', 'SPACE_EXAMPLES_DIR', 'SPACE_FILES', 'upload_folder', 'push', 'push_space']
+__all__ = [
+    'SPACE_MODEL_DIR',
+    'SPACE_EXAMPLES_DIR',
+    'SPACE_WHEELS_DIR',
+    'SPACE_FILES',
+    'upload_folder',
+    'push',
+    'push_space',
+]
 
 SPACE_MODEL_DIR = 'model'
 SPACE_EXAMPLES_DIR = 'examples'
+SPACE_WHEELS_DIR = 'wheels'  # the fgvc-zoo wheel the Space's requirements.txt installs (no index needs to have it)
 # What `fgvc-zoo push --space` uploads: the app, its pins and card, the examples, the weights (never a pickle).
 SPACE_FILES = (
     'app.py',
     'requirements.txt',
     CARD_NAME,
     f'{SPACE_EXAMPLES_DIR}/*',
+    f'{SPACE_WHEELS_DIR}/*.whl',
     f'{SPACE_MODEL_DIR}/{CONFIG_NAME}',
     f'{SPACE_MODEL_DIR}/{WEIGHTS_NAME}',
 )

@@ -44,6 +44,7 @@ __all__ = [
     'explain_images',
     'explanation_figure',
     'draw_explanation',
+    'FORMATS',
     'output_paths',
 ]
 
@@ -58,6 +59,7 @@ _PIXEL_WISE = (
     'ToImage',
     'ToDtype',
 )
+FORMATS = ('png', 'pdf', 'svg')  # what `draw_explanation` writes
 PANEL_MIN, PANEL_MAX = 256, 1024  # longest side of an image panel in the PNG, in pixels
 DPI = 100
 BOX_COLOURS = ('#ffdd00', '#00e5ff', '#ff4fd8', '#7cff4f', '#ff8c1a', '#b38cff')
@@ -417,12 +419,22 @@ def explanation_figure(explained: ImageExplanation):
     return fig
 
 
-def draw_explanation(explained: ImageExplanation, path: str) -> str:
-    """One PNG of `explained.png_size` pixels: each image panel is the whole original at `panel_scale`."""
+def draw_explanation(explained: ImageExplanation, path: str, fmt: str = 'png', dpi: int = DPI) -> str:
+    """One figure of `explained.png_size` points at 100 per inch: each image panel is the whole original.
+
+    `fmt='png'` rasters it at `dpi` (200: twice the pixels of the default 100, so a large original keeps its detail);
+    'pdf' and 'svg' are vector figures (text, boxes and bars stay sharp) in which the photo and the maps are embedded
+    unresampled, at the original's own resolution, for a paper."""
     import matplotlib.pyplot as plt
 
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt='{fmt}' is not one of {FORMATS}.")
     fig = explanation_figure(explained)
-    fig.savefig(path, dpi=DPI)
+    if fmt != 'png':
+        for ax in fig.axes:
+            for image in ax.get_images():
+                image.set_interpolation('none')  # vector backends then embed the array itself, not a resampling
+    fig.savefig(path, dpi=dpi, format=fmt)
     plt.close(fig)
     return path
 
@@ -450,10 +462,12 @@ def _draw_chart(fig, explained: ImageExplanation, left: float, most: int = 20) -
     ax.xaxis.set_major_locator(MaxNLocator(4))
 
 
-def output_paths(images: Sequence[str], out: str) -> list[Path]:
-    if out.lower().endswith('.png'):
+def output_paths(images: Sequence[str], out: str, fmt: str = 'png') -> list[Path]:
+    if out.lower().endswith(tuple(f'.{f}' for f in FORMATS)):
+        if not out.lower().endswith(f'.{fmt}'):
+            raise UsageError(f'--out {out} is not a .{fmt} file, the --format asked for: name it .{fmt}, or a folder.')
         if len(images) != 1:
-            raise UsageError(f'--out {out} is a single PNG but {len(images)} images were given: pass a folder.')
+            raise UsageError(f'--out {out} is a single file but {len(images)} images were given: pass a folder.')
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         return [Path(out)]
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -462,4 +476,4 @@ def output_paths(images: Sequence[str], out: str) -> list[Path]:
         stems = [f'{Path(image).parent.name}_{Path(image).stem}' for image in images]
     if len(set(stems)) != len(stems):
         raise UsageError('Two images share a folder and file name; their PNGs would overwrite each other. Rename one.')
-    return [Path(out) / f'{stem}_explain.png' for stem in stems]
+    return [Path(out) / f'{stem}_explain.{fmt}' for stem in stems]

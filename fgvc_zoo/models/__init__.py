@@ -19,12 +19,18 @@ from ._base import (
     model_head_name,
     register_head,
 )
+from ._convert import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
 from ._hub import HUB_ORG, PICKLE_WEIGHTS, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
 from .dpnet import DpNet
 from .iagn import Iagn
 from .lfd import Lfd
 
 __all__ = [
+    'convert_state_dict',
+    'imagenet_top1',
+    'read_name_map',
+    'read_state_dict',
+    'save_converted',
     'Backbone',
     'check_backbone_name',
     'create_backbone_model',

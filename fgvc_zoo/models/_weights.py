@@ -134,8 +134,8 @@ def load_backbone_weights(model: nn.Module, source: str | Path, name: str) -> Pa
     if path.suffix != '.safetensors':
         raise ValueError(
             f"Backbone weights '{path}': not a .safetensors file. fgvc_zoo loads weights as safetensors only; convert "
-            f'a trusted pickle with safetensors.torch.save_file(torch.load(FILE, weights_only=True), '
-            f'"{path.stem}.safetensors").'
+            f'a trusted pickle with `fgvc-zoo convert-weights {path} {path.stem}.safetensors '
+            f'--arch {name.split(".")[0]}`.'
         )
     state_dict: dict[str, Any] = load_file(str(path))
     filter_fn = getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
