@@ -225,8 +225,6 @@ class FgvcDataset(torch.utils.data.Dataset):
             bottom_crop=self.bottom_crop,
         )
         part._rows = [self._rows[i] for i in indices]
-        part.unreadable = list(self.unreadable)
-        part.unreadable_reasons = dict(self.unreadable_reasons)
         return part
 
     def __repr__(self) -> str:

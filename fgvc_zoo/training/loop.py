@@ -117,7 +117,10 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
         train_index, val_index = carve_val(full.targets, config.val_fraction, config.split_seed)
         if not val_index:
             raise UsageError(f'--val-fraction {config.val_fraction} carves no image: no class has two images.')
-        return full.subset(train_index, config.train_split), full.subset(val_index, 'val')
+        train_set = full.subset(train_index, config.train_split)
+        # the images check_images dropped before the carve are the training split's, listed once
+        train_set.unreadable, train_set.unreadable_reasons = full.unreadable, full.unreadable_reasons
+        return train_set, full.subset(val_index, 'val')
     if config.train_split == 'trainval' and config.eval_split in (None, 'val'):
         raise UsageError(
             "--train-split trainval holds the val split: evaluate with --eval-split test, or train on 'train'."
