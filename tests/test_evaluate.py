@@ -196,7 +196,7 @@ def test_eval_reads_the_split_it_is_named_and_the_card_says_which(tmp_path):
     results = json.loads(out.read_text())
     assert results['dataset']['split'] == 'test' and results['num_images'] == 4
     card = model_card(json.loads((folder / 'config.json').read_text()), results=results)
-    assert 'on the test split of `results.json`' in card and 'dataset_split: test' in card
+    assert 'on the test split of `results.json`' in card and '      split: test\n' in card  # model-index
     with pytest.raises(MissingSplitError, match=r"no val/ or validation/ for the 'val' split"):
         run([*argv, '--split', 'val', '--out', str(out)])
 
