@@ -140,8 +140,8 @@ MAKERS = {'synthetic': make_synthetic, 'animal': make_animal, 'fashion': make_fa
 def dataset_views(name: str, work_dir: Path) -> dict[str, Path]:
     """Two folder datasets over the same training images: {'val': train + val, 'test': train + test}.
 
-    fgvc_zoo's layouts know one held-out split ('val' and 'test' are aliases), so each view holds its held-out
-    images as `val/` (hard links; parts.json follows). Trainers only ever get the 'val' view.
+    Each view holds its held-out images as `val/` (hard links; parts.json follows), the split the frozen-probe
+    scripts read. Trainers only ever get the 'val' view (whose val/ is the real val split).
     """
     spec = DATASETS[name]
     root = work_dir / 'data' / f'{name}_{spec["img_size"] if name == "synthetic" else 28}px_{spec["train"]}'

@@ -169,21 +169,9 @@ def _source(config: CompareConfig) -> tuple[str, str]:
     return str(root), 'folder'
 
 
-def carve_val(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) indices: per class a `fraction` of the images (at least one where a class has two) for val."""
-    train, val = [], []
-    labels = np.asarray(labels)
-    for label in np.unique(labels):
-        index = np.random.default_rng([seed, int(label)]).permutation(np.flatnonzero(labels == label))
-        count = max(1, round(fraction * len(index))) if len(index) >= 2 else 0
-        val += index[:count].tolist()
-        train += index[count:].tolist()
-    return sorted(train), sorted(val)
-
-
 def prepare_splits(config: CompareConfig) -> dict[str, Any]:
     """OUTPUT/data/{train,val} (symlinks) and OUTPUT/splits.json; the test split is not read here."""
-    from .data import create_dataset
+    from .data import carve_val, create_dataset
 
     out = Path(config.output)
     path = out / 'splits.json'
@@ -267,7 +255,7 @@ def train_argv(config: CompareConfig, method: str, lr: float, seed: int) -> list
     weights = ['--backbone-weights', config.backbone_weights] if config.backbone_weights else []
     return [
         *model, *(['--pretrained'] if config.pretrained else []), *weights,
-        '--data-dir', str(out / DATA), '--dataset-layout', 'folder', '--train-split', 'train', '--val-split', 'val',
+        '--data-dir', str(out / DATA), '--dataset-layout', 'folder', '--train-split', 'train', '--eval-split', 'val',
         '--img-size', str(config.img_size), '--epochs', str(config.epochs), '--batch-size', str(config.batch_size),
         '--lr', repr(lr), '--seed', str(seed), '--workers', str(config.workers), '--threads', str(config.threads),
         *config.train_args, '--output', str(out / RUNS / run_name(method, lr, seed)), '--resume',

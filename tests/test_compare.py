@@ -14,7 +14,7 @@ from scipy.stats import t
 from fgvc_zoo import compare
 from fgvc_zoo.cli import run
 from fgvc_zoo.commands import compare as compare_command
-from fgvc_zoo.data import create_dataset, make_synthetic_fgvc
+from fgvc_zoo.data import carve_val, create_dataset, make_synthetic_fgvc
 from fgvc_zoo.errors import UsageError
 
 TINY = [
@@ -167,11 +167,11 @@ def test_rerun_continues_and_refuses_another_budget(compared: tuple[Path, Path])
 
 def test_val_is_carved_per_class_with_a_fixed_seed() -> None:
     labels = [0] * 10 + [1] * 5 + [2] * 2
-    train, val = compare.carve_val(labels, 0.2, seed=0)
+    train, val = carve_val(labels, 0.2, seed=0)
     assert sorted(train + val) == list(range(len(labels)))
     assert [sum(labels[i] == c for i in val) for c in range(3)] == [2, 1, 1]
-    assert compare.carve_val(labels, 0.2, seed=0) == (train, val)
-    assert compare.carve_val(labels, 0.2, seed=1) != (train, val)
+    assert carve_val(labels, 0.2, seed=0) == (train, val)
+    assert carve_val(labels, 0.2, seed=1) != (train, val)
 
 
 def test_default_train_args_are_the_librarys() -> None:

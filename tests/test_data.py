@@ -14,6 +14,7 @@ from PIL import Image
 
 from fgvc_zoo.data import (
     DatasetError,
+    MissingSplitError,
     UnreadableDataError,
     UnreadableImageError,
     check_image,
@@ -77,7 +78,7 @@ def test_cub_nested_download_folder_detected_with_names_labels_splits_and_boxes(
     assert detect_layout(str(tmp_path)) == ('cub', cub)
     train = create_dataset(str(tmp_path), 'train')
     val = create_dataset(str(tmp_path), 'test')
-    assert (train.layout, train.root, train.split, val.split) == ('cub', cub, 'train', 'val')
+    assert (train.layout, train.root, train.split, val.split) == ('cub', cub, 'train', 'test')
     assert train.classes == ['Black footed Albatross', 'Laysan Albatross', 'Sooty Albatross']
     images = os.path.join(cub, 'images')
     assert train.samples == [
@@ -89,6 +90,23 @@ def test_cub_nested_download_folder_detected_with_names_labels_splits_and_boxes(
     assert train.boxes == [(1.0, 2.0, 4.0, 6.0)] * 3  # x, y, w, h -> x1, y1, x2, y2
     image, label = train[1]
     assert image.mode == 'RGB' and image.size == (8, 6) and label == 1
+
+
+@pytest.mark.parametrize('layout', ['cub', 'cars', 'dogs'])
+@pytest.mark.parametrize('split', ['val', 'trainval'])
+def test_a_layout_without_the_split_says_which_it_has_and_the_fix(tmp_path, layout, split):
+    root = {'cub': _cub, 'cars': _cars, 'dogs': _dogs}[layout](tmp_path / layout)
+    with pytest.raises(MissingSplitError) as error:
+        create_dataset(root, split)
+    message = str(error.value)
+    assert (
+        f'the {layout!r} layout has no {split!r} split' in message
+        and "['train', 'test']" in message
+        and '\n' not in message
+    )
+    assert ('--val-fraction' in message) == (split == 'val')
+    with pytest.raises(DatasetError, match=r"split 'dev' is not one of \['train', 'trainval', 'val', 'test'"):
+        create_dataset(root, 'dev')
 
 
 def test_nabirds_keeps_only_the_taxonomy_classes_that_label_images(tmp_path):
@@ -104,7 +122,7 @@ def test_nabirds_keeps_only_the_taxonomy_classes_that_label_images(tmp_path):
     assert train.layout == 'nabirds'
     assert train.classes == ['Great Horned Owl', 'Bald Eagle']
     assert [(os.path.basename(p), y) for p, y in train.samples] == [('o1.jpg', 0), ('e1.jpg', 1)]
-    assert create_dataset(str(tmp_path), 'val').targets == [0, 1]
+    assert create_dataset(str(tmp_path), 'test').targets == [0, 1]
 
 
 def _cars_annotations(rows):
@@ -136,7 +154,7 @@ def test_stanford_cars_devkit_layout(tmp_path):
     assert train.classes == ['AM General Hummer SUV 2000', 'Acura RL Sedan 2012']
     assert train.samples == [(os.path.join(root, 'cars_train', f'0000{i}.jpg'), y) for i, y in ((1, 0), (2, 1), (3, 1))]
     assert train.boxes[0] == (1.0, 2.0, 5.0, 6.0)
-    val = create_dataset(root, 'val')
+    val = create_dataset(root, 'test')
     assert val.samples == [
         (os.path.join(root, 'cars_test', '00001.jpg'), 1),
         (os.path.join(root, 'cars_test', '00002.jpg'), 0),
@@ -167,7 +185,7 @@ def test_stanford_cars_single_annotation_file_layout(tmp_path):
     train = create_dataset(str(tmp_path), 'train')
     assert train.layout == 'cars' and train.classes == ['Hummer', 'Acura']
     assert [(os.path.basename(p), y) for p, y in train.samples] == [('000001.jpg', 1), ('000003.jpg', 0)]
-    assert create_dataset(str(tmp_path), 'val').targets == [0]
+    assert create_dataset(str(tmp_path), 'test').targets == [0]
 
 
 def _aircraft(root):
@@ -184,22 +202,26 @@ def _aircraft(root):
     _write(data / 'families.txt', 'A300\nBoeing 707\nBoeing 727\n')
     _write(data / 'manufacturers.txt', 'Airbus\nBoeing\n')
     for level, column in (('variant', 0), ('family', 1), ('manufacturer', 2)):
-        for split, members in (('trainval', ('1025794', '1340192')), ('test', ('0056978', '0062765'))):
+        splits = {'train': ('1025794',), 'val': ('1340192',), 'test': ('0056978', '0062765')}
+        splits['trainval'] = splits['train'] + splits['val']
+        for split, members in splits.items():
             _write(data / f'images_{level}_{split}.txt', ''.join(f'{i} {ids[i][column]}\n' for i in members))
     return str(data.parent)
 
 
-def test_fgvc_aircraft_levels_and_trainval_test_protocol(tmp_path):
+def test_fgvc_aircraft_levels_and_its_official_train_val_trainval_test_splits(tmp_path):
     root = _aircraft(tmp_path)
-    variant = create_dataset(root, 'train')
+    variant = create_dataset(root, 'trainval')
     assert variant.layout == 'aircraft'
     assert variant.classes == ['707-320', '727-200', 'A300B4']
     images = os.path.join(root, 'data', 'images')
     assert variant.samples == [(os.path.join(images, '1025794.jpg'), 0), (os.path.join(images, '1340192.jpg'), 2)]
-    family = create_dataset(root, 'val', level='family')
+    assert create_dataset(root, 'train').samples == [(os.path.join(images, '1025794.jpg'), 0)]
+    assert create_dataset(root, 'validation').samples == [(os.path.join(images, '1340192.jpg'), 2)]
+    family = create_dataset(root, 'test', level='family')
     assert family.classes == ['A300', 'Boeing 707', 'Boeing 727']
     assert family.samples == [(os.path.join(images, '0056978.jpg'), 2), (os.path.join(images, '0062765.jpg'), 0)]
-    assert create_dataset(root, 'val', level='manufacturer').targets == [1, 0]
+    assert create_dataset(root, 'test', level='manufacturer').targets == [1, 0]
     with pytest.raises(DatasetError, match='level'):
         create_dataset(root, level='model')
 
@@ -247,35 +269,45 @@ def test_stanford_dogs_with_mat_or_txt_lists(tmp_path, lists):
     assert train.layout == 'dogs'
     assert train.classes == ['Chihuahua', 'Japanese spaniel']
     assert [(os.path.basename(p), y) for p, y in train.samples] == [('n02085620_1.jpg', 0), ('n02085782_1.jpg', 1)]
-    assert create_dataset(root, 'val').targets == [1, 0]
+    assert create_dataset(root, 'test').targets == [1, 0]
 
 
-def test_oxford_flowers_train_is_trnid_plus_valid_and_names_are_the_102_flowers(tmp_path):
+def test_oxford_flowers_splits_are_trnid_valid_tstid_and_names_are_the_102_flowers(tmp_path):
     for i in range(1, 7):
         _image(os.path.join(tmp_path, 'jpg', f'image_{i:05d}.jpg'))
     scipy_io.savemat(tmp_path / 'imagelabels.mat', {'labels': np.array([[1, 2, 102, 2, 1, 102]])})
     scipy_io.savemat(
         tmp_path / 'setid.mat', {'trnid': np.array([[1, 2]]), 'valid': np.array([[3]]), 'tstid': np.array([[4, 5, 6]])}
     )
-    train = create_dataset(str(tmp_path), 'train')
-    assert train.layout == 'flowers' and len(train.classes) == 102
-    assert train.classes[0] == 'pink primrose' and train.classes[101] == 'blackberry lily'
-    assert [(os.path.basename(p), y) for p, y in train.samples] == [
+    trainval = create_dataset(str(tmp_path), 'trainval')
+    assert trainval.layout == 'flowers' and len(trainval.classes) == 102
+    assert trainval.classes[0] == 'pink primrose' and trainval.classes[101] == 'blackberry lily'
+    assert [(os.path.basename(p), y) for p, y in trainval.samples] == [
         ('image_00001.jpg', 0),
         ('image_00002.jpg', 1),
         ('image_00003.jpg', 101),
     ]
-    assert create_dataset(str(tmp_path), 'val').targets == [1, 0, 101]
+    assert create_dataset(str(tmp_path), 'train').targets == [0, 1]
+    assert create_dataset(str(tmp_path), 'val').targets == [101]
+    assert create_dataset(str(tmp_path), 'test').targets == [1, 0, 101]
 
 
-def test_image_folder_train_and_test_alias(tmp_path):
+def test_image_folder_reads_test_as_test_and_val_as_val(tmp_path):
     _folder(tmp_path / 'x', classes=('b_cls', 'a_cls'))
     os.rename(tmp_path / 'x' / 'val', tmp_path / 'x' / 'test')
     train = create_dataset(str(tmp_path / 'x'), 'train', layout='folder')
-    val = create_dataset(str(tmp_path / 'x'), 'val')
-    assert train.classes == ['a_cls', 'b_cls'] and val.layout == 'folder'
-    assert val.samples[0] == (os.path.join(tmp_path, 'x', 'test', 'a_cls', '0.png'), 0)
-    assert val.targets == [0, 0, 1, 1]
+    test = create_dataset(str(tmp_path / 'x'), 'test')
+    assert train.classes == ['a_cls', 'b_cls'] and test.layout == 'folder' and test.split == 'test'
+    assert test.samples[0] == (os.path.join(tmp_path, 'x', 'test', 'a_cls', '0.png'), 0)
+    assert test.targets == [0, 0, 1, 1]
+    with pytest.raises(
+        MissingSplitError, match=r"no val/ or validation/ for the 'val' split \(it has \['train', 'test'\]\)"
+    ):
+        create_dataset(str(tmp_path / 'x'), 'val')
+    _image(os.path.join(tmp_path, 'x', 'val', 'b_cls', 'v.png'))
+    val = create_dataset(str(tmp_path / 'x'), 'validation')
+    assert val.split == 'val' and val.samples == [(os.path.join(tmp_path, 'x', 'val', 'b_cls', 'v.png'), 1)]
+    assert len(create_dataset(str(tmp_path / 'x'), 'test')) == 4
 
 
 def _hf_dataset(path, image_bytes=None):
@@ -294,9 +326,11 @@ def _hf_dataset(path, image_bytes=None):
 def test_hugging_face_dataset_saved_to_disk(tmp_path):
     root = _hf_dataset(tmp_path / 'hf')
     train = create_dataset(root, 'train')
-    val = create_dataset(root, 'val', layout='hf')
+    val = create_dataset(root, 'test', layout='hf')
     assert (train.layout, train.classes, train.targets) == ('hf', ['cat', 'dog'], [1, 0])
     assert val.samples[1] == (f'{root}[test][1]', 0)
+    with pytest.raises(MissingSplitError, match=r"none of \['validation', 'val', 'valid'\] for the 'val' split"):
+        create_dataset(root, 'val')
     image, label = val[0]
     assert image.getpixel((0, 0)) == (255, 0, 0) and label == 1
     with pytest.raises(DatasetError, match="no column 'species'"):
@@ -499,7 +533,7 @@ def test_label_out_of_range(tmp_path):
         create_dataset(root)
     cars = _cars(tmp_path / 'cars', test_classes=(1, 3))
     with pytest.raises(DatasetError, match=r'annotation 2: class 3 is outside 1..2'):
-        create_dataset(cars, 'val')
+        create_dataset(cars, 'test')
 
 
 def test_empty_class_folder_is_warned_and_skipped(tmp_path):
@@ -546,7 +580,7 @@ def test_metadata_paths_cannot_escape_the_root(tmp_path, path):
         tmp_path, images={1: '001.Black_footed_Albatross/x1.jpg', 2: path, 3: 'a/b.jpg', 4: 'c/d.jpg', 5: 'e/f.jpg'}
     )
     with pytest.raises(DatasetError, match=r'images.txt line 2: path .* escapes the dataset root'):
-        create_dataset(root, 'val')
+        create_dataset(root, 'test')
 
 
 def test_dogs_list_cannot_escape_the_root(tmp_path):

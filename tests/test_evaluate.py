@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from fgvc_zoo.cli import run
-from fgvc_zoo.data import make_synthetic_fgvc, synthetic_class_names
+from fgvc_zoo.data import MissingSplitError, make_synthetic_fgvc, synthetic_class_names
 from fgvc_zoo.hub import model_card, save_pretrained
 from fgvc_zoo.inference.evaluate import confusion_summary, evaluate
 
@@ -178,6 +178,27 @@ def test_eval_cli_writes_results_the_model_card_consumes(tmp_path):
     card = model_card(json.loads((folder / 'config.json').read_text()), results=results)
     assert f'| top1 | {results["metrics"]["top1"]:.2f} |' in card
     assert 'datasets:\n- data\n' in card  # the dataset folder's name
+
+
+def test_eval_reads_the_split_it_is_named_and_the_card_says_which(tmp_path):
+    data = make_synthetic_fgvc(
+        str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=2, image_size=64, held_out_split='test'
+    )
+    folder = save_pretrained(
+        timm.create_model('dpnet', backbone='test_resnet', num_classes=2),
+        tmp_path / 'model',
+        label_names=synthetic_class_names(2),
+        data_config=dict(input_size=(3, 64, 64)),
+    )
+    argv = ['eval', '--checkpoint', str(folder), '--data-dir', data, '--workers', '0']
+    out = tmp_path / 'results.json'
+    assert run([*argv, '--out', str(out)]) == 0  # no val/: the default is the test split
+    results = json.loads(out.read_text())
+    assert results['dataset']['split'] == 'test' and results['num_images'] == 4
+    card = model_card(json.loads((folder / 'config.json').read_text()), results=results)
+    assert 'on the test split of `results.json`' in card and '      split: test\n' in card  # model-index
+    with pytest.raises(MissingSplitError, match=r"no val/ or validation/ for the 'val' split"):
+        run([*argv, '--split', 'val', '--out', str(out)])
 
 
 def test_eval_refuses_a_model_trained_on_other_classes(tmp_path):

@@ -494,3 +494,96 @@ def test_the_readme_demo_learns_far_above_chance_and_its_predict_example_answers
         == 0
     )
     assert capsys.readouterr().out.splitlines()[1].split()[1] == 'cross'
+
+
+def make_tiny_cub(root: Path) -> Path:
+    """The tiny folder's images in the CUB layout: its train/ images are CUB's train split, its val/ images CUB's
+    test split (CUB has no val split)."""
+    folder = make_tiny_folder(root / 'source')
+    cub = root / 'cub'
+    rows = []
+    for split, flag in (('train', 1), ('val', 0)):
+        for path in sorted((folder / split).glob('*/*.png')):
+            (cub / 'images' / split / path.parent.name).mkdir(parents=True, exist_ok=True)
+            path.rename(cub / 'images' / split / path.parent.name / path.name)
+            rows.append((f'{split}/{path.parent.name}/{path.name}', CLASSES.index(path.parent.name) + 1, flag))
+    (cub / 'classes.txt').write_text(''.join(f'{i} {i:03d}.{name}\n' for i, name in enumerate(CLASSES, 1)))
+    (cub / 'images.txt').write_text(''.join(f'{i} {p}\n' for i, (p, _, _) in enumerate(rows, 1)))
+    (cub / 'image_class_labels.txt').write_text(''.join(f'{i} {c}\n' for i, (_, c, _) in enumerate(rows, 1)))
+    (cub / 'train_test_split.txt').write_text(''.join(f'{i} {f}\n' for i, (_, _, f) in enumerate(rows, 1)))
+    return cub
+
+
+def plain_command(data_dir: Path, output: Path, *extra: str) -> list:
+    command = train_command(data_dir, output, 'lfd', 1)
+    model_at = command.index('--model')
+    del command[model_at : model_at + 6]  # --model lfd --backbone test_resnet --model-args ...
+    return [*command, '--model', 'test_resnet', *extra]
+
+
+def test_a_run_on_a_layout_without_val_evaluates_on_test_and_names_every_metric_test(tmp_path):
+    cub = make_tiny_cub(tmp_path)
+    output = tmp_path / 'run'
+    result = run(plain_command(cub, output))
+    assert 'test_top1=' in result.stdout and 'val_top1' not in result.stdout  # the progress line
+    header = (output / 'metrics.csv').read_text().splitlines()[0].split(',')
+    assert {'test_loss', 'test_top1', 'test_top5'} <= set(header) and not any('val' in k for k in header)
+    results = json.loads((output / 'results.json').read_text())
+    assert results['eval_split'] == 'test' and results['config']['eval_split'] == 'test'
+    assert results['dataset']['test_images'] == 8 and 'val_images' not in results['dataset']
+    assert results['metrics']['top1'] == results['history'][-1]['test_top1']
+    assert 'on the test split of `results.json`' in (output / 'README.md').read_text()
+    from fgvc_zoo.training.loop import curve_panels
+
+    assert ('test accuracy', 'accuracy (%)', ['test_top1', 'test_top5']) in curve_panels(results['history'])
+
+
+def test_val_fraction_carves_a_stratified_val_split_and_never_opens_test(tmp_path):
+    cub = make_tiny_cub(tmp_path)
+    for path in (cub / 'images' / 'val').glob('*/*.png'):
+        path.write_bytes(b'')  # the test split is unreadable: a run that opened it would stop
+    output = tmp_path / 'run'
+    result = run(plain_command(cub, output, '--val-fraction', '0.25', '--split-seed', '3'))
+    assert 'val_top1=' in result.stdout and 'test_top1' not in result.stdout and 'test_loss' not in result.stdout
+    header = (output / 'metrics.csv').read_text().splitlines()[0].split(',')
+    assert 'val_top1' in header and not any(k.startswith('test') for k in header)
+    results = json.loads((output / 'results.json').read_text())
+    assert results['eval_split'] == 'val' and results['dataset']['unreadable'] == {'train': [], 'val': []}
+    # 8 training images per class: 2 of each class carved for val, 6 left to train on
+    assert (results['dataset']['train_images'], results['dataset']['val_images']) == (12, 4)
+    assert 'validation split carved from the training images' in (output / 'README.md').read_text()
+    with pytest.raises(AssertionError, match='unreadable'):
+        run(plain_command(cub, tmp_path / 'on_test'))  # the default evaluates on test, which is unreadable
+
+
+def test_the_val_carve_is_stratified_deterministic_and_disjoint():
+    from fgvc_zoo.data import FgvcDataset, carve_val
+
+    samples = [(f'{c}/{i}.png', c) for c in range(3) for i in range(4 * (c + 1))]
+    dataset = FgvcDataset('root', 'train', 'folder', ['a', 'b', 'c'], samples)
+    train, val = carve_val(dataset.targets, 0.25, seed=0)
+    assert not set(train) & set(val) and sorted(train + val) == list(range(len(samples)))
+    assert [sum(dataset.targets[i] == c for i in val) for c in range(3)] == [1, 2, 3]
+    assert carve_val(dataset.targets, 0.25, seed=0) == (train, val)
+    assert carve_val(dataset.targets, 0.25, seed=1) != (train, val)
+    part = dataset.subset(val, 'val')
+    assert part.split == 'val' and part.samples == [samples[i] for i in val] and len(dataset) == len(samples)
+
+
+def test_split_flags_that_would_tune_on_test_or_train_on_val_are_refused(tmp_path):
+    from fgvc_zoo.errors import UsageError
+    from fgvc_zoo.training.loop import train
+
+    def parse(argv):
+        parser = argparse.ArgumentParser()
+        add_train_arguments(parser)
+        return resolve_config(parser.parse_args(['--model', 'test_resnet', '--synthetic', *argv]))
+
+    with pytest.raises(UsageError, match='--val-fraction carves a val split to evaluate on: drop --eval-split test'):
+        parse(['--val-fraction', '0.1', '--eval-split', 'test'])
+    with pytest.raises(UsageError, match=r'--val-fraction is a fraction in \[0, 1\)'):
+        parse(['--val-fraction', '1'])
+    assert parse(['--eval-split', 'validation']).eval_split == 'val'
+    config = parse(['--train-split', 'trainval', '--output', str(tmp_path / 'out')])
+    with pytest.raises(UsageError, match='--train-split trainval holds the val split'):
+        train(config)

@@ -65,9 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pairs(text: str, flag: str) -> dict[str, object]:
-    from ..runtime import parse_model_kwargs
+    from ..runtime import parse_options
 
-    return parse_model_kwargs(text or None, None, flag=flag)
+    return parse_options(text or None, flag)
 
 
 def main(args: argparse.Namespace) -> int:

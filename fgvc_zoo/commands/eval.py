@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..data import create_dataset
+from ..data import MissingSplitError, create_dataset
 from ..inference.evaluate import TTA_MODES, check_classes, evaluate, plot_confusion
 from ..runtime import load_for_inference, parse_options, set_cpu_threads
 from .common import add_model_arguments
@@ -17,7 +17,12 @@ __all__ = ['add_arguments', 'main']
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument('--data-dir', required=True, help='dataset root (any layout fgvc_zoo.data knows)')
-    parser.add_argument('--split', default='val', help="split to evaluate: 'val' (= 'test') or 'train'")
+    parser.add_argument(
+        '--split',
+        choices=('val', 'validation', 'test', 'train', 'trainval'),
+        help="split to evaluate, named as the data names it (CUB's held-out split is 'test'); "
+        "default: 'val' where the data has one, else 'test'",
+    )
     # The data flags of `fgvc-zoo train`, under the same names.
     parser.add_argument('--dataset-layout', default='auto', help='layout of --data-dir (auto detects it)')
     parser.add_argument('--dataset-args', help="layout options as 'key=value,...', e.g. 'level=family' for aircraft")
@@ -43,9 +48,17 @@ def main(args: argparse.Namespace) -> int:
         args.checkpoint, args.model, args.img_size, args.device
     )
     source = args.checkpoint or args.model
-    dataset = create_dataset(
-        args.data_dir, split=args.split, layout=args.dataset_layout, transform=transform, **options
-    )
+    splits = [args.split] if args.split else ['val', 'test']
+    for split in splits:
+        try:
+            dataset = create_dataset(
+                args.data_dir, split=split, layout=args.dataset_layout, transform=transform, **options
+            )
+            break
+        except MissingSplitError:
+            if split == splits[-1]:
+                raise
+    args.split = dataset.split
     check_classes(model_names, dataset.classes, model.num_classes, source)
     results = evaluate(
         model,

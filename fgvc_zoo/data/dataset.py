@@ -19,30 +19,51 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch.utils.data
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import DatasetError, UnreadableDataError, UnreadableImageError, check_image, load_image
+from .images import DatasetError, MissingSplitError, UnreadableDataError, UnreadableImageError, check_image, load_image
 from .layouts import LAYOUTS, Box, detect_layout, read_layout
 
-__all__ = ['FgvcDataset', 'create_dataset', 'normalize_split', 'LAYOUT_NAMES']
+__all__ = ['FgvcDataset', 'create_dataset', 'normalize_split', 'carve_val', 'LAYOUT_NAMES', 'SPLITS']
 
 _logger = logging.getLogger(__name__)
 
 LAYOUT_NAMES = tuple(LAYOUTS)
-SPLIT_ALIASES = {'train': 'train', 'val': 'val', 'test': 'val', 'validation': 'val'}
+# A split is named for what it is: 'test' is never read as 'val'. 'trainval' (train + the official val split, the
+# papers' training set when they report test accuracy) exists only where a layout has an official val split.
+SPLITS = ('train', 'trainval', 'val', 'test')
+SPLIT_ALIASES = {'validation': 'val'}
 # Options each layout accepts besides the common `max_unreadable_fraction`.
 LAYOUT_OPTIONS = {'aircraft': ('level', 'crop_banner'), 'hf': ('image_column', 'label_column', 'hf_split', 'name')}
 MAX_WARNINGS = 20  # one warning per unreadable file up to this many per check, then one summary
-HF_SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val', 'test', 'valid')}
+HF_SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val', 'valid'), 'test': ('test',)}
 
 
 def normalize_split(split: str) -> str:
-    """'train', or 'val' for the layout's held-out split ('val', 'test' and 'validation' are the same)."""
-    if split not in SPLIT_ALIASES:
-        raise DatasetError(f'split {split!r} is not one of {sorted(SPLIT_ALIASES)}')
-    return SPLIT_ALIASES[split]
+    """One of SPLITS ('validation' is 'val'); an unknown name is a `DatasetError`."""
+    split = SPLIT_ALIASES.get(split, split)
+    if split not in SPLITS:
+        raise DatasetError(f'split {split!r} is not one of {[*SPLITS, *SPLIT_ALIASES]}')
+    return split
+
+
+def carve_val(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices: per class a `fraction` of the images (at least one where a class has two) for val.
+
+    Stratified and deterministic: class `c`'s images are permuted by a generator seeded with (seed, c) only, so
+    the carve of one class does not depend on the others.
+    """
+    train, val = [], []
+    labels = np.asarray(labels)
+    for label in np.unique(labels):
+        index = np.random.default_rng([seed, int(label)]).permutation(np.flatnonzero(labels == label))
+        count = max(1, round(fraction * len(index))) if len(index) >= 2 else 0
+        val += index[:count].tolist()
+        train += index[count:].tolist()
+    return sorted(train), sorted(val)
 
 
 class FgvcDataset(torch.utils.data.Dataset):
@@ -67,7 +88,7 @@ class FgvcDataset(torch.utils.data.Dataset):
         """
         Args:
             root: the folder (or Hugging Face dataset name) the split was read from.
-            split: 'train' or 'val'.
+            split: one of SPLITS.
             layout: the layout name the split was read with.
             classes: human-readable class names, index = label.
             samples: (path, label) per image; for 'hf' the path is a name `root[split][row]` for messages.
@@ -189,6 +210,23 @@ class FgvcDataset(torch.utils.data.Dataset):
         self._record_unreadable(failures)
         return [path for path, _ in failures]
 
+    def subset(self, indices: list[int], split: str) -> 'FgvcDataset':
+        """The samples at `indices` as a split of its own (a val split carved from train, `carve_val`)."""
+        part = FgvcDataset(
+            self.root,
+            split,
+            self.layout,
+            self.classes,
+            [self.samples[i] for i in indices],
+            transform=self.transform,
+            boxes=[self.boxes[i] for i in indices] if self.boxes is not None else None,
+            max_unreadable_fraction=self.max_unreadable_fraction,
+            hf_images=self._hf_images,
+            bottom_crop=self.bottom_crop,
+        )
+        part._rows = [self._rows[i] for i in indices]
+        return part
+
     def __repr__(self) -> str:
         return (
             f'FgvcDataset(root={self.root!r}, layout={self.layout!r}, split={self.split!r}, '
@@ -214,12 +252,12 @@ def _hf_split(
     else:
         loaded = datasets.load_dataset(root, name)
     if isinstance(loaded, datasets.DatasetDict):
-        wanted = (hf_split,) if hf_split else HF_SPLIT_NAMES[split]
+        wanted = (hf_split,) if hf_split else HF_SPLIT_NAMES.get(split, ())
         key = next((k for k in wanted if k in loaded), None)
         if key is None:
-            raise DatasetError(
-                f'{root} has splits {sorted(loaded)} but none of {list(wanted)} for the {split!r} '
-                'split; pass hf_split=... to name it'
+            raise MissingSplitError(
+                f'{root} has splits {sorted(loaded)} but none of {list(wanted or [split])} for the {split!r} split; '
+                'pass hf_split=... to name it (or --val-fraction to carve a val split from train)'
             )
         ds = loaded[key]
     else:
@@ -271,7 +309,8 @@ def create_dataset(
 
     Args:
         root: dataset folder (or, with layout='hf', a `datasets.load_dataset` name).
-        split: 'train', or 'val' / 'test' / 'validation' for the layout's held-out split.
+        split: one of SPLITS ('validation' is 'val'), read as the layout names it: CUB's held-out split is 'test',
+            never 'val'. A split the layout lacks raises `MissingSplitError`.
         layout: 'auto' (detected from the files; the choice is logged) or one of LAYOUT_NAMES.
         transform: applied to each RGB PIL image.
         options: max_unreadable_fraction (0.01); aircraft: level ('variant' | 'family' | 'manufacturer'),

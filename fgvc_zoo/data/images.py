@@ -24,6 +24,10 @@ class DatasetError(ValueError):
     """A dataset's files or metadata are wrong; the message names the file and the fix."""
 
 
+class MissingSplitError(DatasetError):
+    """The dataset has no such split (CUB has no val split, for one); the message names the splits it has."""
+
+
 class UnreadableDataError(DatasetError):
     """More of a split is unreadable than the dataset's `max_unreadable_fraction` allows."""
 

@@ -5,7 +5,9 @@ the download folder and decode with a bare PIL loader, so we parse the (small) m
 download folder may sit one level down, every label and path is checked, and decoding goes through
 `images.load_image`, which lets the dataset skip unreadable files.
 
-Every reader returns a `LayoutData` for one split: 'train' or 'val' (the layout's test split).
+Every reader returns a `LayoutData` for one split, named for what it is: 'train', 'val' (an official validation
+split: Aircraft, Flowers, a folder's val/), 'test', or 'trainval' (train + val, the papers' training set where a
+dataset has an official val split). A split the dataset lacks raises `MissingSplitError` naming the ones it has.
 """
 
 import logging
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from timm.data.readers.img_extensions import get_img_extensions
 
-from .images import DatasetError
+from .images import DatasetError, MissingSplitError
 
 __all__ = ['LayoutData', 'LAYOUTS', 'detect_layout', 'read_layout', 'safe_join', 'display_name']
 
@@ -93,6 +95,12 @@ def _flat(values) -> np.ndarray:
     return np.atleast_1d(values).reshape(-1)
 
 
+def _check_split(split: str, layout: str, have: Sequence[str]) -> None:
+    if split not in have:
+        carve = ', or pass --val-fraction to carve a val split from train' if split == 'val' else ''
+        raise MissingSplitError(f'the {layout!r} layout has no {split!r} split: ask for one of {list(have)}{carve}')
+
+
 def _first_file(root: str, names: Sequence[str]) -> str | None:
     return next((os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n))), None)
 
@@ -102,6 +110,7 @@ def _first_file(root: str, names: Sequence[str]) -> str | None:
 
 def _read_cub_like(root: str, split: str, layout: str) -> LayoutData:
     """images.txt / image_class_labels.txt / train_test_split.txt / classes.txt (both datasets share them)."""
+    _check_split(split, layout, ('train', 'test'))
     path_of = {i: (n, p) for n, (i, p) in _read_rows(os.path.join(root, 'images.txt'), layout, 2)}
     label_path = os.path.join(root, 'image_class_labels.txt')
     label_of = {i: (n, c) for n, (i, c) in _read_rows(label_path, layout, 2)}
@@ -164,12 +173,13 @@ def _cars_devkit(root: str) -> str:
 
 def _read_cars(root: str, split: str) -> LayoutData:
     """The devkit layout (cars_train/, cars_test/, devkit/*.mat) or the single-file cars_annos.mat + car_ims/."""
+    _check_split(split, 'cars', ('train', 'test'))
     all_annos = os.path.join(root, 'cars_annos.mat')
     if os.path.isfile(all_annos):
         mat = _load_mat(all_annos, 'cars')
         annotations, image_root = mat['annotations'], root
         annotations = _flat(annotations)
-        annotations = [a for a in annotations if bool(a['test']) == (split == 'val')]
+        annotations = [a for a in annotations if bool(a['test']) == (split == 'test')]
         path_field = 'relative_im_path'
         class_names, source = mat['class_names'], all_annos
     else:
@@ -211,19 +221,20 @@ def _aircraft_data(root: str) -> str:
 
 
 def _read_aircraft(root: str, split: str, level: str = 'variant', crop_banner: bool = False) -> LayoutData:
-    """data/images_<level>_{trainval,test}.txt: 'train' is the paper protocol's trainval, 'val' is test.
+    """data/images_<level>_{train,val,trainval,test}.txt: the official splits (the papers train on trainval).
 
     The images keep their bottom copyright banner, as NTS-Net and PMG (and so the papers' numbers) keep it;
     `crop_banner=True` cuts its `AIRCRAFT_BANNER_ROWS` rows off every image.
     """
     if level not in AIRCRAFT_LEVELS:
         raise DatasetError(f'aircraft level {level!r} is not one of {sorted(AIRCRAFT_LEVELS)}')
+    _check_split(split, 'aircraft', ('train', 'trainval', 'val', 'test'))
     data = _aircraft_data(root)
     names_path = os.path.join(data, AIRCRAFT_LEVELS[level])
     with open(_require(names_path, 'aircraft'), encoding='utf-8') as f:
         classes = [line.strip() for line in f if line.strip()]
     index_of = {name: i for i, name in enumerate(classes)}
-    list_path = os.path.join(data, f'images_{level}_{"trainval" if split == "train" else "test"}.txt')
+    list_path = os.path.join(data, f'images_{level}_{split}.txt')
     box_of = {}
     box_path = os.path.join(data, 'images_box.txt')
     if os.path.isfile(box_path):
@@ -250,6 +261,7 @@ def _dogs_lists(root: str) -> str:
 
 def _read_dogs(root: str, split: str) -> LayoutData:
     """Images/<wnid>-<name>/*.jpg with {train,test}_list.mat (or .txt: one relative path per line)."""
+    _check_split(split, 'dogs', ('train', 'test'))
     images_root = os.path.join(root, 'Images')
     folders = sorted(d for d in os.listdir(images_root) if os.path.isdir(os.path.join(images_root, d)))
     classes = [display_name(re.sub(r'^n\d+-', '', d)).replace('_', ' ') for d in folders]
@@ -283,15 +295,19 @@ def _read_dogs(root: str, split: str) -> LayoutData:
 # --- Oxford Flowers-102 -----------------------------------------------------------------------------------------
 
 
+FLOWERS_SPLITS = {'train': ('trnid',), 'trainval': ('trnid', 'valid'), 'val': ('valid',), 'test': ('tstid',)}
+
+
 def _read_flowers(root: str, split: str) -> LayoutData:
-    """jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat: 'train' is trnid + valid (1020 + 1020), 'val' is tstid."""
+    """jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat: 'train' trnid, 'val' valid, 'trainval' both, 'test' tstid."""
     from torchvision.datasets import Flowers102  # the 102 names are not in the dataset's files; reuse its list
 
     classes = list(Flowers102.classes)
+    _check_split(split, 'flowers', tuple(FLOWERS_SPLITS))
     labels_path = os.path.join(root, 'imagelabels.mat')
     labels = _flat(_load_mat(labels_path, 'flowers')['labels'])
     setid = _load_mat(os.path.join(root, 'setid.mat'), 'flowers')
-    keys = ('trnid', 'valid') if split == 'train' else ('tstid',)
+    keys = FLOWERS_SPLITS[split]
     samples = []
     for image_id in (int(i) for key in keys for i in _flat(setid[key])):
         if not 1 <= image_id <= len(labels):
@@ -307,7 +323,7 @@ def _read_flowers(root: str, split: str) -> LayoutData:
 
 # --- generic image folder ---------------------------------------------------------------------------------------
 
-FOLDER_SPLITS = {'train': ('train',), 'val': ('val', 'test', 'validation')}
+FOLDER_SPLITS = {'train': ('train',), 'val': ('val', 'validation'), 'test': ('test',)}
 
 
 def _class_files(folder: str) -> list[str]:
@@ -343,17 +359,20 @@ def _read_split_folder(split_root: str) -> dict[str, list[str]]:
 
 
 def _folder_split_root(root: str, split: str) -> str:
-    found = next((os.path.join(root, d) for d in FOLDER_SPLITS[split] if os.path.isdir(os.path.join(root, d))), None)
+    folders = FOLDER_SPLITS.get(split, ())
+    found = next((os.path.join(root, d) for d in folders if os.path.isdir(os.path.join(root, d))), None)
     if found is None:
-        raise DatasetError(
-            f'{root} has no {" or ".join(d + "/" for d in FOLDER_SPLITS[split])} folder for the '
-            f'{split!r} split; the folder layout expects: {LAYOUTS["folder"].expects}'
+        have = [s for s, names in FOLDER_SPLITS.items() if any(os.path.isdir(os.path.join(root, d)) for d in names)]
+        raise MissingSplitError(
+            f'{root} has no {" or ".join(d + "/" for d in folders) or "folder"} for the {split!r} split (it has '
+            f'{have}); evaluate on another, pass --val-fraction to carve val from train, or add '
+            f'{(folders or ("test",))[0]}/: the folder layout expects: {LAYOUTS["folder"].expects}'
         )
     return found
 
 
 def _read_folder(root: str, split: str) -> LayoutData:
-    """root/train/<class>/* and root/val/<class>/* (or test/); classes are the train class folders, sorted."""
+    """root/{train,val,test}/<class>/* (val/, test/ or both); classes are the train class folders, sorted."""
     train_files = _read_split_folder(_folder_split_root(root, 'train'))
     if not train_files:
         raise DatasetError(f'{_folder_split_root(root, "train")} holds no class folder with images')
@@ -361,13 +380,13 @@ def _read_folder(root: str, split: str) -> LayoutData:
     if split == 'train':
         files_of = train_files
     else:
-        files_of = _read_split_folder(_folder_split_root(root, 'val'))
+        files_of = _read_split_folder(_folder_split_root(root, split))
         unknown = sorted(set(files_of) - set(train_files))
         if unknown:
             raise DatasetError(
-                f'{_folder_split_root(root, "val")} has class folders that are not in the train split: '
+                f'{_folder_split_root(root, split)} has class folders that are not in the train split: '
                 f'{[display_name(u) for u in unknown]}; the model cannot predict them. Add training images for '
-                'them or remove them from the validation folder'
+                f'them or remove them from the {split} folder'
             )
     index_of = {name: i for i, name in enumerate(folders)}
     samples = [(path, index_of[name]) for name in sorted(files_of) for path in files_of[name]]
@@ -415,7 +434,7 @@ LAYOUTS: dict[str, Layout] = {
         _read_cars,
     ),
     'aircraft': Layout(
-        'data/images/, data/images_{variant,family,manufacturer}_{trainval,test}.txt, '
+        'data/images/, data/images_{variant,family,manufacturer}_{train,val,trainval,test}.txt, '
         'data/{variants,families,manufacturers}.txt',
         lambda r: _has(_aircraft_data(r), 'variants.txt', 'images'),
         _read_aircraft,
@@ -432,8 +451,8 @@ LAYOUTS: dict[str, Layout] = {
         'jpg/, imagelabels.mat, setid.mat', lambda r: _has(r, 'jpg', 'imagelabels.mat', 'setid.mat'), _read_flowers
     ),
     'folder': Layout(
-        'train/<class>/*.jpg|png and val/<class>/* (or test/<class>/*)',
-        lambda r: _has(r, 'train') and any(_has(r, d) for d in FOLDER_SPLITS['val']),
+        'train/<class>/*.jpg|png and val/<class>/* and/or test/<class>/*',
+        lambda r: _has(r, 'train') and any(_has(r, d) for d in FOLDER_SPLITS['val'] + FOLDER_SPLITS['test']),
         _read_folder,
     ),
 }

@@ -79,12 +79,31 @@ def _metrics(results: dict[str, Any], num_classes: int) -> dict[str, float]:
     }
 
 
+def _split_evaluated(results: dict[str, Any]) -> str | None:
+    """'test', 'val', ... : the split the metrics were measured on (the trainer's `eval_split`, eval's split)."""
+    dataset = results.get('dataset')
+    split = results.get('eval_split') or (dataset.get('split') if isinstance(dataset, dict) else None)
+    return {'validation': 'val'}.get(split, split) if isinstance(split, str) else None
+
+
+def _split_phrase(split: str | None, results: dict[str, Any]) -> str:
+    if split == 'val' and (results.get('config') or {}).get('val_fraction'):
+        return 'validation split carved from the training images (not the test split)'
+    return {None: 'held-out split (not recorded which)', 'val': 'validation split (not the test split)'}.get(
+        split, f'{split} split'
+    )
+
+
 def _is_accuracy(metric: str) -> bool:
     return (metric.startswith('top') and metric[3:].isdigit()) or 'acc' in metric
 
 
-def _results_table(info: PaperInfo, backbone: str, dataset: str | None, metrics: dict[str, float]) -> str:
-    paper = info.results.get(dataset or '', []) if backbone.split('.')[0] == info.backbone else []
+def _results_table(
+    info: PaperInfo, backbone: str, dataset: str | None, metrics: dict[str, float], split: str | None
+) -> str:
+    # The papers report test accuracy: a val number is not set beside them.
+    same = backbone.split('.')[0] == info.backbone and split in ('test', None)
+    paper = info.results.get(dataset or '', []) if same else []
     paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
     rows = ['| metric | this model | paper |', '|---|---|---|']
     for name, value in metrics.items():
@@ -176,6 +195,7 @@ def model_card(
     backbone = model_args.get('backbone', architecture.split('_', 1)[-1]) if head else architecture
     dataset = _dataset_name(results, recipe)
     metrics = _metrics(results, config['num_classes']) if results else {}
+    split = _split_evaluated(results)
     model_name = repo_id.split('/')[-1] if repo_id else architecture
     weights = config.get('pretrained_weights', NOT_RECORDED)
     card_data = ModelCardData(
@@ -194,6 +214,7 @@ def model_card(
                 metric_type='accuracy',
                 metric_name=name,
                 metric_value=value,
+                dataset_split=split,
             )
             for name, value in metrics.items()
             if _is_accuracy(name)
@@ -215,7 +236,8 @@ def model_card(
         dataset=dataset or 'unknown',
         num_classes=config['num_classes'],
         input_size='x'.join(str(s) for s in config.get('pretrained_cfg', {}).get('input_size', ())),
-        results_table=_results_table(info, backbone, dataset, metrics),
+        results_table=_results_table(info, backbone, dataset, metrics, split),
+        split=_split_phrase(split, results),
         model_args=json.dumps(model_args, indent=2, sort_keys=True),
         recipe=json.dumps(recipe, indent=2, sort_keys=True, default=str) if recipe else 'not recorded',
         load_name=load_name,

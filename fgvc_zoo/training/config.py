@@ -84,8 +84,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help='generate a tiny synthetic dataset into OUTPUT/synthetic_data and train on it (demo, no download)',
     )
-    _add(group, '--train-split', default='train', help='split to train on')
-    _add(group, '--val-split', default='val', help='split to evaluate on')
+    _add(
+        group,
+        '--train-split',
+        help="split to train on; default: 'trainval' where the data has one and the run evaluates on test "
+        "(Aircraft, Flowers: the papers' protocol), else 'train'",
+    )
+    _add(
+        group,
+        '--eval-split',
+        choices=('val', 'validation', 'test'),
+        help='held-out split evaluated every epoch, and the name of its metrics (val_top1 or test_top1); default: '
+        "'val' where the data has one (or --val-fraction carves it), else 'test'. Tune on val, never on test",
+    )
+    _add(
+        group,
+        '--val-fraction',
+        type=float,
+        default=0.0,
+        help='carve a stratified val split of this fraction of each class from the training images and evaluate on '
+        'it (the test split is then never read)',
+    )
+    _add(group, '--split-seed', type=int, default=0, help='seed of the --val-fraction carve')
     _add(group, '--dataset-args', help="layout options as 'key=value,...', e.g. 'level=family' for aircraft")
     _add(
         group,
@@ -240,7 +260,9 @@ _RUN_IDENTITY = (
     'dataset_layout',
     'dataset_args',
     'train_split',
-    'val_split',
+    'eval_split',
+    'val_fraction',
+    'split_seed',
 )
 
 
@@ -323,6 +345,14 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
     for name in ('workers', 'threads', 'lr', 'weight_decay', 'warmup_epochs', 'label_smoothing', 'mixup', 'cutmix'):
         if getattr(config, name) < 0:
             raise UsageError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(config, name)}.')
+    if not 0 <= config.val_fraction < 1:
+        raise UsageError(f'--val-fraction is a fraction in [0, 1), got {config.val_fraction}.')
+    if config.eval_split == 'validation':
+        config.eval_split = 'val'
+    if config.val_fraction and config.eval_split == 'test':
+        raise UsageError(
+            '--val-fraction carves a val split to evaluate on: drop --eval-split test (or --val-fraction).'
+        )
     for name in ('max_unreadable', 'hflip', 'mixup_prob'):
         if getattr(config, name) is not None and not 0 <= getattr(config, name) <= 1:
             raise UsageError(f'--{name.replace("_", "-")} is a fraction in [0, 1], got {getattr(config, name)}.')

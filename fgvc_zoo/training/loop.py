@@ -44,7 +44,14 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import UnreadableDataError, create_dataset, create_transforms, make_synthetic_fgvc
+from ..data import (
+    MissingSplitError,
+    UnreadableDataError,
+    carve_val,
+    create_dataset,
+    create_transforms,
+    make_synthetic_fgvc,
+)
 from ..errors import UsageError
 from ..hub import pretrained_weights_of, save_pretrained
 from ..models import FgvcOutput, head_models, head_name, list_heads
@@ -79,7 +86,13 @@ _logger = logging.getLogger(__name__)
 
 
 def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
-    """The train and val splits (untransformed until the model's data config is known), unreadable images dropped."""
+    """The train and held-out splits (untransformed until the model's data config is known), unreadable images
+    dropped. Resolves `config.eval_split` and `config.train_split` to the splits really read.
+
+    The held-out split is the data's val split where it has one, else its test split (CUB has no val split); with
+    `--val-fraction` it is a stratified val split carved from the training images and the test split is not read.
+    Evaluating on test, a dataset with an official val split trains on 'trainval', as the papers do.
+    """
     root = config.data_dir
     if config.synthetic:
         root = str(Path(config.output) / 'synthetic_data')
@@ -87,8 +100,8 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
             make_synthetic_fgvc(root, seed=config.seed)
         accelerator.wait_for_everyone()
     options = parse_options(config.dataset_args, '--dataset-args')
-    splits = []
-    for split in (config.train_split, config.val_split):
+
+    def read(split: str):
         dataset = create_dataset(
             root, split=split, layout=config.dataset_layout, max_unreadable_fraction=config.max_unreadable, **options
         )
@@ -96,8 +109,41 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
             dataset.check_images()  # every process drops the same images
         except UnreadableDataError as e:
             raise UnreadableDataError(f'{e} (the trainer flag: --max-unreadable FRACTION)') from e
-        splits.append(dataset)
-    return splits[0], splits[1]
+        return dataset
+
+    if config.val_fraction:
+        config.eval_split, config.train_split = 'val', config.train_split or 'train'
+        full = read(config.train_split)
+        train_index, val_index = carve_val(full.targets, config.val_fraction, config.split_seed)
+        if not val_index:
+            raise UsageError(f'--val-fraction {config.val_fraction} carves no image: no class has two images.')
+        train_set = full.subset(train_index, config.train_split)
+        # the images check_images dropped before the carve are the training split's, listed once
+        train_set.unreadable, train_set.unreadable_reasons = full.unreadable, full.unreadable_reasons
+        return train_set, full.subset(val_index, 'val')
+    if config.train_split == 'trainval' and config.eval_split in (None, 'val'):
+        raise UsageError(
+            "--train-split trainval holds the val split: evaluate with --eval-split test, or train on 'train'."
+        )
+    held_out = None
+    if config.eval_split is None:
+        try:
+            held_out = read('val')
+            config.eval_split = 'val'
+        except MissingSplitError:
+            config.eval_split = 'test'
+    if held_out is None:
+        held_out = read(config.eval_split)
+    if config.train_split is None:
+        try:
+            train_set = read('trainval') if config.eval_split == 'test' else None
+            config.train_split = 'trainval' if train_set is not None else 'train'
+        except MissingSplitError:
+            train_set, config.train_split = None, 'train'
+        train_set = train_set or read('train')
+    else:
+        train_set = read(config.train_split)
+    return train_set, held_out
 
 
 def set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val_set) -> None:
@@ -340,8 +386,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader, accelerator, prefix: str = 'val') -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole split, gathered from every process."""
+def _evaluate(model: nn.Module, loader, accelerator, prefix: str) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole split, gathered from every process; the keys
+    are `prefix`_top1 ..., `prefix` naming the split evaluated ('test', 'val', 'ema_test', ...)."""
     model.eval()
     loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
     for x, y in loader:
@@ -380,8 +427,14 @@ def curve_panels(history: list[dict[str, Any]]) -> list[tuple[str, str, list[str
     terms = [k for k in keys if k.startswith('train_loss_')]
     panels = [('training loss' + (' (sum of the terms)' if terms else ''), 'loss', ['train_loss'])]
     panels += [(f'training loss term: {k[len("train_loss_") :]}', 'loss', [k]) for k in terms]
-    panels += [('validation cross-entropy', 'cross-entropy', [k for k in ('val_loss', 'ema_loss') if k in keys])]
-    panels += [('accuracy', 'accuracy (%)', [k for k in ('val_top1', 'val_top5', 'ema_top1', 'ema_top5') if k in keys])]
+    held_out = next(
+        (k[: -len('_top1')] for k in keys if k.endswith('_top1') and not k.startswith(('train', 'ema'))), 'val'
+    )
+    split = 'validation' if held_out == 'val' else held_out
+    losses = [f'{held_out}_loss', f'ema_{held_out}_loss']
+    panels += [(f'{split} cross-entropy', 'cross-entropy', [k for k in losses if k in keys])]
+    accuracies = [f'{p}{held_out}_top{k}' for p in ('', 'ema_') for k in (1, 5)]
+    panels += [(f'{split} accuracy', 'accuracy (%)', [k for k in accuracies if k in keys])]
     panels += [('learning rate (head)', 'learning rate', ['lr'])]
     return [(title, label, [k for k in panel_keys if k in keys]) for title, label, panel_keys in panels]
 
@@ -537,9 +590,9 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             last_good,
         )
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            row |= _evaluate(model, val_loader, accelerator)
+            row |= _evaluate(model, val_loader, accelerator, prefix=config.eval_split)
             if ema is not None:
-                row |= _evaluate(ema.module, val_loader, accelerator, prefix='ema')
+                row |= _evaluate(ema.module, val_loader, accelerator, prefix=f'ema_{config.eval_split}')
         last_good = _record_epoch(config, accelerator, trainer_state, row, scheduler, ema)
 
     _export_run(config, accelerator, accelerator.unwrap_model(model), ema, trainer_state, train_set, val_set)
@@ -587,11 +640,12 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
     if accelerator.is_main_process:
         if len(set(digests)) != 1:
             raise RuntimeError(f'Weights differ across ranks after training: {digests}. Please report this.')
-        prefix = 'ema_' if ema is not None else 'val_'
+        prefix = f'ema_{config.eval_split}_' if ema is not None else f'{config.eval_split}_'
         final = trainer_state['history'][-1]
         results = {
             # Metrics of the exported weights (the EMA's with --model-ema), named as the model card expects.
             'metrics': {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)},
+            'eval_split': config.eval_split,  # the split 'metrics' and the history's held-out metrics were measured on
             'train_metrics': {k: v for k, v in final.items() if k.startswith('train_')},
             'history': trainer_state['history'],
             'dataset': {
@@ -599,8 +653,9 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
                 'layout': train_set.layout,
                 'root': str(train_set.root),
                 'train_images': len(train_set),
-                'val_images': len(val_set),
-                'unreadable': {'train': train_set.unreadable, 'val': val_set.unreadable},
+                'train_split': config.train_split,
+                f'{config.eval_split}_images': len(val_set),
+                'unreadable': {'train': train_set.unreadable, config.eval_split: val_set.unreadable},
             },
             'exported_weights': 'ema' if ema is not None else 'model',
             # What --pretrained or --backbone-weights really loaded (None: random init), recorded once, here; the
