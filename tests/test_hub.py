@@ -111,8 +111,9 @@ def test_export_writes_safetensors_timm_config_and_card(exported):
     assert config['num_classes'] == 3
     assert config['num_features'] == 96  # test_resnet's last stage
     assert config['label_names'] == LABELS
-    # backbone and head options, tuples as JSON lists, nothing about where weights came from
-    assert config['model_args'] == dict(HEAD_ARGS, num_classes=3, region_sizes=[0.5])
+    # backbone and head options, tuples as JSON lists, nothing about where weights came from; timm's save_for_hf
+    # adds the input channels and the pool it reads off the model (the head's own reduction, 'head')
+    assert config['model_args'] == dict(HEAD_ARGS, num_classes=3, region_sizes=[0.5], in_chans=3, global_pool='head')
     cfg = config['pretrained_cfg']
     assert cfg['input_size'] == [3, 448, 448]
     assert cfg['mean'] == [0.5, 0.5, 0.5] and cfg['std'] == [0.5, 0.5, 0.5]  # test_resnet's normalisation
