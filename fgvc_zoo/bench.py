@@ -158,18 +158,19 @@ def _compiled(fn: Callable, cfg: BenchConfig) -> Callable:
 
 
 def inference_fns(model: nn.Module, cfg: BenchConfig) -> tuple[Callable[[], None], Callable[[], None]]:
-    """`model(x)` in eval mode, and the backbone passes it needs, both under inference mode."""
+    """`model(x)` in eval mode, and the backbone passes it needs, both without autograd. `no_grad`, not
+    `inference_mode`: torch 2.4's FlopCounterMode counts no operation under inference mode (`flop_ratio`)."""
     model.eval()
     x = _image(cfg, cfg.batch_size, cfg.img_size)
     (passes,) = backbone_passes(model, cfg, train=False)
     head, backbone = _compiled(model, cfg), _compiled(model.backbone, cfg)
 
     def run_head() -> None:
-        with torch.inference_mode(), _autocast(cfg):
+        with torch.no_grad(), _autocast(cfg):
             head(x)
 
     def run_backbone() -> None:
-        with torch.inference_mode(), _autocast(cfg):
+        with torch.no_grad(), _autocast(cfg):
             for inputs, _, _ in passes:
                 backbone(inputs)
 
