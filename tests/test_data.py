@@ -11,6 +11,7 @@ import pytest
 import scipy.io as scipy_io
 import torch
 from PIL import Image
+from torchvision.datasets import Flowers102
 
 from fgvc_zoo.data import (
     DatasetError,
@@ -272,6 +273,10 @@ def test_stanford_dogs_with_mat_or_txt_lists(tmp_path, lists):
     assert create_dataset(root, 'test').targets == [1, 0]
 
 
+FLOWER_NAMES_IN_TORCHVISION = hasattr(Flowers102, 'classes')
+
+
+@pytest.mark.skipif(not FLOWER_NAMES_IN_TORCHVISION, reason='the 102 names need torchvision>=0.20 (Flowers102.classes)')
 def test_oxford_flowers_splits_are_trnid_valid_tstid_and_names_are_the_102_flowers(tmp_path):
     for i in range(1, 7):
         _image(os.path.join(tmp_path, 'jpg', f'image_{i:05d}.jpg'))
@@ -290,6 +295,18 @@ def test_oxford_flowers_splits_are_trnid_valid_tstid_and_names_are_the_102_flowe
     assert create_dataset(str(tmp_path), 'train').targets == [0, 1]
     assert create_dataset(str(tmp_path), 'val').targets == [101]
     assert create_dataset(str(tmp_path), 'test').targets == [1, 0, 101]
+
+
+def test_oxford_flowers_on_a_torchvision_without_the_names_is_one_line_naming_the_version(tmp_path, monkeypatch):
+    monkeypatch.delattr(Flowers102, 'classes', raising=False)
+    _image(os.path.join(tmp_path, 'jpg', 'image_00001.jpg'))
+    scipy_io.savemat(tmp_path / 'imagelabels.mat', {'labels': np.array([[1]])})
+    scipy_io.savemat(
+        tmp_path / 'setid.mat', {'trnid': np.array([[1]]), 'valid': np.array([[1]]), 'tstid': np.array([[1]])}
+    )
+    with pytest.raises(DatasetError, match=r'torchvision, whose Flowers102 has them from version 0\.20 on') as error:
+        create_dataset(str(tmp_path), 'train', layout='flowers')
+    assert '\n' not in str(error.value)
 
 
 def test_image_folder_reads_test_as_test_and_val_as_val(tmp_path):

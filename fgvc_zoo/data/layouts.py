@@ -300,8 +300,14 @@ FLOWERS_SPLITS = {'train': ('trnid',), 'trainval': ('trnid', 'valid'), 'val': ('
 
 def _read_flowers(root: str, split: str) -> LayoutData:
     """jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat: 'train' trnid, 'val' valid, 'trainval' both, 'test' tstid."""
+    import torchvision
     from torchvision.datasets import Flowers102  # the 102 names are not in the dataset's files; reuse its list
 
+    if not hasattr(Flowers102, 'classes'):
+        raise DatasetError(
+            f'{root}: the flowers layout takes the 102 class names from torchvision, whose Flowers102 has them from '
+            f'version 0.20 on (this is {torchvision.__version__}): upgrade torchvision with its torch.'
+        )
     classes = list(Flowers102.classes)
     _check_split(split, 'flowers', tuple(FLOWERS_SPLITS))
     labels_path = os.path.join(root, 'imagelabels.mat')
