@@ -25,6 +25,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -265,8 +266,6 @@ if __name__ == '__main__':
 
 
 def _gradio_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version('gradio')
     except PackageNotFoundError:
@@ -280,6 +279,15 @@ def _space_requirement(out: Path) -> str:
     root = Path(__file__).resolve().parents[1]
     if not (root / 'pyproject.toml').is_file():
         return f'fgvc-zoo[demo]=={__version__}'
+    try:  # the build runs without isolation (no index needed), so with this environment's setuptools
+        setuptools_version = version('setuptools')
+    except PackageNotFoundError:
+        setuptools_version = '0'
+    if int(setuptools_version.split('.')[0]) < 77:
+        raise RuntimeError(
+            f"fgvc-zoo space builds the wheel of {root} with this environment's setuptools, {setuptools_version}, "
+            f'but its pyproject.toml needs setuptools>=77: pip install "setuptools>=77" and rerun.'
+        )
     wheels = out / SPACE_WHEELS_DIR
     command = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(wheels)]
     built = subprocess.run([*command, str(root)], capture_output=True, text=True)

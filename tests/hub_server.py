@@ -153,9 +153,12 @@ class HubServer:
             def do_GET(self) -> None:
                 self._record()
                 path = self.path.split('?')[0]
-                info = re.fullmatch(rf'/api/models/{REPO}(?:/revision/[^/]+)?', path)
+                # Repo info; huggingface_hub before 1.0 also asks it of a Space before an upload (xetEnabled).
+                info = re.fullmatch(rf'/api/(?P<kind>model|space)s/{REPO}(?:/revision/[^/]+)?', path)
                 if info is not None:
                     repo = self._repo(info['repo'])
+                    if repo is not None and repo.kind != info['kind']:
+                        return self._error(404, 'RepoNotFound')
                     if repo is not None:
                         self._json(
                             200,
