@@ -73,7 +73,9 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError('several processes write their rows to one table: pass --output FILE.')
         from accelerate import PartialState
 
-        state = PartialState()
+        # cpu=True on a machine without an accelerator: else accelerate sets up no process group for a CPU launch,
+        # and every process would take itself for the only one.
+        state = PartialState(cpu=resolve_device(str(device)).type == 'cpu')
         rank, world_size, device = state.process_index, state.num_processes, state.device
         barrier = state.wait_for_everyone
     if args.onnx:

@@ -353,7 +353,7 @@ def write_table(path: str | os.PathLike, rows: Sequence[Row], topk: int) -> None
     """Write `rows` as the table `path` names (.csv, .jsonl, or .parquet through pyarrow), atomically: a temporary
     file beside it, then renamed."""
     path = Path(path)
-    temporary = path.with_name(f'.{path.name}.tmp')
+    temporary = path.with_name(f'.{path.stem}.tmp{path.suffix}')  # the suffix names the format
     if path.suffix == '.parquet':
         try:
             import pyarrow as pa
@@ -435,6 +435,7 @@ def predict_to_file(
     done = {row['path'] for rows in earlier.values() for row in rows}
     failed = sum(row['error'] is not None for rows in earlier.values() for row in rows)
     pending = shard([path for path in sources if path not in done], rank, world_size)
+    barrier()  # every process has looked for leftovers before any writes its part (else one sees another's file)
 
     part = output if streams_itself else output.with_name(f'{output.name}.part{rank}of{world_size}.jsonl')
     writer = RowWriter(part, topk) if pending or streams_itself else None
