@@ -55,12 +55,18 @@ def frozen_norm_stats(network: nn.Module):
     counter, so its running statistics stay exactly as they were (and stay readable, e.g. by IAGN's per-cell
     class maps): a grad-free pass that only picks a box or a teacher's logits leaves them to the passes that train.
     """
-    stashed = [_freeze(m) for m in network.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    # Momentum 0 keeps the running statistics (a float attribute, which torch.compile traces); the batch counter,
+    # which BatchNorm bumps in place and no gradient reads, is written back in place.
+    norms = [m for m in network.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    stashed = [(m, m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for module in norms:
+        module.momentum = 0.0
     try:
         yield network
     finally:
-        for module, stash in stashed:
-            _unfreeze(module, stash)
+        for module, momentum, count in stashed:
+            module.momentum = momentum
+            module.num_batches_tracked.copy_(count)
 
 
 def freeze_stats_in_recompute(network: nn.Module) -> list:
