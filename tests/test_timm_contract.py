@@ -13,6 +13,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from fgvc_zoo.bench import torch_version
 from fgvc_zoo.models import head_name
 from fgvc_zoo.models._base import DEFAULT_BACKBONE, HEAD_POOL
 
@@ -123,6 +124,10 @@ def test_features_only_is_timms_feature_getter_over_the_backbone_image_pass(head
 
 
 def test_torch_export_reproduces_the_eval_forward(head, batch):
+    if head == 'lfd' and torch_version() < (2, 5):
+        # LFD swaps its crop BatchNorm statistics in (module attributes) around the crop pass; torch 2.4's export
+        # cannot trace that setattr. Tested on the newest torch of CI; releases between were not tried.
+        pytest.skip("LFD's torch.export needs a torch newer than 2.4")
     x, _ = batch
     model = _create(head).eval()
     exported = torch.export.export(model, (x,))
