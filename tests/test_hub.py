@@ -619,3 +619,13 @@ def test_label_names_of_a_tag_built_model_never_reach_the_network_unless_asked(m
     assert hub.model_label_names(model) is None  # not in the cache: no names, and no download
     with pytest.raises(OSError, match='fgvc-zoo/nowhere'):  # HF_HUB_OFFLINE in tests: asking to download fails
         hub.model_label_names(model, download=True)
+
+
+@pytest.mark.parametrize(
+    ('backbone', 'pool', 'words'), [('test_resnet', 'avg', 'whose average is'), ('test_vit', 'token', 'patch tokens')]
+)
+def test_the_card_says_what_the_head_reads_of_the_backbone(tmp_path, backbone, pool, words):
+    model = timm.create_model('dpnet', backbone=backbone, num_classes=3).eval()
+    folder = hub.save_pretrained(model, tmp_path / backbone, label_names=LABELS)
+    assert json.loads((folder / 'config.json').read_text())['backbone_pool'] == pool
+    assert words in (folder / 'README.md').read_text()

@@ -137,6 +137,18 @@ def _describe_weights(weights: dict[str, str] | None | object) -> tuple[str, str
     return f'Fine-tuned from {name} ({part} weights{head_note}).{data_note}', f'{name} ({part})'
 
 
+# The backbone's pool (`Backbone.pool`) -> what the head reads of it (docs/methods.md, "the backbone adapter").
+BACKBONE_FEATURES = {
+    'avg': "The head reads the backbone's final feature map, whose average is the backbone's own pooled feature.",
+    'fast': "The head reads the backbone's final feature map, whose average is the backbone's own pooled feature.",
+    'token': (
+        'The backbone pools with its CLS token: the head reads the patch tokens after the final norm as a map '
+        '(their average, not the CLS token, is the image feature), and the pool and classifier are removed.'
+    ),
+    'map': 'The backbone pools with attention: the head reads the map that pool reads, and the pool is removed.',
+    'attention': 'The backbone pools with attention: the head reads the map that pool reads, and the pool is removed.',
+}
+
 # timm tag fragments -> the data the weights were pretrained on (the first match wins).
 PRETRAINING_DATA = (
     ('in22k', 'ImageNet-22k'),
@@ -224,6 +236,9 @@ def model_card(
     info = (head_class(head).paper if head else None) or _plain_info(architecture)
     load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
     provenance, initial_weights = _describe_weights(weights)
+    features = BACKBONE_FEATURES.get(config.get('backbone_pool', ''))
+    if features:
+        provenance = f'{provenance} {features}'
     body = string.Template(read_template(template)).substitute(
         front_matter=card_data.to_yaml(),
         model_name=model_name,

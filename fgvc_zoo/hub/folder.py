@@ -142,6 +142,9 @@ def save_pretrained(
         model_config['base_model'] = base_model(weights)
     if label_names is not None:
         model_config['label_names'] = list(label_names)
+    pool = getattr(getattr(model, 'backbone', None), 'pool', None)
+    if isinstance(pool, str):  # the backbone's own pool, which decides the map a head reads (the card says it)
+        model_config['backbone_pool'] = pool
     # timm's save_for_hf exports the factory's `_model_args` too: drop the runtime ones (a local path) while it writes.
     factory_args = getattr(model, '_model_args', None)
     if factory_args is not None:
