@@ -51,9 +51,15 @@ def safetensors_only(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
-    """Turn huggingface_hub's download errors into ones that name the repo and how to load a local file instead."""
-    local_hint = (
+def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME, what: str = '', ways_out: str = '') -> Iterator[None]:
+    """Turn huggingface_hub's download errors into one line naming the repo, the file and the ways out.
+
+    The one translation of Hub errors in the package: `what` names what was being loaded (default: the file of the
+    repo), `ways_out` what to do instead (default: load a local export). Raise `LocalEntryNotFoundError` inside it
+    for "not cached and the Hub cannot be asked" (its `__cause__`, if any, is named as the reason).
+    """
+    what = what or f"'{filename}' of Hub repo '{repo_id}'"
+    ways_out = ways_out or (
         f"To load a local export instead: fgvc_zoo.hub.load_model('path/to/folder') or "
         f"timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='path/to/{WEIGHTS_NAME}'))."
     )
@@ -62,6 +68,8 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
     except LocalEntryNotFoundError as e:
         # constants.HF_HUB_OFFLINE, not is_offline_mode(): the function is exported only by recent huggingface_hub.
         why = 'HF_HUB_OFFLINE is set' if hf_constants.HF_HUB_OFFLINE else 'the Hub could not be reached'
+        if e.__cause__ is not None:
+            why += f' ({type(e.__cause__).__name__})'
         cache_id, revision = hf_split(repo_id)
         cached_pickles = [
             name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(cache_id, name, revision), str)
@@ -72,23 +80,23 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME) -> Iterator[None]:
             else ''
         )
         raise OSError(
-            f"Cannot load '{filename}' of Hub repo '{repo_id}': {why} and the file is not in the local Hub cache."
-            f'{pickle_note} Connect (or unset HF_HUB_OFFLINE) and retry. {local_hint}'
+            f'Cannot load {what}: it is not in the local Hub cache and {why}.{pickle_note} Connect (or unset '
+            f'HF_HUB_OFFLINE) and retry. {ways_out}'
         ) from e
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise OSError(
-            f"Hub repo '{repo_id}' does not exist or is private/gated (a private repo needs a token: HF_TOKEN or "
-            f'`hf auth login`). Check the name. {local_hint}'
+            f"Cannot load {what}: Hub repo '{repo_id}' does not exist or is private/gated (a private repo needs a "
+            f'token: HF_TOKEN or `hf auth login`). Check the name. {ways_out}'
         ) from e
     except RevisionNotFoundError as e:
-        raise OSError(f"Hub repo '{repo_id}' has no such revision. {local_hint}") from e
+        raise OSError(f"Cannot load {what}: Hub repo '{repo_id}' has no such revision. {ways_out}") from e
     except EntryNotFoundError as e:
         pickle_note = (
             ' fgvc_zoo loads safetensors weights only and never a pickle (pytorch_model.bin) from the Hub.'
             if filename == WEIGHTS_NAME
             else ''
         )
-        raise OSError(f"Hub repo '{repo_id}' has no '{filename}'.{pickle_note} {local_hint}") from e
+        raise OSError(f"Cannot load {what}: Hub repo '{repo_id}' has no '{filename}'.{pickle_note} {ways_out}") from e
 
 
 def weights_record(pretrained_cfg: dict[str, Any], part: str) -> dict[str, str]:

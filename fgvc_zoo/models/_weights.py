@@ -16,11 +16,11 @@ import timm
 import torch.nn as nn
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from safetensors.torch import load_file
 from timm.models._hub import hf_split
 
-from ._hub import WEIGHTS_NAME
+from ._hub import WEIGHTS_NAME, hub_errors
 
 __all__ = [
     'WEIGHTS_NAME',
@@ -62,21 +62,17 @@ def hub_weights_file(name: str) -> str | None:
     cached = try_to_load_from_cache(repo, filename, revision=revision)
     if isinstance(cached, str):
         return cached
-    where = (
-        f"Cannot load the ImageNet weights of backbone '{name}': '{filename}' of Hub repo '{repo}' is not in the "
-        f'local Hub cache'
-    )
-    if hf_constants.HF_HUB_OFFLINE:  # not is_offline_mode(): huggingface_hub exports it only from 1.0
-        raise OSError(f'{where} and HF_HUB_OFFLINE is set. {_ways_out(name, repo, filename)}')
-    try:
-        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), timeout=HUB_PROBE_TIMEOUT)
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError, EntryNotFoundError) as e:
-        raise OSError(f'{where}, and the Hub answers: {type(e).__name__}. {_ways_out(name, repo, filename)}') from e
-    except Exception as e:  # no route, DNS, proxy, timeout: whatever the HTTP client raises
-        raise OSError(
-            f'{where} and the Hub could not be reached ({type(e).__name__}). {_ways_out(name, repo, filename)}'
-        ) from e
-    return hf_hub_download(repo, filename, revision=revision)
+    what = f"the ImageNet weights of backbone '{name}' ('{filename}' of Hub repo '{repo}')"
+    with hub_errors(repo, filename, what=what, ways_out=_ways_out(name, repo, filename)):
+        if hf_constants.HF_HUB_OFFLINE:  # not is_offline_mode(): huggingface_hub exports it only from 1.0
+            raise LocalEntryNotFoundError('HF_HUB_OFFLINE is set')
+        try:  # one short request first: without a route, huggingface_hub would retry for a minute
+            get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), timeout=HUB_PROBE_TIMEOUT)
+        except (HfHubHTTPError, EntryNotFoundError):
+            raise  # the Hub answered (no such repo, gated, no such file): hub_errors says which
+        except Exception as e:  # no route, DNS, proxy, timeout: whatever the HTTP client raises
+            raise LocalEntryNotFoundError('the Hub could not be reached') from e
+        return hf_hub_download(repo, filename, revision=revision)
 
 
 def resolve_weights_file(source: str | Path, name: str) -> Path:
