@@ -5,6 +5,7 @@ The end-to-end check, the built wheel alone in a fresh venv outside the checkout
 
 import fnmatch
 import re
+import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -15,7 +16,8 @@ from requirements_check import require
 import fgvc_zoo
 from fgvc_zoo import hub
 
-tomllib = require('tomllib', 'the packaging tests read pyproject.toml with it (standard library from Python 3.11)')
+# tomllib is the standard library's from Python 3.11; on 3.10 its backport tomli (a dev extra there).
+tomllib = require('tomllib' if sys.version_info >= (3, 11) else 'tomli', 'the packaging tests read pyproject.toml')
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / 'pyproject.toml').read_text())
 
