@@ -10,8 +10,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 
-from fgvc_zoo.models import Explanation, FgvcOutput, head_class, head_models, head_name
-from fgvc_zoo.models._base import DEFAULT_BACKBONE
+from fgvc_zoo.models import (
+    DEFAULT_BACKBONE,
+    Explanation,
+    FgvcOutput,
+    ModelName,
+    head_class,
+    head_models,
+    head_name,
+    list_heads,
+    split_model_name,
+)
 
 BACKBONES = ['test_resnet', 'test_convnext', 'test_efficientnet', 'test_vit', 'test_nfnet']
 # Small head sizes so the matrix runs in seconds on a 2-core CPU; everything else (and any head not listed) is the
@@ -166,6 +175,37 @@ def test_named_variants_are_registered_for_the_popular_backbones(head):
     assert model.model_args['backbone'].startswith('resnet50')
 
 
+@pytest.mark.parametrize(
+    'name,parts',
+    [
+        ('lfd', ModelName('lfd', None, '')),
+        ('lfd_resnet50', ModelName('lfd', 'resnet50', '')),
+        ('dpnet_convnext_tiny.fb_in22k_ft_in1k', ModelName('dpnet', 'convnext_tiny', 'fb_in22k_ft_in1k')),
+        ('iagn_resnet50.tv_in1k', ModelName('iagn', 'resnet50', 'tv_in1k')),
+        ('lfd_resnet50.cub_200_2011', ModelName('lfd', 'resnet50', 'cub_200_2011')),
+        ('iagn_swin_base_patch4_window7_224', ModelName('iagn', 'swin_base_patch4_window7_224', '')),
+        ('vit_small_patch16_224.augreg_in1k', ModelName(None, 'vit_small_patch16_224', 'augreg_in1k')),
+        ('resnet50', ModelName(None, 'resnet50', '')),
+    ],
+)
+def test_split_model_name_gives_head_backbone_and_tag(name, parts):
+    assert split_model_name(name) == parts
+
+
+def test_split_model_name_recognises_the_heads_it_is_given():
+    # A head's cfgs are generated before it registers: it names itself.
+    assert split_model_name('newhead_test_vit.tag', heads=('newhead',)) == ModelName('newhead', 'test_vit', 'tag')
+    assert split_model_name('newhead_test_vit.tag') == ModelName(None, 'newhead_test_vit', 'tag')
+
+
+@pytest.mark.parametrize('name', head_models(include_tags=True))
+def test_every_registered_name_splits_into_a_head_and_a_timm_backbone(name):
+    head, backbone, tag = split_model_name(name)
+    assert head in list_heads() and head_name(name) == head
+    assert backbone is None or timm.is_model(backbone), name
+    assert name == '_'.join(p for p in (head, backbone) if p) + (f'.{tag}' if tag else '')
+
+
 # The tiny timm backbone of each popular backbone's family: its modules carry the same names (`conv1`, `stem.0`,
 # `conv_stem`, `patch_embed.proj`), so a registered cfg can be checked against a model built in seconds.
 TINY_OF_FAMILY = {'resnet': 'test_resnet', 'convnext': 'test_convnext', 'efficientnet': 'test_efficientnet'}
@@ -189,7 +229,7 @@ def test_every_registered_cfg_names_layers_of_its_model(name, cfg):
     # timm's test_model_default_cfgs: the classifier layers (dropped when num_classes changes) and the first conv
     # (adapted to in_chans) that a cfg names exist in the model it builds, and the pre-logits have its width.
     # A variant's cfg is its backbone's; a generic name's, its default backbone's (it builds without one).
-    variant_backbone = name.split('_', 1)[1] if '_' in name else DEFAULT_BACKBONE
+    variant_backbone = split_model_name(name).backbone or DEFAULT_BACKBONE
     model = _create(name, _tiny_backbone(variant_backbone))
     modules = dict(model.named_modules())
     classifiers = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier

@@ -1,5 +1,6 @@
 from ._backbone import Backbone, check_backbone_name, create_backbone_model
 from ._base import (
+    DEFAULT_BACKBONE,
     POPULAR_BACKBONES,
     PUBLISHED_TAGS,
     BackbonePass,
@@ -8,6 +9,7 @@ from ._base import (
     ExplanationPanel,
     FgvcModel,
     FgvcOutput,
+    ModelName,
     PaperInfo,
     build_fgvc_model,
     fgvc_cfg,
@@ -18,6 +20,7 @@ from ._base import (
     list_heads,
     model_head_name,
     register_head,
+    split_model_name,
 )
 from ._convert import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
 from ._hub import HUB_ORG, PICKLE_WEIGHTS, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
@@ -34,6 +37,7 @@ __all__ = [
     'Backbone',
     'check_backbone_name',
     'create_backbone_model',
+    'DEFAULT_BACKBONE',
     'POPULAR_BACKBONES',
     'PUBLISHED_TAGS',
     'BackbonePass',
@@ -42,6 +46,7 @@ __all__ = [
     'ExplanationPanel',
     'FgvcModel',
     'FgvcOutput',
+    'ModelName',
     'PaperInfo',
     'build_fgvc_model',
     'fgvc_cfg',
@@ -52,6 +57,7 @@ __all__ = [
     'list_heads',
     'model_head_name',
     'register_head',
+    'split_model_name',
     'HUB_ORG',
     'PICKLE_WEIGHTS',
     'WEIGHTS_NAME',

@@ -12,7 +12,7 @@ import difflib
 import inspect
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -21,7 +21,7 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, split_model_name_tag
 from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet
 
@@ -40,6 +40,8 @@ __all__ = [
     'FgvcModel',
     'register_head',
     'list_heads',
+    'ModelName',
+    'split_model_name',
     'head_name',
     'head_class',
     'model_head_name',
@@ -372,10 +374,32 @@ def list_heads() -> list[str]:
     return sorted(_HEADS)
 
 
+class ModelName(NamedTuple):
+    """A model name in its parts: `lfd_convnext_tiny.fb_in22k_ft_in1k` is ('lfd', 'convnext_tiny', 'fb_in22k_ft_in1k').
+
+    head: the fgvc_zoo head, None for a plain timm model; backbone: the timm model the name builds on, None for a
+    generic head (`lfd`: its backbone is an argument), the whole architecture for a plain timm model; tag: the
+    pretrained tag, '' without one.
+    """
+
+    head: str | None
+    backbone: str | None
+    tag: str
+
+
+def split_model_name(name: str, heads: Collection[str] | None = None) -> ModelName:
+    """Split a `<head>_<backbone>[.tag]` name (timm's `split_model_name_tag` takes off the tag); a name whose first
+    `_`-part is no head in `heads` (default: the registered heads) is a plain timm model's."""
+    architecture, tag = split_model_name_tag(name)
+    head, _, backbone = architecture.partition('_')
+    if head not in (_HEADS if heads is None else heads):
+        return ModelName(None, architecture, tag)
+    return ModelName(head, backbone or None, tag)
+
+
 def head_name(architecture: str) -> str | None:
     """The head a model name or tag belongs to (`lfd_resnet50.a1_in1k` -> `lfd`); None for a plain timm model."""
-    head = architecture.split('.')[0].split('_')[0]
-    return head if head in _HEADS else None
+    return split_model_name(architecture).head
 
 
 def head_class(name: str) -> type[FgvcModel]:
@@ -437,7 +461,7 @@ def generate_head_cfgs(
     """
     published = PUBLISHED_TAGS if published is None else published
     candidates = fgvc_tags(head)
-    unknown = {t for t in published if t.split('_')[0] == head and t not in candidates}
+    unknown = {t for t in published if split_model_name(t, heads=(head,)).head and t not in candidates}
     if unknown:
         raise ValueError(f'Published tags {sorted(unknown)} are not FGVC tags of {head}: {sorted(candidates)}.')
     entries = {head: cfg_fn(DEFAULT_BACKBONE)}
@@ -480,7 +504,7 @@ def _align_with_weights_file(pretrained_cfg: dict[str, Any], variant: str) -> No
     if config_path.is_file():
         config = json.loads(config_path.read_text())
         architecture = config.get('architecture', '')
-        if architecture.split('_')[0] != variant.split('_')[0]:
+        if split_model_name(architecture).head != split_model_name(variant).head:
             raise ValueError(
                 f"{path} holds '{architecture}' weights ({config_path}), not '{variant}': load it with "
                 f"timm.create_model('{architecture}', ...) or fgvc_zoo.hub.load_model('{path.parent}')."
@@ -577,7 +601,7 @@ def build_fgvc_model(
         pretrained
         and backbone_weights is None
         and not full_weights
-        and not timm.models.is_model_pretrained(backbone_name.split('.')[0])
+        and not timm.models.is_model_pretrained(split_model_name_tag(backbone_name)[0])
     ):
         raise ValueError(
             f"pretrained=True, but neither '{variant}' nor timm's backbone '{backbone_name}' has weights. "
