@@ -282,8 +282,7 @@ def test_pretrained_with_a_backbone_that_has_no_weights_is_a_clear_error():
 
 
 def test_list_pretrained_advertises_only_published_fgvc_weights(head):
-    from fgvc_zoo.models import PUBLISHED_TAGS
-    from fgvc_zoo.models._base import FGVC_DATASETS
+    from fgvc_zoo.models import FGVC_DATASETS, PUBLISHED_TAGS
 
     listed = timm.list_pretrained(f'{head}*')
     assert set(listed) <= PUBLISHED_TAGS
@@ -293,8 +292,7 @@ def test_list_pretrained_advertises_only_published_fgvc_weights(head):
 
 
 def test_a_published_fgvc_tag_is_registered_with_its_hub_repo_and_keeps_imagenet_the_default():
-    from fgvc_zoo.models import lfd
-    from fgvc_zoo.models._base import generate_head_cfgs
+    from fgvc_zoo.models import generate_head_cfgs, lfd
 
     cfgs = generate_head_cfgs('lfd', lfd._cfg, published=frozenset({'lfd_resnet50.cub_200_2011'}))
     resnet50 = cfgs['lfd_resnet50']
@@ -307,8 +305,7 @@ def test_a_published_fgvc_tag_is_registered_with_its_hub_repo_and_keeps_imagenet
 
 
 def test_a_published_tag_that_is_no_fgvc_tag_of_the_head_is_refused():
-    from fgvc_zoo.models import lfd
-    from fgvc_zoo.models._base import generate_head_cfgs
+    from fgvc_zoo.models import generate_head_cfgs, lfd
 
     with pytest.raises(ValueError, match=r"\['lfd_resnet50.cub'\] are not FGVC tags of lfd"):
         generate_head_cfgs('lfd', lfd._cfg, published=frozenset({'lfd_resnet50.cub'}))

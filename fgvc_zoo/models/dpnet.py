@@ -28,7 +28,9 @@ from ..layers.parts import (
     part_scores,
     pool_part_scores,
 )
-from ._base import (
+from ._builder import build_fgvc_model
+from ._cfgs import fgvc_cfg, generate_head_cfgs
+from ._contract import (
     BackbonePass,
     Explanation,
     ExplanationChart,
@@ -36,11 +38,8 @@ from ._base import (
     FgvcModel,
     FgvcOutput,
     PaperInfo,
-    build_fgvc_model,
-    fgvc_cfg,
-    generate_head_cfgs,
-    register_head,
 )
+from ._registry import register_head
 
 __all__ = ['DpNet']
 

@@ -30,18 +30,17 @@ from ..layers.cam import min_max_scale, upsample_maps
 from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
 from ..layers.norm_stats import frozen_norm_stats
-from ._base import (
+from ._builder import build_fgvc_model
+from ._cfgs import fgvc_cfg, generate_head_cfgs
+from ._contract import (
     BackbonePass,
     Explanation,
     ExplanationPanel,
     FgvcModel,
     FgvcOutput,
     PaperInfo,
-    build_fgvc_model,
-    fgvc_cfg,
-    generate_head_cfgs,
-    register_head,
 )
+from ._registry import register_head
 
 __all__ = ['Iagn']
 

@@ -18,18 +18,17 @@ from timm.models import register_model
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
 from ..layers.norm_stats import SecondaryNormStats
-from ._base import (
+from ._builder import build_fgvc_model
+from ._cfgs import fgvc_cfg, generate_head_cfgs
+from ._contract import (
     BackbonePass,
     Explanation,
     ExplanationPanel,
     FgvcModel,
     FgvcOutput,
     PaperInfo,
-    build_fgvc_model,
-    fgvc_cfg,
-    generate_head_cfgs,
-    register_head,
 )
+from ._registry import register_head
 
 __all__ = ['Lfd']
 
