@@ -274,11 +274,12 @@ class FgvcModel(nn.Module):
         return [[BackbonePass(batch_size, img_size, train)]]
 
     @classmethod
-    def bench_args(cls, img_size: int, zoom_ratio: float) -> dict[str, Any]:
-        """Constructor arguments the bench sets for an `img_size` input (e.g. a zoom at `zoom_ratio` of it)."""
+    def bench_args(cls, img_size: int, **options: Any) -> dict[str, Any]:
+        """Constructor arguments the bench sets for an `img_size` input. `options` are the bench's head options
+        (`fgvc-zoo bench --zoom-ratio`): a head reads those it knows and ignores the rest."""
         return {}
 
-    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+    def explanation_panels(self, exp: Explanation, i: int, label: str) -> list[ExplanationPanel]:
         """The panels of image `i` of `exp` (`label`: its predicted class name). Default: the boxes, then each
         heatmap (its map of the predicted class when it has one per class, else its first)."""
         labels = [f'#{k + 1} {s:.2f}' for k, s in enumerate(exp.scores[i].flatten().tolist())]
@@ -288,6 +289,6 @@ class FgvcModel(nn.Module):
             panels.append(ExplanationPanel(f'{name} map', maps[i, k]))
         return panels
 
-    def explanation_chart(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> ExplanationChart | None:
+    def explanation_chart(self, exp: Explanation, i: int, label: str) -> ExplanationChart | None:
         """A bar chart drawn after the panels of image `i`, or None (the default: no chart)."""
         return None

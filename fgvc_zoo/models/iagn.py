@@ -400,7 +400,7 @@ class Iagn(FgvcModel):
             return stage_steps + [fused_step]
         return [[p for step in stage_steps + [fused_step] for p in step]]
 
-    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+    def explanation_panels(self, exp: Explanation, i: int, label: str) -> list[ExplanationPanel]:
         """The attended box, each stage's map, and the fused attention under the box."""
         boxes = exp.boxes[i]
         box_labels = [f'attended {exp.scores[i, 0]:.2f}']

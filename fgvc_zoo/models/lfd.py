@@ -305,10 +305,11 @@ class Lfd(FgvcModel):
         return [[BackbonePass(batch_size, img_size, train), BackbonePass(crops, self.crop_size(img_size), train)]]
 
     @classmethod
-    def bench_args(cls, img_size: int, zoom_ratio: float) -> dict[str, Any]:
+    def bench_args(cls, img_size: int, zoom_ratio: float = 0.5, **options: Any) -> dict[str, Any]:
+        """The zoom at `zoom_ratio` of the input side (default: the paper's 224 / 448)."""
         return dict(zoom_size=int(round(img_size * zoom_ratio)))
 
-    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+    def explanation_panels(self, exp: Explanation, i: int, label: str) -> list[ExplanationPanel]:
         """The top-l regions with their scores, the attention map under them, and the predicted class's map."""
         boxes = exp.boxes[i]
         box_labels = [f'#{r + 1} {s:.2f}' for r, s in enumerate(exp.scores[i].tolist())]
