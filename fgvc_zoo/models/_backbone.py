@@ -144,7 +144,8 @@ class Backbone(nn.Module):
                 f"Backbone '{name}' pools its features with global_pool='{self.pool}', which fgvc_zoo's heads cannot "
                 f"reproduce on a map (they average it): build it with backbone_args={{'global_pool': 'avg'}}."
             )
-        self.input_fmt = getattr(self.model, 'output_fmt', 'NCHW')
+        # The layout of the timm model's own feature maps (its `output_fmt`); `forward` returns NCHW whatever it is.
+        self.feature_fmt = getattr(self.model, 'output_fmt', 'NCHW')
         self.grad_checkpointing = False
         self._recompute_hooks: list = []
 
@@ -186,7 +187,7 @@ class Backbone(nn.Module):
         if final.ndim == 3:  # tokens (B, prefix + h * w, C): drop the prefix tokens, lay the rest on the grid
             patches = final[:, final.shape[1] - grid[0] * grid[1] :]
             return patches.transpose(1, 2).reshape(final.shape[0], -1, *grid)
-        if self.input_fmt == 'NHWC':
+        if self.feature_fmt == 'NHWC':
             return final.permute(0, 3, 1, 2)
         return final
 
