@@ -253,7 +253,6 @@ def test_no_weight_decay_names_parameters_of_the_model():
 
 def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(monkeypatch):
     import fgvc_zoo.models._backbone as backbone_module
-    import fgvc_zoo.models._weights as weights_module
 
     requests, calls = [], []
     create_model = timm.create_model
@@ -266,7 +265,7 @@ def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(mo
         calls.append((name, pretrained))
         return create_model(name, pretrained=False, **kwargs)
 
-    monkeypatch.setattr(weights_module, 'hub_weights_file', hub_file)
+    monkeypatch.setattr(backbone_module, 'hub_weights_file', hub_file)
     monkeypatch.setattr(backbone_module.timm, 'create_model', record)
     lfd = create_model('lfd_resnet50', pretrained=True, num_classes=7)
     assert requests == ['resnet50.a1_in1k'] and set(calls) == {('resnet50.a1_in1k', True)}

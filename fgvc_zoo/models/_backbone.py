@@ -18,6 +18,7 @@ import torch.nn as nn
 from timm.layers import RmsNorm, SelectAdaptivePool2d
 
 from ..layers.norm_stats import freeze_stats_in_recompute
+from ._weights import hub_weights_file, load_backbone_weights
 
 __all__ = ['Backbone', 'create_backbone_model', 'check_backbone_name', 'backbone_pool']
 
@@ -48,8 +49,6 @@ def create_backbone_model(name: str, pretrained: bool = False, weights: str | No
     `pretrained=True` takes the Hub weights from the local Hub cache or the Hub, failing at once when neither can
     give them. A `pretrained_cfg(_overlay)` in `kwargs` leaves the loading to timm.
     """
-    from ._weights import hub_weights_file, load_backbone_weights
-
     check_backbone_name(name)
     kwargs = dict(kwargs, num_classes=0)
     if pretrained and weights is None and not (kwargs.get('pretrained_cfg') or kwargs.get('pretrained_cfg_overlay')):
