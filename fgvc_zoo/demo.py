@@ -40,6 +40,7 @@ from .hub import CONFIG_NAME, WEIGHTS_NAME, check_export_folder, read_results
 from .hub.upload import SPACE_EXAMPLES_DIR, SPACE_MODEL_DIR, SPACE_WHEELS_DIR
 from .inference.explain import draw_explanation, explain_images
 from .inference.predict import predict
+from .models import split_model_name
 from .runtime import load_for_inference
 
 __all__ = [
@@ -347,7 +348,7 @@ def write_space(
         pinned=False,
         license=config.get('pretrained_cfg', {}).get('license', 'apache-2.0'),
         models=[config['base_model']] if config.get('base_model') else None,
-        tags=['fgvc', 'fgvc_zoo', architecture.split('_')[0], 'image-classification'],
+        tags=['fgvc', 'fgvc_zoo', split_model_name(architecture).head or 'fine-tune', 'image-classification'],
     )
     labels = config.get('label_names') or [str(k) for k in range(config['num_classes'])]
     (out / 'README.md').write_text(

@@ -98,6 +98,25 @@ def test_dpnet_draws_the_parts_that_weigh_most_in_the_predicted_class():
     assert pointing.pointing_boxes('dpnet', exp).tolist() == [[12, 13, 14, 15]]  # the best box of part 3
 
 
+def test_dpnet_draws_as_many_parts_as_its_explanation_parts():
+    # The hand-made case above: weights [0.5, -3, 0.6, 1.2], so the two heaviest parts are 3 and 2.
+    exp = Explanation(
+        heatmaps={'parts': torch.rand(1, 4, 8, 8)},
+        boxes=torch.arange(16, dtype=torch.float32).view(1, 4, 4),
+        scores=torch.tensor([[1.0, 3.0, 0.3, 4.0]]),
+        labels=torch.tensor([1]),
+        logits=torch.zeros(1, 2),
+        extras={'part_participation': torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.5, -1.0, 2.0, 0.3]])},
+    )
+    model = timm.create_model('dpnet', backbone='test_resnet', num_classes=2)
+    assert model.explanation_parts == 3
+    model.explanation_parts = 2
+    panels = model.explanation_panels(exp, 0, 'bee')
+    assert panels[0].box_labels == ['part 3: 1.20', 'part 2: 0.60']
+    assert [panel.title.split(' map')[0] for panel in panels[1:]] == ['part 3', 'part 2']
+    assert model.explanation_chart(exp, 0, 'bee').highlight == [3, 2]
+
+
 @pytest.mark.parametrize(
     'head, model_args, panels',
     [

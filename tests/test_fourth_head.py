@@ -33,7 +33,7 @@ from fgvc_zoo.models import (
     list_heads,
     register_head,
 )
-from fgvc_zoo.models._base import _HEAD_MODULES, _HEADS  # the registry's own tables: the test unregisters its head
+from fgvc_zoo.models._registry import _HEAD_MODULES, _HEADS  # the registry's own tables: the test unregisters its head
 
 HEAD = 'toyhead'
 

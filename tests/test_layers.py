@@ -161,7 +161,7 @@ def test_there_is_no_import_cycle_in_the_package():
         ('fgvc_zoo.commands.probe', 'from .train import main', f'commands share only {SHARED_COMMAND_MODULE}'),
         ('fgvc_zoo.commands.probe', 'from . import explain', f'commands share only {SHARED_COMMAND_MODULE}'),
         ('fgvc_zoo.inference.probe', 'from ..training.checkpoints import find_resume', 'not below its floor'),
-        ('fgvc_zoo.hub.probe', 'from ..models._base import register_head', 'a private name of another room'),
+        ('fgvc_zoo.hub.probe', 'from ..models._registry import register_head', 'a private name of another room'),
         ('fgvc_zoo.cli', 'from .training.loop import _export', 'a private name of another room'),
         ('fgvc_zoo', 'from .models import Lfd', 'the package root imports no room'),
         ('fgvc_zoo.tools.probe', 'import os', 'is on no floor'),
@@ -176,7 +176,7 @@ def test_each_rule_can_fail(module, source, broken):
     [
         ('fgvc_zoo.training.probe', 'from ..hub import save_pretrained\nfrom .checkpoints import _lock'),
         ('fgvc_zoo.commands.probe', 'from .common import ArgumentParser\ndef main():\n    from ..training import loop'),
-        ('fgvc_zoo.models.probe', 'from ._base import _HEADS\nfrom ..layers.cam import upsample_maps'),
+        ('fgvc_zoo.models.probe', 'from ._registry import _HEADS\nfrom ..layers.cam import upsample_maps'),
     ],
 )
 def test_downward_imports_and_private_names_within_a_room_pass(module, source):

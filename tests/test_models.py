@@ -10,8 +10,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 
-from fgvc_zoo.models import Explanation, FgvcOutput, head_class, head_models, head_name
-from fgvc_zoo.models._base import DEFAULT_BACKBONE
+from fgvc_zoo.models import (
+    DEFAULT_BACKBONE,
+    Explanation,
+    FgvcOutput,
+    ModelName,
+    head_class,
+    head_models,
+    head_name,
+    list_heads,
+    split_model_name,
+)
 
 BACKBONES = ['test_resnet', 'test_convnext', 'test_efficientnet', 'test_vit', 'test_nfnet']
 # Small head sizes so the matrix runs in seconds on a 2-core CPU; everything else (and any head not listed) is the
@@ -166,6 +175,37 @@ def test_named_variants_are_registered_for_the_popular_backbones(head):
     assert model.model_args['backbone'].startswith('resnet50')
 
 
+@pytest.mark.parametrize(
+    'name,parts',
+    [
+        ('lfd', ModelName('lfd', None, '')),
+        ('lfd_resnet50', ModelName('lfd', 'resnet50', '')),
+        ('dpnet_convnext_tiny.fb_in22k_ft_in1k', ModelName('dpnet', 'convnext_tiny', 'fb_in22k_ft_in1k')),
+        ('iagn_resnet50.tv_in1k', ModelName('iagn', 'resnet50', 'tv_in1k')),
+        ('lfd_resnet50.cub_200_2011', ModelName('lfd', 'resnet50', 'cub_200_2011')),
+        ('iagn_swin_base_patch4_window7_224', ModelName('iagn', 'swin_base_patch4_window7_224', '')),
+        ('vit_small_patch16_224.augreg_in1k', ModelName(None, 'vit_small_patch16_224', 'augreg_in1k')),
+        ('resnet50', ModelName(None, 'resnet50', '')),
+    ],
+)
+def test_split_model_name_gives_head_backbone_and_tag(name, parts):
+    assert split_model_name(name) == parts
+
+
+def test_split_model_name_recognises_the_heads_it_is_given():
+    # A head's cfgs are generated before it registers: it names itself.
+    assert split_model_name('newhead_test_vit.tag', heads=('newhead',)) == ModelName('newhead', 'test_vit', 'tag')
+    assert split_model_name('newhead_test_vit.tag') == ModelName(None, 'newhead_test_vit', 'tag')
+
+
+@pytest.mark.parametrize('name', head_models(include_tags=True))
+def test_every_registered_name_splits_into_a_head_and_a_timm_backbone(name):
+    head, backbone, tag = split_model_name(name)
+    assert head in list_heads() and head_name(name) == head
+    assert backbone is None or timm.is_model(backbone), name
+    assert name == '_'.join(p for p in (head, backbone) if p) + (f'.{tag}' if tag else '')
+
+
 # The tiny timm backbone of each popular backbone's family: its modules carry the same names (`conv1`, `stem.0`,
 # `conv_stem`, `patch_embed.proj`), so a registered cfg can be checked against a model built in seconds.
 TINY_OF_FAMILY = {'resnet': 'test_resnet', 'convnext': 'test_convnext', 'efficientnet': 'test_efficientnet'}
@@ -189,7 +229,7 @@ def test_every_registered_cfg_names_layers_of_its_model(name, cfg):
     # timm's test_model_default_cfgs: the classifier layers (dropped when num_classes changes) and the first conv
     # (adapted to in_chans) that a cfg names exist in the model it builds, and the pre-logits have its width.
     # A variant's cfg is its backbone's; a generic name's, its default backbone's (it builds without one).
-    variant_backbone = name.split('_', 1)[1] if '_' in name else DEFAULT_BACKBONE
+    variant_backbone = split_model_name(name).backbone or DEFAULT_BACKBONE
     model = _create(name, _tiny_backbone(variant_backbone))
     modules = dict(model.named_modules())
     classifiers = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier
@@ -213,7 +253,6 @@ def test_no_weight_decay_names_parameters_of_the_model():
 
 def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(monkeypatch):
     import fgvc_zoo.models._backbone as backbone_module
-    import fgvc_zoo.models._weights as weights_module
 
     requests, calls = [], []
     create_model = timm.create_model
@@ -226,7 +265,7 @@ def test_a_backbone_tag_loads_the_backbones_imagenet_weights_and_a_fresh_head(mo
         calls.append((name, pretrained))
         return create_model(name, pretrained=False, **kwargs)
 
-    monkeypatch.setattr(weights_module, 'hub_weights_file', hub_file)
+    monkeypatch.setattr(backbone_module, 'hub_weights_file', hub_file)
     monkeypatch.setattr(backbone_module.timm, 'create_model', record)
     lfd = create_model('lfd_resnet50', pretrained=True, num_classes=7)
     assert requests == ['resnet50.a1_in1k'] and set(calls) == {('resnet50.a1_in1k', True)}
@@ -242,8 +281,7 @@ def test_pretrained_with_a_backbone_that_has_no_weights_is_a_clear_error():
 
 
 def test_list_pretrained_advertises_only_published_fgvc_weights(head):
-    from fgvc_zoo.models import PUBLISHED_TAGS
-    from fgvc_zoo.models._base import FGVC_DATASETS
+    from fgvc_zoo.models import FGVC_DATASETS, PUBLISHED_TAGS
 
     listed = timm.list_pretrained(f'{head}*')
     assert set(listed) <= PUBLISHED_TAGS
@@ -253,8 +291,7 @@ def test_list_pretrained_advertises_only_published_fgvc_weights(head):
 
 
 def test_a_published_fgvc_tag_is_registered_with_its_hub_repo_and_keeps_imagenet_the_default():
-    from fgvc_zoo.models import lfd
-    from fgvc_zoo.models._base import generate_head_cfgs
+    from fgvc_zoo.models import generate_head_cfgs, lfd
 
     cfgs = generate_head_cfgs('lfd', lfd._cfg, published=frozenset({'lfd_resnet50.cub_200_2011'}))
     resnet50 = cfgs['lfd_resnet50']
@@ -267,8 +304,7 @@ def test_a_published_fgvc_tag_is_registered_with_its_hub_repo_and_keeps_imagenet
 
 
 def test_a_published_tag_that_is_no_fgvc_tag_of_the_head_is_refused():
-    from fgvc_zoo.models import lfd
-    from fgvc_zoo.models._base import generate_head_cfgs
+    from fgvc_zoo.models import generate_head_cfgs, lfd
 
     with pytest.raises(ValueError, match=r"\['lfd_resnet50.cub'\] are not FGVC tags of lfd"):
         generate_head_cfgs('lfd', lfd._cfg, published=frozenset({'lfd_resnet50.cub'}))

@@ -14,8 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from fgvc_zoo.bench import torch_version
-from fgvc_zoo.models import head_name
-from fgvc_zoo.models._base import DEFAULT_BACKBONE, HEAD_POOL
+from fgvc_zoo.models import DEFAULT_BACKBONE, HEAD_POOL, head_name
 
 TINY_HEAD_ARGS = {
     'lfd': dict(zoom_size=32, region_sizes=(0.35, 0.5)),

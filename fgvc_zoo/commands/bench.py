@@ -52,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--zoom-ratio',
         type=float,
-        default=0.5,
-        help="a zoom's side as a fraction of the input side, for heads that zoom (LFD's paper: 224 / 448 = 0.5)",
+        default=None,
+        help="a zoom's side as a fraction of the input side, for heads that zoom (default: the head's own, LFD's "
+        "paper's 224 / 448 = 0.5)",
     )
     parser.add_argument(
         '--head-args',
@@ -93,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> list[BenchConfig]:
     head_args = parse_head_args(args.head_args)
+    options = {} if args.zoom_ratio is None else {'zoom_ratio': args.zoom_ratio}  # each head reads its own
     configs = []
     for head in args.heads:
         model_cls = head_class(head)
@@ -104,7 +106,7 @@ def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> list[BenchCo
                         f'{model_cls.min_train_batch} images per batch in train mode. Use --batch-size >= '
                         f'{model_cls.min_train_batch} or --no-train.'
                     )
-                extra = {**model_cls.bench_args(size, args.zoom_ratio), **head_args.get(head, {})}
+                extra = {**model_cls.bench_args(size, **options), **head_args.get(head, {})}
                 configs.append(
                     BenchConfig(
                         head=head,

@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         'explain.<format> when names repeat); for one image also a .png, .pdf or .svg path',
     )
     parser.add_argument(
-        '--parts', type=int, default=3, help='parts drawn, for heads that have parts (DP-Net: largest V[pred] x score)'
+        '--parts',
+        type=positive_int,
+        default=None,
+        help="parts drawn, for heads that have parts (their explanation_parts; DP-Net's default 3, the largest "
+        'V[pred] x score)',
     )
     parser.add_argument(
         '--format',
@@ -43,13 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     model, transform, names, _ = load_for_inference(args.checkpoint, args.model, args.img_size, args.device)
+    if args.parts is not None and hasattr(model, 'explanation_parts'):  # a head with parts declares how many it draws
+        model.explanation_parts = args.parts
     suffix = args.out.lower().rsplit('.', 1)[-1]
     fmt = args.format or (suffix if suffix in FORMATS else 'png')
     outputs = output_paths(args.images, args.out, fmt)
     for image_path, out in zip(args.images, outputs, strict=False):
-        (explained,) = explain_images(
-            model, [load_image(image_path)], transform, names, num_parts=args.parts, view=args.view
-        )
+        (explained,) = explain_images(model, [load_image(image_path)], transform, names, view=args.view)
         draw_explanation(explained, str(out), fmt=fmt, dpi=args.dpi)
         print(f'{image_path}: {explained.label} ({explained.probability:.1%}) -> {out}')
     return 0

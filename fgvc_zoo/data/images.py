@@ -10,7 +10,10 @@ import os
 from typing import BinaryIO
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+
+from ..layers.cam import min_max_scale
 
 __all__ = ['DatasetError', 'UnreadableImageError', 'UnreadableDataError', 'load_image', 'check_image']
 
@@ -60,10 +63,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in _WIDE_MODES:
         values = np.asarray(img, dtype=np.float64)
         if img.mode == 'F':
-            import torch
-
-            from ..layers.cam import min_max_scale
-
             values = min_max_scale(torch.from_numpy(values)).numpy() * 255.0
         else:
             values = values / 257.0  # 65535 -> 255

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
+from timm.models import split_model_name_tag
 
-from ..models import PaperInfo, head_class, head_name
+from ..models import DEFAULT_BACKBONE, PaperInfo, head_class, split_model_name
 
 __all__ = ['NOT_RECORDED', 'RESULTS_NAME', 'base_model', 'model_card', 'pretraining_data', 'read_template']
 
@@ -102,7 +103,7 @@ def _results_table(
     info: PaperInfo, backbone: str, dataset: str | None, metrics: dict[str, float], split: str | None
 ) -> str:
     # The papers report test accuracy: a val number is not set beside them.
-    same = backbone.split('.')[0] == info.backbone and split in ('test', None)
+    same = split_model_name_tag(backbone)[0] == info.backbone and split in ('test', None)
     paper = info.results.get(dataset or '', []) if same else []
     paper_top1 = '; '.join(f'{value:.1f} ({setting})' for setting, value in paper) or 'n/a'
     rows = ['| metric | this model | paper |', '|---|---|---|']
@@ -167,7 +168,7 @@ def pretraining_data(weights_id: str) -> str | None:
     ImageNet-21k/22k hold images of CUB-200-2011's species (some of them CUB's own photos): the card says so, as
     accuracies from such a start are not comparable with the papers' ImageNet-1k ResNet-50.
     """
-    tag = weights_id.rsplit('/', 1)[-1].partition('.')[2]
+    tag = split_model_name_tag(weights_id.rsplit('/', 1)[-1])[1]
     parts = tag.split('_')
     for fragment, data in PRETRAINING_DATA:
         if any(part.startswith(fragment) for part in parts):
@@ -202,9 +203,10 @@ def model_card(
     results = results or {}
     recipe = recipe if recipe is not None else results.get('config', {})
     architecture = config['architecture']
-    head = head_name(architecture)
+    head, backbone, _ = split_model_name(architecture)
     model_args = config.get('model_args', {})
-    backbone = model_args.get('backbone', architecture.split('_', 1)[-1]) if head else architecture
+    if head:  # a generic head's backbone is an argument, DEFAULT_BACKBONE when none was given
+        backbone = model_args.get('backbone', backbone or DEFAULT_BACKBONE)
     dataset = _dataset_name(results, recipe)
     metrics = _metrics(results, config['num_classes']) if results else {}
     split = _split_evaluated(results)

@@ -27,7 +27,7 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from timm.models import save_for_hf
 from timm.models._hub import hf_split
 
-from ..models import WEIGHTS_NAME, head_name, hub_errors, list_heads, weights_record
+from ..models import WEIGHTS_NAME, hub_errors, list_heads, split_model_name, weights_record
 from .card import NOT_RECORDED, RESULTS_NAME, base_model, model_card
 from .onnx import ONNX_NAME
 
@@ -70,7 +70,7 @@ IMPORT_HINT = '`pip install fgvc-zoo` and `import fgvc_zoo` before `timm.create_
 def _export_model_args(model: torch.nn.Module) -> dict[str, Any]:
     model_args = getattr(model, 'model_args', None)
     architecture = getattr(model, 'pretrained_cfg', {}).get('architecture', '')
-    if model_args is None and architecture and head_name(architecture) is None:
+    if model_args is None and architecture and split_model_name(architecture).head is None:
         return {}  # a plain timm classifier: timm's factory records its own arguments
     if model_args is None:
         raise ValueError(
@@ -261,9 +261,8 @@ def describe_pretrained(name: str) -> str:
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is not None and cfg.hf_hub_id:
         return f'published weights: hf-hub:{cfg.hf_hub_id}'
-    architecture, _, tag = name.partition('.')
-    backbone = architecture.split('_', 1)[1] if '_' in architecture else None
-    if backbone is None:
+    _, backbone, tag = split_model_name(name)
+    if backbone is None:  # a generic head
         return "any timm backbone (backbone=...): pretrained=True loads the backbone's default weights"
     backbone_cfg = timm.models.get_pretrained_cfg(f'{backbone}.{tag}' if tag else backbone)
     hub_id = getattr(backbone_cfg, 'hf_hub_id', None)

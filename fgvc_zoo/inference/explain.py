@@ -244,20 +244,18 @@ def explain_images(
     images: Sequence[Image.Image],
     transform: Callable,
     label_names: Sequence[str] | None = None,
-    num_parts: int = 3,
     view: str = 'full',
 ) -> list[ImageExplanation]:
     """Run `model.explain` on RGB `images`; maps and boxes mapped to original pixels.
 
     `view='full'`: through `full_view_transform(transform)`, the whole image (one image at a time: sizes differ);
     `view='crop'`: through the eval `transform` itself, what `eval` and `predict` see.
-    `num_parts`: how many of DP-Net's parts to draw (those with the largest V[pred, p] x part score).
     """
     if view not in VIEWS:
         raise ValueError(f"view='{view}' is not one of {VIEWS}.")
     if view == 'full':
         full = full_view_transform(transform)
-        return [e for image in images for e in explain_images(model, [image], full, label_names, num_parts, 'crop')]
+        return [e for image in images for e in explain_images(model, [image], full, label_names, 'crop')]
     head = model_head_name(model)
     if head is None:
         raise TypeError(
@@ -280,8 +278,8 @@ def explain_images(
             )
         label_index = int(exp.labels[i])
         label = names[label_index]
-        panels = [_panel(spec, geometry) for spec in model.explanation_panels(exp, i, label, num_parts)]
-        chart = _chart(model.explanation_chart(exp, i, label, num_parts))
+        panels = [_panel(spec, geometry) for spec in model.explanation_panels(exp, i, label)]
+        chart = _chart(model.explanation_chart(exp, i, label))
         explained.append(
             ImageExplanation(
                 image, geometry, head, label, float(probs[i, label_index]), panels, chart, model.explanation_legend

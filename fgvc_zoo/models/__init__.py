@@ -1,7 +1,8 @@
 from ._backbone import Backbone, check_backbone_name, create_backbone_model
-from ._base import (
-    POPULAR_BACKBONES,
-    PUBLISHED_TAGS,
+from ._builder import build_fgvc_model
+from ._cfgs import DEFAULT_BACKBONE, FGVC_DATASETS, POPULAR_BACKBONES, PUBLISHED_TAGS, fgvc_cfg, generate_head_cfgs
+from ._contract import (
+    HEAD_POOL,
     BackbonePass,
     Explanation,
     ExplanationChart,
@@ -9,18 +10,19 @@ from ._base import (
     FgvcModel,
     FgvcOutput,
     PaperInfo,
-    build_fgvc_model,
-    fgvc_cfg,
-    generate_head_cfgs,
+)
+from ._convert import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
+from ._hub import HUB_ORG, PICKLE_WEIGHTS, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
+from ._registry import (
+    ModelName,
     head_class,
     head_models,
     head_name,
     list_heads,
     model_head_name,
     register_head,
+    split_model_name,
 )
-from ._convert import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
-from ._hub import HUB_ORG, PICKLE_WEIGHTS, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
 from .dpnet import DpNet
 from .iagn import Iagn
 from .lfd import Lfd
@@ -34,6 +36,9 @@ __all__ = [
     'Backbone',
     'check_backbone_name',
     'create_backbone_model',
+    'DEFAULT_BACKBONE',
+    'FGVC_DATASETS',
+    'HEAD_POOL',
     'POPULAR_BACKBONES',
     'PUBLISHED_TAGS',
     'BackbonePass',
@@ -42,6 +47,7 @@ __all__ = [
     'ExplanationPanel',
     'FgvcModel',
     'FgvcOutput',
+    'ModelName',
     'PaperInfo',
     'build_fgvc_model',
     'fgvc_cfg',
@@ -52,6 +58,7 @@ __all__ = [
     'list_heads',
     'model_head_name',
     'register_head',
+    'split_model_name',
     'HUB_ORG',
     'PICKLE_WEIGHTS',
     'WEIGHTS_NAME',

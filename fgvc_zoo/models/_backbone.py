@@ -18,6 +18,7 @@ import torch.nn as nn
 from timm.layers import RmsNorm, SelectAdaptivePool2d
 
 from ..layers.norm_stats import freeze_stats_in_recompute
+from ._weights import hub_weights_file, load_backbone_weights
 
 __all__ = ['Backbone', 'create_backbone_model', 'check_backbone_name', 'backbone_pool']
 
@@ -48,8 +49,6 @@ def create_backbone_model(name: str, pretrained: bool = False, weights: str | No
     `pretrained=True` takes the Hub weights from the local Hub cache or the Hub, failing at once when neither can
     give them. A `pretrained_cfg(_overlay)` in `kwargs` leaves the loading to timm.
     """
-    from ._weights import hub_weights_file, load_backbone_weights
-
     check_backbone_name(name)
     kwargs = dict(kwargs, num_classes=0)
     if pretrained and weights is None and not (kwargs.get('pretrained_cfg') or kwargs.get('pretrained_cfg_overlay')):
@@ -144,7 +143,8 @@ class Backbone(nn.Module):
                 f"Backbone '{name}' pools its features with global_pool='{self.pool}', which fgvc_zoo's heads cannot "
                 f"reproduce on a map (they average it): build it with backbone_args={{'global_pool': 'avg'}}."
             )
-        self.input_fmt = getattr(self.model, 'output_fmt', 'NCHW')
+        # The layout of the timm model's own feature maps (its `output_fmt`); `forward` returns NCHW whatever it is.
+        self.feature_fmt = getattr(self.model, 'output_fmt', 'NCHW')
         self.grad_checkpointing = False
         self._recompute_hooks: list = []
 
@@ -186,7 +186,7 @@ class Backbone(nn.Module):
         if final.ndim == 3:  # tokens (B, prefix + h * w, C): drop the prefix tokens, lay the rest on the grid
             patches = final[:, final.shape[1] - grid[0] * grid[1] :]
             return patches.transpose(1, 2).reshape(final.shape[0], -1, *grid)
-        if self.input_fmt == 'NHWC':
+        if self.feature_fmt == 'NHWC':
             return final.permute(0, 3, 1, 2)
         return final
 

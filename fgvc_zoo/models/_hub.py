@@ -1,6 +1,6 @@
 """The Hub I/O the model layer needs: our repos' cfg entries, safetensors-only loads, readable download errors.
 
-Lives under `fgvc_zoo/models` (it imports only huggingface_hub and timm) so that the builder in `_base.py` needs
+Lives under `fgvc_zoo/models` (it imports only huggingface_hub and timm) so that the builder in `_builder.py` needs
 nothing from the layers above it; `fgvc_zoo.hub` re-exports every name.
 """
 

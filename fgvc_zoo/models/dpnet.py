@@ -28,7 +28,9 @@ from ..layers.parts import (
     part_scores,
     pool_part_scores,
 )
-from ._base import (
+from ._builder import build_fgvc_model
+from ._cfgs import fgvc_cfg, generate_head_cfgs
+from ._contract import (
     BackbonePass,
     Explanation,
     ExplanationChart,
@@ -36,11 +38,8 @@ from ._base import (
     FgvcModel,
     FgvcOutput,
     PaperInfo,
-    build_fgvc_model,
-    fgvc_cfg,
-    generate_head_cfgs,
-    register_head,
 )
+from ._registry import register_head
 
 __all__ = ['DpNet']
 
@@ -78,6 +77,8 @@ class DpNet(FgvcModel):
             'cub_200_2011': [('DP-Net, ResNet-50, no constraint', 84.9), ('DP-Net, ResNet-50, all constraints', 85.0)],
         },
     )
+    # How many parts the explanation draws, the heaviest in the prediction (`fgvc-zoo explain --parts`).
+    explanation_parts: int = 3
     explanation_legend = (
         'DP-Net (Discriminative Part Network) scores every cell of the backbone feature map with learnt **part** '
         "detectors; a part map is one detector's response and its box the best-scoring region. The parts drawn "
@@ -277,9 +278,9 @@ class DpNet(FgvcModel):
         weight = participation * exp.scores[i].cpu()
         return participation, weight, weight.topk(min(num_parts, weight.numel())).indices.tolist()
 
-    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
-        """The best boxes of the `num_parts` parts weighing most in the prediction, then each of their maps."""
-        participation, weight, top = self.top_parts(exp, i, num_parts)
+    def explanation_panels(self, exp: Explanation, i: int, label: str) -> list[ExplanationPanel]:
+        """The best boxes of the `explanation_parts` parts weighing most in the prediction, then each of their maps."""
+        participation, weight, top = self.top_parts(exp, i, self.explanation_parts)
         boxes = exp.boxes[i, top]
         box_labels = [f'part {p}: {weight[p]:.2f}' for p in top]
         panels = [ExplanationPanel(f'parts weighing most in {label} (V x score)', boxes=boxes, box_labels=box_labels)]
@@ -295,9 +296,9 @@ class DpNet(FgvcModel):
             )
         return panels
 
-    def explanation_chart(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> ExplanationChart:
+    def explanation_chart(self, exp: Explanation, i: int, label: str) -> ExplanationChart:
         """V[pred], the class-level part participation, with the drawn parts highlighted."""
-        values, _, top = self.top_parts(exp, i, num_parts)
+        values, _, top = self.top_parts(exp, i, self.explanation_parts)
         title = f'part participation in {label}, V[pred] (red: the parts drawn)'
         return ExplanationChart(title, [f'part {p}' for p in range(len(values))], values, top)
 

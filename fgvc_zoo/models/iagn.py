@@ -30,18 +30,17 @@ from ..layers.cam import min_max_scale, upsample_maps
 from ..layers.distill import distillation_loss
 from ..layers.jigsaw import jigsaw
 from ..layers.norm_stats import frozen_norm_stats
-from ._base import (
+from ._builder import build_fgvc_model
+from ._cfgs import fgvc_cfg, generate_head_cfgs
+from ._contract import (
     BackbonePass,
     Explanation,
     ExplanationPanel,
     FgvcModel,
     FgvcOutput,
     PaperInfo,
-    build_fgvc_model,
-    fgvc_cfg,
-    generate_head_cfgs,
-    register_head,
 )
+from ._registry import register_head
 
 __all__ = ['Iagn']
 
@@ -401,7 +400,7 @@ class Iagn(FgvcModel):
             return stage_steps + [fused_step]
         return [[p for step in stage_steps + [fused_step] for p in step]]
 
-    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+    def explanation_panels(self, exp: Explanation, i: int, label: str) -> list[ExplanationPanel]:
         """The attended box, each stage's map, and the fused attention under the box."""
         boxes = exp.boxes[i]
         box_labels = [f'attended {exp.scores[i, 0]:.2f}']

@@ -18,18 +18,17 @@ from timm.models import register_model
 from ..layers.boxes import cell_boxes, crop_and_zoom, select_boxes
 from ..layers.cam import class_activation_maps, smooth_maps, upsample_maps
 from ..layers.norm_stats import SecondaryNormStats
-from ._base import (
+from ._builder import build_fgvc_model
+from ._cfgs import fgvc_cfg, generate_head_cfgs
+from ._contract import (
     BackbonePass,
     Explanation,
     ExplanationPanel,
     FgvcModel,
     FgvcOutput,
     PaperInfo,
-    build_fgvc_model,
-    fgvc_cfg,
-    generate_head_cfgs,
-    register_head,
 )
+from ._registry import register_head
 
 __all__ = ['Lfd']
 
@@ -306,10 +305,11 @@ class Lfd(FgvcModel):
         return [[BackbonePass(batch_size, img_size, train), BackbonePass(crops, self.crop_size(img_size), train)]]
 
     @classmethod
-    def bench_args(cls, img_size: int, zoom_ratio: float) -> dict[str, Any]:
+    def bench_args(cls, img_size: int, zoom_ratio: float = 0.5, **options: Any) -> dict[str, Any]:
+        """The zoom at `zoom_ratio` of the input side (default: the paper's 224 / 448)."""
         return dict(zoom_size=int(round(img_size * zoom_ratio)))
 
-    def explanation_panels(self, exp: Explanation, i: int, label: str, num_parts: int = 3) -> list[ExplanationPanel]:
+    def explanation_panels(self, exp: Explanation, i: int, label: str) -> list[ExplanationPanel]:
         """The top-l regions with their scores, the attention map under them, and the predicted class's map."""
         boxes = exp.boxes[i]
         box_labels = [f'#{r + 1} {s:.2f}' for r, s in enumerate(exp.scores[i].tolist())]

@@ -38,6 +38,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
+from timm.models import split_model_name_tag
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -54,7 +55,7 @@ from ..data import (
 )
 from ..errors import UsageError
 from ..hub import pretrained_weights_of, save_pretrained
-from ..models import FgvcOutput, head_models, head_name, list_heads
+from ..models import FgvcOutput, head_models, list_heads, split_model_name
 from ..runtime import parse_model_kwargs, parse_options, resolve_device, set_cpu_threads
 from .checkpoints import (
     CHECKPOINT_DIR,
@@ -171,7 +172,7 @@ def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool
     """The head of `--model`; `load_weights=False` (a resumed run: the checkpoint has the weights) skips the
     pretrained and `--backbone-weights` loads, so that a resume needs neither the Hub nor the weights file."""
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
-    architecture = config.model.split('.')[0]
+    architecture = split_model_name_tag(config.model)[0]
     heads = head_models()
     if ':' not in config.model and not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, heads, n=5)
@@ -185,9 +186,10 @@ def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool
         )
     if config.backbone:
         kwargs['backbone'] = config.backbone
-    head = None if plain else head_name(architecture)
-    variant_backbone = architecture[len(head) + 1 :] if head and architecture != head else None
-    if variant_backbone and kwargs.get('backbone') and kwargs['backbone'].split('.')[0] != variant_backbone:
+    name = split_model_name(config.model)
+    head = None if plain else name.head
+    variant_backbone = name.backbone if head else None
+    if variant_backbone and kwargs.get('backbone') and split_model_name_tag(kwargs['backbone'])[0] != variant_backbone:
         raise UsageError(
             f'--model {config.model} is {head} over {variant_backbone}, but --backbone {kwargs["backbone"]} asks for '
             f'another backbone: train the generic head (--model {head} --backbone {kwargs["backbone"]}), or drop '

@@ -16,7 +16,7 @@ import accelerate
 import accelerate.checkpointing
 
 from fgvc_zoo import cli
-from fgvc_zoo.models._base import FgvcModel
+from fgvc_zoo.models import FgvcModel
 
 
 def _die() -> None:
