@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import threading
 import time
@@ -37,9 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 
+from . import __version__
+from .data import carve_val, create_dataset, create_transforms, make_synthetic_fgvc
 from .errors import UsageError
+from .hub import load_model
+from .inference.evaluate import evaluate
+from .inference.explain import draw_explanation, explain_images
+from .models import list_heads
+from .training.config import add_train_arguments, resolve_config
+from .training.loop import train
 
 __all__ = [
     'HARD_SYNTHETIC',
@@ -110,7 +120,6 @@ class CompareConfig:
 
 
 def _check(config: CompareConfig) -> None:
-    from .models import list_heads
 
     if (config.data_dir is None) == (config.synthetic is None):
         raise UsageError('Pass exactly one of --data-dir DIR and --synthetic.')
@@ -161,7 +170,6 @@ def _source(config: CompareConfig) -> tuple[str, str]:
     """(root, layout) of the data; the synthetic protocol is written to OUTPUT/synthetic_data first."""
     if config.synthetic is None:
         return config.data_dir, config.dataset_layout
-    from .data import make_synthetic_fgvc
 
     root = Path(config.output) / 'synthetic_data'
     if not (root / 'test').is_dir():
@@ -171,7 +179,6 @@ def _source(config: CompareConfig) -> tuple[str, str]:
 
 def prepare_splits(config: CompareConfig) -> dict[str, Any]:
     """OUTPUT/data/{train,val} (symlinks) and OUTPUT/splits.json; the test split is not read here."""
-    from .data import carve_val, create_dataset
 
     out = Path(config.output)
     path = out / 'splits.json'
@@ -188,7 +195,6 @@ def prepare_splits(config: CompareConfig) -> dict[str, Any]:
     train_index, val_index = carve_val(train.targets, config.val_fraction, config.split_seed)
     folders = _class_folders(list(train.classes))
     partial = out / (DATA + '.partial')
-    import shutil
 
     shutil.rmtree(partial, ignore_errors=True)
     _materialise(train, train_index, partial / 'train', folders)
@@ -206,7 +212,6 @@ def prepare_splits(config: CompareConfig) -> dict[str, Any]:
 
 def prepare_test(config: CompareConfig, splits: dict[str, Any]) -> Path:
     """OUTPUT/test_data: the test split linked under test/ (train/ links to OUTPUT/data/train for the classes)."""
-    from .data import create_dataset
 
     out = Path(config.output)
     root = out / TEST_DATA
@@ -219,7 +224,6 @@ def prepare_test(config: CompareConfig, splits: dict[str, Any]) -> Path:
     if not (root / 'train').exists():
         (root / 'train').symlink_to(os.path.abspath(out / DATA / 'train'))
     partial = root / 'test.partial'
-    import shutil
 
     shutil.rmtree(partial, ignore_errors=True)
     _materialise(test, list(range(len(test))), partial, splits['folders'])
@@ -238,9 +242,6 @@ def shared_data_config() -> dict[str, Any]:
     """The preprocessing every method trains and is tested with: the heads' (LFD's and DP-Net's NTS-Net squash to
     600 and centre crop 448, bilinear), the plain fine-tune included, whose own cfg would resize bicubic and keep the
     aspect, and IAGN, whose PMG crop keeps a little more (448/550): the methods see the same pixels."""
-    import timm
-
-    from .models import head_class  # noqa: F401  (the heads' cfgs are registered with timm once models is imported)
 
     cfg = timm.models.get_pretrained_cfg('lfd')
     return {key: getattr(cfg, key) for key in ('interpolation', 'crop_pct', 'crop_mode')}
@@ -284,8 +285,6 @@ def _peak_mb(cuda: bool) -> tuple[float, str]:
 
 def _train_job(argv: list[str], cuda: bool) -> dict[str, Any]:
     """Train one run with the project's trainer; its history, speed and peak memory."""
-    from .training.config import add_train_arguments, resolve_config
-    from .training.loop import train
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -310,9 +309,6 @@ def _train_job(argv: list[str], cuda: bool) -> dict[str, Any]:
 def _test_job(run_dir: str, test_root: str, img_size: int, batch_size: int, predictions: bool, cuda: bool) -> dict:
     """Test top-1 and mean per-class accuracy of a run's exported model (`inference.evaluate`), its speed and memory;
     with `predictions`, the predicted class of every test image too (for the disagreement pictures)."""
-    from .data import create_dataset, create_transforms
-    from .hub import load_model
-    from .inference.evaluate import evaluate
 
     device = torch.device('cuda' if cuda else 'cpu')
     model = load_model(run_dir).to(device).eval()
@@ -561,9 +557,6 @@ def report_markdown(
     config: CompareConfig, summary: dict[str, Any], splits: dict[str, Any], runs: list[dict], images: list[dict]
 ) -> str:
     """OUTPUT/REPORT.md: every number in it comes from `summary`, which comes from the run records."""
-    import timm
-
-    from . import __version__
 
     heads = [m for m in config.methods if m != PLAIN]
     test_images = runs[0]['test_images']
@@ -734,9 +727,6 @@ def _disagreements(
 ) -> list[dict[str, str]]:
     """Up to `config.explain` test images per head where its seed-0 run and plain's disagree (the head right first,
     then plain right), each drawn with the head's explanation (`inference.explain`)."""
-    from .data import create_dataset, create_transforms
-    from .hub import load_model
-    from .inference.explain import draw_explanation, explain_images
 
     out = Path(config.output)
     (out / IMAGES).mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from accelerate.utils import RNG_STATE_NAME
 from accelerate.utils import load as load_weights_only
+from safetensors.torch import load_file, save_file
 
 from ..hub import share_file
 
@@ -129,7 +130,6 @@ def restore_state(accelerator, folder: Path) -> None:
 def _save_extra_state(folder: Path, scheduler, ema) -> None:
     # Not `register_for_checkpointing`: accelerate would pickle them and unpickle with weights_only=False on
     # resume, so a crafted checkpoint could run code. JSON and safetensors only hold data.
-    from safetensors.torch import save_file
 
     (folder / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
     if ema is not None:
@@ -137,7 +137,6 @@ def _save_extra_state(folder: Path, scheduler, ema) -> None:
 
 
 def _load_extra_state(folder: Path, scheduler, ema) -> None:
-    from safetensors.torch import load_file
 
     if scheduler is not None:
         scheduler.load_state_dict(json.loads((folder / SCHEDULER_STATE).read_text()))
