@@ -191,9 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--threads', type=int, default=0)
     parser.add_argument('--devices', nargs='+', help='passed to the command (default: every GPU, else cpu)')
     parser.add_argument('--synthetic-args', default='', help='hard: override the protocol (a smaller budget)')
+    parser.add_argument(
+        '--train-per-class', type=int, help='MNISTs: this many training images per class, val a fifth as many'
+    )
     parser.add_argument('--work-dir', default=str(CACHE / 'compare'))
     args = parser.parse_args(argv)
 
+    if args.train_per_class and args.dataset != 'hard':
+        DATASETS[args.dataset].update(train=args.train_per_class, val=args.train_per_class // 5)
     if args.dataset == 'hard':
         img_size = args.img_size or 224
         data = ['--synthetic', *(['--synthetic-args', args.synthetic_args] if args.synthetic_args else [])]
