@@ -286,10 +286,21 @@ def test_explain_gives_part_maps_class_map_best_boxes_and_participation():
 
 def test_default_boxes_are_three_strides_wide_and_inside_the_image():
     model = _dpnet().eval()
-    boxes = model.explain(torch.randn(2, 3, 160, 160)).boxes  # 5 x 5 cells of 32 px, boxes of 96 px
+    x = torch.randn(2, 3, 160, 160)  # 5 x 5 cells of 32 px, boxes of 96 px
+    explanation = model.explain(x)
+    boxes = explanation.boxes
     assert (boxes >= 0).all() and (boxes <= 160).all()
     sides = boxes[..., 2:] - boxes[..., :2]
     assert (sides > 0).all() and (sides <= 96).all()
+    # By hand: cell k's centre is 32 k + 16; the box spans centre -/+ 48, clipped to [0, 160].
+    low, high = torch.tensor([0.0, 0.0, 32.0, 64.0, 96.0]), torch.tensor([64.0, 96.0, 128.0, 160.0, 160.0])
+    with torch.no_grad():
+        scores = part_scores(model.backbone(x), model.parts.weight)
+    best, cell = scores.flatten(2).max(dim=2)
+    row, col = cell // 5, cell % 5
+    torch.testing.assert_close(boxes, torch.stack([low[col], low[row], high[col], high[row]], dim=-1))
+    torch.testing.assert_close(explanation.scores, best)
+    assert ((col == 0) | (col == 4) | (row == 0) | (row == 4)).any()  # a clipped border box is among them
 
 
 @pytest.mark.parametrize('use_global', [False, True])

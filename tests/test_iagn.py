@@ -1,7 +1,6 @@
 """IAGN (a reconstruction from the abstract, docs/methods.md section 3): jigsaw, distillation, attended box and the
 progressive schedule, on timm's tiny test_resnet with shrunk head widths."""
 
-import copy
 import math
 
 import pytest
@@ -207,22 +206,63 @@ def test_step_losses_are_weighted_as_configured(batch):
         model(x, target=y, step=4)
 
 
-def test_folded_loss_is_the_sum_of_the_progressive_step_losses(batch):
-    x, y = batch
-    progressive = _model().train()
-    folded = _model(progressive=False).train()
-    folded.load_state_dict(copy.deepcopy(progressive.state_dict()))
-    assert folded.num_train_steps == 1
+def _constant_logits_model(**kwargs) -> Iagn:
+    """Two classes, every classifier answering constant logits (d ln 3, -d ln 3): zero last-FC weights, a bias.
 
-    torch.manual_seed(1)
-    steps = [progressive(x, target=y, step=k) for k in range(progressive.num_train_steps)]
-    torch.manual_seed(1)
+    The stage classifiers have d = -2, 1, 4, the fused one d = -1. With constant class maps the attended box is the
+    whole image; each loss term is then a number of these logits alone, computed by hand below.
+    """
+    model = _model(num_classes=2, kd_temperature=2.0, kd_weight=0.5, fused_loss_weight=3.0, **kwargs).train()
+    with torch.no_grad():
+        for classifier, d in zip([*model.stage_classifiers, model.fused_classifier], (-2, 1, 4, -1), strict=True):
+            classifier.fc.weight.zero_()
+            classifier.fc.bias.copy_(torch.tensor([d, -d]) * math.log(3))
+    return model
+
+
+def test_step_and_folded_losses_hand_computed(batch):
+    # Logits (d ln 3, -d ln 3) give p = (9^d, 1) / (9^d + 1) at T = 1 and (3^d, 1) / (3^d + 1) at T = 2.
+    # Targets (0, 1): CE = (-ln p_0 of image 1 - ln p_1 of image 2) / 2. KD = T^2 KL(p_teacher || p_student), T = 2.
+    x, _ = batch
+    x, y = x[:2], torch.tensor([0, 1])
+    ce_stage1 = (math.log(82) + math.log(82 / 81)) / 2  # d = -2: (1/82, 81/82)
+    ce_stage2 = (math.log(10 / 9) + math.log(10)) / 2  # d = 1: (9/10, 1/10)
+    ce_stage3 = (math.log(6562 / 6561) + math.log(6562)) / 2  # d = 4: (6561/6562, 1/6562)
+    # Softened, T = 2: stage 1 (1/10, 9/10), stage 2 (3/4, 1/4), stage 3 (81/82, 1/82).
+    kd_stage2 = 4 * (0.1 * math.log(0.1 / 0.75) + 0.9 * math.log(0.9 / 0.25))  # teacher stage 1, student stage 2
+    kd_stage3 = 4 * (0.75 * math.log(0.75 / (81 / 82)) + 0.25 * math.log(0.25 / (1 / 82)))  # teacher stage 2
+    # The fused head (d = -1: (1/10, 9/10), softened (1/4, 3/4)) on x and on the zoom, distilled from the mean of
+    # the stage logits, d = (-2 + 1 + 4) / 3 = 1: softened (3/4, 1/4).
+    ce_fused = (math.log(10) + math.log(10 / 9)) / 2
+    kd_fused = 4 * (0.75 * math.log(0.75 / 0.25) + 0.25 * math.log(0.25 / 0.75))
+    expected = [
+        {'ce_stage1': ce_stage1},
+        {'ce_stage2': ce_stage2, 'kd_stage2': kd_stage2},
+        {'ce_stage3': ce_stage3, 'kd_stage3': kd_stage3},
+        {'ce_fused': ce_fused, 'kd_fused': kd_fused, 'ce_fused_zoom': ce_fused, 'kd_fused_zoom': kd_fused},
+    ]
+    # kd_weight 0.5, fused_loss_weight 3.
+    expected_losses = [
+        ce_stage1,
+        ce_stage2 + 0.5 * kd_stage2,
+        ce_stage3 + 0.5 * kd_stage3,
+        3 * 2 * ce_fused + 0.5 * 2 * kd_fused,
+    ]
+    progressive = _constant_logits_model()
+    for step, (terms, loss) in enumerate(zip(expected, expected_losses, strict=True)):
+        output = progressive(x, target=y, step=step)
+        assert {name: t.item() for name, t in output.losses.items()} == pytest.approx(terms, rel=1e-5)
+        assert output.loss.item() == pytest.approx(loss, rel=1e-5)
+
+    folded = _constant_logits_model(progressive=False)
+    assert folded.num_train_steps == 1
     output = folded(x, target=y)
-    assert output.loss.item() == pytest.approx(sum(s.loss.item() for s in steps), rel=1e-5)
-    step_losses = {name: term for s in steps for name, term in s.losses.items()}
-    assert set(output.losses) == set(step_losses)
-    for name, term in output.losses.items():
-        assert term.item() == pytest.approx(step_losses[name].item(), rel=1e-5)
+    assert {name: t.item() for name, t in output.losses.items()} == pytest.approx(
+        {name: t for terms in expected for name, t in terms.items()}, rel=1e-5
+    )
+    assert output.loss.item() == pytest.approx(sum(expected_losses), rel=1e-5)
+    # The folded logits are the fused step's: fused(x) + fused(zoom), d = -2.
+    torch.testing.assert_close(output.logits, torch.tensor([[-2.0, 2.0]] * 2) * math.log(3))
 
 
 def test_registered_variants_and_arguments():

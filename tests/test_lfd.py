@@ -104,12 +104,33 @@ def test_explained_boxes_have_the_configured_size_and_lie_inside_the_image():
     assert (boxes >= 0).all() and (boxes <= 96).all()
 
 
+def _grid_sample_crop(image: torch.Tensor, box: torch.Tensor, size: int) -> torch.Tensor:
+    """A (C, H, W) image's `box` resampled to size x size with grid_sample at the cell centres of the box."""
+    x1, y1, x2, y2 = box.tolist()
+    height, width = image.shape[-2:]
+    xs = (x1 + (torch.arange(size) + 0.5) * (x2 - x1) / size) * 2 / width - 1
+    ys = (y1 + (torch.arange(size) + 0.5) * (y2 - y1) / size) * 2 / height - 1
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
+    return F.grid_sample(image[None], torch.stack([grid_x, grid_y], dim=-1)[None], align_corners=False)
+
+
 def test_hybrid_feature_is_the_image_feature_and_l_region_features():
-    model = _lfd(num_regions=5, num_hybrid_regions=3).eval()
+    # 64 px zooms: test_resnet's stride-32 map of each is 2 x 2, so its average pool is no single cell.
+    model = _lfd(num_regions=5, num_hybrid_regions=3, zoom_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        tokens = model.forward_features(torch.randn(2, 3, 64, 64))
+        tokens = model.forward_features(x)
         hybrid = model.forward_head(tokens, pre_logits=True)
+        # timm's own pre-logits (global average pool) of the image and of each of the l explained boxes' zoom
+        timm_model = model.backbone.model
+        boxes = model.explain(x).boxes
+        crops = torch.cat([_grid_sample_crop(x[i], box, 64) for i in range(2) for box in boxes[i]])
+        image_feature, region_features = (
+            timm_model.forward_head(timm_model.forward_features(images), pre_logits=True) for images in (x, crops)
+        )
     assert tokens.shape == (2, 4, model.num_features)
+    torch.testing.assert_close(tokens[:, 0], image_feature, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(tokens[:, 1:], region_features.view(2, 3, -1), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(hybrid, tokens.flatten(1) * model.hybrid_scale)
     assert model.hybrid_head.in_features == 4 * model.num_features == model.head_hidden_size
 

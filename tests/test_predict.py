@@ -12,7 +12,6 @@ from PIL import Image
 from fgvc_zoo.cli import run
 from fgvc_zoo.hub import save_pretrained
 from fgvc_zoo.inference.predict import format_predictions, predict
-from fgvc_zoo.runtime import load_for_inference
 
 
 class FixedLogits(nn.Module):
@@ -56,19 +55,26 @@ def test_predict_refuses_label_names_of_another_length():
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
+    """An exported 3-class model, three solid-colour images and the model's probabilities for them at 96 px."""
     folder = tmp_path_factory.mktemp('model')
-    save_pretrained(
-        timm.create_model('lfd', backbone='test_resnet', num_classes=3), folder, label_names=['ant', 'bee', 'cat']
-    )
+    model = timm.create_model('lfd', backbone='test_resnet', num_classes=3).eval()
+    save_pretrained(model, folder, label_names=['ant', 'bee', 'cat'])
+    colours = [(250, 10, 10), (10, 250, 10), (10, 10, 250)]
     images = []
-    for k, colour in enumerate([(250, 10, 10), (10, 250, 10), (10, 10, 250)]):
+    for k, colour in enumerate(colours):
         images.append(folder / f'image{k}.png')
         Image.new('RGB', (120, 100), colour).save(images[-1])
-    return folder, [str(p) for p in images]
+    # By hand, not through the package's transform: a solid image stays solid through resize and crop, and with the
+    # model's mean = std = 0.5 each channel value c becomes c / 255 / 0.5 - 1 = 2 c / 255 - 1 everywhere.
+    assert model.pretrained_cfg['mean'] == model.pretrained_cfg['std'] == (0.5, 0.5, 0.5)
+    inputs = torch.stack([(2 * torch.tensor(c) / 255 - 1).view(3, 1, 1).expand(3, 96, 96) for c in colours])
+    with torch.no_grad():
+        probabilities = model(inputs).softmax(dim=1)
+    return folder, [str(p) for p in images], probabilities
 
 
 def test_predict_cli_json(exported, capsys):
-    folder, images = exported
+    folder, images, probabilities = exported
     assert (
         run(
             [
@@ -89,10 +95,6 @@ def test_predict_cli_json(exported, capsys):
     )
     output = json.loads(capsys.readouterr().out)
     assert [entry['image'] for entry in output] == images
-    # The values, computed here from the exported model and its eval transform at 96 px
-    model, transform, _, _ = load_for_inference(str(folder), img_size=96, device='cpu')
-    with torch.no_grad():
-        probabilities = model(torch.stack([transform(Image.open(p).convert('RGB')) for p in images])).softmax(dim=1)
     for entry, row in zip(output, probabilities, strict=True):
         expected = row.argsort(descending=True)[:2].tolist()
         assert [p['index'] for p in entry['predictions']] == expected
@@ -101,7 +103,7 @@ def test_predict_cli_json(exported, capsys):
 
 
 def test_predict_cli_text(exported, capsys):
-    folder, images = exported
+    folder, images, probabilities = exported
     assert run(['predict', images[0], '--checkpoint', str(folder), '--img-size', '96', '--topk', '3']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == images[0] and len(lines) == 4
@@ -109,11 +111,14 @@ def test_predict_cli_text(exported, capsys):
     assert [line.split()[0] for line in lines[1:]] == ['1.', '2.', '3.']
     assert sorted(line.split()[1] for line in lines[1:]) == ['ant', 'bee', 'cat']
     assert percentages == sorted(percentages, reverse=True) and math.isclose(sum(percentages), 100, abs_tol=0.02)
+    best_first = probabilities[0].argsort(descending=True).tolist()
+    assert [line.split()[1] for line in lines[1:]] == [['ant', 'bee', 'cat'][k] for k in best_first]
+    assert percentages == pytest.approx([100 * probabilities[0, k].item() for k in best_first], abs=0.005 + 1e-6)
 
 
 @pytest.mark.parametrize('as_json', [False, True])
 def test_predict_reports_each_bad_file_and_still_predicts_the_good_ones(exported, capsys, tmp_path, as_json):
-    folder, images = exported
+    folder, images, _ = exported
     empty, missing = tmp_path / 'empty.png', tmp_path / 'missing.png'
     empty.write_bytes(b'')
     paths = [images[0], str(empty), images[1], str(missing)]
