@@ -465,7 +465,9 @@ def curves_figure(history: list[dict[str, Any]]):
             points = [(row['epoch'], row[key]) for row in history if key in row]
             ax.plot(*zip(*points, strict=True), marker='o', ms=3, label=key)
         ax.set(xlabel='epoch', ylabel=label, title=title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        epochs = [row['epoch'] for row in history]
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs as ticks, also for a one-epoch run
         ax.grid(alpha=0.3)
         if len(keys) > 1:
             ax.legend(fontsize=8)
