@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         '--train-per-class', type=int, help='MNISTs: this many training images per class, val a fifth as many'
     )
     parser.add_argument('--work-dir', default=str(CACHE / 'compare'))
+    parser.add_argument('--publish', help='then copy the report, its pictures and the run records here (no weights)')
     args = parser.parse_args(argv)
 
     if args.train_per_class and args.dataset != 'hard':
@@ -206,13 +207,38 @@ def main(argv: list[str] | None = None) -> int:
         img_size = args.img_size or DATASETS[args.dataset]['img_size']
         root, fraction = command_view(args.dataset, Path(args.work_dir))
         data = ['--data-dir', str(root), '--dataset-layout', 'folder', '--val-fraction', f'{fraction:.6g}']
-    return run([
+    code = run([
         'compare', *data, '--backbone', ARCH, '--backbone-weights', str(backbone_weights_file()),
         '--methods', *args.methods, '--method-args', method_args(img_size, args.methods), '--lrs', *map(str, args.lrs),
         '--seeds', str(args.seeds), '--epochs', str(args.epochs), '--batch-size', str(args.batch_size),
         '--img-size', str(img_size), '--threads', str(args.threads), '--output', args.output,
         *(['--devices', *args.devices] if args.devices else []),
     ])  # fmt: skip
+    if code == 0 and args.publish:
+        publish(Path(args.output), Path(args.publish))
+    return code
+
+
+def publish(output: Path, target: Path) -> None:
+    """REPORT.md with what it shows (pictures, run records, summary), not the data, weights or checkpoints; each
+    run's curves drawn again from its record by the trainer's own `curves_figure`."""
+    import matplotlib.pyplot as plt
+
+    from fgvc_zoo.training.loop import curves_figure
+
+    shutil.rmtree(target, ignore_errors=True)
+    (target / 'runs').mkdir(parents=True)
+    for name in ('REPORT.md', 'bars.png', 'per_class.png', 'summary.json'):
+        shutil.copy2(output / name, target / name)
+    if (output / 'images').is_dir():
+        shutil.copytree(output / 'images', target / 'images')
+    for record in sorted((output / 'runs').glob('*.json')):
+        shutil.copy2(record, target / 'runs' / record.name)
+        if (output / 'runs' / record.stem / 'curves.png').is_file():
+            (target / 'runs' / record.stem).mkdir()
+            figure = curves_figure(json.loads(record.read_text())['history'])
+            figure.savefig(target / 'runs' / record.stem / 'curves.png', dpi=100)
+            plt.close(figure)
 
 
 if __name__ == '__main__':
