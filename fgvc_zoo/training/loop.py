@@ -460,13 +460,13 @@ def curves_figure(history: list[dict[str, Any]]):
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    epochs = [row['epoch'] for row in history]
     for ax, (title, label, keys) in zip(axes.flat, panels, strict=False):
         for key in keys:
             points = [(row['epoch'], row[key]) for row in history if key in row]
             ax.plot(*zip(*points, strict=True), marker='o', ms=3, label=key)
         ax.set(xlabel='epoch', ylabel=label, title=title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        epochs = [row['epoch'] for row in history]
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs as ticks, also for a one-epoch run
         ax.grid(alpha=0.3)
         if len(keys) > 1:
