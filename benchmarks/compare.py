@@ -185,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--dataset', required=True, choices=['hard', 'animal', 'fashion'])
     parser.add_argument('--output', required=True, help='runs and REPORT.md (a rerun continues)')
-    parser.add_argument('--methods', nargs='+', default=['plain', 'lfd', 'dpnet', 'iagn'])
+    parser.add_argument('--methods', nargs='+', default=['plain', 'probe', 'lfd', 'dpnet', 'iagn'])
     # 0.1 diverged for every method that trains its backbone in the first sweeps, and the best lr sat at 0.01.
     parser.add_argument('--lrs', type=float, nargs='+', default=[0.003, 0.01, 0.03])
     parser.add_argument('--seeds', type=int, default=3)
-    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--epochs', type=int, default=20, help='the most epochs a run trains')
+    parser.add_argument('--patience', type=int, default=3, help='epochs without a val gain before a run stops')
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--img-size', type=int, help="default: the dataset's (224 for hard, 96 for the MNISTs)")
     parser.add_argument('--threads', type=int, default=0)
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     code = run([
         'compare', *data, '--backbone', ARCH, '--backbone-weights', str(backbone_weights_file()),
         '--methods', *args.methods, '--method-args', method_args(img_size, args.methods), '--lrs', *map(str, args.lrs),
-        '--seeds', str(args.seeds), '--epochs', str(args.epochs), '--batch-size', str(args.batch_size),
+        '--seeds', str(args.seeds), '--epochs', str(args.epochs), '--patience', str(args.patience),
+        '--batch-size', str(args.batch_size),
         '--img-size', str(img_size), '--threads', str(args.threads), '--output', args.output,
         *(['--devices', *args.devices] if args.devices else []),
     ])  # fmt: skip

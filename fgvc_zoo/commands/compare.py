@@ -1,10 +1,26 @@
-"""`fgvc-zoo compare`: each head against a plain fine-tune of the same backbone on your data, with a report (the
-library: `fgvc_zoo.compare`)."""
+"""`fgvc-zoo compare`: each head against a plain fine-tune and a linear probe of the same backbone on your data,
+with a report (the library: `fgvc_zoo.compare`)."""
 
 import argparse
 import shlex
 
-__all__ = ['add_arguments', 'main']
+__all__ = ['add_arguments', 'main', 'PRESETS']
+
+# Budgets by name; a flag given on the command line wins over its preset value. 'quick': a first look in about ten
+# minutes on a 2-core CPU (a small synthetic protocol at 96 px, 2 seeds, one lr, at most 4 epochs): enough to see
+# that everything runs and roughly where each method lands, not evidence. 'default': the protocol's own budget.
+PRESETS: dict[str, dict[str, object]] = {
+    'default': dict(lrs=[0.003, 0.01, 0.03], seeds=3, epochs=10, patience=3, batch_size=16, img_size=224),
+    'quick': dict(
+        lrs=[0.01],
+        seeds=2,
+        epochs=4,
+        patience=2,
+        batch_size=16,
+        img_size=96,
+        synthetic_args='num_classes=4,train_per_class=10,val_per_class=10,image_size=96,part_size=0.15,clutter=10',
+    ),  # fmt: skip
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='the built-in hard synthetic protocol (fgvc_zoo.compare.HARD_SYNTHETIC), written to OUTPUT',
     )
     data.add_argument(
-        '--synthetic-args', default='', help="override the synthetic protocol: 'num_classes=4,image_size=64,...'"
+        '--synthetic-args',
+        default=None,
+        help="override the synthetic protocol: 'num_classes=4,image_size=64,...' (default: the preset's)",
     )
     data.add_argument('--dataset-layout', default='auto', help='layout of --data-dir')
     data.add_argument('--dataset-args', default='', help="layout options, 'key=value,...' (e.g. level=family)")
@@ -34,16 +52,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     weights = model.add_mutually_exclusive_group()
     weights.add_argument('--pretrained', action='store_true', help="timm's pretrained weights of the backbone")
     weights.add_argument('--backbone-weights', help='the backbone weights from a local file or folder (no Hub)')
-    methods = ['plain', *list_heads()]
-    model.add_argument('--methods', nargs='+', default=methods, choices=methods, help='plain is the baseline')
+    methods = ['plain', 'probe', *list_heads()]
+    model.add_argument(
+        '--methods',
+        nargs='+',
+        default=methods,
+        choices=methods,
+        help="plain (a fine-tune of timm's classifier) and probe (its classifier alone on the frozen backbone) are the "
+        'baselines; each head is paired with the one its paper claims to beat (DP-Net: probe; LFD, IAGN: plain)',
+    )
     model.add_argument(
         '--method-args', default='', help="each method's --model-args, 'lfd:zoom_size=112;iagn:mid_channels=128'"
     )
-    model.add_argument('--lrs', type=float, nargs='+', default=[0.003, 0.01, 0.03], help='lrs swept at seed 0')
-    model.add_argument('--seeds', type=int, default=3, help='seeds trained at the chosen lr (0..N-1)')
-    model.add_argument('--epochs', type=int, default=10, help='epochs of every run')
-    model.add_argument('--batch-size', type=int, default=16, help='batch size of every run')
-    model.add_argument('--img-size', type=int, default=224, help='input side of every run')
+    model.add_argument(
+        '--preset',
+        choices=list(PRESETS),
+        default='default',
+        help='a named budget for the flags below that are not given: '
+        + '; '.join(f'{name}: {values}' for name, values in PRESETS.items())
+        + ". 'quick' takes about ten minutes on a 2-core CPU with --synthetic; compare prints its own estimate first",
+    )
+    model.add_argument('--lrs', type=float, nargs='+', help='lrs swept at seed 0')
+    model.add_argument('--seeds', type=int, help='seeds trained at the chosen lr (0..N-1)')
+    model.add_argument('--epochs', type=int, help='the most epochs a run trains (see --patience)')
+    model.add_argument(
+        '--patience',
+        type=int,
+        help='a run stops when its val top-1 has not improved by more than --min-delta for this many epochs (0: '
+        'never) and its best-val weights are tested; the cosine lr schedule spans --epochs, so an early stop comes '
+        'before the lr has decayed',
+    )
+    model.add_argument(
+        '--min-delta', type=float, default=0.0, help='--patience: the val top-1 gain (points) that counts'
+    )
+    model.add_argument('--batch-size', type=int, help='batch size of every run')
+    model.add_argument('--img-size', type=int, help='input side of every run')
     model.add_argument(
         '--train-args',
         default=' '.join(DEFAULT_TRAIN_ARGS),
@@ -76,6 +119,10 @@ def main(args: argparse.Namespace) -> int:
     from ..compare import HARD_SYNTHETIC, CompareConfig, run_compare
     from ..errors import UsageError
 
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None and (name != 'synthetic_args' or args.synthetic):
+            setattr(args, name, value)
+    args.synthetic_args = args.synthetic_args or ''
     method_args = {}
     for item in filter(None, (part.strip() for part in args.method_args.split(';'))):
         method, sep, values = item.partition(':')
@@ -88,8 +135,8 @@ def main(args: argparse.Namespace) -> int:
     devices = args.devices or [f'cuda:{i}' for i in range(torch.cuda.device_count())] or ['cpu']
     config = CompareConfig(
         output=args.output, backbone=args.backbone, methods=args.methods, lrs=args.lrs, seeds=args.seeds,
-        epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size, data_dir=args.data_dir,
-        synthetic=synthetic, dataset_layout=args.dataset_layout,
+        epochs=args.epochs, patience=args.patience, min_delta=args.min_delta, batch_size=args.batch_size,
+        img_size=args.img_size, data_dir=args.data_dir, synthetic=synthetic, dataset_layout=args.dataset_layout,
         dataset_args=_pairs(args.dataset_args, '--dataset-args'), train_split=args.train_split,
         test_split=args.test_split, val_fraction=args.val_fraction, split_seed=args.split_seed,
         pretrained=args.pretrained, backbone_weights=args.backbone_weights, method_args=method_args,

@@ -99,13 +99,16 @@ class BackbonePass(NamedTuple):
 @dataclass(frozen=True)
 class PaperInfo:
     """What the model card says about a head's method: title, description, BibTeX, and the top-1 accuracies (%)
-    its paper reports with `backbone`, by dataset: `{dataset: [(setting, top1), ...]}`."""
+    its paper reports with `backbone`, by dataset: `{dataset: [(setting, top1), ...]}`; and the baseline the paper
+    claims to beat, which `fgvc-zoo compare` pairs the head with: 'plain' (a fine-tune of the backbone's own
+    classifier) or 'probe' (that classifier trained alone on the frozen backbone)."""
 
     title: str
     description: str
     bibtex: str
     results: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     backbone: str = 'resnet50'
+    baseline: str = 'plain'
 
 
 class FgvcModel(nn.Module):

@@ -5,7 +5,9 @@ nothing from the layers above it; `fgvc_zoo.hub` re-exports every name.
 """
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import constants as hf_constants
@@ -20,7 +22,16 @@ from huggingface_hub.errors import (
 from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import hf_split
 
-__all__ = ['HUB_ORG', 'WEIGHTS_NAME', 'PICKLE_WEIGHTS', 'hub_cfg', 'safetensors_only', 'hub_errors', 'weights_record']
+__all__ = [
+    'HUB_ORG',
+    'WEIGHTS_NAME',
+    'PICKLE_WEIGHTS',
+    'hub_cfg',
+    'safetensors_only',
+    'hub_errors',
+    'weights_record',
+    'local_weights_record',
+]
 
 HUB_ORG = 'fgvc-zoo'
 WEIGHTS_NAME = 'model.safetensors'
@@ -102,8 +113,24 @@ def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME, what: str = '', ways_
 def weights_record(pretrained_cfg: dict[str, Any], part: str) -> dict[str, str]:
     """Name the weights timm loads for `pretrained_cfg`, by timm's own resolution (a file first, the Hub, a URL)."""
     source, location = _resolve_pretrained_source(pretrained_cfg)
+    if source == 'file':
+        return local_weights_record(Path(location), part)
     if source == 'state_dict':
         location = 'a state_dict passed in pretrained_cfg'
     elif isinstance(location, tuple):  # (hub id, filename)
         location = location[0]
     return dict(source=source or 'unknown', id=str(location), part=part)
+
+
+def local_weights_record(path: Path, part: str) -> dict[str, Any]:
+    """Where a local weights file came from, without its local path: a file in a Hugging Face cache is that Hub
+    repo at that revision; any other file is its name, size and sha256 (a path means nothing on another machine)."""
+    parts = path.parts
+    if len(parts) >= 4 and parts[-4].startswith('models--') and parts[-3] == 'snapshots':
+        repo = parts[-4][len('models--') :].replace('--', '/')
+        return dict(source='hf-hub', id=repo, revision=parts[-2], file=path.name, part=part)
+    digest = hashlib.sha256()
+    with path.open('rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return dict(source='file', id=path.name, size=path.stat().st_size, sha256=digest.hexdigest(), part=part)

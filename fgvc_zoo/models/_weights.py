@@ -7,7 +7,6 @@ and the two ways out, instead of huggingface_hub's minute of retries. `backbone_
 loads the same file from a path. Either way the keys are checked strictly against the backbone.
 """
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from safetensors.torch import load_file
 from timm.models._hub import hf_split
 
-from ._hub import WEIGHTS_NAME, hub_errors
+from ._hub import WEIGHTS_NAME, hub_errors, local_weights_record
 
 __all__ = [
     'WEIGHTS_NAME',
@@ -97,20 +96,6 @@ def resolve_weights_file(source: str | Path, name: str) -> Path:
         f"Backbone weights '{path}': the folder holds no {WEIGHTS_NAME}{looked_for}. Pass the .safetensors file of "
         f"backbone '{name}' itself."
     )
-
-
-def local_weights_record(path: Path, part: str) -> dict[str, Any]:
-    """Where a local weights file came from, without its local path: a file in a Hugging Face cache is that Hub
-    repo at that revision; any other file is its name, size and sha256 (a path means nothing on another machine)."""
-    parts = path.parts
-    if len(parts) >= 4 and parts[-4].startswith('models--') and parts[-3] == 'snapshots':
-        repo = parts[-4][len('models--') :].replace('--', '/')
-        return dict(source='hf-hub', id=repo, revision=parts[-2], file=path.name, part=part)
-    digest = hashlib.sha256()
-    with path.open('rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return dict(source='file', id=path.name, size=path.stat().st_size, sha256=digest.hexdigest(), part=part)
 
 
 def _examples(keys: list[str], most: int = 3) -> str:

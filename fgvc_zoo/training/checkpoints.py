@@ -29,6 +29,7 @@ __all__ = [
     'find_resume',
     'lock_output',
     'restore_state',
+    'load_best_weights',
 ]
 
 _logger = logging.getLogger('fgvc_zoo.train')
@@ -37,6 +38,8 @@ CHECKPOINT_DIR = 'checkpoints'
 CHECKPOINT_STATE = 'trainer_state.json'
 SCHEDULER_STATE = 'scheduler.json'
 EMA_WEIGHTS = 'ema.safetensors'
+# `--keep-best`: the exported weights (the EMA's with --model-ema) of the best held-out epoch so far.
+BEST_WEIGHTS = 'best.safetensors'
 LOCK_NAME = '.train.lock'
 _CHECKPOINT_RE = re.compile(r'^epoch_(\d{3,})$')
 
@@ -127,13 +130,21 @@ def restore_state(accelerator, folder: Path) -> None:
         raise RuntimeError(f'--resume {folder}: the random state of {rng_file.name} was not restored.')
 
 
-def _save_extra_state(folder: Path, scheduler, ema) -> None:
+def _save_extra_state(folder: Path, scheduler, ema, best: dict[str, torch.Tensor] | None) -> None:
     # Not `register_for_checkpointing`: accelerate would pickle them and unpickle with weights_only=False on
     # resume, so a crafted checkpoint could run code. JSON and safetensors only hold data.
 
     (folder / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()))
     if ema is not None:
         save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, str(folder / EMA_WEIGHTS))
+    if best is not None:
+        save_file({k: v.contiguous() for k, v in best.items()}, str(folder / BEST_WEIGHTS))
+
+
+def load_best_weights(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The best epoch's weights a checkpoint carries (`--keep-best`), or None."""
+    path = folder / BEST_WEIGHTS
+    return load_file(str(path)) if path.is_file() else None
 
 
 def _load_extra_state(folder: Path, scheduler, ema) -> None:
@@ -149,8 +160,17 @@ def _load_extra_state(folder: Path, scheduler, ema) -> None:
         ema.module.load_state_dict(load_file(str(folder / EMA_WEIGHTS)))
 
 
-def _save_checkpoint(accelerator, output: Path, trainer_state: dict[str, Any], keep: int, scheduler, ema) -> Path:
-    """`save_state` into a temporary folder renamed into place, so a kill leaves the previous one whole."""
+def _save_checkpoint(
+    accelerator,
+    output: Path,
+    trainer_state: dict[str, Any],
+    keep: int,
+    scheduler,
+    ema,
+    best: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """`save_state` into a temporary folder renamed into place, so a kill leaves the previous one whole; `best`
+    (the best epoch's weights) travels in every checkpoint, so the one a resume reads agrees with its state."""
     root = output / CHECKPOINT_DIR
     final = root / f'epoch_{trainer_state["epoch"]:03d}'
     tmp = root / f'.{final.name}.tmp'
@@ -162,7 +182,7 @@ def _save_checkpoint(accelerator, output: Path, trainer_state: dict[str, Any], k
         accelerator.save_state(str(tmp))  # every process writes its RNG state into the folder
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _save_extra_state(tmp, scheduler, ema)
+            _save_extra_state(tmp, scheduler, ema, best)
             for weights in tmp.glob('*.safetensors'):  # safetensors writes 0600; teammates need to read them
                 share_file(weights)
             # Written last: a folder with a trainer state is whole (see `_complete_checkpoints`).

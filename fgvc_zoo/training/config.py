@@ -60,6 +60,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, '--model-kwargs', help='head options as a YAML mapping, inline or a .yaml file path')
     _add(
         group,
+        '--freeze-backbone',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='a linear probe of a plain timm classifier: only its classifier trains; every other weight and BatchNorm '
+        "statistic stays as loaded (a head freezes through its own model args, e.g. DP-Net's freeze_backbone)",
+    )
+    _add(
+        group,
         '--channels-last',
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -176,6 +184,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help='keep an EMA of the weights (timm ModelEmaV3); it is evaluated and exported',
     )
     _add(group, '--model-ema-decay', type=float, default=0.9998, help='EMA decay')
+    _add(
+        group,
+        '--patience',
+        type=int,
+        default=0,
+        help='stop when the held-out top-1 (of the exported weights: the EMA with --model-ema) has not improved by '
+        'more than --min-delta for this many epochs; --epochs is then the maximum. The lr schedule still spans '
+        '--epochs, so a run stopped early never reaches the end of its decay. 0: train every epoch',
+    )
+    _add(group, '--min-delta', type=float, default=0.0, help='--patience: the top-1 gain (points) that counts')
+    _add(
+        group,
+        '--keep-best',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="export the weights of the epoch with the best held-out top-1 instead of the last epoch's (they travel "
+        'in every checkpoint, so --resume keeps them)',
+    )
 
     group = parser.add_argument_group('run')
     _add(group, '--amp', default='no', choices=('no', 'bf16', 'fp16'), help='mixed precision (Accelerate)')
@@ -255,6 +281,7 @@ _RUN_IDENTITY = (
     'num_classes',
     'model_args',
     'model_kwargs',
+    'freeze_backbone',
     'data_dir',
     'synthetic',
     'dataset_layout',
@@ -342,7 +369,8 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
     for name in ('epochs', 'batch_size', 'grad_accum', 'eval_every', 'keep_checkpoints', 'img_size'):
         if getattr(config, name) < 1:
             raise UsageError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(config, name)}.')
-    for name in ('workers', 'threads', 'lr', 'weight_decay', 'warmup_epochs', 'label_smoothing', 'mixup', 'cutmix'):
+    for name in ('workers', 'threads', 'lr', 'weight_decay', 'warmup_epochs', 'label_smoothing', 'mixup', 'cutmix',
+                 'patience', 'min_delta'):  # fmt: skip
         if getattr(config, name) < 0:
             raise UsageError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(config, name)}.')
     if not 0 <= config.val_fraction < 1:

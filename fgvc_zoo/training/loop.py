@@ -64,6 +64,7 @@ from .checkpoints import (
     _load_extra_state,
     _save_checkpoint,
     find_resume,
+    load_best_weights,
     lock_output,
     restore_state,
     state_dict_sha256,
@@ -79,6 +80,8 @@ __all__ = [
     'build_train_loader',
     'check_finite',
     'train_one_epoch',
+    'time_train_step',
+    'frozen_backbone_eval',
     'curve_panels',
     'curves_figure',
 ]
@@ -222,6 +225,14 @@ def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool
             f'Pass only its timm arguments (e.g. drop_rate), or train a head over it with --model lfd --backbone '
             f'{architecture}.'
         ) from e
+    if config.freeze_backbone:
+        if not plain:
+            raise UsageError(
+                f'--freeze-backbone makes a linear probe of a plain timm classifier; {config.model} is a head, which '
+                f"freezes its backbone through its own --model-args (e.g. DP-Net's freeze_backbone=true)."
+            )
+        for parameter in _backbone_parameters(model):
+            parameter.requires_grad_(False)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if config.channels_last:
@@ -250,6 +261,38 @@ def _train_output(model: nn.Module, unwrapped: nn.Module, x: torch.Tensor, targe
         return model(x, target=target, step=step)
     logits = model(x)
     return FgvcOutput(loss=F.cross_entropy(logits, target), logits=logits)
+
+
+def frozen_backbone_eval(model: nn.Module) -> None:
+    """A linear probe in train mode: every module but the classifier's (and the model itself, whose forward applies
+    the pre-classifier dropout) back in eval mode, so BatchNorm normalises with, and never updates, its loaded
+    statistics; `model.train()` sets them all to train mode first."""
+    classifier = {id(m) for m in model.get_classifier().modules()}
+    for module in model.modules():
+        if module is not model and id(module) not in classifier:
+            module.training = False
+
+
+def time_train_step(config: argparse.Namespace, num_classes: int) -> float:
+    """Seconds one training batch of `config` takes here (every optimiser step of it, on random images; the faster
+    of the second and third batch: the first pays for allocation): what `fgvc-zoo compare` estimates from."""
+    set_cpu_threads(config.threads, config.workers)
+    model = build_model(config, num_classes)
+    model.train()
+    if config.freeze_backbone:
+        frozen_backbone_eval(model)
+    optimizer = build_optimizer(config, model)
+    x = torch.randn(config.batch_size, 3, config.img_size, config.img_size)
+    target = torch.arange(config.batch_size) % num_classes
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for step in range(_num_train_steps(model)):
+            _train_output(model, model, x, target, step).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        seconds.append(time.perf_counter() - start)
+    return min(seconds[1:])
 
 
 def _has_full_weights(name: str) -> bool:
@@ -345,6 +388,8 @@ def train_one_epoch(
 ) -> dict[str, float]:
     model.train()
     unwrapped = accelerator.unwrap_model(model)
+    if config.freeze_backbone:
+        frozen_backbone_eval(unwrapped)
     num_steps = _num_train_steps(unwrapped)
     totals: dict[str, torch.Tensor] = {}
     num_forward = 0
@@ -364,6 +409,8 @@ def train_one_epoch(
             with accelerator.accumulate(model):
                 output = _train_output(model, unwrapped, x, target, step)
                 check_finite(accelerator, output.loss, epoch, batch_index, step, last_good)
+                if 'initial_loss' not in trainer_state:
+                    _record_initial_loss(accelerator, trainer_state, output, target)
                 accelerator.backward(output.loss)
                 if config.clip_grad and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
@@ -385,6 +432,14 @@ def train_one_epoch(
     means = {k: accelerator.reduce(v / num_forward, reduction='mean').item() for k, v in sorted(totals.items())}
     means['images_per_s'] = num_images / (time.perf_counter() - start)
     return {f'train_{k}': v for k, v in means.items()}
+
+
+def _record_initial_loss(accelerator, trainer_state: dict[str, Any], output: FgvcOutput, target) -> None:
+    """The first batch's training loss and the cross-entropy of its logits, before any update: where a method starts
+    (a classifier initialised with large weights starts far above ln(num_classes))."""
+    cross_entropy = F.cross_entropy(output.logits.detach().float(), target)
+    values = accelerator.reduce(torch.stack([output.loss.detach().float(), cross_entropy]), reduction='mean')
+    trainer_state['initial_loss'], trainer_state['initial_cross_entropy'] = values.tolist()
 
 
 @torch.no_grad()
@@ -576,7 +631,10 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
     if resume_from is None:  # a resume loads no weights: the run's start is the one its first build recorded
         trainer_state['pretrained_weights'] = pretrained_weights_of(accelerator.unwrap_model(model), config.pretrained)
 
+    best = _resume_best(config, resume_from)
     for epoch in range(trainer_state['epoch'], config.epochs):
+        if trainer_state.get('stopped_early'):
+            break
         scheduler.step(epoch)
         train_loader.set_epoch(epoch)
         row = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr']}
@@ -597,11 +655,52 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
             row |= _evaluate(model, val_loader, accelerator, prefix=config.eval_split)
             if ema is not None:
                 row |= _evaluate(ema.module, val_loader, accelerator, prefix=f'ema_{config.eval_split}')
-        last_good = _record_epoch(config, accelerator, trainer_state, row, scheduler, ema)
+            exported = ema.module if ema is not None else accelerator.unwrap_model(model)
+            best = _track_best(config, trainer_state, row, exported, best)
+        last_good = _record_epoch(config, accelerator, trainer_state, row, scheduler, ema, best)
+        if trainer_state.get('stopped_early'):
+            accelerator.print(
+                f'Stopped after epoch {row["epoch"]}: {_best_metric(config, ema)} has not improved by more than '
+                f'{config.min_delta:g} since epoch {trainer_state["best_epoch"]} (--patience {config.patience}).'
+            )
+    if config.keep_best and best is not None:
+        (ema.module if ema is not None else accelerator.unwrap_model(model)).load_state_dict(best)
+        accelerator.print(f'Exporting the weights of epoch {trainer_state["best_epoch"]}, the best held-out top-1.')
 
     _export_run(config, accelerator, accelerator.unwrap_model(model), ema, trainer_state, train_set, val_set)
     accelerator.end_training()
     return 0
+
+
+def _best_metric(config: argparse.Namespace, ema) -> str:
+    """The history key `--patience` and `--keep-best` follow: the held-out top-1 of the weights that are exported."""
+    return f'{"ema_" if ema is not None else ""}{config.eval_split}_top1'
+
+
+def _track_best(config: argparse.Namespace, trainer_state, row: dict, exported: nn.Module, best):
+    """After an evaluation: the best epoch so far (and, with `--keep-best`, a CPU copy of its weights), and whether
+    `--patience` epochs have passed without a gain of more than `--min-delta`. Returns the best weights."""
+    metric = row[f'ema_{config.eval_split}_top1' if config.model_ema else f'{config.eval_split}_top1']
+    if 'best_epoch' not in trainer_state or metric > trainer_state['best_top1'] + config.min_delta:
+        trainer_state['best_epoch'], trainer_state['best_top1'] = row['epoch'], metric
+        if config.keep_best:
+            best = {k: v.detach().to('cpu', copy=True) for k, v in exported.state_dict().items()}
+    if config.patience and row['epoch'] - trainer_state['best_epoch'] >= config.patience:
+        trainer_state['stopped_early'] = row['epoch'] < config.epochs
+    return best
+
+
+def _resume_best(config: argparse.Namespace, resume_from: Path | None) -> dict[str, torch.Tensor] | None:
+    """The best epoch's weights a resumed run's checkpoint carries (`--keep-best`)."""
+    if resume_from is None or not config.keep_best:
+        return None
+    best = load_best_weights(resume_from)
+    if best is None and json.loads((resume_from / CHECKPOINT_STATE).read_text()).get('best_epoch'):
+        raise FileNotFoundError(
+            f'--keep-best, but checkpoint {resume_from} carries no best weights: it was trained without --keep-best. '
+            f'Resume without it, or start a new --output.'
+        )
+    return best
 
 
 def _build_mixup(config: argparse.Namespace, num_classes: int) -> Mixup | None:
@@ -645,7 +744,8 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
         if len(set(digests)) != 1:
             raise RuntimeError(f'Weights differ across ranks after training: {digests}. Please report this.')
         prefix = f'ema_{config.eval_split}_' if ema is not None else f'{config.eval_split}_'
-        final = trainer_state['history'][-1]
+        exported_epoch = trainer_state['best_epoch'] if config.keep_best else trainer_state['history'][-1]['epoch']
+        final = next(row for row in trainer_state['history'] if row['epoch'] == exported_epoch)
         results = {
             # Metrics of the exported weights (the EMA's with --model-ema), named as the model card expects.
             'metrics': {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)},
@@ -655,13 +755,20 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
             'dataset': {
                 'name': config.dataset_name or Path(train_set.root).name,
                 'layout': train_set.layout,
-                'root': str(train_set.root),
+                'root': _portable_path(train_set.root, output),
                 'train_images': len(train_set),
                 'train_split': config.train_split,
                 f'{config.eval_split}_images': len(val_set),
                 'unreadable': {'train': train_set.unreadable, config.eval_split: val_set.unreadable},
             },
             'exported_weights': 'ema' if ema is not None else 'model',
+            # Which epoch's weights were exported (the best held-out one with --keep-best), and how long it trained.
+            'exported_epoch': exported_epoch,
+            'train_steps_per_batch': _num_train_steps(model),
+            'epochs_trained': trainer_state['history'][-1]['epoch'],
+            'best_epoch': trainer_state.get('best_epoch'),
+            'stopped_early': bool(trainer_state.get('stopped_early')),
+            **{k: trainer_state[k] for k in ('initial_loss', 'initial_cross_entropy') if k in trainer_state},
             # What --pretrained or --backbone-weights really loaded (None: random init), recorded once, here; the
             # card's base_model comes from this only. Absent for a run resumed from a checkpoint that lacks it.
             **{k: v for k, v in trainer_state.items() if k == 'pretrained_weights'},
@@ -692,6 +799,13 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
         )
 
 
+def _portable_path(path: str | Path, output: Path) -> str:
+    """A path as a record may keep it: relative to the run's output folder when inside it, else its name only (a
+    machine's absolute path means nothing elsewhere)."""
+    resolved, base = Path(path).resolve(), output.resolve()
+    return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else resolved.name
+
+
 def _check_train_steps(config: argparse.Namespace, model: nn.Module, ddp_kwargs) -> None:
     """A model taking several optimiser steps a batch trains part of itself at each: DDP must not wait for the
     gradients of the other parts (set before `prepare` wraps the model), and gradient accumulation cannot span them."""
@@ -719,12 +833,12 @@ def _announce(config: argparse.Namespace, accelerator, trainer_state, num_images
     )
 
 
-def _record_epoch(config: argparse.Namespace, accelerator, trainer_state, row: dict, scheduler, ema) -> Path:
+def _record_epoch(config: argparse.Namespace, accelerator, trainer_state, row: dict, scheduler, ema, best=None) -> Path:
     """The epoch's row into the history, its checkpoint, metrics files, trackers and the log; returns the checkpoint."""
     output = Path(config.output)
     trainer_state['epoch'] = row['epoch']
     trainer_state['history'].append(row)
-    checkpoint = _save_checkpoint(accelerator, output, trainer_state, config.keep_checkpoints, scheduler, ema)
+    checkpoint = _save_checkpoint(accelerator, output, trainer_state, config.keep_checkpoints, scheduler, ema, best)
     if accelerator.is_main_process:
         _write_metrics(output, trainer_state['history'])
     if config.log_with:
