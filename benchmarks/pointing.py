@@ -223,7 +223,7 @@ def main(argv: list[str] = None) -> int:
         f'{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {platform.platform()}'
     )
     summary = {
-        'args': vars(args),
+        'args': {**vars(args), 'out': out.name},  # no machine path in the record
         'results': results,
         'total_seconds': total,
         'total_cpu_seconds': total_cpu,

@@ -1,6 +1,8 @@
-"""`fgvc-zoo compare`: the report's numbers are those of its run records, the test split is read only after every
-run has trained, the val split is carved per class, and a rerun continues instead of retraining."""
+"""`fgvc-zoo compare`: the report's numbers are those of its run records, each head is paired with the baseline its
+paper claims to beat (and shown against both), the test split is read only after every run has trained, the val
+split is carved per class, a rerun continues instead of retraining, and nothing recorded names a machine path."""
 
+import functools
 import json
 import math
 import os
@@ -18,9 +20,11 @@ from fgvc_zoo.data import carve_val, create_dataset, make_synthetic_fgvc
 from fgvc_zoo.errors import UsageError
 
 TINY = [
-    'compare', '--backbone', 'test_resnet', '--methods', 'plain', 'dpnet', '--epochs', '1', '--lrs', '0.01', '0.03',
-    '--seeds', '2', '--batch-size', '8', '--img-size', '64', '--devices', 'cpu', '--explain', '1',
+    'compare', '--backbone', 'test_resnet', '--methods', 'plain', 'probe', 'dpnet', '--epochs', '2', '--patience', '1',
+    '--lrs', '0.01', '0.03', '--seeds', '2', '--batch-size', '8', '--img-size', '64', '--devices', 'cpu',
+    '--explain', '1',
 ]  # fmt: skip
+METRIC_PER_CLASS = 'test_mean_class_accuracy'
 TEST_IMAGES = (6, 4, 2, 1)  # per class: after one epoch a model often predicts one class, whose share this varies
 
 
@@ -36,15 +40,19 @@ def _tiny_data(root: Path) -> Path:
 
 def _table(report: str, header: str) -> dict[str, dict[str, str]]:
     """The rows of the markdown table whose header row starts with `header`, keyed by their first cell."""
+    return {next(iter(row.values())): row for row in _table_rows(report, header)}
+
+
+def _table_rows(report: str, header: str) -> list[dict[str, str]]:
+    """The rows of the markdown table whose header row starts with `header`, in order."""
     lines = report.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     names = [c.strip() for c in lines[start].strip('|').split('|')]
-    rows = {}
+    rows = []
     for line in lines[start + 2 :]:
         if not line.startswith('|'):
             break
-        cells = [c.strip() for c in line.strip('|').split('|')]
-        rows[cells[0]] = dict(zip(names, cells, strict=True))
+        rows.append(dict(zip(names, [c.strip() for c in line.strip('|').split('|')], strict=True)))
     return rows
 
 
@@ -68,10 +76,13 @@ def compared(tmp_path_factory) -> Path:
         seen_test.append((out / compare.TEST_DATA).exists())
         return train_job(*args, **kwargs)
 
+    logged = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(compare, '_train_job', spying_train_job)
+        mp.setattr(compare, 'run_compare', functools.partial(compare.run_compare, log=logged.append))
         assert run([*TINY, '--data-dir', str(data), '--output', str(out)]) == 0
-    assert seen_test == [False] * 6, 'a run trained after the test split was linked (or not 2 lrs + 1 seed each)'
+    assert seen_test == [False] * 9, 'a run trained after the test split was linked (or not 2 lrs + 1 seed each)'
+    (out / 'log.txt').write_text('\n'.join(logged))
     return out, data
 
 
@@ -79,13 +90,14 @@ def test_report_numbers_are_the_records(compared: tuple[Path, Path]) -> None:
     compared = compared[0]
     report = (compared / 'REPORT.md').read_text()
     records = [json.loads(p.read_text()) for p in sorted((compared / 'runs').glob('*.json'))]
-    assert len(records) == 6  # per method: lrs 0.01 and 0.03 at seed 0, seed 1 at the chosen lr
+    assert len(records) == 9  # per method: lrs 0.01 and 0.03 at seed 0, seed 1 at the chosen lr
 
     sweep = _table(report, '| method | lr chosen')
     tests = _table(report, '| method | test top-1')
-    cost = _table(report, '| method | train images/s')
+    paired = _table_rows(report, '| method | against')
+    cost = _table(report, '| method | optimiser steps')
     chosen = {}
-    for method in ('plain', 'dpnet'):
+    for method in ('plain', 'probe', 'dpnet'):
         seed0 = {r['lr']: r['val_top1'] for r in records if r['method'] == method and r['seed'] == 0}
         best = max(seed0.values())
         chosen[method] = min(lr for lr, v in seed0.items() if v == best)
@@ -107,18 +119,41 @@ def test_report_numbers_are_the_records(compared: tuple[Path, Path]) -> None:
         mean, std = _pm(tests[method][column])
         assert _close(mean, statistics.mean(values)) and _close(std, statistics.stdev(values)), (method, column)
 
-    for column, key in (('top-1 - plain', 'test_top1'), ('mean per-class - plain', 'test_mean_class_accuracy')):
-        diffs = [h[key] - p[key] for h, p in zip(runs['dpnet'], runs['plain'], strict=True)]
-        mean, std = _pm(tests['dpnet'][column])
-        assert _close(mean, statistics.mean(diffs)) and _close(std, statistics.stdev(diffs)), column
-    diffs = [h['test_top1'] - p['test_top1'] for h, p in zip(runs['dpnet'], runs['plain'], strict=True)]
-    half = t.ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
-    low, high = map(float, tests['dpnet']['95 % interval'].strip('[]').split(', '))
-    assert _close(low, statistics.mean(diffs) - half) and _close(high, statistics.mean(diffs) + half)
-    shown = low > 0 or high < 0
-    assert tests['dpnet']['reading'].startswith(('above', 'below') if shown else 'no difference shown')
+    # DP-Net's paper claims a gain over a linear probe of its frozen backbone: that pair is marked, and the head is
+    # also shown against the fine-tune; the probe against the fine-tune; the fine-tune against nothing.
+    assert tests['dpnet']['the baseline its paper claims to beat'] == 'probe'
+    assert sorted((r['method'], r['against'], r['claimed']) for r in paired) == [
+        ('dpnet', 'plain', ''), ('dpnet', 'probe', 'yes'), ('probe', 'plain', '')
+    ]  # fmt: skip
+    for row in paired:
+        head, base = runs[row['method']], runs[row['against']]
+        for column, key in (
+            ('top-1 difference', 'test_top1'),
+            ('mean per-class difference', 'test_mean_class_accuracy'),
+        ):
+            diffs = [h[key] - b[key] for h, b in zip(head, base, strict=True)]
+            mean, std = _pm(row[column])
+            assert _close(mean, statistics.mean(diffs)) and _close(std, statistics.stdev(diffs)), (row, column)
+        diffs = [h['test_top1'] - b['test_top1'] for h, b in zip(head, base, strict=True)]
+        half = t.ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
+        low, high = map(float, row['95 % interval'].strip('[]').split(', '))
+        assert _close(low, statistics.mean(diffs) - half) and _close(high, statistics.mean(diffs) + half)
+        shown = low > 0 or high < 0
+        assert row['reading'].startswith(('above', 'below') if shown else 'no difference shown')
+
+    table = _table(report, '| run | best val top-1')
+    assert len(table) == len(records)  # every run: its epochs, best-val epoch, where it started, what it cost
+    for r in records:
+        row = table[compare.run_name(r['method'], r['lr'], r['seed'])]
+        best = max(range(len(r['history'])), key=lambda k: (r['history'][k]['val_top1'], -k))
+        assert int(row['best-val epoch']) == r['best_epoch'] == best + 1
+        assert int(row['epochs trained']) == r['epochs_trained'] == len(r['history'])
+        assert _close(float(row['best val top-1']), r['val_top1']) and r['val_top1'] == r['history'][best]['val_top1']
+        assert abs(float(row['initial loss']) - r['initial_loss']) <= 0.0005
+        assert row['stopped'] == ('early' if r['stopped_early'] else row['stopped'])
 
     for method in chosen:
+        assert int(cost[method]['optimiser steps per batch']) == runs[method][0]['train_steps_per_batch'] == 1
         assert _close(
             float(cost[method]['train images/s']), statistics.mean(r['train_images_per_s'] for r in runs[method])
         )
@@ -132,11 +167,12 @@ def test_report_numbers_are_the_records(compared: tuple[Path, Path]) -> None:
             float(cost[method]['eval peak memory (MiB)']), max(r['eval_peak_memory_mb'] for r in runs[method])
         )
 
-    per_class = _table(report, '| method | largest gains')['dpnet']
-    classes = runs['plain'][0]['test_per_class_accuracy']
+    per_class = _table(report, '| method | against | largest gains')['dpnet']
+    assert per_class['against'] == 'probe'
+    classes = runs['probe'][0]['test_per_class_accuracy']
     gain = {
         c: statistics.mean(r['test_per_class_accuracy'][c] for r in runs['dpnet'])
-        - statistics.mean(r['test_per_class_accuracy'][c] for r in runs['plain'])
+        - statistics.mean(r['test_per_class_accuracy'][c] for r in runs['probe'])
         for c in classes
     }
     for cell in (per_class['largest gains'], per_class['largest losses']):
@@ -160,7 +196,7 @@ def test_rerun_continues_and_refuses_another_budget(compared: tuple[Path, Path])
     resumed = json.loads(unchosen.read_text())  # the lost one continued from its checkpoint: the same epochs
     assert resumed['history'] == lost['history'] and resumed['val_top1'] == lost['val_top1']
     with pytest.raises(UsageError, match='another budget'):
-        run([*TINY, '--data-dir', str(data), '--output', str(compared), '--epochs', '2'])
+        run([*TINY, '--data-dir', str(data), '--output', str(compared), '--epochs', '3'])
     with pytest.raises(UsageError, match='splits of other data'):
         run([*TINY, '--data-dir', str(data), '--output', str(compared), '--val-fraction', '0.5'])
 
@@ -196,16 +232,18 @@ def test_a_disagreement_is_drawn_with_the_heads_explanation(compared: tuple[Path
     out = compared[0]
     splits = json.loads((out / 'splits.json').read_text())
     summary = json.loads((out / 'summary.json').read_text())
-    runs = [json.loads((out / 'runs' / f'{m}_lr{summary[m]["lr"]:g}_seed0.json').read_text()) for m in summary]
+    runs = {m: json.loads((out / 'runs' / f'{m}_lr{summary[m]["lr"]:g}_seed0.json').read_text()) for m in summary}
     truth = create_dataset(str(out / compare.TEST_DATA), 'test', 'folder').targets
-    runs[0]['test_predictions'] = [(y + 1) % 4 for y in truth]  # plain wrong everywhere: every image disagrees
-    runs[1]['test_predictions'] = list(truth)
-    config = compare.CompareConfig(output=str(out), backbone='test_resnet', methods=['plain', 'dpnet'], lrs=[0.01],
-                                   img_size=64, explain=2)  # fmt: skip
-    drawn = compare._disagreements(config, summary, runs, out / compare.TEST_DATA, splits)
+    runs['probe']['test_predictions'] = [(y + 1) % 4 for y in truth]  # DP-Net's baseline wrong everywhere
+    runs['dpnet']['test_predictions'] = list(truth)
+    config = compare.CompareConfig(output=str(out), backbone='test_resnet', methods=['plain', 'probe', 'dpnet'],
+                                   lrs=[0.01], img_size=64, explain=2)  # fmt: skip
+    drawn = compare._disagreements(config, summary, list(runs.values()), out / compare.TEST_DATA, splits)
     names = [splits['classes'][y] for y in truth[:2]]
-    assert [(d['method'], d['true'], d['head']) for d in drawn] == [('dpnet', name, name) for name in names]
-    assert all(d['plain'] != d['true'] and (out / d['png']).stat().st_size > 1000 for d in drawn)
+    assert [(d['method'], d['baseline'], d['true'], d['head']) for d in drawn] == [
+        ('dpnet', 'probe', name, name) for name in names
+    ]
+    assert all(d['baseline_says'] != d['true'] and (out / d['png']).stat().st_size > 1000 for d in drawn)
 
 
 def _visible_device(tag: str, cuda: bool) -> dict[str, object]:
@@ -245,12 +283,14 @@ def test_every_method_the_plain_baseline_included_sees_the_heads_data_config(tmp
         backbone_weights = str(tmp_path / 'test_resnet.safetensors')
         save_file(timm.create_model('test_resnet', num_classes=4).state_dict(), backbone_weights)
     config = compare.CompareConfig(
-        output=str(tmp_path), backbone='test_resnet', methods=['plain', 'lfd', 'iagn'], lrs=[0.01], synthetic={},
+        output=str(tmp_path), backbone='test_resnet', methods=['plain', 'probe', 'lfd', 'iagn'], lrs=[0.01],
+        synthetic={},
         backbone_weights=backbone_weights,
     )  # fmt: skip
     own = timm.data.resolve_data_config({}, model=timm.create_model('test_resnet'))
     # NTS-Net's eval: squash to 600 x 600, centre-crop 448, bilinear.
     heads = dict(interpolation='bilinear', crop_pct=448 / 600, crop_mode='squash')
+    assert compare.REFERENCE_PREPROCESSING == heads
     assert {k: own[k] for k in heads} != heads, 'the plain backbone would otherwise see other pixels'
     parser = ArgumentParser()
     add_train_arguments(parser)
@@ -259,3 +299,42 @@ def test_every_method_the_plain_baseline_included_sees_the_heads_data_config(tmp
         model = build_model(resolve_config(parser.parse_args(argv)), 4)
         resolved = timm.data.resolve_data_config({}, model=model)
         assert {k: resolved[k] for k in heads} == heads, method
+
+
+def test_nothing_recorded_names_a_machine_path(compared: tuple[Path, Path]) -> None:
+    """Run records, summary, report, each run's results.json, config and card: the output folder and the data are
+    named relative to the output, or by name."""
+    out, data = compared
+    written = [out / 'REPORT.md', out / 'summary.json', *(out / 'runs').glob('*.json')]
+    for run_dir in (p for p in (out / 'runs').iterdir() if p.is_dir()):
+        written += [run_dir / 'results.json', run_dir / 'config.json', run_dir / 'README.md']
+    machine = {str(p) for p in (out, data, out.resolve(), data.resolve())}
+    for path in written:
+        text = path.read_text()
+        assert not [m for m in machine if m in text], path
+    record = json.loads(next((out / 'runs').glob('plain_*.json')).read_text())
+    assert ' --data-dir data ' in record['command'] and ' --output runs/plain_lr' in record['command']
+
+
+def test_the_estimate_is_printed_before_the_first_run(compared: tuple[Path, Path]) -> None:
+    log = (compared[0] / 'log.txt').read_text().splitlines()
+    assert re.fullmatch(r'About \d+ minutes for 9 runs \(at most 2 epochs each.*plain [\d.]+ s, probe [\d.]+ s, '
+                        r'dpnet [\d.]+ s\.', log[0]), log[0]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    'flags, expected',
+    [
+        ([], dict(epochs=4, seeds=2, lrs=[0.01], img_size=96, patience=2, num_classes=4)),
+        (['--epochs', '6', '--synthetic-args', 'num_classes=5'], dict(epochs=6, seeds=2, num_classes=5)),
+    ],
+    ids=['quick', 'flags-win'],
+)
+def test_the_quick_preset_fills_what_the_command_line_leaves(flags, expected, monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(compare, 'run_compare', lambda config: seen.setdefault('config', config))
+    argv = ['compare', '--synthetic', '--backbone', 'test_resnet', '--output', 'o', '--preset', 'quick', *flags]
+    assert run(argv) == 0
+    config = seen['config']
+    for key, value in expected.items():
+        assert (config.synthetic[key] if key == 'num_classes' else getattr(config, key)) == value, key

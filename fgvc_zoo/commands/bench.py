@@ -3,6 +3,7 @@
 import argparse
 import inspect
 import json
+import os
 import sys
 import traceback
 from dataclasses import asdict
@@ -186,5 +187,12 @@ def main(args: argparse.Namespace) -> int:
         print(format_memory_table(memory_rows))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(machine=describe_machine(), argv=sys.argv, timing=rows, memory=memory_rows), f, indent=1)
+            json.dump(
+                dict(machine=describe_machine(), argv=_portable_argv(), timing=rows, memory=memory_rows), f, indent=1
+            )
     return 0
+
+
+def _portable_argv() -> list[str]:
+    """The command as a record keeps it: `fgvc-zoo` and the arguments, a path by its name (no machine path)."""
+    return ['fgvc-zoo', *(os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv[1:])]

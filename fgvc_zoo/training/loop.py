@@ -777,9 +777,14 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
             'seed': config.seed,
             'num_classes': num_classes,
             'label_names': label_names,
-            # The weights file by name only: a local path means nothing elsewhere (its record is above).
+            # No machine path: the data and a resumed checkpoint relative to the output folder or by name, the weights
+            # file by name only (its record is above).
             'config': dict(
                 trainer_state['config'],
+                output='.',
+                data_dir=config.data_dir and _portable_path(config.data_dir, output),
+                resume=config.resume
+                and (config.resume if config.resume == 'auto' else _portable_path(config.resume, output)),
                 backbone_weights=config.backbone_weights and Path(config.backbone_weights).name,
             ),
             'versions': _versions(),
