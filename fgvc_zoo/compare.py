@@ -25,7 +25,7 @@ a one-device run (DDP inside a run would change them), and a sweep of L lrs x M 
 L x M / D run times. Each run's speed and peak memory are measured in the process that runs it.
 """
 
-import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -53,10 +53,8 @@ from .errors import UsageError
 from .hub import load_model
 from .inference.evaluate import evaluate
 from .inference.explain import draw_explanation, explain_images
-from .models import head_class, list_heads
-from .models._hub import local_weights_record
-from .models._weights import resolve_weights_file
-from .training.config import add_train_arguments, resolve_config
+from .models import head_class, list_heads, local_weights_record, resolve_weights_file
+from .training.config import TrainConfig, parse_train_flags
 from .training.loop import time_train_step, train
 
 __all__ = [
@@ -281,28 +279,27 @@ def claimed_baseline(method: str) -> str | None:
     return paper.baseline if paper is not None else PLAIN
 
 
-def train_argv(config: CompareConfig, method: str, lr: float, seed: int) -> list[str]:
-    """The trainer's flags of one run: the shared budget, the method's model, its lr and seed."""
+def run_config(config: CompareConfig, method: str, lr: float, seed: int) -> TrainConfig:
+    """The trainer's config of one run: the shared budget (`train_args` on top of the protocol's options), the
+    method's model, its lr and seed; it continues the run's last checkpoint when there is one."""
     out = Path(config.output)
-    if method in BASELINES:
-        model = ['--model', config.backbone, *(['--freeze-backbone'] if method == PROBE else [])]
-    else:
-        model = ['--model', method, '--backbone', config.backbone]
     overlay = f'pretrained_cfg_overlay={REFERENCE_PREPROCESSING!r}'
-    model += ['--model-args', ','.join(filter(None, [config.method_args.get(method), overlay]))]
-    weights = ['--backbone-weights', config.backbone_weights] if config.backbone_weights else []
-    return [
-        *model, *(['--pretrained'] if config.pretrained else []), *weights,
-        '--data-dir', str(out / DATA), '--dataset-layout', 'folder', '--train-split', 'train', '--eval-split', 'val',
-        '--img-size', str(config.img_size), '--epochs', str(config.epochs), '--batch-size', str(config.batch_size),
-        '--lr', repr(lr), '--seed', str(seed), '--workers', str(config.workers), '--threads', str(config.threads),
-        *config.train_args, '--output', str(out / RUNS / run_name(method, lr, seed)), '--resume',
-        '--keep-checkpoints', '1', '--keep-best', '--patience', str(config.patience),
-        '--min-delta', repr(config.min_delta),
-    ]  # fmt: skip
+    options = parse_train_flags(config.train_args, '--train-args')
+    options |= dict(
+        model=config.backbone if method in BASELINES else method,
+        backbone=None if method in BASELINES else config.backbone,
+        freeze_backbone=method == PROBE,
+        model_args=','.join(filter(None, [config.method_args.get(method), overlay])),
+        pretrained=config.pretrained, backbone_weights=config.backbone_weights,
+        data_dir=str(out / DATA), dataset_layout='folder', train_split='train', eval_split='val',
+        img_size=config.img_size, epochs=config.epochs, batch_size=config.batch_size, lr=lr, seed=seed,
+        workers=config.workers, threads=config.threads, output=str(out / RUNS / run_name(method, lr, seed)),
+        resume='auto', keep_checkpoints=1, keep_best=True, patience=config.patience, min_delta=config.min_delta,
+    )  # fmt: skip
+    return TrainConfig(**options)
 
 
-def portable_command(config: CompareConfig, argv: list[str]) -> str:
+def portable_command(config: CompareConfig, run: TrainConfig) -> str:
     """A run's trainer command as its record keeps it: paths relative to the comparison's output folder (run it
     there), the weights file by name."""
     out = os.path.abspath(config.output)
@@ -313,7 +310,7 @@ def portable_command(config: CompareConfig, argv: list[str]) -> str:
             return weights
         return os.path.relpath(arg, out) if os.path.isabs(arg) and arg.startswith(out + os.sep) else arg
 
-    return 'fgvc-zoo train ' + shlex.join(portable(a) for a in argv)
+    return 'fgvc-zoo train ' + shlex.join(portable(a) for a in run.to_flags())
 
 
 def _reset_peak(cuda: bool) -> None:
@@ -335,22 +332,14 @@ def _peak_mb(cuda: bool) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'peak RSS of the process since it started'
 
 
-def _resolve(argv: list[str], cuda: bool) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    return resolve_config(parser.parse_args(argv + ([] if cuda else ['--cpu'])))
-
-
-def _train_job(argv: list[str], cuda: bool) -> dict[str, Any]:
+def _train_job(run: TrainConfig, cuda: bool) -> dict[str, Any]:
     """Train one run with the project's trainer; its history, speed and peak memory."""
 
-    config = _resolve(argv, cuda)
     _reset_peak(cuda)
     start = time.perf_counter()
-    train(config)
+    results = train(dataclasses.replace(run, cpu=not cuda)).results
     wall = time.perf_counter() - start
     peak, kind = _peak_mb(cuda)
-    results = json.loads((Path(config.output) / 'results.json').read_text())
     history = results['history']
     speeds = [row['train_images_per_s'] for row in history if 'train_images_per_s' in row]
     return dict(
@@ -477,8 +466,8 @@ def estimate_seconds(config: CompareConfig, splits: dict[str, Any], methods: lis
     (a forward costs about a third of a training step), over the devices. Returns (seconds, method -> s/batch)."""
     per_batch = {}
     for method in dict.fromkeys(methods):
-        argv = train_argv(config, method, config.lrs[0], 0)
-        per_batch[method] = time_train_step(_resolve(argv, cuda=False), len(splits['classes']))
+        run = dataclasses.replace(run_config(config, method, config.lrs[0], 0), resume=None, cpu=True)
+        per_batch[method] = time_train_step(run.resolve(), len(splits['classes']))
     batches = math.ceil(splits['train_images'] / config.batch_size) + splits['val_images'] / config.batch_size / 3
     seconds = sum(per_batch[m] * batches * config.epochs for m in methods) / len(config.devices)
     return seconds, per_batch
@@ -504,7 +493,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> Pa
         def done_for(method: str, lr: float, seed: int):
             def done(result: dict[str, Any]) -> None:
                 record = dict(method=method, lr=lr, seed=seed, budget=budget, **result)
-                record['command'] = portable_command(config, train_argv(config, method, lr, seed))
+                record['command'] = portable_command(config, run_config(config, method, lr, seed))
                 _write_json(out / RUNS / f'{run_name(method, lr, seed)}.json', record)
                 records[method, lr, seed] = record
                 log(
@@ -513,7 +502,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> Pa
 
             return done
 
-        return [(_train_job, (train_argv(config, *key),), done_for(*key)) for key in keys if key not in records]
+        return [(_train_job, (run_config(config, *key),), done_for(*key)) for key in keys if key not in records]
 
     pending = [(m, lr, 0) for m in config.methods for lr in config.lrs]
     pending += [(m, None, s) for m in config.methods for s in range(1, config.seeds)]

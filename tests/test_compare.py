@@ -274,8 +274,6 @@ def test_every_method_the_plain_baseline_included_sees_the_heads_data_config(tmp
     import timm
     from safetensors.torch import save_file
 
-    from fgvc_zoo.commands.common import ArgumentParser
-    from fgvc_zoo.training.config import add_train_arguments, resolve_config
     from fgvc_zoo.training.loop import build_model
 
     backbone_weights = None
@@ -292,11 +290,8 @@ def test_every_method_the_plain_baseline_included_sees_the_heads_data_config(tmp
     heads = dict(interpolation='bilinear', crop_pct=448 / 600, crop_mode='squash')
     assert compare.REFERENCE_PREPROCESSING == heads
     assert {k: own[k] for k in heads} != heads, 'the plain backbone would otherwise see other pixels'
-    parser = ArgumentParser()
-    add_train_arguments(parser)
     for method in config.methods:
-        argv = compare.train_argv(config, method, 0.01, 0)
-        model = build_model(resolve_config(parser.parse_args(argv)), 4)
+        model = build_model(compare.run_config(config, method, 0.01, 0).resolve(), 4)
         resolved = timm.data.resolve_data_config({}, model=model)
         assert {k: resolved[k] for k in heads} == heads, method
 

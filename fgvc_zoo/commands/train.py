@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..training.loop import train
 
-    return train(resolve_config(args))
+    train(resolve_config(args))
+    return 0
 
 
 def launch(argv: Sequence[str] | None = None) -> int:

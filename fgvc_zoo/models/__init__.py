@@ -12,7 +12,16 @@ from ._contract import (
     PaperInfo,
 )
 from ._convert import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
-from ._hub import HUB_ORG, PICKLE_WEIGHTS, WEIGHTS_NAME, hub_cfg, hub_errors, safetensors_only, weights_record
+from ._hub import (
+    HUB_ORG,
+    PICKLE_WEIGHTS,
+    WEIGHTS_NAME,
+    hub_cfg,
+    hub_errors,
+    local_weights_record,
+    safetensors_only,
+    weights_record,
+)
 from ._registry import (
     ModelName,
     head_class,
@@ -23,6 +32,7 @@ from ._registry import (
     register_head,
     split_model_name,
 )
+from ._weights import resolve_weights_file
 from .dpnet import DpNet
 from .iagn import Iagn
 from .lfd import Lfd
@@ -66,6 +76,8 @@ __all__ = [
     'hub_errors',
     'safetensors_only',
     'weights_record',
+    'local_weights_record',
+    'resolve_weights_file',
     'Lfd',
     'DpNet',
     'Iagn',

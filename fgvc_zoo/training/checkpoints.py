@@ -3,12 +3,10 @@ at any moment leaves the previous one whole; `--resume` finds the last complete 
 folder's lock at a time.
 """
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from accelerate.utils import load as load_weights_only
 from safetensors.torch import load_file, save_file
 
 from ..hub import share_file
+from .run_folder import CHECKPOINT_DIR, CHECKPOINT_STATE, _complete_checkpoints, resume_checkpoint
 
 __all__ = [
     'CHECKPOINT_DIR',
@@ -34,14 +33,11 @@ __all__ = [
 
 _logger = logging.getLogger('fgvc_zoo.train')
 
-CHECKPOINT_DIR = 'checkpoints'
-CHECKPOINT_STATE = 'trainer_state.json'
 SCHEDULER_STATE = 'scheduler.json'
 EMA_WEIGHTS = 'ema.safetensors'
 # `--keep-best`: the exported weights (the EMA's with --model-ema) of the best held-out epoch so far.
 BEST_WEIGHTS = 'best.safetensors'
 LOCK_NAME = '.train.lock'
-_CHECKPOINT_RE = re.compile(r'^epoch_(\d{3,})$')
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -53,14 +49,6 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _complete_checkpoints(root: Path) -> list[Path]:
-    """Checkpoint folders that were renamed into place (so are whole), oldest first."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if _CHECKPOINT_RE.match(p.name) and (p / CHECKPOINT_STATE).is_file()]
-    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
 
 
 def lock_output(output: Path):
@@ -80,21 +68,7 @@ def lock_output(output: Path):
     return lock
 
 
-def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:
-    """The checkpoint `--resume` means: none without it; with `auto` (the flag alone) OUTPUT's last complete one, or
-    none yet; else the folder given, which must be a complete checkpoint."""
-    if resume is None:
-        return None
-    if resume == 'auto':
-        checkpoints = _complete_checkpoints(Path(output) / CHECKPOINT_DIR)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume)
-    if not (path / CHECKPOINT_STATE).is_file():
-        raise FileNotFoundError(f'--resume {path}: not a complete checkpoint folder (no {CHECKPOINT_STATE}).')
-    return path
-
-
-def find_resume(config: argparse.Namespace) -> Path | None:
+def find_resume(config: Any) -> Path | None:
     """`resume_checkpoint`, refusing to start over an OUTPUT that holds checkpoints unless `--resume` is given."""
     if config.resume is None:
         checkpoints = _complete_checkpoints(Path(config.output) / CHECKPOINT_DIR)

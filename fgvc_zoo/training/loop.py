@@ -18,7 +18,6 @@ folder that is renamed into place (`os.replace`), so a kill at any moment leaves
 curves and the export.
 """
 
-import argparse
 import csv
 import difflib
 import json
@@ -26,6 +25,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,12 @@ from .checkpoints import (
     restore_state,
     state_dict_sha256,
 )
+from .config import TrainConfig
 from .optim import param_groups
 
 __all__ = [
     'train',
+    'TrainResult',
     'build_model',
     'set_transforms',
     'build_optimizer',
@@ -89,7 +91,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
+def _build_datasets(config: TrainConfig, accelerator) -> tuple:
     """The train and held-out splits (untransformed until the model's data config is known), unreadable images
     dropped. Resolves `config.eval_split` and `config.train_split` to the splits really read.
 
@@ -150,7 +152,7 @@ def _build_datasets(config: argparse.Namespace, accelerator) -> tuple:
     return train_set, held_out
 
 
-def set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val_set) -> None:
+def set_transforms(config: TrainConfig, model: nn.Module, train_set, val_set) -> None:
     """Train (`--train-crop`, flip, ...) and eval (resize, centre crop) transforms from the model's config."""
     aug = {k: getattr(config, k) for k in ('scale', 'hflip', 'color_jitter') if getattr(config, k) is not None}
     if 'scale' in aug:
@@ -171,7 +173,7 @@ def set_transforms(config: argparse.Namespace, model: nn.Module, train_set, val_
     val_set.transform = create_transforms(model, is_training=False, img_size=config.img_size)
 
 
-def build_model(config: argparse.Namespace, num_classes: int, load_weights: bool = True) -> nn.Module:
+def build_model(config: TrainConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
     """The head of `--model`; `load_weights=False` (a resumed run: the checkpoint has the weights) skips the
     pretrained and `--backbone-weights` loads, so that a resume needs neither the Hub nor the weights file."""
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
@@ -273,7 +275,7 @@ def frozen_backbone_eval(model: nn.Module) -> None:
             module.training = False
 
 
-def time_train_step(config: argparse.Namespace, num_classes: int) -> float:
+def time_train_step(config: TrainConfig, num_classes: int) -> float:
     """Seconds one training batch of `config` takes here (every optimiser step of it, on random images; the faster
     of the second and third batch: the first pays for allocation): what `fgvc-zoo compare` estimates from."""
     set_cpu_threads(config.threads, config.workers)
@@ -301,7 +303,7 @@ def _has_full_weights(name: str) -> bool:
     return cfg is None or any(getattr(cfg, k, None) for k in ('hf_hub_id', 'file', 'url', 'state_dict'))
 
 
-def build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm's optimiser over the references' groups (`training.optim.param_groups`): the backbone at
     `backbone_lr_mult` x lr (as the papers do), weight decay on every parameter but `no_weight_decay()`'s."""
     groups = param_groups(model, config.lr, config.backbone_lr_mult, config.weight_decay, _backbone_parameters(model))
@@ -310,7 +312,7 @@ def build_optimizer(config: argparse.Namespace, model: nn.Module) -> torch.optim
     )
 
 
-def build_scheduler(config: argparse.Namespace, optimizer: torch.optim.Optimizer):
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=config.sched,
@@ -324,7 +326,7 @@ def build_scheduler(config: argparse.Namespace, optimizer: torch.optim.Optimizer
     return scheduler
 
 
-def build_train_loader(config: argparse.Namespace, train_set, num_processes: int, pin_memory: bool):
+def build_train_loader(config: TrainConfig, train_set, num_processes: int, pin_memory: bool):
     """Shuffled training batches of `--batch-size` images per process (sharded by `accelerator.prepare`).
 
     As timm's train loader, the last partial batch is dropped (Mixup pairs images; a batch of one breaks the BatchNorm
@@ -374,7 +376,7 @@ def _broadcast_buffers(accelerator, model: nn.Module) -> None:
 
 
 def train_one_epoch(
-    config: argparse.Namespace,
+    config: TrainConfig,
     epoch: int,
     model: nn.Module,
     loader,
@@ -554,11 +556,28 @@ def _versions() -> dict[str, str]:
     }
 
 
-def train(config: argparse.Namespace) -> int:
-    """Train, checkpoint every epoch, evaluate, and export the final model into `--output`.
+@dataclass
+class TrainResult:
+    """What a run gives back: its output folder (the exported model, results.json, curves), the history of its
+    epochs, the held-out metrics of the exported weights, the whole results.json record (None on the processes other
+    than the main one, which write nothing), and the trained model itself (the exported weights: the best epoch's
+    with `keep_best`, the EMA's with `model_ema`), in eval mode."""
 
-    `config` is resolved (`fgvc_zoo.training.config.resolve_config`): every option has its value.
+    output: Path
+    history: list[dict[str, Any]]
+    metrics: dict[str, float]
+    results: dict[str, Any] | None
+    model: nn.Module
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train, checkpoint every epoch, evaluate, and export the final model into `config.output`.
+
+    A config that `TrainConfig.resolve` did not make (one built in Python) is resolved first: its recipe read, a
+    resumed run's config restored, every option checked.
     """
+    if not config.is_resolved:
+        config = config.resolve()
     output = Path(config.output)
     created = not output.exists()
     accelerator, ddp_kwargs = _accelerator(config, output)
@@ -576,7 +595,7 @@ def train(config: argparse.Namespace) -> int:
             lock.close()
 
 
-def _accelerator(config: argparse.Namespace, output: Path):
+def _accelerator(config: TrainConfig, output: Path):
     """The run's Accelerator (and its DDP options, which the model can still change), seeded."""
     set_cpu_threads(config.threads, config.workers)
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
@@ -597,7 +616,7 @@ def _accelerator(config: argparse.Namespace, output: Path):
     return accelerator, ddp_kwargs
 
 
-def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
+def _train(config: TrainConfig, accelerator, ddp_kwargs) -> TrainResult:
     """Datasets, model, optimiser and loaders; the epochs from the start or the checkpoint; the export."""
     resume_from = find_resume(config)
 
@@ -667,17 +686,21 @@ def _train(config: argparse.Namespace, accelerator, ddp_kwargs) -> int:
         (ema.module if ema is not None else accelerator.unwrap_model(model)).load_state_dict(best)
         accelerator.print(f'Exporting the weights of epoch {trainer_state["best_epoch"]}, the best held-out top-1.')
 
-    _export_run(config, accelerator, accelerator.unwrap_model(model), ema, trainer_state, train_set, val_set)
+    exported = ema.module if ema is not None else accelerator.unwrap_model(model)
+    results = _export_run(config, accelerator, accelerator.unwrap_model(model), ema, trainer_state, train_set, val_set)
     accelerator.end_training()
-    return 0
+    prefix = f'ema_{config.eval_split}_' if ema is not None else f'{config.eval_split}_'
+    final = next(row for row in trainer_state['history'] if row['epoch'] == _exported_epoch(config, trainer_state))
+    metrics = {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)}
+    return TrainResult(Path(config.output), trainer_state['history'], metrics, results, exported.eval())
 
 
-def _best_metric(config: argparse.Namespace, ema) -> str:
+def _best_metric(config: TrainConfig, ema) -> str:
     """The history key `--patience` and `--keep-best` follow: the held-out top-1 of the weights that are exported."""
     return f'{"ema_" if ema is not None else ""}{config.eval_split}_top1'
 
 
-def _track_best(config: argparse.Namespace, trainer_state, row: dict, exported: nn.Module, best):
+def _track_best(config: TrainConfig, trainer_state, row: dict, exported: nn.Module, best):
     """After an evaluation: the best epoch so far (and, with `--keep-best`, a CPU copy of its weights), and whether
     `--patience` epochs have passed without a gain of more than `--min-delta`. Returns the best weights."""
     metric = row[f'ema_{config.eval_split}_top1' if config.model_ema else f'{config.eval_split}_top1']
@@ -690,7 +713,7 @@ def _track_best(config: argparse.Namespace, trainer_state, row: dict, exported: 
     return best
 
 
-def _resume_best(config: argparse.Namespace, resume_from: Path | None) -> dict[str, torch.Tensor] | None:
+def _resume_best(config: TrainConfig, resume_from: Path | None) -> dict[str, torch.Tensor] | None:
     """The best epoch's weights a resumed run's checkpoint carries (`--keep-best`)."""
     if resume_from is None or not config.keep_best:
         return None
@@ -703,7 +726,7 @@ def _resume_best(config: argparse.Namespace, resume_from: Path | None) -> dict[s
     return best
 
 
-def _build_mixup(config: argparse.Namespace, num_classes: int) -> Mixup | None:
+def _build_mixup(config: TrainConfig, num_classes: int) -> Mixup | None:
     """timm's Mixup/CutMix (with label smoothing) when either is on; else None (label smoothing alone is the loop's)."""
     if config.mixup <= 0 and config.cutmix <= 0:
         return None
@@ -716,7 +739,7 @@ def _build_mixup(config: argparse.Namespace, num_classes: int) -> Mixup | None:
     )
 
 
-def _resume(config: argparse.Namespace, accelerator, resume_from: Path | None, scheduler, ema) -> dict[str, Any]:
+def _resume(config: TrainConfig, accelerator, resume_from: Path | None, scheduler, ema) -> dict[str, Any]:
     """The trainer state to continue from: a fresh one, or the checkpoint's, with the weights, optimiser, random
     state, scheduler and EMA restored from it."""
     if resume_from is None:
@@ -732,8 +755,16 @@ def _resume(config: argparse.Namespace, accelerator, resume_from: Path | None, s
     return trainer_state
 
 
-def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, trainer_state, train_set, val_set):
-    """Check every rank ended on the same weights, then (main process) export them with results.json and curves."""
+def _exported_epoch(config: TrainConfig, trainer_state: dict[str, Any]) -> int:
+    """The epoch whose weights are exported: the best held-out one with `--keep-best`, else the last."""
+    return trainer_state['best_epoch'] if config.keep_best else trainer_state['history'][-1]['epoch']
+
+
+def _export_run(
+    config: TrainConfig, accelerator, model: nn.Module, ema, trainer_state, train_set, val_set
+) -> dict[str, Any] | None:
+    """Check every rank ended on the same weights, then (main process) export them with results.json and curves;
+    returns results.json's record (None on the other processes)."""
     output = Path(config.output)
     label_names = list(train_set.classes)
     num_classes = config.num_classes or len(label_names)
@@ -744,7 +775,7 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
         if len(set(digests)) != 1:
             raise RuntimeError(f'Weights differ across ranks after training: {digests}. Please report this.')
         prefix = f'ema_{config.eval_split}_' if ema is not None else f'{config.eval_split}_'
-        exported_epoch = trainer_state['best_epoch'] if config.keep_best else trainer_state['history'][-1]['epoch']
+        exported_epoch = _exported_epoch(config, trainer_state)
         final = next(row for row in trainer_state['history'] if row['epoch'] == exported_epoch)
         results = {
             # Metrics of the exported weights (the EMA's with --model-ema), named as the model card expects.
@@ -802,6 +833,8 @@ def _export_run(config: argparse.Namespace, accelerator, model: nn.Module, ema, 
             f'World size {accelerator.num_processes}; weights identical on every rank ({digest[:12]}). '
             f'Exported to {output}.'
         )
+        return results
+    return None
 
 
 def _portable_path(path: str | Path, output: Path) -> str:
@@ -811,7 +844,7 @@ def _portable_path(path: str | Path, output: Path) -> str:
     return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else resolved.name
 
 
-def _check_train_steps(config: argparse.Namespace, model: nn.Module, ddp_kwargs) -> None:
+def _check_train_steps(config: TrainConfig, model: nn.Module, ddp_kwargs) -> None:
     """A model taking several optimiser steps a batch trains part of itself at each: DDP must not wait for the
     gradients of the other parts (set before `prepare` wraps the model), and gradient accumulation cannot span them."""
     if _num_train_steps(model) <= 1:
@@ -825,9 +858,9 @@ def _check_train_steps(config: argparse.Namespace, model: nn.Module, ddp_kwargs)
         )
 
 
-def _announce(config: argparse.Namespace, accelerator, trainer_state, num_images: int, num_classes: int) -> None:
+def _announce(config: TrainConfig, accelerator, trainer_state, num_images: int, num_classes: int) -> None:
     """Record the resolved config in the trainer state (what `--resume` restores), start the trackers, say what runs."""
-    trainer_state['config'] = dict(vars(config))
+    trainer_state['config'] = asdict(config)
     if config.log_with:
         scalars = {k: v for k, v in trainer_state['config'].items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers('fgvc_zoo', config=scalars)
@@ -838,7 +871,7 @@ def _announce(config: argparse.Namespace, accelerator, trainer_state, num_images
     )
 
 
-def _record_epoch(config: argparse.Namespace, accelerator, trainer_state, row: dict, scheduler, ema, best=None) -> Path:
+def _record_epoch(config: TrainConfig, accelerator, trainer_state, row: dict, scheduler, ema, best=None) -> Path:
     """The epoch's row into the history, its checkpoint, metrics files, trackers and the log; returns the checkpoint."""
     output = Path(config.output)
     trainer_state['epoch'] = row['epoch']
