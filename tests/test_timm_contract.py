@@ -79,6 +79,17 @@ def test_a_generic_name_builds_with_the_default_backbone_and_its_cfg(head):
     assert timm.models.get_pretrained_cfg(head).first_conv == first_conv
 
 
+def test_a_model_on_the_meta_device_gives_the_shapes_of_its_outputs(head, batch):
+    # Tools that size a model without memory (timm's cfg test, FLOP counters) run it on meta tensors.
+    x, y = (t.to('meta') for t in batch)
+    model = _create(head, device='meta').eval()
+    assert model(x).shape == (3, NUM_CLASSES) and model(x).device.type == 'meta'
+    model.train()
+    for step in range(model.num_train_steps):
+        out = model(x, target=y, step=step)
+        assert out.loss.device.type == 'meta' and out.logits.shape == (3, NUM_CLASSES)
+
+
 def test_class_layers_made_after_construction_follow_the_model_device_and_dtype(head):
     model = _create(head).to(torch.float64).eval()
     model.reset_classifier(7)

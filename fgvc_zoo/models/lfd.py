@@ -7,6 +7,7 @@ passed through the same backbone. A hybrid classifier on [image feature, top-l r
 Where the paper is silent, the choices of `docs/methods.md` section 1 are constructor arguments.
 """
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,9 +183,12 @@ class Lfd(FgvcModel):
         """The smoothed attention map M (B, 1, h, w): max over all class maps, or the map of `class_index`.
 
         Always in float32, autocast or not: on a flat map half precision ties and reorders the cells that pick the
-        regions (the top region of bf16 maps differed from fp32 in 31 % of images).
+        regions (the top region of bf16 maps differed from fp32 in 31 % of images). A device autocast does not know
+        (meta, where tools size a model) has no autocast to leave.
         """
-        with torch.autocast(features.device.type, enabled=False):
+        device_type = features.device.type
+        has_autocast = torch.amp.is_autocast_available(device_type)
+        with torch.autocast(device_type, enabled=False) if has_autocast else contextlib.nullcontext():
             maps = class_activation_maps(features.float(), self.image_head.weight.float())
             if class_index is None:
                 attention = maps.amax(dim=1, keepdim=True)
