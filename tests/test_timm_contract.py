@@ -133,6 +133,20 @@ def test_features_only_is_timms_feature_getter_over_the_backbone_image_pass(head
         _create(head, features_only=True, feature_cls='hook')
 
 
+@pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
+def test_forward_intermediates_final_is_forward_features_and_its_head_gives_the_logits(head, backbone, batch):
+    x, _ = batch
+    model = _create(head, backbone).eval()
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        torch.testing.assert_close(model.forward_head(final), model(x))
+        expected = model.backbone.model.forward_intermediates(x, indices=2, intermediates_only=True)
+        taps = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert [t.shape[1] for t in intermediates] == [i['num_chs'] for i in model.feature_info]
+    assert len(taps) == 2 and all(torch.equal(t, e) for t, e in zip(taps, expected, strict=True))
+
+
 def test_torch_export_reproduces_the_eval_forward(head, batch):
     if head == 'lfd' and torch_version() < (2, 5):
         # LFD swaps its crop BatchNorm statistics in (module attributes) around the crop pass; torch 2.4's export
