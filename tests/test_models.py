@@ -119,6 +119,19 @@ def test_safetensors_round_trip_reproduces_the_outputs(head, backbone, batch, tm
         assert torch.equal(copy(x), model(x))
 
 
+def test_a_model_cast_to_bfloat16_runs_on_the_cpu(head, batch):
+    # A cast model, not autocast: timm's --model-dtype, bf16 inference.
+    x, y = batch
+    model = _create(head, 'test_resnet').to(torch.bfloat16).eval()
+    with torch.no_grad():
+        logits = model(x.bfloat16())
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    model.train()
+    for out in _train_losses(model, x.bfloat16(), y):
+        out.loss.backward()
+        assert out.loss.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
 @pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
 def test_explain_gives_maps_and_boxes_in_input_pixels(head, backbone, batch):
     x, _ = batch
