@@ -90,6 +90,19 @@ def test_a_model_on_the_meta_device_gives_the_shapes_of_its_outputs(head, batch)
         assert out.loss.device.type == 'meta' and out.logits.shape == (3, NUM_CLASSES)
 
 
+def test_timms_backbone_arguments_are_taken_directly_and_reach_the_backbone(head):
+    # timm's train.py passes --drop-path, --drop-block, --bn-momentum and --bn-eps to any model as these.
+    model = timm.create_model(f'{head}_resnet50', drop_path_rate=0.1, drop_block_rate=0.2, device='meta')
+    drops = {type(m).__name__: m.drop_prob for m in model.backbone.modules() if hasattr(m, 'drop_prob')}
+    assert drops == {'DropPath': 0.1, 'DropBlock2d': 0.2}, 'the deepest block has the full rate'
+    assert model.model_args['drop_path_rate'] == 0.1, 'config.json rebuilds it'
+    model = _create(head, 'test_efficientnet', bn_momentum=0.01, bn_eps=1e-3)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.01 and m.eps == 1e-3 for m in norms)
+    with pytest.raises(ValueError, match='drop_path_rate given both directly and in backbone_args'):
+        _create(head, drop_path_rate=0.1, backbone_args=dict(drop_path_rate=0.2))
+
+
 def test_class_layers_made_after_construction_follow_the_model_device_and_dtype(head):
     model = _create(head).to(torch.float64).eval()
     model.reset_classifier(7)

@@ -121,7 +121,8 @@ class Lfd(FgvcModel):
             drop_rate: dropout before the classifiers.
             in_chans: input image channels.
             pretrained_backbone: load the backbone's ImageNet weights (set by the pretrained tag).
-            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. drop_path_rate).
+            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. global_pool); timm's
+                drop_path_rate, drop_block_rate, bn_momentum and bn_eps are also taken directly, as timm's models do.
         """
         super().__init__()
         if cam_mode not in CAM_MODES:
