@@ -210,6 +210,15 @@ def test_named_variants_are_registered_for_the_popular_backbones(head):
     assert model.model_args['backbone'].startswith('resnet50')
 
 
+def test_a_named_variant_refuses_another_backbone_naming_the_generic_head(head):
+    fix = rf"create_model\('{head}', backbone='resnet18'\)"
+    with pytest.raises(ValueError, match=rf"'{head}_resnet50' is {head} over resnet50, not over 'resnet18'.*{fix}"):
+        timm.create_model(f'{head}_resnet50', backbone='resnet18', device='meta')
+    # The same backbone with a tag (config.json records the backbone of every export) is that variant.
+    model = timm.create_model(f'{head}_resnet50', backbone='resnet50.tv_in1k', device='meta')
+    assert model.backbone.name == 'resnet50.tv_in1k'
+
+
 @pytest.mark.parametrize(
     'name,parts',
     [

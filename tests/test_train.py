@@ -233,7 +233,7 @@ def test_paper_recipes_resolve_and_build(recipe):
         assert (config.lr, config.sched, config.decay_epochs, config.decay_rate) == (0.01, 'step', 40, 0.1)
         assert config.backbone_lr_mult == 0.1
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
-    model = timm.create_model(config.model, backbone=config.backbone, num_classes=3, **kwargs)
+    model = timm.create_model(head, backbone=config.backbone, num_classes=3, **kwargs)  # the head, over a tiny net
     assert model.model_args['backbone'] == 'test_resnet'
 
 

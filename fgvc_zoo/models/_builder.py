@@ -109,6 +109,13 @@ def build_fgvc_model(
     """
     backbone = DEFAULT_BACKBONE if backbone is None else backbone
     check_backbone_name(backbone)
+    head, variant_backbone, _ = split_model_name(variant)
+    if variant_backbone and split_model_name_tag(backbone)[0] != variant_backbone:
+        # Else 'lfd_resnet50' would silently be LFD over another network under resnet50's name (and cfg).
+        raise ValueError(
+            f"'{variant}' is {head} over {variant_backbone}, not over '{backbone}': build "
+            f"timm.create_model('{head}', backbone='{backbone}') instead."
+        )
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
     global_pool = kwargs.pop('global_pool', None)
     features_only = kwargs.pop('features_only', False)
