@@ -57,9 +57,10 @@ class DpNet(FgvcModel):
     paper = PaperInfo(
         title='DP-Net (Discriminative Part Network)',
         description=(
-            "Part detectors (q per class) score the cells of a pretrained backbone's feature map; the bag-of-parts "
-            'vector is classified linearly, with optional orthogonality, decisive-assignment and class-specific '
-            'constraints. The backbone stays frozen by default.'
+            "Part detectors (q per class) score the cells of the backbone's feature map; the bag-of-parts vector is "
+            'classified linearly, with optional orthogonality, decisive-assignment and class-specific constraints. '
+            'The paper keeps a pretrained backbone frozen (`freeze_backbone`, true unless the model arguments below '
+            'say false).'
         ),
         bibtex=(
             '@inproceedings{sicre2023dpnet,\n'
