@@ -272,9 +272,10 @@ def _registered_cfgs():
 def test_every_registered_cfg_names_layers_of_its_model(name, cfg):
     # timm's test_model_default_cfgs: the classifier layers (dropped when num_classes changes) and the first conv
     # (adapted to in_chans) that a cfg names exist in the model it builds, and the pre-logits have its width.
-    # A variant's cfg is its backbone's; a generic name's, its default backbone's (it builds without one).
-    variant_backbone = split_model_name(name).backbone or DEFAULT_BACKBONE
-    model = _create(name, _tiny_backbone(variant_backbone))
+    # A variant's cfg is its backbone's; a generic name's, its default backbone's (it builds without one). The model
+    # is the generic head over the tiny backbone of that family (a variant refuses another backbone).
+    head, variant_backbone, _ = split_model_name(name)
+    model = _create(head, _tiny_backbone(variant_backbone or DEFAULT_BACKBONE))
     modules = dict(model.named_modules())
     classifiers = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier
     assert classifiers and all(c in modules for c in classifiers), (classifiers, name)
