@@ -2,9 +2,10 @@
 
 timm's test file parametrizes each model test with `timm.list_models(...)` / `timm.list_pretrained(...)` when it is
 imported; this plugin is imported first (`-p timm_suite`, with `tests/` on the path) and narrows both to the
-registered fgvc_zoo heads, keeping every filter timm passes. Tests of timm's own fixed models (`convnext_atto`, ...)
-are deselected. `EXCLUDED` is the one list of checks that cannot apply to a head, each with its reason (skipped, and
-listed by `-rs`). `.ci/run` runs it:
+registered fgvc_zoo heads, keeping every filter timm passes (a selection by module takes the heads' modules too:
+timm picks the models of its `forward_intermediates` tests that way). Tests of timm's own fixed models
+(`convnext_atto`, ...) are deselected. `EXCLUDED` is the one list of checks that cannot apply to a head, each with its
+reason (skipped, and listed by `-rs`). `.ci/run` runs it:
 
     PYTHONPATH=tests python -m pytest -p timm_suite <timm sdist>/tests/test_models.py
 """
