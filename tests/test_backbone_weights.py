@@ -80,9 +80,7 @@ def test_backbone_weights_loads_a_file_a_folder_or_a_cache(tmp_path, source):
 def test_backbone_weights_with_pretrained_needs_no_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
     weights = write_hub_weights(tmp_path / 'w.safetensors')
-    model = timm.create_model(
-        'lfd_resnet50', backbone=BACKBONE, pretrained=True, backbone_weights=tmp_path / 'w.safetensors'
-    )
+    model = timm.create_model('lfd', backbone=BACKBONE, pretrained=True, backbone_weights=tmp_path / 'w.safetensors')
     assert_backbone_holds(model, weights)
 
 

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -621,11 +622,35 @@ def test_label_names_of_a_tag_built_model_never_reach_the_network_unless_asked(m
         hub.model_label_names(model, download=True)
 
 
+PRE_LOGITS = "whose average is the backbone's own pre-logits feature"
+REMOVED = 'these were removed, and the head reads the map that average pools'
+
+
 @pytest.mark.parametrize(
-    ('backbone', 'pool', 'words'), [('test_resnet', 'avg', 'whose average is'), ('test_vit', 'token', 'patch tokens')]
+    ('backbone', 'pool', 'words', 'not_words'),
+    [
+        ('test_resnet', 'avg', PRE_LOGITS, REMOVED),
+        ('test_vit', 'token', 'patch tokens', PRE_LOGITS),
+        # Average pools followed by layers that act on the pooled vector only (docs/methods.md): those are removed.
+        ('mobilenetv3_small_050', 'avg', f'(`conv_head`): {REMOVED}', PRE_LOGITS),
+        ('test_mambaout', 'avg', f'(`head`): {REMOVED}', PRE_LOGITS),
+    ],
+    ids=['resnet', 'vit', 'mobilenetv3', 'mambaout'],
 )
-def test_the_card_says_what_the_head_reads_of_the_backbone(tmp_path, backbone, pool, words):
+def test_the_card_says_what_the_head_reads_of_the_backbone(tmp_path, backbone, pool, words, not_words):
     model = timm.create_model('dpnet', backbone=backbone, num_classes=3).eval()
     folder = hub.save_pretrained(model, tmp_path / backbone, label_names=LABELS)
     assert json.loads((folder / 'config.json').read_text())['backbone_pool'] == pool
-    assert words in (folder / 'README.md').read_text()
+    card = (folder / 'README.md').read_text()
+    assert words in card and not_words not in card
+
+
+def test_the_card_of_the_demo_claims_no_pretrained_or_frozen_backbone(tmp_path):
+    # The README's demo: DP-Net over a random test_resnet, fine-tuned with the head.
+    model = timm.create_model('dpnet', backbone='test_resnet', num_classes=3, freeze_backbone=False)
+    card = (hub.save_pretrained(model, tmp_path, label_names=LABELS) / 'README.md').read_text()
+    prose = card.split('\n# ', 1)[1].split('## Results')[0]  # the introduction and the description
+    assert 'Trained from random initialisation' in prose
+    sentences = [s for s in re.split(r'(?<=[.;])\s+', ' '.join(prose.split())) if re.search('pretrained|frozen', s)]
+    claims = [s for s in sentences if 'paper' not in s and 'no pretrained weights' not in s]
+    assert not claims, 'a sentence about this model, not the paper, says its backbone is pretrained or frozen'

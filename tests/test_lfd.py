@@ -94,6 +94,15 @@ def test_each_crop_equals_an_independent_bilinear_crop_and_resize_of_its_box():
         torch.testing.assert_close(crops[i : i + 1], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_half_precision_crops_are_the_float32_crops_of_the_same_pixels_cast_back(dtype):
+    images = torch.rand(2, 3, 40, 40).to(dtype)
+    boxes = torch.tensor([[[4.0, 6.0, 20.0, 22.0]], [[8.0, 2.0, 24.0, 18.0]]])
+    crops = crop_and_zoom(images, boxes, 8)
+    assert crops.dtype == dtype
+    assert torch.equal(crops, crop_and_zoom(images.float(), boxes, 8).to(dtype))
+
+
 def test_explained_boxes_have_the_configured_size_and_lie_inside_the_image():
     model = _lfd(region_sizes=(0.4,)).eval()
     explanation = model.explain(torch.randn(2, 3, 96, 96))

@@ -4,6 +4,8 @@ In the spirit of timm's own tests/test_models.py: shapes, gradients, batch-size 
 safetensors round trip, and the timm API (optimiser grouping, grad checkpointing).
 """
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -117,6 +119,19 @@ def test_safetensors_round_trip_reproduces_the_outputs(head, backbone, batch, tm
         assert torch.equal(copy(x), model(x))
 
 
+def test_a_model_cast_to_bfloat16_runs_on_the_cpu(head, batch):
+    # A cast model, not autocast: timm's --model-dtype, bf16 inference.
+    x, y = batch
+    model = _create(head, 'test_resnet').to(torch.bfloat16).eval()
+    with torch.no_grad():
+        logits = model(x.bfloat16())
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    model.train()
+    for out in _train_losses(model, x.bfloat16(), y):
+        out.loss.backward()
+        assert out.loss.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
 @pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
 def test_explain_gives_maps_and_boxes_in_input_pixels(head, backbone, batch):
     x, _ = batch
@@ -149,15 +164,35 @@ def test_timm_optimizer_factory_groups_backbone_and_head_parameters(head):
     assert head_scales == {1.0}, 'the head is the last group and trains at the full learning rate'
 
 
-def test_grad_checkpointing_gives_the_same_loss(head, batch):
+# timm checkpoints these families differently: ResNet by stage, EfficientNet and MobileNetV3 by block (where the
+# recomputation stops early inside a BatchNorm), ConvNeXt with no BatchNorm at all.
+CHECKPOINTED_BACKBONES = ['test_resnet', 'test_efficientnet', 'mobilenetv3_small_050', 'test_convnext']
+
+
+@pytest.mark.parametrize('backbone', CHECKPOINTED_BACKBONES)
+def test_grad_checkpointing_trains_exactly_as_a_plain_step(head, backbone, batch):
     x, y = batch
-    model = _create(head, 'test_resnet').eval()  # dropout and BN statistics fixed: the passes are comparable
-    torch.manual_seed(0)
-    reference = model.forward_train(x, y, 0).loss
-    model.set_grad_checkpointing(True)
-    assert model.backbone.grad_checkpointing
-    torch.manual_seed(0)
-    torch.testing.assert_close(model.forward_train(x, y, 0).loss, reference)
+    plain = _create(head, backbone).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    assert checkpointed.backbone.grad_checkpointing
+    losses = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(0)
+        for _ in range(2):  # the second batch runs over whatever state the first left (IAGN's frozen teacher pass)
+            for out in _train_losses(model, x, y):
+                out.loss.backward()
+                losses.append(out.loss)
+    torch.testing.assert_close(losses[len(losses) // 2 :], losses[: len(losses) // 2])
+    # The recomputation in backward leaves every BatchNorm as a plain step does: statistics, counter and momentum.
+    assert checkpointed.state_dict().keys() == plain.state_dict().keys()
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(checkpointed.state_dict()[key], value, msg=key)
+    momenta = [(n, getattr(m, 'momentum', None)) for n, m in plain.named_modules()]
+    assert [(n, getattr(m, 'momentum', None)) for n, m in checkpointed.named_modules()] == momenta
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
 
 
 def test_named_variants_are_registered_for_the_popular_backbones(head):
@@ -173,6 +208,15 @@ def test_named_variants_are_registered_for_the_popular_backbones(head):
     assert cfg['input_size'] == (3, 448, 448)
     assert cfg['mean'] == timm.models.get_pretrained_cfg('resnet50.a1_in1k').mean
     assert model.model_args['backbone'].startswith('resnet50')
+
+
+def test_a_named_variant_refuses_another_backbone_naming_the_generic_head(head):
+    fix = rf"create_model\('{head}', backbone='resnet18'\)"
+    with pytest.raises(ValueError, match=rf"'{head}_resnet50' is {head} over resnet50, not over 'resnet18'.*{fix}"):
+        timm.create_model(f'{head}_resnet50', backbone='resnet18', device='meta')
+    # The same backbone with a tag (config.json records the backbone of every export) is that variant.
+    model = timm.create_model(f'{head}_resnet50', backbone='resnet50.tv_in1k', device='meta')
+    assert model.backbone.name == 'resnet50.tv_in1k'
 
 
 @pytest.mark.parametrize(
@@ -228,9 +272,10 @@ def _registered_cfgs():
 def test_every_registered_cfg_names_layers_of_its_model(name, cfg):
     # timm's test_model_default_cfgs: the classifier layers (dropped when num_classes changes) and the first conv
     # (adapted to in_chans) that a cfg names exist in the model it builds, and the pre-logits have its width.
-    # A variant's cfg is its backbone's; a generic name's, its default backbone's (it builds without one).
-    variant_backbone = split_model_name(name).backbone or DEFAULT_BACKBONE
-    model = _create(name, _tiny_backbone(variant_backbone))
+    # A variant's cfg is its backbone's; a generic name's, its default backbone's (it builds without one). The model
+    # is the generic head over the tiny backbone of that family (a variant refuses another backbone).
+    head, variant_backbone, _ = split_model_name(name)
+    model = _create(head, _tiny_backbone(variant_backbone or DEFAULT_BACKBONE))
     modules = dict(model.named_modules())
     classifiers = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier
     assert classifiers and all(c in modules for c in classifiers), (classifiers, name)

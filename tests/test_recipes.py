@@ -153,7 +153,7 @@ def test_paper_recipes_use_classical_momentum_the_torchvision_resnet50_and_the_r
     head = recipe.stem.split('_')[0]
     assert config.model == f'{head}_resnet50.tv_in1k' and config.opt == 'momentum' and config.pretrained
     assert config.train_crop == 'resize_crop' and config.train_crop_padding == (8 if head == 'iagn' else 0)
-    model = timm.create_model(config.model, backbone=config.backbone, num_classes=3)
+    model = timm.create_model(head, backbone=config.backbone, num_classes=3)  # the recipe's head, over a tiny net
     optimizer = build_optimizer(config, model)
     assert isinstance(optimizer, torch.optim.SGD)
     assert all(g['momentum'] == 0.9 and g['nesterov'] is False for g in optimizer.param_groups)

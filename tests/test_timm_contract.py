@@ -79,6 +79,30 @@ def test_a_generic_name_builds_with_the_default_backbone_and_its_cfg(head):
     assert timm.models.get_pretrained_cfg(head).first_conv == first_conv
 
 
+def test_a_model_on_the_meta_device_gives_the_shapes_of_its_outputs(head, batch):
+    # Tools that size a model without memory (timm's cfg test, FLOP counters) run it on meta tensors.
+    x, y = (t.to('meta') for t in batch)
+    model = _create(head, device='meta').eval()
+    assert model(x).shape == (3, NUM_CLASSES) and model(x).device.type == 'meta'
+    model.train()
+    for step in range(model.num_train_steps):
+        out = model(x, target=y, step=step)
+        assert out.loss.device.type == 'meta' and out.logits.shape == (3, NUM_CLASSES)
+
+
+def test_timms_backbone_arguments_are_taken_directly_and_reach_the_backbone(head):
+    # timm's train.py passes --drop-path, --drop-block, --bn-momentum and --bn-eps to any model as these.
+    model = timm.create_model(f'{head}_resnet50', drop_path_rate=0.1, drop_block_rate=0.2, device='meta')
+    drops = {type(m).__name__: m.drop_prob for m in model.backbone.modules() if hasattr(m, 'drop_prob')}
+    assert drops == {'DropPath': 0.1, 'DropBlock2d': 0.2}, 'the deepest block has the full rate'
+    assert model.model_args['drop_path_rate'] == 0.1, 'config.json rebuilds it'
+    model = _create(head, 'test_efficientnet', bn_momentum=0.01, bn_eps=1e-3)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.01 and m.eps == 1e-3 for m in norms)
+    with pytest.raises(ValueError, match='drop_path_rate given both directly and in backbone_args'):
+        _create(head, drop_path_rate=0.1, backbone_args=dict(drop_path_rate=0.2))
+
+
 def test_class_layers_made_after_construction_follow_the_model_device_and_dtype(head):
     model = _create(head).to(torch.float64).eval()
     model.reset_classifier(7)
@@ -120,6 +144,20 @@ def test_features_only_is_timms_feature_getter_over_the_backbone_image_pass(head
     assert all(i['module'] in modules for i in model.feature_info)
     with pytest.raises(ValueError, match="feature_cls='getter'"):
         _create(head, features_only=True, feature_cls='hook')
+
+
+@pytest.mark.parametrize('backbone', ['test_resnet', 'test_vit'])
+def test_forward_intermediates_final_is_forward_features_and_its_head_gives_the_logits(head, backbone, batch):
+    x, _ = batch
+    model = _create(head, backbone).eval()
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        torch.testing.assert_close(model.forward_head(final), model(x))
+        expected = model.backbone.model.forward_intermediates(x, indices=2, intermediates_only=True)
+        taps = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert [t.shape[1] for t in intermediates] == [i['num_chs'] for i in model.feature_info]
+    assert len(taps) == 2 and all(torch.equal(t, e) for t, e in zip(taps, expected, strict=True))
 
 
 def test_torch_export_reproduces_the_eval_forward(head, batch):

@@ -146,6 +146,15 @@ def test_every_head_trains_exports_and_reloads_with_timm(head, tiny_folder, tmp_
     assert top1(model, tiny_folder, 64) == pytest.approx(results['metrics']['top1'], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_grad_checkpointing_trains_iagn_over_an_efficientnet(tiny_folder, tmp_path):
+    # A checkpoint recomputation that left a BatchNorm frozen crashed IAGN's next frozen-statistics pass (issue 34).
+    command = train_command(tiny_folder, tmp_path / 'out', 'iagn', 1, '--grad-checkpointing')
+    command[command.index('test_resnet')] = 'test_efficientnet'
+    run(command)
+    assert (tmp_path / 'out' / 'model.safetensors').is_file()
+
+
 def test_fgvc_zoo_train_is_the_same_command(capsys):
     from fgvc_zoo import cli
 
@@ -233,7 +242,7 @@ def test_paper_recipes_resolve_and_build(recipe):
         assert (config.lr, config.sched, config.decay_epochs, config.decay_rate) == (0.01, 'step', 40, 0.1)
         assert config.backbone_lr_mult == 0.1
     kwargs = parse_model_kwargs(config.model_args, config.model_kwargs)
-    model = timm.create_model(config.model, backbone=config.backbone, num_classes=3, **kwargs)
+    model = timm.create_model(head, backbone=config.backbone, num_classes=3, **kwargs)  # the head, over a tiny net
     assert model.model_args['backbone'] == 'test_resnet'
 
 

@@ -2,9 +2,10 @@
 
 timm's test file parametrizes each model test with `timm.list_models(...)` / `timm.list_pretrained(...)` when it is
 imported; this plugin is imported first (`-p timm_suite`, with `tests/` on the path) and narrows both to the
-registered fgvc_zoo heads, keeping every filter timm passes. Tests of timm's own fixed models (`convnext_atto`, ...)
-are deselected. `EXCLUDED` is the one list of checks that cannot apply to a head, each with its reason (skipped, and
-listed by `-rs`). `.ci/run` runs it:
+registered fgvc_zoo heads, keeping every filter timm passes (a selection by module takes the heads' modules too:
+timm picks the models of its `forward_intermediates` tests that way). Tests of timm's own fixed models
+(`convnext_atto`, ...) are deselected. `EXCLUDED` is the one list of checks that cannot apply to a head, each with its
+reason (skipped, and listed by `-rs`). `.ci/run` runs it:
 
     PYTHONPATH=tests python -m pytest -p timm_suite <timm sdist>/tests/test_models.py
 """
@@ -16,7 +17,7 @@ import timm
 import timm.models
 
 import fgvc_zoo  # noqa: F401  (registers the heads)
-from fgvc_zoo.models import head_name
+from fgvc_zoo.models import head_class, head_name, list_heads
 
 _timm_list_models = timm.list_models
 _timm_list_pretrained = timm.list_pretrained
@@ -27,7 +28,16 @@ def _heads_only(names: list[str]) -> list[str]:
 
 
 def list_models(*args, **kwargs) -> list[str]:
+    # timm picks the models whose forward_intermediates it tests by module name (`module=FEAT_INTER_FILTERS`); every
+    # head has one, so a selection by module takes the heads' modules too.
+    module = kwargs.get('module')
+    if module:
+        kwargs['module'] = [*([module] if isinstance(module, str) else module), *_head_modules()]
     return _heads_only(_timm_list_models(*args, **kwargs))
+
+
+def _head_modules() -> list[str]:
+    return sorted({head_class(head).__module__.rsplit('.', 1)[-1] for head in list_heads()})
 
 
 def list_pretrained(*args, **kwargs) -> list[str]:
@@ -70,6 +80,14 @@ EXCLUDED: list[tuple[tuple[str, ...], str, str]] = [
         'iagn*',
         'forward_features is one token per backbone pass, (B, 2, C): the image and its zoom share no grid, so the '
         '4-D pool_size sub-checks cannot apply (pool_size None); tests/test_timm_contract.py checks the rest',
+    ),
+    (
+        ('test_prune_intermediate_layers_contract',),
+        '*',
+        "a head is built on its backbone's final map (class maps, parts, zooms): pruned to an earlier stage it has "
+        "nothing left to run, so it has no prune_intermediate_layers; the taps come from features_only=True, timm's "
+        'FeatureGetterNet over the backbone (test_model_forward_intermediates_features). timm runs this test outside '
+        'its CI too (slow)',
     ),
     (
         ('test_model_forward_torchscript',),

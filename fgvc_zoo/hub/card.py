@@ -139,9 +139,13 @@ def _describe_weights(weights: dict[str, str] | None | object) -> tuple[str, str
 
 
 # The backbone's pool (`Backbone.pool`) -> what the head reads of it (docs/methods.md, "the backbone adapter").
+AVERAGE_FEATURES = (
+    "The head reads the backbone's final feature map, whose average is the backbone's own pre-logits feature (what "
+    "timm's classifier of it reads)."
+)
 BACKBONE_FEATURES = {
-    'avg': "The head reads the backbone's final feature map, whose average is the backbone's own pooled feature.",
-    'fast': "The head reads the backbone's final feature map, whose average is the backbone's own pooled feature.",
+    'avg': AVERAGE_FEATURES,
+    'fast': AVERAGE_FEATURES,
     'token': (
         'The backbone pools with its CLS token: the head reads the patch tokens after the final norm as a map '
         '(their average, not the CLS token, is the image feature), and the pool and classifier are removed.'
@@ -149,6 +153,19 @@ BACKBONE_FEATURES = {
     'map': 'The backbone pools with attention: the head reads the map that pool reads, and the pool is removed.',
     'attention': 'The backbone pools with attention: the head reads the map that pool reads, and the pool is removed.',
 }
+
+
+def _backbone_features(pool: str, removed: list[str]) -> str | None:
+    """What the head reads of a backbone with pool `pool` whose layers `removed` (`Backbone.removed`) are gone."""
+    if BACKBONE_FEATURES.get(pool) is AVERAGE_FEATURES and removed:
+        layers = ', '.join(f'`{name}`' for name in removed)
+        return (
+            'The backbone averages its final feature map, then applies layers that act on the pooled vector only '
+            f"({layers}): these were removed, and the head reads the map that average pools, not the backbone's "
+            'pre-logits feature.'
+        )
+    return BACKBONE_FEATURES.get(pool)
+
 
 # timm tag fragments -> the data the weights were pretrained on (the first match wins).
 PRETRAINING_DATA = (
@@ -238,7 +255,7 @@ def model_card(
     info = (head_class(head).paper if head else None) or _plain_info(architecture)
     load_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:path/to/this/folder'
     provenance, initial_weights = _describe_weights(weights)
-    features = BACKBONE_FEATURES.get(config.get('backbone_pool', ''))
+    features = _backbone_features(config.get('backbone_pool', ''), config.get('backbone_removed', []))
     if features:
         provenance = f'{provenance} {features}'
     body = string.Template(read_template(template)).substitute(

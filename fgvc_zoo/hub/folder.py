@@ -145,6 +145,8 @@ def save_pretrained(
     pool = getattr(getattr(model, 'backbone', None), 'pool', None)
     if isinstance(pool, str):  # the backbone's own pool, which decides the map a head reads (the card says it)
         model_config['backbone_pool'] = pool
+        if model.backbone.removed:  # its layers after the map the head reads (MobileNetV3's conv_head)
+            model_config['backbone_removed'] = list(model.backbone.removed)
     # timm's save_for_hf exports the factory's `_model_args` too: drop the runtime ones (a local path) while it writes.
     factory_args = getattr(model, '_model_args', None)
     if factory_args is not None:

@@ -91,9 +91,13 @@ def crop_and_zoom(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch
     """Crop every (B, N, 4) box out of its (B, C, H, W) image and resize it to size x size: (B * N, C, size, size).
 
     One `roi_align` call with pixel-exact alignment is bilinear resampling of each box (sampling adapts to the
-    box size, so boxes larger than `size` are averaged rather than aliased).
+    box size, so boxes larger than `size` are averaged rather than aliased). Half-precision images are resampled in
+    float32 and cast back, as torchvision's autocast does: its CPU kernel has no bfloat16 or float16 (a model cast
+    to bfloat16 would fail there).
     """
     batch_size, num = boxes.shape[:2]
+    work = images if images.dtype in (torch.float32, torch.float64) else images.float()
     image_index = torch.arange(batch_size, device=boxes.device, dtype=boxes.dtype).repeat_interleave(num)
-    rois = torch.cat([image_index[:, None], boxes.reshape(-1, 4)], dim=1).to(images.dtype)
-    return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    rois = torch.cat([image_index[:, None], boxes.reshape(-1, 4)], dim=1).to(work.dtype)
+    crops = roi_align(work, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    return crops.to(images.dtype)

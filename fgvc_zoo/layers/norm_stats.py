@@ -76,15 +76,16 @@ def freeze_stats_in_recompute(network: nn.Module) -> list:
     second time, and with the statistics of whatever set is in place then (LFD's crop statistics are swapped out
     by then, so the image statistics would take the crops'). Inside backward (autograd's current graph task is
     set) each BatchNorm runs with momentum 0 and no batch counter: the same batch statistics, hence the same output
-    and the same saved tensors (which checkpointing compares), and running statistics left as they were. Returns
-    the hook handles (`handle.remove()` undoes them).
+    and the same saved tensors (which checkpointing compares), and running statistics left as they were. They are
+    restored when the backward ends, not after the layer's forward: checkpointing stops a recomputation as soon as
+    it has the tensors it saved, which can be inside a BatchNorm, whose forward hook then never runs (the layer kept
+    momentum 0 for good). Returns the hook handles (`handle.remove()` undoes them).
     """
-    handles = []
-    for module in network.modules():
-        if isinstance(module, _BatchNorm) and module.track_running_stats:
-            handles.append(module.register_forward_pre_hook(_pre_recompute))
-            handles.append(module.register_forward_hook(_post_recompute))
-    return handles
+    return [
+        module.register_forward_pre_hook(_pre_recompute)
+        for module in network.modules()
+        if isinstance(module, _BatchNorm) and module.track_running_stats
+    ]
 
 
 def _in_backward() -> bool:
@@ -93,14 +94,14 @@ def _in_backward() -> bool:
 
 
 def _pre_recompute(module: _BatchNorm, args) -> None:
-    if module.training and _in_backward():
+    # Frozen once per backward: a second recomputation of the layer (LFD's crop pass) must not stash the frozen state.
+    if module.training and _in_backward() and '_recompute_stash' not in module.__dict__:
         module._recompute_stash = _freeze(module)[1]
+        torch.autograd.Variable._execution_engine.queue_callback(lambda: _unfreeze_recomputed(module))
 
 
-def _post_recompute(module: _BatchNorm, args, output) -> None:
-    stash = module.__dict__.pop('_recompute_stash', None)
-    if stash is not None:
-        _unfreeze(module, stash)
+def _unfreeze_recomputed(module: _BatchNorm) -> None:
+    _unfreeze(module, module.__dict__.pop('_recompute_stash'))
 
 
 def _freeze(module: _BatchNorm) -> tuple[_BatchNorm, tuple]:

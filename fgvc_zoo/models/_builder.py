@@ -27,6 +27,9 @@ __all__ = ['build_fgvc_model']
 
 # Preprocessing fields of an export's config.json that a local weights file brings with it.
 EXPORTED_DATA_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
+# timm's factory arguments of the backbone network itself (timm's train.py `--drop-path`, `--drop-block`, `--bn-*`):
+# a head takes them as timm's models do and hands them to its backbone (a head's own `drop_rate` is its dropout).
+BACKBONE_FACTORY_ARGS = ('drop_path_rate', 'drop_block_rate', 'bn_momentum', 'bn_eps')
 
 
 def _align_with_weights_file(pretrained_cfg: dict[str, Any], variant: str) -> None:
@@ -68,10 +71,10 @@ def _check_model_args(model_cls: type[FgvcModel], variant: str, kwargs: dict[str
     parameters = inspect.signature(model_cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
-    head_args = sorted({*parameters, 'backbone_weights'} - {'self', 'pretrained_backbone'})
+    head_args = sorted({*parameters, 'backbone_weights', *BACKBONE_FACTORY_ARGS} - {'self', 'pretrained_backbone'})
     builder_args = set(inspect.signature(build_model_with_cfg).parameters)  # cache_dir, feature_cfg, ...
     for key in kwargs:
-        if key not in parameters and key not in builder_args:
+        if key not in parameters and key not in builder_args and key not in BACKBONE_FACTORY_ARGS:
             close = difflib.get_close_matches(key, head_args, n=3)
             hint = f' Did you mean {" or ".join(close)}?' if close else ''
             raise UnknownArgumentError(
@@ -101,10 +104,18 @@ def build_fgvc_model(
     timm's factory arguments (docs/architecture.md, "The timm contract"): a generic name without `backbone` takes
     DEFAULT_BACKBONE; `num_classes=0` builds the class layers at the weights' class count (they localise) and drops
     only the classification (`reset_classifier(0)`); `global_pool=''` returns `forward_features`; `device`/`dtype`
-    place the model; `features_only=True` returns timm's FeatureGetterNet over the backbone's image pass.
+    place the model; `features_only=True` returns timm's FeatureGetterNet over the backbone's image pass;
+    `drop_path_rate`, `drop_block_rate`, `bn_momentum` and `bn_eps` go to the backbone (BACKBONE_FACTORY_ARGS).
     """
     backbone = DEFAULT_BACKBONE if backbone is None else backbone
     check_backbone_name(backbone)
+    head, variant_backbone, _ = split_model_name(variant)
+    if variant_backbone and split_model_name_tag(backbone)[0] != variant_backbone:
+        # Else 'lfd_resnet50' would silently be LFD over another network under resnet50's name (and cfg).
+        raise ValueError(
+            f"'{variant}' is {head} over {variant_backbone}, not over '{backbone}': build "
+            f"timm.create_model('{head}', backbone='{backbone}') instead."
+        )
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
     global_pool = kwargs.pop('global_pool', None)
     features_only = kwargs.pop('features_only', False)
@@ -154,9 +165,16 @@ def build_fgvc_model(
         # Hub loads are safetensors-only (timm would fall back to a pickle) and fail naming the repo.
         pretrained_cfg = safetensors_only(pretrained_cfg)
     hub_id = pretrained_cfg.get('hf_hub_id') if full_weights else None
-    build_kwargs = dict(kwargs)
+    build_kwargs = {k: v for k, v in kwargs.items() if k not in BACKBONE_FACTORY_ARGS}
+    factory_args = {k: v for k, v in kwargs.items() if k in BACKBONE_FACTORY_ARGS}
     if backbone_weights is not None:
-        build_kwargs['backbone_args'] = dict(kwargs.get('backbone_args') or {}, weights=str(backbone_weights))
+        factory_args['weights'] = str(backbone_weights)
+    if factory_args:
+        given = build_kwargs.get('backbone_args') or {}
+        twice = sorted(set(given) & set(factory_args) - {'weights'})
+        if twice:
+            raise ValueError(f'{", ".join(twice)} given both directly and in backbone_args: pass each once.')
+        build_kwargs['backbone_args'] = dict(given, **factory_args)
     no_classes = build_kwargs.get('num_classes') == 0
     if no_classes:  # the class layers localise: build them as the weights have them, then drop the classification
         build_kwargs['num_classes'] = pretrained_cfg.get('num_classes') or 1000

@@ -232,9 +232,15 @@ class FgvcModel(nn.Module):
         """The backbone's feature_info, module names under `backbone.model.`: the image pass's feature maps."""
         return [dict(info, module=f'backbone.model.{info["module"]}') for info in self.backbone.model.feature_info]
 
-    def forward_intermediates(self, x: torch.Tensor, **kwargs: Any):
-        """The backbone's `forward_intermediates` on the image (its pass over `x`, not the head's zooms)."""
-        return self.backbone.model.forward_intermediates(x, **kwargs)
+    def forward_intermediates(self, x: torch.Tensor, intermediates_only: bool = False, **kwargs: Any):
+        """timm's contract: `(forward_features(x), intermediates)`, so that `forward_head` of the first gives
+        `model(x)`'s logits; the intermediates are the backbone's `forward_intermediates` on the image (`kwargs`:
+        its `indices`, `norm`, `stop_early`, `output_fmt`), not on the head's zooms.
+
+        The final features take a pass of their own: the head's zooms and parts need the whole backbone.
+        """
+        intermediates = self.backbone.model.forward_intermediates(x, intermediates_only=True, **kwargs)
+        return intermediates if intermediates_only else (self.forward_features(x), intermediates)
 
     def _init_backbone(
         self,

@@ -57,9 +57,10 @@ class DpNet(FgvcModel):
     paper = PaperInfo(
         title='DP-Net (Discriminative Part Network)',
         description=(
-            "Part detectors (q per class) score the cells of a pretrained backbone's feature map; the bag-of-parts "
-            'vector is classified linearly, with optional orthogonality, decisive-assignment and class-specific '
-            'constraints. The backbone stays frozen by default.'
+            "Part detectors (q per class) score the cells of the backbone's feature map; the bag-of-parts vector is "
+            'classified linearly, with optional orthogonality, decisive-assignment and class-specific constraints. '
+            'The paper keeps a pretrained backbone frozen (`freeze_backbone`, true unless the model arguments below '
+            'say false).'
         ),
         bibtex=(
             '@inproceedings{sicre2023dpnet,\n'
@@ -131,7 +132,8 @@ class DpNet(FgvcModel):
             drop_rate: dropout on the bag of parts before the classifier.
             in_chans: input image channels.
             pretrained_backbone: load the backbone's ImageNet weights (set by the pretrained tag).
-            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. drop_path_rate).
+            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. global_pool); timm's
+                drop_path_rate, drop_block_rate, bn_momentum and bn_eps are also taken directly, as timm's models do.
         """
         super().__init__()
         if pool not in PART_POOLS:

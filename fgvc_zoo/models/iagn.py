@@ -153,7 +153,8 @@ class Iagn(FgvcModel):
             drop_rate: dropout on pooled features before the classifiers.
             in_chans: input image channels.
             pretrained_backbone: load the backbone's ImageNet weights (set by the pretrained tag).
-            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. drop_path_rate).
+            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. global_pool); timm's
+                drop_path_rate, drop_block_rate, bn_momentum and bn_eps are also taken directly, as timm's models do.
         """
         super().__init__()
         if jigsaw_sizes is None:

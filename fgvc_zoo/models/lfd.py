@@ -7,6 +7,7 @@ passed through the same backbone. A hybrid classifier on [image feature, top-l r
 Where the paper is silent, the choices of `docs/methods.md` section 1 are constructor arguments.
 """
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,7 +121,8 @@ class Lfd(FgvcModel):
             drop_rate: dropout before the classifiers.
             in_chans: input image channels.
             pretrained_backbone: load the backbone's ImageNet weights (set by the pretrained tag).
-            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. drop_path_rate).
+            backbone_args: extra keyword arguments of the backbone's timm constructor (e.g. global_pool); timm's
+                drop_path_rate, drop_block_rate, bn_momentum and bn_eps are also taken directly, as timm's models do.
         """
         super().__init__()
         if cam_mode not in CAM_MODES:
@@ -182,9 +184,12 @@ class Lfd(FgvcModel):
         """The smoothed attention map M (B, 1, h, w): max over all class maps, or the map of `class_index`.
 
         Always in float32, autocast or not: on a flat map half precision ties and reorders the cells that pick the
-        regions (the top region of bf16 maps differed from fp32 in 31 % of images).
+        regions (the top region of bf16 maps differed from fp32 in 31 % of images). A device autocast does not know
+        (meta, where tools size a model) has no autocast to leave.
         """
-        with torch.autocast(features.device.type, enabled=False):
+        device_type = features.device.type
+        has_autocast = torch.amp.is_autocast_available(device_type)
+        with torch.autocast(device_type, enabled=False) if has_autocast else contextlib.nullcontext():
             maps = class_activation_maps(features.float(), self.image_head.weight.float())
             if class_index is None:
                 attention = maps.amax(dim=1, keepdim=True)
