@@ -5,9 +5,10 @@ DP-Net one pass, IAGN a pass on the image and one on its attended zoom. The benc
 those passes through the model's own backbone, in the same process, interleaved (head, backbone, head, ...) so
 that load drifting on a shared machine hits both alike, and reports the median of the per-pair ratios. Training
 compares one full train step (all `num_train_steps` optimiser steps) with the backbone's forward+backward+step on
-the same inputs. Peak memory of a train step is the kernel's peak RSS on CPU (torch's CPU allocations are
-invisible to tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA; it is
-opt-in (`--memory`), as the CPU probe needs Linux.
+the same inputs. Peak memory of a train step (`fgvc_zoo.runtime.PeakMemory`, the meter compare uses too) is what the
+steps add above the memory before them: the kernel's peak RSS on CPU (torch's CPU allocations are invisible to
+tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated` on CUDA; it is opt-in
+(`--memory`), as the CPU probe needs Linux.
 """
 
 import contextlib
@@ -23,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .models import list_heads
-from .runtime import parse_options
+from .runtime import PeakMemory, parse_options, split_named_options
 
 __all__ = [
     'CLOCKS',
@@ -252,28 +253,6 @@ def bench_head(cfg: BenchConfig, reps: int, warmup: int = 1, train: bool = True,
     return result
 
 
-def _status_mb(field_name: str) -> float:
-    with open('/proc/self/status') as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith(field_name + ':'))
-    return kib / 2**10
-
-
-def _reset_cpu_peak() -> float:
-    """Return freed heap pages to the OS and restart the kernel's peak-RSS counter; returns the RSS (MiB) after.
-
-    Linux only: writing 5 to /proc/self/clear_refs resets VmHWM. Without `malloc_trim`, pages an earlier
-    configuration freed would stay resident and hide this one's growth.
-    """
-    import ctypes
-    import gc
-
-    gc.collect()
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    return _status_mb('VmRSS')
-
-
 def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> float:
     """Peak memory (MiB) that two train steps of the head (or of its backbone passes) add to the built model.
 
@@ -284,21 +263,16 @@ def train_peak_memory(cfg: BenchConfig, backbone_only: bool) -> float:
     model = build_model(cfg)
     head_fn, base_fn = train_fns(model, cfg)
     fn = base_fn if backbone_only else head_fn
-    if cfg.device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats(cfg.device)
-        before = torch.cuda.memory_allocated(cfg.device)
-        fn()
-        fn()
-        return (torch.cuda.max_memory_allocated(cfg.device) - before) / 2**20
-    if not os.path.exists('/proc/self/clear_refs'):
+    meter = PeakMemory(cfg.device)
+    if not meter.resettable:
         raise RuntimeError(
             f'--memory on {cfg.device} reads the peak RSS from Linux /proc, which {platform.system()} does not have: '
             f'drop --memory, or measure on a CUDA device (--device cuda).'
         )
-    before = _reset_cpu_peak()
+    meter.start()
     fn()
     fn()
-    return _status_mb('VmHWM') - before
+    return meter.read(above_start=True)
 
 
 def profile_head(cfg: BenchConfig, train: bool, row_limit: int = 15) -> str:
@@ -316,16 +290,10 @@ def profile_head(cfg: BenchConfig, train: bool, row_limit: int = 15) -> str:
 
 
 def parse_head_args(text: str | None) -> dict[str, dict]:
-    """'HEAD:key=value,key=[0.3,0.4];HEAD2:key=value' -> {HEAD: {...}, HEAD2: {...}}, each head's options in the
-    syntax of `--model-args` (`fgvc_zoo.runtime.parse_options`)."""
-    heads = list_heads()
-    parsed: dict[str, dict] = {}
-    for chunk in filter(None, (text or '').split(';')):
-        head, _, pairs = chunk.partition(':')
-        if head not in heads or not pairs:
-            raise ValueError(f"--head-args chunk '{chunk}' must read HEAD:key=value,... with HEAD one of {heads}.")
-        parsed.setdefault(head, {}).update(parse_options(pairs, f'--head-args {head}'))
-    return parsed
+    """'HEAD:key=value,key=[0.3,0.4];HEAD2:key=value' -> {HEAD: {...}, HEAD2: {...}}: `split_named_options`, each
+    head's options parsed as `--model-args` are (`fgvc_zoo.runtime.parse_options`)."""
+    heads = split_named_options(text, '--head-args', list_heads())
+    return {head: parse_options(options, f'--head-args {head}') for head, options in heads.items()}
 
 
 def format_table(rows: Sequence[dict]) -> str:

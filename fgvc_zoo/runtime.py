@@ -4,8 +4,12 @@ transform of its own data config. Above the export format (it loads export folde
 """
 
 import ast
+import ctypes
+import gc
 import os
+import platform
 import re
+import resource
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,10 @@ __all__ = [
     'resolve_device',
     'option_value',
     'parse_options',
+    'split_named_options',
     'parse_model_kwargs',
     'load_for_inference',
+    'PeakMemory',
 ]
 
 
@@ -108,6 +114,21 @@ def parse_options(options: str | Sequence[str] | Mapping[str, Any] | None, flag:
     return parsed
 
 
+def split_named_options(text: str | None, flag: str, names: Sequence[str]) -> dict[str, str]:
+    """The one syntax of options by name, `--head-args` (bench) and `--method-args` (compare):
+    'NAME:key=value,key=[0.3,0.4];NAME2:key=value' -> {NAME: 'key=value,key=[0.3,0.4]', NAME2: 'key=value'}, each
+    name one of `names` and each part in the syntax of `--model-args` (checked here with `parse_options`; a caller
+    that hands them on as `--model-args` keeps the text)."""
+    split: dict[str, str] = {}
+    for chunk in filter(None, (part.strip() for part in (text or '').split(';'))):
+        name, sep, options = chunk.partition(':')
+        if not sep or name not in names or not options:
+            raise UsageError(f"{flag} '{chunk}': write NAME:key=value,... with NAME one of {', '.join(names)}.")
+        parse_options(options, f'{flag} {name}')
+        split[name] = f'{split[name]},{options}' if name in split else options
+    return split
+
+
 def parse_model_kwargs(model_args: str | None, model_kwargs: Any = None) -> dict[str, Any]:
     """The model's options: `--model-kwargs`, then `--model-args` over them (same syntax, `parse_options`)."""
     return {**parse_options(model_kwargs, '--model-kwargs'), **parse_options(model_args, '--model-args')}
@@ -132,3 +153,57 @@ def load_for_inference(
     data_config = resolve_fgvc_data_config(model, img_size)
     transform = create_transforms(data_config, is_training=False)
     return model, transform, model_label_names(model), data_config
+
+
+class PeakMemory:
+    """The peak memory of the work between `start()` and `read()`: one meter for `fgvc-zoo bench` and `compare`.
+
+    CUDA: torch's max allocated bytes on the device. CPU on Linux: the kernel's peak RSS (VmHWM), whose counter
+    `start` resets after returning freed heap pages to the OS (without `malloc_trim`, pages earlier work freed would
+    stay resident and hide this work's growth); torch's CPU allocations are invisible to tracemalloc. CPU elsewhere:
+    the process's peak RSS since it started. `read()` is the absolute peak, `read(above_start=True)` the peak above
+    the memory at `start` (what the work added); `kind` says what was measured, for a report to state.
+    """
+
+    def __init__(self, device: str | torch.device = 'cpu'):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == 'cuda'
+        self.resettable = self.cuda or os.path.exists('/proc/self/clear_refs')
+        self.before = 0.0
+
+    @property
+    def kind(self) -> str:
+        if self.cuda:
+            return 'CUDA max_memory_allocated'
+        if self.resettable:
+            return 'peak RSS of the process (VmHWM, reset before)'
+        return 'peak RSS of the process since it started'
+
+    def start(self) -> 'PeakMemory':
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device) / 2**20
+        elif self.resettable:
+            gc.collect()
+            if platform.system() == 'Linux':
+                ctypes.CDLL('libc.so.6').malloc_trim(0)
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # resets VmHWM
+            self.before = _status_mb('VmRSS')
+        return self
+
+    def read(self, above_start: bool = False) -> float:
+        """The peak (MiB) since `start`; with `above_start`, less the memory then."""
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.resettable:
+            peak = _status_mb('VmHWM')
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak - self.before if above_start else peak
+
+
+def _status_mb(field_name: str) -> float:
+    with open('/proc/self/status') as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith(field_name + ':'))
+    return kib / 2**10

@@ -22,6 +22,7 @@ from fgvc_zoo.bench import (
     train_peak_memory,
 )
 from fgvc_zoo.cli import run
+from fgvc_zoo.errors import UsageError
 from fgvc_zoo.models import list_heads
 
 TINY = {
@@ -215,7 +216,7 @@ def test_bench_command_prints_the_ratio_table_and_writes_json(tmp_path, capsys):
 
 
 def test_unknown_head_args_chunk_is_refused():
-    with pytest.raises(ValueError, match='HEAD:key=value'):
+    with pytest.raises(UsageError, match="--head-args 'resnet:x=1': write NAME:key=value"):
         run(['bench', '--backbone', 'test_resnet', '--head-args', 'resnet:x=1', '--no-memory'])
 
 

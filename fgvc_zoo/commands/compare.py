@@ -118,17 +118,13 @@ def main(args: argparse.Namespace) -> int:
 
     from ..compare import HARD_SYNTHETIC, CompareConfig, run_compare
     from ..errors import UsageError
+    from ..runtime import split_named_options
 
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None and (name != 'synthetic_args' or args.synthetic):
             setattr(args, name, value)
     args.synthetic_args = args.synthetic_args or ''
-    method_args = {}
-    for item in filter(None, (part.strip() for part in args.method_args.split(';'))):
-        method, sep, values = item.partition(':')
-        if not sep or method not in args.methods:
-            raise UsageError(f"--method-args '{item}': write METHOD:key=value,... with METHOD one of {args.methods}.")
-        method_args[method] = values
+    method_args = split_named_options(args.method_args, '--method-args', args.methods)
     if args.synthetic_args and not args.synthetic:
         raise UsageError('--synthetic-args sets the synthetic protocol: pass --synthetic with it.')
     synthetic = {**HARD_SYNTHETIC, **_pairs(args.synthetic_args, '--synthetic-args')} if args.synthetic else None
