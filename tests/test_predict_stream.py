@@ -94,6 +94,23 @@ def test_sources_are_folders_globs_lists_and_paths_each_once(image_folder, tmp_p
             expand_sources([source])
 
 
+def test_a_folder_linked_into_its_own_tree_is_walked_once(tmp_path):
+    """A link back up the tree (a loop) or to a sibling lists no image twice; a link out of the tree is followed."""
+    root, outside = tmp_path / 't', tmp_path / 'outside'
+    for folder in (root / 'sub', outside):
+        folder.mkdir(parents=True)
+    for path in (root / 'a.jpg', root / 'sub' / 'b.jpg', outside / 'c.jpg'):
+        Image.new('RGB', (8, 8)).save(path)
+    (root / 'sub' / 'up').symlink_to('..')
+    (root / 'again').symlink_to('sub')  # sorts before sub: the real folder still gives the names
+    (root / 'linked').symlink_to(outside)
+    assert expand_sources([str(root)]) == [
+        str(root / 'a.jpg'),
+        str(root / 'linked' / 'c.jpg'),
+        str(root / 'sub' / 'b.jpg'),
+    ]
+
+
 def test_folder_to_csv_one_row_per_image_with_the_error_of_each_unreadable_file(exported, image_folder, tmp_path):
     root, good, bad = image_folder
     output = tmp_path / 'preds.csv'

@@ -101,20 +101,33 @@ def _is_image_name(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS)
 
 
+def _folder_images(folder: str) -> list[str]:
+    """The image files under `folder`, recursively, sorted. Symlinked folders are followed, but each real folder is
+    walked once, under its first name (its real one where it is in the tree): a link back up the tree would
+    otherwise list every image again at each turn of the loop, until the path grows too long."""
+    seen: set[str] = set()
+    found = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort(key=lambda name: (os.path.islink(os.path.join(root, name)), name))  # real folders first
+        found += [os.path.join(root, name) for name in names if _is_image_name(name)]
+    return sorted(found)
+
+
 def expand_sources(sources: Sequence[str]) -> list[str]:
     """The image paths of `sources`, in order, each once: a folder gives its image files (torchvision's
-    extensions) recursively in sorted order, a glob (`*`, `?`, `[`) its sorted matches, a `.txt`/`.lst` file its
-    lines (paths as written; blank lines and `#` comments skipped), anything else is an image path, kept even if it
-    does not exist (its row says so). A folder or glob with no image, or a missing list file, is a usage error."""
+    extensions) recursively in sorted order (each real folder once), a glob (`*`, `?`, `[`) its sorted matches, a
+    `.txt`/`.lst` file its lines (paths as written; blank lines and `#` comments skipped), anything else is an image
+    path, kept even if it does not exist (its row says so). A folder or glob with no image, or a missing list file,
+    is a usage error."""
     paths: list[str] = []
     for source in sources:
         if os.path.isdir(source):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(source, followlinks=True)
-                for name in names
-                if _is_image_name(name)
-            )
+            found = _folder_images(source)
             if not found:
                 raise UsageError(f'{source}: a folder with no image file ({", ".join(IMG_EXTENSIONS)}) in it.')
             paths += found
