@@ -4,6 +4,7 @@ JSONL or Parquet, errors included; a killed run resumed with every image exactly
 import csv
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -178,6 +179,39 @@ def test_an_image_that_vanishes_after_listing_gets_its_row_and_the_run_goes_on(e
     rows = read_rows(tmp_path / 'p.jsonl')
     assert [r['path'] for r in rows] == paths and failed == 5 == len(errors)
     assert 'file not found' in next(r['error'] for r in rows if r['path'] == good[2])
+
+
+@pytest.fixture
+def non_utf8_folder(tmp_path):
+    """A good image and a copy named in Latin-1 (`caf\\xe9.jpg`), as cameras, zip files and Windows shares give."""
+    root = tmp_path / 'latin1'
+    root.mkdir()
+    Image.new('RGB', (32, 32), (200, 30, 60)).save(root / 'b.jpg')
+    try:
+        shutil.copy(root / 'b.jpg', os.path.join(os.fsencode(root), b'caf\xe9.jpg'))
+    except OSError:
+        pytest.skip('this file system refuses names that are not UTF-8')
+    return root
+
+
+@pytest.mark.parametrize('suffix', ['.csv', '.jsonl', '.parquet'])
+def test_a_file_name_that_is_not_utf8_gets_its_row_and_resume_passes_it(exported, non_utf8_folder, tmp_path, suffix):
+    output = tmp_path / f'x{suffix}'
+    assert run(['predict', str(non_utf8_folder), *_flags(exported), '--output', str(output)]) == 0
+    rows = read_rows(output)
+    assert [r['path'] for r in rows] == [str(non_utf8_folder / 'b.jpg'), str(non_utf8_folder / 'caf\\xe9.jpg')]
+    assert rows[0]['indices'] == rows[1]['indices'] and rows[1]['error'] is None  # the same image, both predicted
+    if suffix != '.parquet':
+        output.read_bytes().decode('utf-8')  # the table stays UTF-8: the name's byte is spelled \xe9
+    assert run(['predict', str(non_utf8_folder), *_flags(exported), '--output', str(output), '--resume']) == 0
+    assert read_rows(output) == rows  # the row is known: nothing redone, nothing duplicated
+
+
+def test_printed_predictions_spell_a_name_that_is_not_utf8_as_the_table_does(exported, non_utf8_folder, capsys):
+    assert run(['predict', str(non_utf8_folder), *_flags(exported)]) == 0
+    assert f'{non_utf8_folder / "caf"}\\xe9.jpg\n  1. ' in capsys.readouterr().out
+    assert run(['predict', str(non_utf8_folder), *_flags(exported), '--json']) == 0
+    assert json.loads(capsys.readouterr().out)[1]['image'] == str(non_utf8_folder / 'caf\\xe9.jpg')
 
 
 def test_an_existing_output_is_never_overwritten_without_resume(exported, image_folder, tmp_path):

@@ -5,7 +5,9 @@ CSV or JSONL file that a killed run resumes; Parquet written from the finished r
 `accelerate launch`, merged in source order.
 
 A row is `{'path', 'indices', 'labels', 'probabilities', 'error'}`: the top-k best first, or the error of a file
-that could not be read (missing, zero-byte, not an image, decompression-bomb sized), and then empty lists.
+that could not be read (missing, zero-byte, not an image, decompression-bomb sized), and then empty lists. A table
+is UTF-8 throughout: a file name whose bytes are not (a camera's, a zip file's, a Windows share's) is written with
+those bytes as `\\xNN` (`table_path`), and `--resume` compares paths in that form.
 """
 
 import contextlib
@@ -35,6 +37,7 @@ __all__ = [
     'LIST_EXTENSIONS',
     'TABLE_EXTENSIONS',
     'expand_sources',
+    'table_path',
     'ImageFiles',
     'collate_images',
     'TorchRunner',
@@ -92,9 +95,15 @@ def format_predictions(paths: Sequence[str], predictions: Sequence[Sequence[dict
     """Text output: the image path, then one '  rank. label  probability%' line per class."""
     lines = []
     for path, top in zip(paths, predictions, strict=False):
-        lines.append(path)
+        lines.append(table_path(path))
         lines += [f'  {rank}. {p["label"]}  {100 * p["probability"]:.2f}%' for rank, p in enumerate(top, 1)]
     return '\n'.join(lines)
+
+
+def table_path(path: str) -> str:
+    """`path` as tables and printouts spell it: valid UTF-8, the bytes of a name that is not UTF-8 (which Python holds
+    as lone surrogates, PEP 383) written as `\\xNN`, where a strict UTF-8 writer would abort the run."""
+    return path.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
 def _is_image_name(path: str) -> bool:
@@ -133,7 +142,7 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
             paths += found
         elif source.lower().endswith(LIST_EXTENSIONS):
             try:
-                lines = Path(source).read_text().splitlines()
+                lines = [os.fsdecode(line) for line in Path(source).read_bytes().splitlines()]  # names as os.walk's
             except OSError as e:
                 raise UsageError(f'{source}: cannot read this list of image paths ({e.strerror}).') from None
             paths += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith('#')]
@@ -279,7 +288,7 @@ def _csv_line(row: Row, k: int) -> list[Any]:
             else ('', '', '')
         )
     ]
-    return [row['path'], *ranks, row['error'] or '']
+    return [table_path(row['path']), *ranks, row['error'] or '']
 
 
 def _csv_row(record: dict[str, str]) -> Row:
@@ -351,7 +360,9 @@ class RowWriter:
         if self.csv:
             csv.writer(buffer, lineterminator='\n').writerows(lines)
         else:
-            buffer.writelines(json.dumps(line, ensure_ascii=False) + '\n' for line in lines)
+            buffer.writelines(
+                json.dumps({**line, 'path': table_path(line['path'])}, ensure_ascii=False) + '\n' for line in lines
+            )
         self.file.write(buffer.getvalue())  # one write, then flush: whole batches reach the file
         self.file.flush()
 
@@ -382,7 +393,8 @@ def write_table(path: str | os.PathLike, rows: Sequence[Row], topk: int) -> None
                 ('error', pa.string()),
             ]
         )
-        pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), temporary)
+        rows = [{**row, 'path': table_path(row['path'])} for row in rows]
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
     else:
         temporary.unlink(missing_ok=True)
         writer = RowWriter(temporary, topk)
@@ -399,12 +411,12 @@ def shard(paths: Sequence[str], rank: int, world_size: int) -> list[str]:
 def merge_rows(row_lists: Sequence[Sequence[Row]], sources: Sequence[str]) -> list[Row]:
     """The rows of all shards (and earlier runs) in source order, each path once (its first row); a row of a path
     not among `sources` (an earlier run's) comes first, in its own order."""
-    order = {path: index for index, path in enumerate(sources)}
+    order = {table_path(path): index for index, path in enumerate(sources)}
     merged: dict[str, Row] = {}
     for rows in row_lists:
         for row in rows:
-            merged.setdefault(row['path'], row)
-    return sorted(merged.values(), key=lambda row: order.get(row['path'], -1))
+            merged.setdefault(table_path(row['path']), row)
+    return sorted(merged.values(), key=lambda row: order.get(table_path(row['path']), -1))
 
 
 def _part_files(output: Path) -> list[Path]:
@@ -447,7 +459,7 @@ def predict_to_file(
     earlier = {path: read_rows(path) for path in leftovers}
     done = {row['path'] for rows in earlier.values() for row in rows}
     failed = sum(row['error'] is not None for rows in earlier.values() for row in rows)
-    pending = shard([path for path in sources if path not in done], rank, world_size)
+    pending = shard([path for path in sources if table_path(path) not in done], rank, world_size)
     barrier()  # every process has looked for leftovers before any writes its part (else one sees another's file)
 
     part = output if streams_itself else output.with_name(f'{output.name}.part{rank}of{world_size}.jsonl')
