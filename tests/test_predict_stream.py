@@ -237,6 +237,18 @@ def test_resume_drops_a_row_cut_mid_write_and_redoes_only_that_image(exported, i
     assert output.read_text().splitlines(keepends=True) == lines
 
 
+def test_resume_knows_each_image_however_its_folder_is_spelled(exported, image_folder, tmp_path, monkeypatch):
+    root, good, _ = image_folder
+    monkeypatch.chdir(root.parent)
+    output = tmp_path / 'preds.csv'
+    run(['predict', 'images', *_flags(exported), '--output', str(output)])
+    table = output.read_text()
+    for spelling in ('./images', 'images/', str(root), 'images/sub/..'):
+        assert run(['predict', spelling, *_flags(exported), '--output', str(output), '--resume']) == 1  # 4 errors
+        assert output.read_text() == table  # no image redone, no row duplicated
+    assert expand_sources(['images/img0.jpg', './images/img0.jpg', 'images//img0.jpg']) == ['images/img0.jpg']
+
+
 def test_a_killed_run_resumes_with_every_image_exactly_once(exported, tmp_path):
     """A real process, killed with SIGKILL once some rows are on disk; --resume completes the table."""
     root = tmp_path / 'big'

@@ -7,7 +7,8 @@ CSV or JSONL file that a killed run resumes; Parquet written from the finished r
 A row is `{'path', 'indices', 'labels', 'probabilities', 'error'}`: the top-k best first, or the error of a file
 that could not be read (missing, zero-byte, not an image, decompression-bomb sized), and then empty lists. A table
 is UTF-8 throughout: a file name whose bytes are not (a camera's, a zip file's, a Windows share's) is written with
-those bytes as `\\xNN` (`table_path`), and `--resume` compares paths in that form.
+those bytes as `\\xNN` (`table_path`). Paths are compared (`--resume`, merging, each image once) in that form,
+made absolute: `./tiny3/a.jpg` and `tiny3/a.jpg` are one image, its row keeps the first spelling.
 """
 
 import contextlib
@@ -106,6 +107,11 @@ def table_path(path: str) -> str:
     return path.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
+def _path_key(path: str) -> str:
+    """What two spellings of one path have in common (`./a/b.jpg`, `a//b.jpg`, `/cwd/a/b.jpg`), in table form."""
+    return os.path.abspath(table_path(path))
+
+
 def _is_image_name(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS)
 
@@ -153,7 +159,10 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
             paths += found
         else:
             paths.append(source)
-    return list(dict.fromkeys(paths))  # each image once, first place kept
+    unique: dict[str, str] = {}
+    for path in paths:
+        unique.setdefault(_path_key(path), path)  # each image once, first place and spelling kept
+    return list(unique.values())
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -411,12 +420,12 @@ def shard(paths: Sequence[str], rank: int, world_size: int) -> list[str]:
 def merge_rows(row_lists: Sequence[Sequence[Row]], sources: Sequence[str]) -> list[Row]:
     """The rows of all shards (and earlier runs) in source order, each path once (its first row); a row of a path
     not among `sources` (an earlier run's) comes first, in its own order."""
-    order = {table_path(path): index for index, path in enumerate(sources)}
+    order = {_path_key(path): index for index, path in enumerate(sources)}
     merged: dict[str, Row] = {}
     for rows in row_lists:
         for row in rows:
-            merged.setdefault(table_path(row['path']), row)
-    return sorted(merged.values(), key=lambda row: order.get(table_path(row['path']), -1))
+            merged.setdefault(_path_key(row['path']), row)
+    return sorted(merged.values(), key=lambda row: order.get(_path_key(row['path']), -1))
 
 
 def _part_files(output: Path) -> list[Path]:
@@ -457,9 +466,9 @@ def predict_to_file(
     if leftovers and not resume:
         raise UsageError(f'--output {output}: {leftovers[0]} exists; pass --resume to continue it, or remove it.')
     earlier = {path: read_rows(path) for path in leftovers}
-    done = {row['path'] for rows in earlier.values() for row in rows}
+    done = {_path_key(row['path']) for rows in earlier.values() for row in rows}
     failed = sum(row['error'] is not None for rows in earlier.values() for row in rows)
-    pending = shard([path for path in sources if table_path(path) not in done], rank, world_size)
+    pending = shard([path for path in sources if _path_key(path) not in done], rank, world_size)
     barrier()  # every process has looked for leftovers before any writes its part (else one sees another's file)
 
     part = output if streams_itself else output.with_name(f'{output.name}.part{rank}of{world_size}.jsonl')
