@@ -4,6 +4,7 @@ folder's lock at a time.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ __all__ = [
     'resume_checkpoint',
     'find_resume',
     'lock_output',
+    'release_output',
     'restore_state',
 ]
 
@@ -74,7 +76,17 @@ def lock_output(output: Path):
             f'{output} is in use by another run (it holds the lock {output / LOCK_NAME}): wait for '
             f'it to finish, or pass another --output.'
         ) from None
-    return lock
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samestat(os.fstat(lock.fileno()), os.stat(output / LOCK_NAME)):
+            return lock
+    lock.close()  # the file a run removed as it ended (`release_output`): lock the one there now
+    return lock_output(output)
+
+
+def release_output(lock) -> None:
+    """Let go of `lock_output`'s lock and remove its file: a finished run folder holds only what the run made."""
+    Path(lock.name).unlink(missing_ok=True)  # still held: a run starting now locks a new file (see lock_output)
+    lock.close()
 
 
 def resume_checkpoint(output: str | Path, resume: str | None) -> Path | None:

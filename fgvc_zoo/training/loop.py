@@ -65,6 +65,7 @@ from .checkpoints import (
     _save_checkpoint,
     find_resume,
     lock_output,
+    release_output,
     restore_state,
     state_dict_sha256,
 )
@@ -518,7 +519,7 @@ def train(config: argparse.Namespace) -> int:
         raise
     finally:
         if lock is not None:
-            lock.close()
+            release_output(lock)
 
 
 def _accelerator(config: argparse.Namespace, output: Path):
@@ -714,8 +715,8 @@ def _announce(config: argparse.Namespace, accelerator, trainer_state, num_images
         accelerator.init_trackers('fgvc_zoo', config=scalars)
     accelerator.print(
         f'Training {config.model} on {num_images} images ({num_classes} classes), world size '
-        f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} epochs from epoch '
-        f'{trainer_state["epoch"] + 1}.'
+        f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} '
+        f'epoch{"s" * (config.epochs != 1)} from epoch {trainer_state["epoch"] + 1}.'
     )
 
 
