@@ -249,6 +249,15 @@ def test_resume_knows_each_image_however_its_folder_is_spelled(exported, image_f
     assert expand_sources(['images/img0.jpg', './images/img0.jpg', 'images//img0.jpg']) == ['images/img0.jpg']
 
 
+def test_resuming_a_finished_table_says_there_is_nothing_left_to_predict(exported, image_folder, tmp_path, capsys):
+    root, _, _ = image_folder
+    output = tmp_path / 'preds.csv'
+    run(['predict', str(root), *_flags(exported), '--output', str(output)])
+    assert 'images in' in capsys.readouterr().err
+    run(['predict', str(root), *_flags(exported), '--output', str(output), '--resume'])
+    assert capsys.readouterr().err.splitlines()[-1] == f'{output} has a row for every image: nothing left to predict.'
+
+
 def test_a_killed_run_resumes_with_every_image_exactly_once(exported, tmp_path):
     """A real process, killed with SIGKILL once some rows are on disk; --resume completes the table."""
     root = tmp_path / 'big'

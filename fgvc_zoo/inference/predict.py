@@ -468,7 +468,8 @@ def predict_to_file(
     earlier = {path: read_rows(path) for path in leftovers}
     done = {_path_key(row['path']) for rows in earlier.values() for row in rows}
     failed = sum(row['error'] is not None for rows in earlier.values() for row in rows)
-    pending = shard([path for path in sources if _path_key(path) not in done], rank, world_size)
+    todo = [path for path in sources if _path_key(path) not in done]
+    pending = shard(todo, rank, world_size)
     barrier()  # every process has looked for leftovers before any writes its part (else one sees another's file)
 
     part = output if streams_itself else output.with_name(f'{output.name}.part{rank}of{world_size}.jsonl')
@@ -494,6 +495,8 @@ def predict_to_file(
     if count and progress and rank == 0:
         elapsed = time.perf_counter() - start
         print(f'{count} images in {elapsed:.1f} s ({count / elapsed:.1f} images/s) -> {output}', file=sys.stderr)
+    elif not todo and progress and rank == 0:
+        print(f'{output} has a row for every image: nothing left to predict.', file=sys.stderr)
     if streams_itself:
         return failed
     barrier()
