@@ -27,7 +27,8 @@ NTS = 'NTS-Net core/dataset.py'
 PMG = 'PMG train.py'
 REFERENCE = {
     'lfd': {
-        'backbone weights': ('torchvision ResNet-50, ImageNet-1k', 'paper'),
+        # the paper says an ImageNet ResNet-50; that it is torchvision's is NTS-Net's code (resnet50(pretrained=True))
+        'backbone weights': ('torchvision ResNet-50, ImageNet-1k', 'paper (ImageNet); NTS-Net core/model.py'),
         'optimiser': ('SGD, classical momentum 0.9', 'paper'),
         'weight decay': ('5e-4 on every parameter', 'paper; NTS-Net'),
         'epochs': ('100', 'paper'),
