@@ -71,6 +71,16 @@ def test_ci_builds_the_newest_and_the_lowest_venv_and_the_readme_installs_the_ne
         assert readme.count(pin) >= 2, f'the README set-up lines do not install {pin}, the newest pair CI tests'
 
 
+def test_the_timm_suite_counts_are_printed_by_ci_not_copied_into_the_docs():
+    """They change with every timm and every head: a copy in docs/architecture.md goes stale."""
+    docs = (REPO / 'docs' / 'architecture.md').read_text()
+    contract = docs[docs.index('## The timm contract') :].split('\n## ')[0]
+    assert re.findall(r'\d+ (?:of its tests|pass|are excluded|fail)', contract) == []
+    ci = (REPO / '.ci' / 'run').read_text()
+    assert 'tests/test_models.py" | tee "$timm_src/summary.log"' in ci
+    assert 'over fgvc_zoo\'s models: $(tail -n 1 "$timm_src/summary.log")' in ci
+
+
 def test_timm_has_an_upper_bound_while_a_private_timm_api_is_imported():
     private = [
         p.relative_to(REPO).as_posix()
