@@ -19,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    config = resolve_config(args)  # a usage error is refused before torch and timm load (seconds from a cold cache)
     from ..training.loop import train
 
-    return train(resolve_config(args))
+    return train(config)
 
 
 def launch(argv: Sequence[str] | None = None) -> int:

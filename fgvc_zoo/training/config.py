@@ -5,7 +5,6 @@ on the command line win; `--resume` restores the checkpoint's config, which only
 import argparse
 import difflib
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +13,8 @@ from typing import Any
 import yaml
 
 from ..errors import UsageError
-from .checkpoints import CHECKPOINT_STATE, resume_checkpoint
 
 __all__ = ['add_train_arguments', 'resolve_config']
-
-_logger = logging.getLogger(__name__)
 
 # dest -> default and dest -> value type of every flag: the arguments themselves default to SUPPRESS so that
 # `resolve_config` can tell a flag given on the command line (wins) from one left to the recipe or the default.
@@ -268,6 +264,8 @@ _RUN_IDENTITY = (
 
 def _saved_config(config: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
     """The resolved config the checkpoint `--resume` names (or OUTPUT's last complete one) was trained with."""
+    from .checkpoints import CHECKPOINT_STATE, resume_checkpoint  # torch: a usage error is refused before it loads
+
     checkpoint = resume_checkpoint(config['output'], config['resume'])
     if checkpoint is None:
         return None
@@ -360,11 +358,6 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(
             f'--synthetic writes an image-folder dataset, but --dataset-layout is {config.dataset_layout} (a recipe may'
             f' set it): pass --dataset-layout folder with --synthetic, or train on --data-dir DIR instead.'
-        )
-    if not (config.pretrained or config.backbone_weights or config.resume or config.synthetic):
-        _logger.warning(
-            f'--model {config.model} trains from random weights: the papers and their numbers start from ImageNet '
-            f'weights. Pass --pretrained (or --backbone-weights FILE) unless training from scratch is the point.'
         )
     return config
 

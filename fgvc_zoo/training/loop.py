@@ -709,6 +709,12 @@ def _check_train_steps(config: argparse.Namespace, model: nn.Module, ddp_kwargs)
 
 def _announce(config: argparse.Namespace, accelerator, trainer_state, num_images: int, num_classes: int) -> None:
     """Record the resolved config in the trainer state (what `--resume` restores), start the trackers, say what runs."""
+    if not (config.pretrained or config.backbone_weights or config.resume or config.synthetic):
+        # said once the run is set up, so that an error of the setup is the only line
+        _logger.warning(
+            f'--model {config.model} trains from random weights: the papers and their numbers start from ImageNet '
+            f'weights. Pass --pretrained (or --backbone-weights FILE) unless training from scratch is the point.'
+        )
     trainer_state['config'] = dict(vars(config))
     if config.log_with:
         scalars = {k: v for k, v in trainer_state['config'].items() if isinstance(v, (int, float, str, bool))}
