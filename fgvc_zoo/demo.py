@@ -59,6 +59,10 @@ __all__ = [
 GRADIO_HINT = 'the demo needs gradio: pip install "fgvc-zoo[demo]"'
 IMAGE_HINT = 'upload a photo (JPEG, PNG, WebP, BMP, TIFF or GIF)'
 EXAMPLES_PER_MODEL = 6
+# A Space is an application installed from scratch: without bounds pip takes the newest torch, which CI has not
+# tested (README, "Supported versions") and may have no torchvision built for it yet. The package itself has no
+# upper torch bound (pyproject.toml says why).
+SPACE_TORCH = ('torch>=2.4,<2.15', 'torchvision>=0.19,<0.30')
 
 
 @dataclass
@@ -273,13 +277,16 @@ def _gradio_version() -> str:
         raise ImportError(f'{GRADIO_HINT}: the Space README pins the gradio version the app was built with.') from None
 
 
-def _space_requirement(out: Path) -> str:
-    """The requirement that installs this fgvc-zoo in the Space. Run from a source tree (any version before its
-    release, which no index has), it is the wheel built from that tree into the Space's `wheels/`; from an
-    installed release, that release on the package index."""
+def _space_requirements(out: Path) -> list[str]:
+    """The lines of the Space's requirements.txt: this fgvc-zoo and the tested torch range. Run from a source tree
+    (any version before its release, which no index has), fgvc-zoo is the wheel built from that tree into the
+    Space's `wheels/`, found through `--find-links`, which pip resolves against the requirements file (a path
+    requirement it would resolve against the folder pip runs in); from an installed release, that release on the
+    package index."""
+    requirement = [f'fgvc-zoo[demo]=={__version__}', *SPACE_TORCH]
     root = Path(__file__).resolve().parents[1]
     if not (root / 'pyproject.toml').is_file():
-        return f'fgvc-zoo[demo]=={__version__}'
+        return requirement
     try:  # the build runs without isolation (no index needed), so with this environment's setuptools
         setuptools_version = version('setuptools')
     except PackageNotFoundError:
@@ -295,7 +302,7 @@ def _space_requirement(out: Path) -> str:
     found = sorted(wheels.glob('fgvc_zoo-*.whl')) if wheels.is_dir() else []
     if built.returncode != 0 or len(found) != 1:
         raise RuntimeError(f'Could not build the fgvc-zoo wheel of {root} for the Space: {built.stderr.strip()[-300:]}')
-    return f'./{SPACE_WHEELS_DIR}/{found[0].name}[demo]'
+    return [f'--find-links ./{SPACE_WHEELS_DIR}', *requirement]
 
 
 def write_space(
@@ -336,7 +343,7 @@ def write_space(
             title=title,
         )
     )
-    (out / 'requirements.txt').write_text(f'{_space_requirement(out)}\n')
+    (out / 'requirements.txt').write_text(''.join(f'{line}\n' for line in _space_requirements(out)))
     card = SpaceCardData(
         title=title[:60],
         emoji='🔍',

@@ -11,6 +11,7 @@ import yaml
 from fgvc_zoo import cli
 from fgvc_zoo.bench import parse_head_args
 from fgvc_zoo.commands.common import report_errors
+from fgvc_zoo.data.synthetic import make_synthetic_fgvc
 from fgvc_zoo.errors import UsageError
 from fgvc_zoo.runtime import parse_model_kwargs, parse_options
 
@@ -195,6 +196,54 @@ def test_a_named_variant_with_another_backbone_is_refused_naming_both_and_the_wa
     assert '--model lfd_resnet50 is lfd over resnet50, but --backbone resnet18' in err
     assert '(--model lfd --backbone resnet18)' in err and 'drop --backbone' in err
     assert not output.exists()
+
+
+@pytest.mark.parametrize('case', ['variant with another backbone', 'no such data folder'])
+def test_a_train_error_is_the_only_line_though_a_warning_would_come_first(tmp_path, case):
+    """Without --pretrained the run warns about random weights, but only once it is set up: an error before that
+    is all the user reads."""
+    data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=1, image_size=32)
+    model, data_dir, words = {
+        'variant with another backbone': (
+            ['lfd_resnet50', '--backbone', 'resnet18'],
+            data,
+            'asks for another backbone',
+        ),
+        'no such data folder': (['dpnet', '--backbone', 'test_resnet'], str(tmp_path / 'missing'), 'is not a folder'),
+    }[case]
+    argv = ['train', '--model', *model, '--data-dir', data_dir, '--img-size', '32', '--workers', '0',
+            '--output', str(tmp_path / 'run')]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), HF_HUB_OFFLINE='1')  # logging as a console has it
+    finished = subprocess.run([sys.executable, '-m', 'fgvc_zoo.cli', *argv], capture_output=True, text=True, env=env)
+    err = finished.stderr
+    assert err.count('\n') == 1 and err.startswith('fgvc-zoo train: error:') and words in err, err
+    assert finished.returncode in (1, 2)
+
+
+@pytest.mark.parametrize('mistake', [['--img-size', '0'], ['--img-sise', '32'], ['--epochs', 'one']])
+def test_a_train_usage_error_is_refused_before_torch_or_timm_is_imported(mistake, tmp_path):
+    """Importing them takes seconds from a cold disk cache; a typo is answered at once."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    script = (
+        'import sys\nfrom fgvc_zoo.cli import main\n'
+        'try:\n    main(sys.argv[1:])\n'
+        'except SystemExit as e:\n    print(e.code, "torch" in sys.modules, "timm" in sys.modules)'
+    )
+    argv = [
+        'train',
+        '--model',
+        'dpnet',
+        '--backbone',
+        'test_resnet',
+        '--synthetic',
+        '--output',
+        str(tmp_path),
+        *mistake,
+    ]
+    finished = subprocess.run(
+        [sys.executable, '-c', script, *argv], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert finished.stdout == '2 False False\n' and finished.stderr.count('\n') == 1, finished.stderr
 
 
 def test_the_way_out_of_a_variant_with_another_backbone_trains_that_backbone():

@@ -3,6 +3,8 @@
 checked, and the result is judged by what it does: top-1 on foolbox's 20 ImageNet photos."""
 
 import json
+import os
+import stat
 
 import pytest
 import timm
@@ -32,6 +34,18 @@ def converted(package_file, tmp_path_factory):
 def test_the_package_weights_classify_imagenet_photos_as_timm_names(converted):
     # Random weights score ~0 on 1000 classes; the real ones most of the 20 photos.
     assert imagenet_top1(ARCH, converted) >= 75
+
+
+def test_the_converted_file_is_readable_by_the_group_as_exported_weights_are(package_file, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert (
+            run(['convert-weights', package_file, str(tmp_path / 'w.safetensors'), '--arch', ARCH, '--min-top1', '0'])
+            == 0
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / 'w.safetensors').stat().st_mode) == 0o644
 
 
 def test_the_converted_file_is_a_backbone_weights_file(converted):

@@ -492,6 +492,26 @@ def test_unreadable_file_raises_naming_it(tmp_path, name):
     assert reason in check_image(str(tmp_path / name))
 
 
+def test_a_file_removed_after_it_was_seen_is_unreadable_not_a_crash(tmp_path, monkeypatch):
+    """The file is there when first looked at, gone right after (another process, a sync): its error, like a missing
+    file's, is what a dataset skips and predict writes as a row."""
+    path = tmp_path / 'gone.png'
+    stat = os.stat
+
+    def stat_then_remove(name, *args, **kwargs):
+        result = stat(name, *args, **kwargs)
+        if os.fspath(name) == str(path):
+            path.unlink(missing_ok=True)
+        return result
+
+    monkeypatch.setattr(os, 'stat', stat_then_remove)
+    path.write_bytes(_valid_png_bytes())
+    with pytest.raises(UnreadableImageError, match='file not found'):
+        load_image(str(path))
+    path.write_bytes(_valid_png_bytes())
+    assert check_image(str(path)) == 'file not found'
+
+
 def _folder_with_bad_files(tmp_path, good_per_class=3):
     root = _folder(tmp_path / 'data', per_split=good_per_class)
     bad = []

@@ -5,10 +5,12 @@ The browser itself is driven in tests/test_demo_browser.py.
 """
 
 import json
+import re
 import subprocess
 import sys
 import urllib.request
 import zipfile
+from importlib import metadata
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,12 +31,14 @@ from demo_helpers import (
     write_uploads,
 )
 from hub_server import HubServer, served_files
+from packaging.requirements import Requirement
+from packaging.version import Version
 from PIL import Image
 
 import fgvc_zoo
 from fgvc_zoo import cli
 from fgvc_zoo.data import load_image
-from fgvc_zoo.demo import answer, load_demo_model
+from fgvc_zoo.demo import SPACE_TORCH, answer, load_demo_model
 from fgvc_zoo.errors import UsageError
 from fgvc_zoo.inference.explain import explain_images
 from fgvc_zoo.models import Lfd
@@ -42,6 +46,7 @@ from fgvc_zoo.models import Lfd
 READABLE = ('rgb', 'cmyk', '16bit', 'rgba', 'grayscale', '1x1', 'large')
 BAD_REASONS = {'non_image': 'cannot identify image file', 'truncated': 'truncated', 'empty': 'zero-byte file'}
 BURST = 50
+CI = Path(__file__).resolve().parents[1] / '.ci' / 'run'
 
 
 @pytest.fixture(scope='module')
@@ -128,13 +133,13 @@ def test_space_folder_holds_the_app_pinned_requirements_front_matter_model_and_e
     # No index has a version before its release: the Space installs the wheel it holds.
     [wheel] = (space / 'wheels').iterdir()
     assert wheel.name.startswith(f'fgvc_zoo-{fgvc_zoo.__version__}-') and wheel.suffix == '.whl'
-    assert (space / 'requirements.txt').read_text() == f'./wheels/{wheel.name}[demo]\n'
+    assert (space / 'requirements.txt').read_text().splitlines() == [
+        '--find-links ./wheels',
+        f'fgvc-zoo[demo]=={fgvc_zoo.__version__}',
+        *SPACE_TORCH,
+    ]
     with zipfile.ZipFile(wheel) as archive:
         assert 'fgvc_zoo/demo.py' in archive.namelist() and 'fgvc_zoo/templates/model_card.md' in archive.namelist()
-    # pip finds everything the requirement names inside the Space, with no index at all.
-    command = [sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--dry-run', '-r', 'requirements.txt']
-    resolved = subprocess.run(command, cwd=space, capture_output=True, text=True)
-    assert resolved.returncode == 0 and f'Processing ./wheels/{wheel.name}' in resolved.stdout, resolved.stderr
     meta = _front_matter((space / 'README.md').read_text())
     assert meta['sdk'] == 'gradio' and meta['sdk_version'] == version('gradio') and meta['app_file'] == 'app.py'
     assert sorted(p.name for p in (space / 'model').iterdir()) == ['config.json', 'model.safetensors']
@@ -144,6 +149,29 @@ def test_space_folder_holds_the_app_pinned_requirements_front_matter_model_and_e
     assert len(examples) == NUM_CLASSES  # one per class
     assert [p.read_bytes() for p in examples] == [p.read_bytes() for p in firsts]
     compile((space / 'app.py').read_text(), 'app.py', 'exec')
+
+
+def test_pip_installs_the_spaces_wheel_from_any_folder_and_a_tested_torch(space, tmp_path):
+    """`pip install -r SPACE/requirements.txt` run from outside the Space, with no index at all, into an
+    environment that has a tested torch (its metadata) but no fgvc-zoo: the wheel is the Space's."""
+    target = tmp_path / 'env'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(target)], check=True)
+    [site] = target.glob('lib/python*/site-packages') or target.glob('Lib/site-packages')
+    for name in ('torch', 'torchvision'):
+        info = site / f'{name}-{metadata.version(name)}.dist-info'
+        info.mkdir()
+        (info / 'METADATA').write_text(metadata.distribution(name).read_text('METADATA'))
+    python = target / ('Scripts/python.exe' if sys.platform == 'win32' else 'bin/python')
+    requirements = space.relative_to(space.parent.parent) / 'requirements.txt'
+    command = [sys.executable, '-m', 'pip', '--python', str(python), 'install', '--no-index', '--no-deps', '--dry-run']
+    resolved = subprocess.run(
+        [*command, '-r', str(requirements)], cwd=space.parent.parent, capture_output=True, text=True
+    )
+    assert resolved.returncode == 0 and f'Would install fgvc-zoo-{fgvc_zoo.__version__}' in resolved.stdout, resolved
+    for requirement in SPACE_TORCH:  # the torch CI tests newest is in the range, the next minor release is not
+        specifier = Requirement(requirement).specifier
+        newest = Version(re.search(rf'"{Requirement(requirement).name}==([\d.]+)"', CI.read_text()).group(1))
+        assert newest in specifier and Version(f'{newest.major}.{newest.minor + 1}') not in specifier
 
 
 def test_space_refuses_a_non_empty_folder_and_a_model_without_examples(space, checkpoint, tmp_path):

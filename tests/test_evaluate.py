@@ -144,7 +144,7 @@ def test_eval_mode_is_forced_and_the_mode_restored(head_and_data):
     assert model.training
 
 
-def test_eval_cli_writes_results_the_model_card_consumes(tmp_path):
+def test_eval_cli_writes_results_the_model_card_consumes(tmp_path, capsys):
     data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=3, image_size=64)
     model = timm.create_model('dpnet', backbone='test_resnet', num_classes=2)
     folder = save_pretrained(
@@ -172,11 +172,12 @@ def test_eval_cli_writes_results_the_model_card_consumes(tmp_path):
     )
     results = json.loads(out.read_text())
     assert set(results['metrics']) == {'top1', 'top5', 'mean_class_accuracy'}
+    assert f'top5 {results["metrics"]["top5"]:.2f}' in capsys.readouterr().out  # 2 classes: still top5, as saved
     assert results['num_images'] == 6 and results['tta'] is None and results['dataset']['split'] == 'val'
     assert results['data_config']['input_size'] == [3, 64, 64]
     assert (tmp_path / 'eval' / 'results_confusion.png').stat().st_size > 0
     card = model_card(json.loads((folder / 'config.json').read_text()), results=results)
-    assert f'| top1 | {results["metrics"]["top1"]:.2f} |' in card
+    assert f'| top1 | {results["metrics"]["top1"]:.2f} |' in card and '| top5 | 100.00 |' in card
     assert 'datasets:\n- data\n' in card  # the dataset folder's name
 
 

@@ -231,8 +231,7 @@ def test_the_trainer_records_what_pretrained_loaded_and_shares_its_weights(hub_c
     assert config['pretrained_weights'] == expected and config['base_model'] == TEST_RESNET_HUB_ID
     card = ModelCard.load(output / 'README.md')
     assert card.data.base_model == TEST_RESNET_HUB_ID
-    # 4 synthetic classes: the trainer's "top5" is a top-4
-    assert [r.metric_name for r in card.data.eval_results] == ['top1', 'top4']
+    assert [r.metric_name for r in card.data.eval_results] == ['top1', 'top5']  # 4 classes: named as results.json
     shared = [output / 'model.safetensors', *(output / 'checkpoints').glob('epoch_*/*.safetensors')]
     assert len(shared) >= 2
     assert {str(p): oct(p.stat().st_mode & 0o777) for p in shared} == {str(p): '0o644' for p in shared}
@@ -419,13 +418,14 @@ def test_card_front_matter_is_a_valid_hub_card_with_accuracies_and_base_model():
     assert 'Fine-tuned from [`timm/resnet50.a1_in1k`](https://huggingface.co/timm/resnet50.a1_in1k)' in body
 
 
-def test_card_names_top_k_by_the_k_it_was_computed_with():
-    """The trainer and `fgvc-zoo eval` report "top5" as top-min(5, classes): a 4-class model's is a top-4."""
+def test_card_names_top5_as_results_json_does_also_below_5_classes():
+    """A 4-class model's top-5 is 100 (every class is among the 5 best): one name in results.json, eval.json,
+    metrics.csv, the eval printout and the card, not top5 in some and top4 in others."""
     card = ModelCard(
         _card('lfd_resnet50', 'resnet50', dict(RESULTS, metrics={'top1': 50.0, 'top5': 100.0}), num_classes=4)
     )
-    assert [r.metric_name for r in card.data.eval_results] == ['top1', 'top4']
-    assert '| top4 | 100.00 | n/a |' in card.text and 'top5' not in card.text
+    assert [r.metric_name for r in card.data.eval_results] == ['top1', 'top5']
+    assert '| top5 | 100.00 | n/a |' in card.text and 'top4' not in card.text
 
 
 def test_card_without_pretrained_weights_claims_no_base_model():
@@ -600,8 +600,8 @@ def test_push_to_a_local_hub_then_load_back(exported, tmp_path):
 
     meta, body = _front_matter_and_body(stored.files['README.md'].decode())
     metrics = {m['name']: m['value'] for m in meta['model-index'][0]['results'][0]['metrics']}
-    assert metrics == {'top1': 66.67, 'top3': 100.0}  # results.json's "top5" of a 3-class model is a top-3
-    assert '| top1 | 66.67 |' in body and '| top3 | 100.00 |' in body
+    assert metrics == {'top1': 66.67, 'top5': 100.0}  # a 3-class model's top5, named as in results.json
+    assert '| top1 | 66.67 |' in body and '| top5 | 100.00 |' in body
     assert (out / f'{REPO.replace("/", "--")}.md').read_text() == stored.files['README.md'].decode()
 
     logits = load_file(out / 'logits.safetensors')

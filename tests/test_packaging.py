@@ -4,8 +4,11 @@ The end-to-end check, the built wheel alone in a fresh venv outside the checkout
 """
 
 import fnmatch
+import os
 import re
+import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -69,6 +72,54 @@ def test_ci_builds_the_newest_and_the_lowest_venv_and_the_readme_installs_the_ne
     readme = (REPO / 'README.md').read_text()
     for pin in newest:
         assert readme.count(pin) >= 2, f'the README set-up lines do not install {pin}, the newest pair CI tests'
+
+
+def test_the_timm_suite_counts_are_printed_by_ci_not_copied_into_the_docs():
+    """They change with every timm and every head: a copy in docs/architecture.md goes stale."""
+    docs = (REPO / 'docs' / 'architecture.md').read_text()
+    contract = docs[docs.index('## The timm contract') :].split('\n## ')[0]
+    assert re.findall(r'\d+ (?:of its tests|pass|are excluded|fail)', contract) == []
+    ci = (REPO / '.ci' / 'run').read_text()
+    assert 'tests/test_models.py" | tee "$timm_src/summary.log"' in ci
+    assert 'over fgvc_zoo\'s models: $(tail -n 1 "$timm_src/summary.log")' in ci
+
+
+def test_the_readme_demo_installs_the_package_alone_and_runs_without_any_dev_extra(tmp_path):
+    """A one-minute demo need not fetch pytest, gradio, onnxruntime, playwright (GBs with a CUDA torch): its set-up
+    line installs `-e .`, the test line `.[dev]`; and the demo recipe, then its predict line, run with every
+    module of the dev extra unimportable."""
+    lines = [line for line in (REPO / 'README.md').read_text().splitlines() if line.startswith('python3 -m venv')]
+    [demo] = [line for line in lines if 'demo_cpu.yaml' in line]
+    [tests] = [line for line in lines if 'pytest' in line]
+    assert ' -e . && ' in demo and '[dev]' not in demo and ' -e ".[dev]" && ' in tests
+    dev = {canonicalize_name(Requirement(r).name) for r in PYPROJECT['project']['optional-dependencies']['dev']}
+    blocked = {
+        module
+        for module, dists in metadata.packages_distributions().items()
+        if any(canonicalize_name(d) in dev for d in dists)
+    }
+    assert {'pytest', 'gradio', 'onnxruntime'} <= blocked
+    script = (  # the path finder finds no module of the dev extra, as in a venv without it
+        'import sys\nfrom importlib.machinery import PathFinder\n'
+        'class NoDevExtra(PathFinder):\n'
+        '    @classmethod\n'
+        '    def find_spec(cls, name, path=None, target=None):\n'
+        '        if name.partition(".")[0] not in sys.argv[1].split(","):\n'
+        '            return super().find_spec(name, path, target)\n'
+        'sys.meta_path[sys.meta_path.index(PathFinder)] = NoDevExtra\n'
+        'from fgvc_zoo.cli import main\n'
+        'main(sys.argv[2:])\n'
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+    output = tmp_path / 'out' / 'demo'
+    example = output / 'synthetic_data' / 'val' / 'cross' / '0000.png'
+    for argv in (
+        ['train', '--recipe', str(REPO / 'train_scripts' / 'demo_cpu.yaml'), '--output', str(output), '--epochs', '1'],
+        ['predict', '--checkpoint', str(output), '--topk', '3', str(example)],
+    ):
+        command = [sys.executable, '-c', script, ','.join(sorted(blocked)), *argv]
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert finished.returncode == 0, finished.stderr[-3000:]
 
 
 def test_timm_has_an_upper_bound_while_a_private_timm_api_is_imported():

@@ -4,6 +4,7 @@ JSONL or Parquet, errors included; a killed run resumed with every image exactly
 import csv
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -94,6 +95,23 @@ def test_sources_are_folders_globs_lists_and_paths_each_once(image_folder, tmp_p
             expand_sources([source])
 
 
+def test_a_folder_linked_into_its_own_tree_is_walked_once(tmp_path):
+    """A link back up the tree (a loop) or to a sibling lists no image twice; a link out of the tree is followed."""
+    root, outside = tmp_path / 't', tmp_path / 'outside'
+    for folder in (root / 'sub', outside):
+        folder.mkdir(parents=True)
+    for path in (root / 'a.jpg', root / 'sub' / 'b.jpg', outside / 'c.jpg'):
+        Image.new('RGB', (8, 8)).save(path)
+    (root / 'sub' / 'up').symlink_to('..')
+    (root / 'again').symlink_to('sub')  # sorts before sub: the real folder still gives the names
+    (root / 'linked').symlink_to(outside)
+    assert expand_sources([str(root)]) == [
+        str(root / 'a.jpg'),
+        str(root / 'linked' / 'c.jpg'),
+        str(root / 'sub' / 'b.jpg'),
+    ]
+
+
 def test_folder_to_csv_one_row_per_image_with_the_error_of_each_unreadable_file(exported, image_folder, tmp_path):
     root, good, bad = image_folder
     output = tmp_path / 'preds.csv'
@@ -163,6 +181,39 @@ def test_an_image_that_vanishes_after_listing_gets_its_row_and_the_run_goes_on(e
     assert 'file not found' in next(r['error'] for r in rows if r['path'] == good[2])
 
 
+@pytest.fixture
+def non_utf8_folder(tmp_path):
+    """A good image and a copy named in Latin-1 (`caf\\xe9.jpg`), as cameras, zip files and Windows shares give."""
+    root = tmp_path / 'latin1'
+    root.mkdir()
+    Image.new('RGB', (32, 32), (200, 30, 60)).save(root / 'b.jpg')
+    try:
+        shutil.copy(root / 'b.jpg', os.path.join(os.fsencode(root), b'caf\xe9.jpg'))
+    except OSError:
+        pytest.skip('this file system refuses names that are not UTF-8')
+    return root
+
+
+@pytest.mark.parametrize('suffix', ['.csv', '.jsonl', '.parquet'])
+def test_a_file_name_that_is_not_utf8_gets_its_row_and_resume_passes_it(exported, non_utf8_folder, tmp_path, suffix):
+    output = tmp_path / f'x{suffix}'
+    assert run(['predict', str(non_utf8_folder), *_flags(exported), '--output', str(output)]) == 0
+    rows = read_rows(output)
+    assert [r['path'] for r in rows] == [str(non_utf8_folder / 'b.jpg'), str(non_utf8_folder / 'caf\\xe9.jpg')]
+    assert rows[0]['indices'] == rows[1]['indices'] and rows[1]['error'] is None  # the same image, both predicted
+    if suffix != '.parquet':
+        output.read_bytes().decode('utf-8')  # the table stays UTF-8: the name's byte is spelled \xe9
+    assert run(['predict', str(non_utf8_folder), *_flags(exported), '--output', str(output), '--resume']) == 0
+    assert read_rows(output) == rows  # the row is known: nothing redone, nothing duplicated
+
+
+def test_printed_predictions_spell_a_name_that_is_not_utf8_as_the_table_does(exported, non_utf8_folder, capsys):
+    assert run(['predict', str(non_utf8_folder), *_flags(exported)]) == 0
+    assert f'{non_utf8_folder / "caf"}\\xe9.jpg\n  1. ' in capsys.readouterr().out
+    assert run(['predict', str(non_utf8_folder), *_flags(exported), '--json']) == 0
+    assert json.loads(capsys.readouterr().out)[1]['image'] == str(non_utf8_folder / 'caf\\xe9.jpg')
+
+
 def test_an_existing_output_is_never_overwritten_without_resume(exported, image_folder, tmp_path):
     root, _, _ = image_folder
     output = tmp_path / 'preds.csv'
@@ -184,6 +235,27 @@ def test_resume_drops_a_row_cut_mid_write_and_redoes_only_that_image(exported, i
         run(['predict', str(root), *_flags(exported), '--output', str(output), '--resume', '--topk', '3'])
     run(['predict', str(root), *_flags(exported), '--output', str(output), '--resume'])
     assert output.read_text().splitlines(keepends=True) == lines
+
+
+def test_resume_knows_each_image_however_its_folder_is_spelled(exported, image_folder, tmp_path, monkeypatch):
+    root, good, _ = image_folder
+    monkeypatch.chdir(root.parent)
+    output = tmp_path / 'preds.csv'
+    run(['predict', 'images', *_flags(exported), '--output', str(output)])
+    table = output.read_text()
+    for spelling in ('./images', 'images/', str(root), 'images/sub/..'):
+        assert run(['predict', spelling, *_flags(exported), '--output', str(output), '--resume']) == 1  # 4 errors
+        assert output.read_text() == table  # no image redone, no row duplicated
+    assert expand_sources(['images/img0.jpg', './images/img0.jpg', 'images//img0.jpg']) == ['images/img0.jpg']
+
+
+def test_resuming_a_finished_table_says_there_is_nothing_left_to_predict(exported, image_folder, tmp_path, capsys):
+    root, _, _ = image_folder
+    output = tmp_path / 'preds.csv'
+    run(['predict', str(root), *_flags(exported), '--output', str(output)])
+    assert 'images in' in capsys.readouterr().err
+    run(['predict', str(root), *_flags(exported), '--output', str(output), '--resume'])
+    assert capsys.readouterr().err.splitlines()[-1] == f'{output} has a row for every image: nothing left to predict.'
 
 
 def test_a_killed_run_resumes_with_every_image_exactly_once(exported, tmp_path):

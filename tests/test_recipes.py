@@ -11,9 +11,10 @@ import pytest
 import timm
 import torch
 
+from fgvc_zoo.data.synthetic import make_synthetic_fgvc
 from fgvc_zoo.hub.card import pretraining_data
 from fgvc_zoo.training.config import add_train_arguments, resolve_config
-from fgvc_zoo.training.loop import build_optimizer
+from fgvc_zoo.training.loop import build_optimizer, train
 from fgvc_zoo.training.optim import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,8 @@ NTS = 'NTS-Net core/dataset.py'
 PMG = 'PMG train.py'
 REFERENCE = {
     'lfd': {
-        'backbone weights': ('torchvision ResNet-50, ImageNet-1k', 'paper'),
+        # the paper says an ImageNet ResNet-50; that it is torchvision's is NTS-Net's code (resnet50(pretrained=True))
+        'backbone weights': ('torchvision ResNet-50, ImageNet-1k', 'paper (ImageNet); NTS-Net core/model.py'),
         'optimiser': ('SGD, classical momentum 0.9', 'paper'),
         'weight decay': ('5e-4 on every parameter', 'paper; NTS-Net'),
         'epochs': ('100', 'paper'),
@@ -181,13 +183,17 @@ def test_weight_decay_reaches_every_resnet_parameter_and_spares_a_vits_tokens():
     assert [(g['lr'], g['weight_decay']) for g in groups] == [(0.01, 5e-4), (0.001, 5e-4), (0.001, 0.0)]
 
 
-def test_a_model_trained_without_pretrained_weights_is_warned_about(caplog):
+def test_a_model_trained_without_pretrained_weights_is_warned_about_as_the_run_starts(caplog, tmp_path):
+    data = make_synthetic_fgvc(str(tmp_path / 'data'), num_classes=2, train_per_class=1, val_per_class=1, image_size=32)
     with caplog.at_level(logging.WARNING):
-        _parse(['--model', 'lfd_resnet50', '--data-dir', 'unused'])
-    assert '--model lfd_resnet50 trains from random weights' in caplog.text and '--pretrained' in caplog.text
+        config = _parse(['--model', 'dpnet', '--backbone', 'test_resnet', '--data-dir', data, '--output',
+                         str(tmp_path / 'run'), '--img-size', '32', '--epochs', '1', '--workers', '0'])  # fmt: skip
+        assert 'random weights' not in caplog.text  # not yet: an error of the setup would follow it
+        train(config)
+    assert '--model dpnet trains from random weights' in caplog.text and '--pretrained' in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _parse(['--model', 'lfd_resnet50', '--data-dir', 'unused', '--pretrained'])
+        train(_parse(['--resume', '--output', str(tmp_path / 'run'), '--epochs', '2']))  # it was said at the start
     assert 'random weights' not in caplog.text
 
 

@@ -324,13 +324,34 @@ def test_weights_digest_sees_a_one_ulp_change():
 
 
 def test_a_second_run_on_a_locked_output_is_refused_until_the_first_ends(tmp_path):
-    from fgvc_zoo.training.checkpoints import lock_output
+    from fgvc_zoo.training.checkpoints import lock_output, release_output
 
     first = lock_output(tmp_path / 'out')
     with pytest.raises(RuntimeError, match=r'out is in use by another run'):
         lock_output(tmp_path / 'out')
-    first.close()
-    lock_output(tmp_path / 'out').close()
+    release_output(first)
+    assert not (tmp_path / 'out' / '.train.lock').exists()  # a finished run leaves no lock file
+
+
+def test_a_run_starting_as_another_ends_locks_the_file_that_is_there(tmp_path, monkeypatch):
+    """The ending run removes its lock file between the new run's open and its flock: the new run must not hold
+    the removed file, which a third run would not see."""
+    import fcntl
+
+    from fgvc_zoo.training.checkpoints import lock_output, release_output
+
+    ending = lock_output(tmp_path / 'out')
+    flock = fcntl.flock
+
+    def flock_as_the_other_run_ends(file, flags):
+        if not ending.closed:
+            release_output(ending)
+        return flock(file, flags)
+
+    monkeypatch.setattr(fcntl, 'flock', flock_as_the_other_run_ends)
+    starting = lock_output(tmp_path / 'out')
+    assert os.path.samestat(os.fstat(starting.fileno()), os.stat(tmp_path / 'out' / '.train.lock'))
+    release_output(starting)
 
 
 def test_an_unknown_model_names_close_matches():
@@ -371,7 +392,11 @@ def test_a_plain_timm_classifier_trains_exports_and_reloads_with_equal_logits(ti
     command = train_command(tiny_folder, output, 'lfd', 1)
     model_at = command.index('--model')
     del command[model_at : model_at + 6]  # --model lfd --backbone test_resnet --model-args ...
-    run([*command, '--model', 'test_resnet', '--model-ema', '--model-ema-decay', '0.5', '--train-crop', 'resize_crop'])
+    result = run(
+        [*command, '--model', 'test_resnet', '--model-ema', '--model-ema-decay', '0.5', '--train-crop', 'resize_crop']
+    )
+    assert ', 1 epoch from epoch 1.' in result.stdout
+    assert not (output / '.train.lock').exists()  # the finished folder holds what the run made, no lock file
 
     results = json.loads((output / 'results.json').read_text())
     assert results['config']['train_crop'] == 'resize_crop'  # the recipe records the augmentation

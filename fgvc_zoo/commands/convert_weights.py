@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..hub import share_file
     from ..models import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
 
     if not args.out.endswith('.safetensors'):
@@ -54,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
                 f'--min-top1 {args.min_top1:g}: same-shape tensors were paired wrongly. Pass a --name-map.'
             )
         print(f"{args.arch}: {top1:.0f} % top-1 on foolbox's 20 ImageNet photos.")
+    share_file(written)  # safetensors writes 0600; a --backbone-weights file is shared as export's weights are
     written.replace(out)
     print(f'Wrote {out} ({len(converted)} tensors): train with --backbone {args.arch} --backbone-weights {out}')
     return 0

@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     metrics = results['metrics']
     print(
         f'{source} on {args.data_dir} ({args.split}, {results["num_images"]} images, tta={args.tta}): '
-        f'top1 {metrics["top1"]:.2f}  top{results["topk"]} {metrics["top5"]:.2f}  '
+        f'top1 {metrics["top1"]:.2f}  top5 {metrics["top5"]:.2f}  '
         f'mean per-class {metrics["mean_class_accuracy"]:.2f}'
     )
     for pair in results['most_confused'][:5]:

@@ -56,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
         format_predictions,
         iter_predictions,
         predict_to_file,
+        table_path,
     )
     from ..runtime import load_for_inference, resolve_device, set_cpu_threads
 
@@ -125,9 +126,9 @@ def main(args: argparse.Namespace) -> int:
     }
     if args.json:
         entries = [
-            {'image': row['path'], 'error': row['error']}
+            {'image': table_path(row['path']), 'error': row['error']}
             if row['error'] is not None
-            else {'image': row['path'], 'predictions': tops[row['path']]}
+            else {'image': table_path(row['path']), 'predictions': tops[row['path']]}
             for row in rows
         ]
         print(json.dumps(entries, indent=2))

@@ -19,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    config = resolve_config(args)  # a usage error is refused before torch and timm load (seconds from a cold cache)
     from ..training.loop import train
 
-    train(resolve_config(args))
+    train(config)
     return 0
 
 

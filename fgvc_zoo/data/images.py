@@ -72,21 +72,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def _open_checked(source: str | BinaryIO, path: str) -> Image.Image:
     """Open `source` (a file path, or the bytes of the image named `path`) and refuse decompression bombs."""
-    empty = (
-        source.getbuffer().nbytes == 0
-        if isinstance(source, io.BytesIO)
-        else os.path.isfile(source) and os.path.getsize(source) == 0
-    )
-    if empty:
-        raise UnreadableImageError(path, 'zero-byte file')
-    try:
-        img = Image.open(source)
+    try:  # one stat, inside the try: a file removed after it was listed (or after an isfile) is an error, not a crash
+        empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else os.stat(source).st_size == 0
+        img = None if empty else Image.open(source)
     except FileNotFoundError:
         raise UnreadableImageError(path, 'file not found') from None
     except Image.DecompressionBombError as e:
         raise UnreadableImageError(path, f'decompression-bomb sized ({e})') from None
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, SyntaxError, struct.error, ...)
         raise UnreadableImageError(path, f'{type(e).__name__}: {e}') from None
+    if img is None:
+        raise UnreadableImageError(path, 'zero-byte file')
     # PIL only warns between MAX_IMAGE_PIXELS and twice that; we refuse both (a bomb stalls every epoch).
     pixels = img.width * img.height
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:

@@ -66,18 +66,13 @@ def _dataset_name(results: dict[str, Any], recipe: dict[str, Any]) -> str | None
     return None
 
 
-def _metrics(results: dict[str, Any], num_classes: int) -> dict[str, float]:
-    """The numeric metrics of results.json, `top5` renamed to the k it really is (`top4` for 4 classes)."""
+def _metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of results.json, under its names: `top5` stays `top5` with fewer than 5 classes (the true
+    class is then always among the 5 best), as in results.json, eval.json, metrics.csv and timm."""
     metrics = results.get('metrics')
     if not isinstance(metrics, dict):
         raise ValueError(f"{RESULTS_NAME} needs a 'metrics' mapping (e.g. {{'top1': 87.1, 'top5': 97.0}}).")
-    # The trainer and `fgvc-zoo eval` compute "top5" with k = min(5, num_classes).
-    topk = results.get('topk', min(5, num_classes))
-    return {
-        (f'top{topk}' if k == 'top5' else k): float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _split_evaluated(results: dict[str, Any]) -> str | None:
@@ -225,7 +220,7 @@ def model_card(
     if head:  # a generic head's backbone is an argument, DEFAULT_BACKBONE when none was given
         backbone = model_args.get('backbone', backbone or DEFAULT_BACKBONE)
     dataset = _dataset_name(results, recipe)
-    metrics = _metrics(results, config['num_classes']) if results else {}
+    metrics = _metrics(results) if results else {}
     split = _split_evaluated(results)
     model_name = repo_id.split('/')[-1] if repo_id else architecture
     weights = config.get('pretrained_weights', NOT_RECORDED)

@@ -5,7 +5,10 @@ CSV or JSONL file that a killed run resumes; Parquet written from the finished r
 `accelerate launch`, merged in source order.
 
 A row is `{'path', 'indices', 'labels', 'probabilities', 'error'}`: the top-k best first, or the error of a file
-that could not be read (missing, zero-byte, not an image, decompression-bomb sized), and then empty lists.
+that could not be read (missing, zero-byte, not an image, decompression-bomb sized), and then empty lists. A table
+is UTF-8 throughout: a file name whose bytes are not (a camera's, a zip file's, a Windows share's) is written with
+those bytes as `\\xNN` (`table_path`). Paths are compared (`--resume`, merging, each image once) in that form,
+made absolute: `./tiny3/a.jpg` and `tiny3/a.jpg` are one image, its row keeps the first spelling.
 """
 
 import contextlib
@@ -35,6 +38,7 @@ __all__ = [
     'LIST_EXTENSIONS',
     'TABLE_EXTENSIONS',
     'expand_sources',
+    'table_path',
     'ImageFiles',
     'collate_images',
     'TorchRunner',
@@ -92,35 +96,59 @@ def format_predictions(paths: Sequence[str], predictions: Sequence[Sequence[dict
     """Text output: the image path, then one '  rank. label  probability%' line per class."""
     lines = []
     for path, top in zip(paths, predictions, strict=False):
-        lines.append(path)
+        lines.append(table_path(path))
         lines += [f'  {rank}. {p["label"]}  {100 * p["probability"]:.2f}%' for rank, p in enumerate(top, 1)]
     return '\n'.join(lines)
+
+
+def table_path(path: str) -> str:
+    """`path` as tables and printouts spell it: valid UTF-8, the bytes of a name that is not UTF-8 (which Python holds
+    as lone surrogates, PEP 383) written as `\\xNN`, where a strict UTF-8 writer would abort the run."""
+    return path.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
+def _path_key(path: str) -> str:
+    """What two spellings of one path have in common (`./a/b.jpg`, `a//b.jpg`, `/cwd/a/b.jpg`), in table form."""
+    return os.path.abspath(table_path(path))
 
 
 def _is_image_name(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS)
 
 
+def _folder_images(folder: str) -> list[str]:
+    """The image files under `folder`, recursively, sorted. Symlinked folders are followed, but each real folder is
+    walked once, under its first name (its real one where it is in the tree): a link back up the tree would
+    otherwise list every image again at each turn of the loop, until the path grows too long."""
+    seen: set[str] = set()
+    found = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort(key=lambda name: (os.path.islink(os.path.join(root, name)), name))  # real folders first
+        found += [os.path.join(root, name) for name in names if _is_image_name(name)]
+    return sorted(found)
+
+
 def expand_sources(sources: Sequence[str]) -> list[str]:
     """The image paths of `sources`, in order, each once: a folder gives its image files (torchvision's
-    extensions) recursively in sorted order, a glob (`*`, `?`, `[`) its sorted matches, a `.txt`/`.lst` file its
-    lines (paths as written; blank lines and `#` comments skipped), anything else is an image path, kept even if it
-    does not exist (its row says so). A folder or glob with no image, or a missing list file, is a usage error."""
+    extensions) recursively in sorted order (each real folder once), a glob (`*`, `?`, `[`) its sorted matches, a
+    `.txt`/`.lst` file its lines (paths as written; blank lines and `#` comments skipped), anything else is an image
+    path, kept even if it does not exist (its row says so). A folder or glob with no image, or a missing list file,
+    is a usage error."""
     paths: list[str] = []
     for source in sources:
         if os.path.isdir(source):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(source, followlinks=True)
-                for name in names
-                if _is_image_name(name)
-            )
+            found = _folder_images(source)
             if not found:
                 raise UsageError(f'{source}: a folder with no image file ({", ".join(IMG_EXTENSIONS)}) in it.')
             paths += found
         elif source.lower().endswith(LIST_EXTENSIONS):
             try:
-                lines = Path(source).read_text().splitlines()
+                lines = [os.fsdecode(line) for line in Path(source).read_bytes().splitlines()]  # names as os.walk's
             except OSError as e:
                 raise UsageError(f'{source}: cannot read this list of image paths ({e.strerror}).') from None
             paths += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith('#')]
@@ -131,7 +159,10 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
             paths += found
         else:
             paths.append(source)
-    return list(dict.fromkeys(paths))  # each image once, first place kept
+    unique: dict[str, str] = {}
+    for path in paths:
+        unique.setdefault(_path_key(path), path)  # each image once, first place and spelling kept
+    return list(unique.values())
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -266,7 +297,7 @@ def _csv_line(row: Row, k: int) -> list[Any]:
             else ('', '', '')
         )
     ]
-    return [row['path'], *ranks, row['error'] or '']
+    return [table_path(row['path']), *ranks, row['error'] or '']
 
 
 def _csv_row(record: dict[str, str]) -> Row:
@@ -338,7 +369,9 @@ class RowWriter:
         if self.csv:
             csv.writer(buffer, lineterminator='\n').writerows(lines)
         else:
-            buffer.writelines(json.dumps(line, ensure_ascii=False) + '\n' for line in lines)
+            buffer.writelines(
+                json.dumps({**line, 'path': table_path(line['path'])}, ensure_ascii=False) + '\n' for line in lines
+            )
         self.file.write(buffer.getvalue())  # one write, then flush: whole batches reach the file
         self.file.flush()
 
@@ -369,7 +402,8 @@ def write_table(path: str | os.PathLike, rows: Sequence[Row], topk: int) -> None
                 ('error', pa.string()),
             ]
         )
-        pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), temporary)
+        rows = [{**row, 'path': table_path(row['path'])} for row in rows]
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
     else:
         temporary.unlink(missing_ok=True)
         writer = RowWriter(temporary, topk)
@@ -386,12 +420,12 @@ def shard(paths: Sequence[str], rank: int, world_size: int) -> list[str]:
 def merge_rows(row_lists: Sequence[Sequence[Row]], sources: Sequence[str]) -> list[Row]:
     """The rows of all shards (and earlier runs) in source order, each path once (its first row); a row of a path
     not among `sources` (an earlier run's) comes first, in its own order."""
-    order = {path: index for index, path in enumerate(sources)}
+    order = {_path_key(path): index for index, path in enumerate(sources)}
     merged: dict[str, Row] = {}
     for rows in row_lists:
         for row in rows:
-            merged.setdefault(row['path'], row)
-    return sorted(merged.values(), key=lambda row: order.get(row['path'], -1))
+            merged.setdefault(_path_key(row['path']), row)
+    return sorted(merged.values(), key=lambda row: order.get(_path_key(row['path']), -1))
 
 
 def _part_files(output: Path) -> list[Path]:
@@ -432,9 +466,10 @@ def predict_to_file(
     if leftovers and not resume:
         raise UsageError(f'--output {output}: {leftovers[0]} exists; pass --resume to continue it, or remove it.')
     earlier = {path: read_rows(path) for path in leftovers}
-    done = {row['path'] for rows in earlier.values() for row in rows}
+    done = {_path_key(row['path']) for rows in earlier.values() for row in rows}
     failed = sum(row['error'] is not None for rows in earlier.values() for row in rows)
-    pending = shard([path for path in sources if path not in done], rank, world_size)
+    todo = [path for path in sources if _path_key(path) not in done]
+    pending = shard(todo, rank, world_size)
     barrier()  # every process has looked for leftovers before any writes its part (else one sees another's file)
 
     part = output if streams_itself else output.with_name(f'{output.name}.part{rank}of{world_size}.jsonl')
@@ -460,6 +495,8 @@ def predict_to_file(
     if count and progress and rank == 0:
         elapsed = time.perf_counter() - start
         print(f'{count} images in {elapsed:.1f} s ({count / elapsed:.1f} images/s) -> {output}', file=sys.stderr)
+    elif not todo and progress and rank == 0:
+        print(f'{output} has a row for every image: nothing left to predict.', file=sys.stderr)
     if streams_itself:
         return failed
     barrier()

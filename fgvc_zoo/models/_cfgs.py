@@ -32,7 +32,7 @@ POPULAR_BACKBONES: dict[str, str] = {
     'swin_base_patch4_window7_224': 'ms_in22k_ft_in1k',
 }
 
-# The ImageNet weights of the papers' ResNet-50 (torchvision's): `<head>_resnet50.tv_in1k` loads them.
+# The papers' ImageNet ResNet-50, torchvision's as their reference code loads it: `<head>_resnet50.tv_in1k`.
 PAPER_RESNET50_TAG = 'tv_in1k'
 
 # The backbone of a generic name (`timm.create_model('lfd')`): every registry name builds with its defaults, as timm's

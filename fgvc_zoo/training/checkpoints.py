@@ -3,6 +3,7 @@ at any moment leaves the previous one whole; `--resume` finds the last complete 
 folder's lock at a time.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ __all__ = [
     'resume_checkpoint',
     'find_resume',
     'lock_output',
+    'release_output',
     'restore_state',
     'load_best_weights',
 ]
@@ -65,7 +67,17 @@ def lock_output(output: Path):
             f'{output} is in use by another run (it holds the lock {output / LOCK_NAME}): wait for '
             f'it to finish, or pass another --output.'
         ) from None
-    return lock
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samestat(os.fstat(lock.fileno()), os.stat(output / LOCK_NAME)):
+            return lock
+    lock.close()  # the file a run removed as it ended (`release_output`): lock the one there now
+    return lock_output(output)
+
+
+def release_output(lock) -> None:
+    """Let go of `lock_output`'s lock and remove its file: a finished run folder holds only what the run made."""
+    Path(lock.name).unlink(missing_ok=True)  # still held: a run starting now locks a new file (see lock_output)
+    lock.close()
 
 
 def find_resume(config: Any) -> Path | None:

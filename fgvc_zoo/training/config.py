@@ -9,7 +9,6 @@ torch nor timm, so that `fgvc-zoo --help` stays instant and a usage error is rep
 import argparse
 import difflib
 import json
-import logging
 import os
 import types
 import typing
@@ -25,7 +24,6 @@ from .run_folder import CHECKPOINT_STATE, resume_checkpoint
 
 __all__ = ['TrainConfig', 'add_train_arguments', 'parse_train_flags', 'resolve_config']
 
-_logger = logging.getLogger(__name__)
 
 GROUPS = ('model', 'data', 'optimisation', 'run')
 
@@ -619,9 +617,4 @@ def _check(config: TrainConfig) -> None:
         raise UsageError(
             f'--synthetic writes an image-folder dataset, but --dataset-layout is {config.dataset_layout} (a recipe may'
             f' set it): pass --dataset-layout folder with --synthetic, or train on --data-dir DIR instead.'
-        )
-    if not (config.pretrained or config.backbone_weights or config.resume or config.synthetic):
-        _logger.warning(
-            f'--model {config.model} trains from random weights: the papers and their numbers start from ImageNet '
-            f'weights. Pass --pretrained (or --backbone-weights FILE) unless training from scratch is the point.'
         )

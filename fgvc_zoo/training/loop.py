@@ -66,6 +66,7 @@ from .checkpoints import (
     find_resume,
     load_best_weights,
     lock_output,
+    release_output,
     restore_state,
     state_dict_sha256,
 )
@@ -592,7 +593,7 @@ def train(config: TrainConfig) -> TrainResult:
         raise
     finally:
         if lock is not None:
-            lock.close()
+            release_output(lock)
 
 
 def _accelerator(config: TrainConfig, output: Path):
@@ -860,14 +861,20 @@ def _check_train_steps(config: TrainConfig, model: nn.Module, ddp_kwargs) -> Non
 
 def _announce(config: TrainConfig, accelerator, trainer_state, num_images: int, num_classes: int) -> None:
     """Record the resolved config in the trainer state (what `--resume` restores), start the trackers, say what runs."""
+    if not (config.pretrained or config.backbone_weights or config.resume or config.synthetic):
+        # said once the run is set up, so that an error of the setup is the only line
+        _logger.warning(
+            f'--model {config.model} trains from random weights: the papers and their numbers start from ImageNet '
+            f'weights. Pass --pretrained (or --backbone-weights FILE) unless training from scratch is the point.'
+        )
     trainer_state['config'] = asdict(config)
     if config.log_with:
         scalars = {k: v for k, v in trainer_state['config'].items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers('fgvc_zoo', config=scalars)
     accelerator.print(
         f'Training {config.model} on {num_images} images ({num_classes} classes), world size '
-        f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} epochs from epoch '
-        f'{trainer_state["epoch"] + 1}.'
+        f'{accelerator.num_processes}, device {accelerator.device}, {config.epochs} '
+        f'epoch{"s" * (config.epochs != 1)} from epoch {trainer_state["epoch"] + 1}.'
     )
 
 
