@@ -50,12 +50,10 @@ import torch
 from . import __version__
 from .data import carve_val, create_dataset, create_transforms, make_synthetic_fgvc
 from .errors import UsageError
-from .hub import load_model
+from .hub import load_model, local_weights_record, resolve_weights_file
 from .inference.evaluate import evaluate
 from .inference.explain import draw_explanation, explain_images
 from .models import head_class, list_heads
-from .models._hub import local_weights_record
-from .models._weights import resolve_weights_file
 from .training.config import add_train_arguments, resolve_config
 from .training.loop import time_train_step, train
 
