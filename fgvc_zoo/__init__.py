@@ -17,8 +17,8 @@ __version__ = '0.1.0'
 __all__ = ['__version__']
 
 _SUBMODULES = (
-    'bench', 'cli', 'commands', 'data', 'demo', 'errors', 'hub', 'inference', 'layers', 'models', 'runtime', 'train',
-    'training',
+    'bench', 'cli', 'commands', 'convert', 'data', 'demo', 'errors', 'hub', 'inference', 'layers', 'models', 'runtime',
+    'train', 'training',
 )  # fmt: skip
 _ONNX_NAMES = ('export_onnx', 'read_onnx_metadata')  # onnx itself is imported on use
 

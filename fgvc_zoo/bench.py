@@ -12,18 +12,22 @@ tracemalloc), reset just before the steps, and `torch.cuda.max_memory_allocated`
 """
 
 import contextlib
+import inspect
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn as nn
 
-from .models import list_heads
+from .errors import UnknownArgumentError, UsageError
+from .models import head_class, list_heads
 from .runtime import PeakMemory, parse_options, split_named_options
 
 __all__ = [
@@ -31,9 +35,14 @@ __all__ = [
     'INFERENCE_TARGET',
     'TRAIN_TARGET',
     'BenchConfig',
+    'BenchGrid',
     'median_ratio',
     'interleaved_times',
     'bench_head',
+    'grid_configs',
+    'bench_in_grid',
+    'run_grid',
+    'grid_peak_memory',
     'train_peak_memory',
     'profile_head',
     'parse_head_args',
@@ -64,6 +73,29 @@ class BenchConfig:
     channels_last: bool = False
     compile: bool = False
     grad_checkpointing: bool = False
+
+
+@dataclass
+class BenchGrid:
+    """One `fgvc-zoo bench` run: each head at each input side and batch size, timed `reps` times after `warmup`
+    calls (again with grad checkpointing when `grad_checkpointing`); `head_args` is 'HEAD:key=value,...;HEAD2:...'."""
+
+    heads: Sequence[str]
+    backbone: str = 'resnet18'
+    img_sizes: Sequence[int] = (160,)
+    batch_sizes: Sequence[int] = (2,)
+    num_classes: int = 10
+    zoom_ratio: float | None = None
+    head_args: str | None = None
+    reps: int = 5
+    warmup: int = 1
+    clock: str = 'cpu'
+    train: bool = True
+    grad_checkpointing: bool = False
+    device: str = 'cpu'
+    amp: str | None = None
+    channels_last: bool = False
+    compile: bool = False
 
 
 def median_ratio(head_times: Sequence[float], base_times: Sequence[float]) -> float:
@@ -352,10 +384,93 @@ def torch_version() -> tuple[int, int]:
 def check_compile_supported() -> None:
     """Refuse `--compile` in one line on a torch whose compiler cannot trace timm's backbones."""
     if torch_version() < COMPILE_MIN_TORCH:
-        from .errors import UsageError
-
         need = '.'.join(map(str, COMPILE_MIN_TORCH))
         raise UsageError(
             f'--compile needs torch>={need} (fullgraph tracing of timm backbones); this is torch '
             f'{torch.__version__}: upgrade torch or drop --compile.'
         )
+
+
+def grid_configs(grid: BenchGrid, grad_checkpointing: bool = False) -> list[BenchConfig]:
+    """The settings of `grid` in the order they are timed: head, then input side, then batch size."""
+    head_args = parse_head_args(grid.head_args)
+    options = {} if grid.zoom_ratio is None else {'zoom_ratio': grid.zoom_ratio}  # each head reads its own
+    configs = []
+    for head in grid.heads:
+        model_cls = head_class(head)
+        for size in grid.img_sizes:
+            for batch in grid.batch_sizes:
+                if batch < model_cls.min_train_batch and grid.train:
+                    raise ValueError(
+                        f'--batch-size {batch} cannot time {head} training: it needs at least '
+                        f'{model_cls.min_train_batch} images per batch in train mode. Use --batch-size >= '
+                        f'{model_cls.min_train_batch} or --no-train.'
+                    )
+                extra = {**model_cls.bench_args(size, **options), **head_args.get(head, {})}
+                configs.append(
+                    BenchConfig(
+                        head=head,
+                        backbone=grid.backbone,
+                        img_size=size,
+                        batch_size=batch,
+                        num_classes=grid.num_classes,
+                        head_args=extra,
+                        device=grid.device,
+                        amp=grid.amp,
+                        channels_last=grid.channels_last,
+                        compile=grid.compile,
+                        grad_checkpointing=grad_checkpointing,
+                    )
+                )
+    return configs
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bench_in_grid(cfg: BenchConfig, grid: BenchGrid) -> dict:
+    """`bench_head`, with a head's own refusal of its arguments told in the grid's syntax (`head_args`).
+
+    The refusal is ours when the error was raised in fgvc_zoo's code; anything else (torch, timm) is a bug whose
+    traceback the report needs, and goes up unchanged."""
+    try:
+        return bench_head(cfg, reps=grid.reps, warmup=grid.warmup, train=grid.train, clock=grid.clock)
+    except (ValueError, UnknownArgumentError) as e:
+        if not Path(traceback.extract_tb(e.__traceback__)[-1].filename).is_relative_to(PACKAGE_DIR):
+            raise
+        raise type(e)(
+            f"{e} (fgvc-zoo bench sets a head's arguments with --head-args '{cfg.head}:key=value,...'; the default, "
+            f"to change: --head-args '{cfg.head}:{_example_arg(cfg.head, str(e))}')"
+        ) from e
+
+
+def _example_arg(head: str, message: str) -> str:
+    """A real `key=value` of the head's constructor for the hint: an argument the message names, else the first."""
+    parameters = inspect.signature(head_class(head).__init__).parameters.values()
+    options = [
+        p for p in parameters if p.default is not inspect.Parameter.empty and p.name not in ('backbone', 'num_classes')
+    ]
+    named = [p for p in options if p.name in message]
+    chosen = (named or options)[0]
+    value = list(chosen.default) if isinstance(chosen.default, tuple) else chosen.default
+    return f'{chosen.name}={value}'
+
+
+def run_grid(grid: BenchGrid) -> Iterator[tuple[BenchConfig, dict]]:
+    """Each setting of `grid` and its timing row, as it is timed (a caller prints each row at once)."""
+    for grad_checkpointing in (False, True) if grid.grad_checkpointing else (False,):
+        for cfg in grid_configs(grid, grad_checkpointing):
+            yield cfg, bench_in_grid(cfg, grid)
+
+
+def grid_peak_memory(grid: BenchGrid) -> list[dict]:
+    """Each setting of `grid`, without then with grad checkpointing, and the peak memory two train steps add to the
+    built model, of the head and of its backbone passes alone (`train_peak_memory`)."""
+    return [
+        dict(
+            asdict(cfg),
+            head_step_mb=train_peak_memory(cfg, backbone_only=False),
+            backbone_step_mb=train_peak_memory(cfg, backbone_only=True),
+        )
+        for cfg in grid_configs(grid, False) + grid_configs(grid, True)
+    ]

@@ -50,10 +50,10 @@ import torch
 from . import __version__
 from .data import carve_val, create_dataset, create_transforms, make_synthetic_fgvc
 from .errors import UsageError
-from .hub import load_model
+from .hub import load_model, local_weights_record, resolve_weights_file
 from .inference.evaluate import evaluate
 from .inference.explain import draw_explanation, explain_images
-from .models import head_class, list_heads, local_weights_record, resolve_weights_file
+from .models import head_class, list_heads
 from .training.config import TrainConfig, parse_train_flags
 from .training.loop import time_train_step, train
 
@@ -842,13 +842,13 @@ def _t_quantile(n: int) -> float:
 def _figures(summary: dict[str, Any], classes: list[str], out: Path) -> None:
     """bars.png: test top-1 and mean per-class per method (mean, std error bars, each seed a dot);
     per_class.png: each head's per-class accuracy minus plain's."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     methods = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2 + 1.6 * len(methods)), 3.8), squeeze=False)
+    fig = Figure(figsize=(max(7.0, 2 + 1.6 * len(methods)), 3.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, squeeze=False)
     for ax, (key, title) in zip(axes.flat, METRICS, strict=True):
         means = [summary[m][key + '_mean'] for m in methods]
         stds = [summary[m][key + '_std'] for m in methods]
@@ -861,11 +861,12 @@ def _figures(summary: dict[str, Any], classes: list[str], out: Path) -> None:
     fig.suptitle('test accuracy: bar = mean over seeds (grey: baselines), error bar = std, dots = seeds', fontsize=10)
     fig.tight_layout()
     fig.savefig(out / 'bars.png', dpi=100)
-    plt.close(fig)
     compared = [m for m in methods if summary[m].get('per_class_vs')]
     if not compared:
         return
-    fig, axes = plt.subplots(len(compared), 1, figsize=(max(5, 0.45 * len(classes) + 1.5), 2.6 * len(compared)))
+    fig = Figure(figsize=(max(5, 0.45 * len(classes) + 1.5), 2.6 * len(compared)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(compared), 1)
     for ax, method in zip(np.atleast_1d(axes), compared, strict=True):
         diff = summary[method]['per_class_diff']
         values = [diff.get(c, 0.0) for c in classes]
@@ -875,7 +876,6 @@ def _figures(summary: dict[str, Any], classes: list[str], out: Path) -> None:
         ax.tick_params(axis='x', rotation=60, labelsize=8)
     fig.tight_layout()
     fig.savefig(out / 'per_class.png', dpi=100)
-    plt.close(fig)
 
 
 def _disagreements(

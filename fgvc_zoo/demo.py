@@ -205,8 +205,10 @@ def build_demo(models: Sequence[DemoModel], examples: Sequence[str] = (), topk: 
         )
         legend = gr.Markdown(elem_id='legend')
         outputs = [top, explanation, legend, message]
-        # One queue for the three triggers, one request at a time: draw_explanation uses pyplot, which is not
-        # thread-safe. `input`, not `change`: gradio fires `change` twice when an upload replaces an image.
+        # One queue for the three triggers, one request at a time. Not for pyplot (draw_explanation draws on a Figure
+        # of its own): matplotlib promises no thread safety for its artists even on separate figures, and the model's
+        # forwards on a CPU server would only share the same cores. `input`, not `change`: gradio fires `change`
+        # twice when an upload replaces an image.
         run = dict(fn=classify, inputs=[image, checkpoint], outputs=outputs, preprocess=False, concurrency_id='model')
         image.input(**run, api_name='classify')
         checkpoint.change(**run, api_visibility='private')

@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from fgvc_zoo.cli import run
-from fgvc_zoo.hub import load_model
-from fgvc_zoo.models._weights import load_backbone_weights
+from fgvc_zoo.hub import load_backbone_weights, load_model
 
 BACKBONE = 'test_resnet'
 REPO = 'timm/test_resnet.r160_in1k'  # the Hub repo of test_resnet's default tag

@@ -11,10 +11,13 @@ import torch
 from fgvc_zoo import bench
 from fgvc_zoo.bench import (
     BenchConfig,
+    BenchGrid,
     backbone_passes,
     bench_head,
+    bench_in_grid,
     build_model,
     format_table,
+    grid_configs,
     inference_fns,
     interleaved_times,
     median_ratio,
@@ -223,6 +226,25 @@ def test_unknown_head_args_chunk_is_refused():
 def test_iagn_training_at_batch_one_is_refused_with_the_fix():
     with pytest.raises(ValueError, match='--batch-size >= 2 or --no-train'):
         run(['bench', '--heads', 'iagn', '--batch-size', '1', '--backbone', 'test_resnet', '--no-memory'])
+
+
+def test_a_heads_own_refusal_of_its_arguments_says_how_the_grid_sets_them():
+    grid = BenchGrid(['lfd'], 'test_resnet', [64], num_classes=3, head_args='lfd:num_hybrid_regions=9', train=False)
+    (cfg,) = grid_configs(grid)
+    with pytest.raises(ValueError, match=r"num_hybrid_regions \(9\).*--head-args 'lfd:num_\w*regions=\d+'") as e:
+        bench_in_grid(cfg, grid)
+    assert 'num_hybrid_regions (9)' in str(e.value.__cause__)  # raised by the head, in fgvc_zoo
+
+
+def test_an_error_raised_outside_fgvc_zoo_goes_up_unchanged(monkeypatch):
+    def fails(*args, **kwargs):
+        raise ValueError('not a refusal of fgvc_zoo')  # raised here, in tests/: a bug, its traceback kept
+
+    monkeypatch.setattr(bench, 'bench_head', fails)
+    grid = BenchGrid(['lfd'], 'test_resnet', [64], num_classes=3)
+    with pytest.raises(ValueError) as e:
+        bench_in_grid(grid_configs(grid)[0], grid)
+    assert str(e.value) == 'not a refusal of fgvc_zoo' and e.value.__cause__ is None
 
 
 @pytest.fixture(autouse=True)

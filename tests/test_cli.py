@@ -114,11 +114,17 @@ def test_help_imports_neither_torch_nor_timm():
 
 @pytest.mark.parametrize(
     'first',
-    ['import fgvc_zoo', 'import fgvc_zoo.hub', 'from fgvc_zoo.layers import cam', 'import fgvc_zoo.models._backbone'],
+    [
+        'import fgvc_zoo',
+        'import fgvc_zoo.hub',
+        'import fgvc_zoo.convert',
+        'from fgvc_zoo.layers import cam',
+        'import fgvc_zoo.models._backbone',
+    ],
 )
 def test_importing_fgvc_zoo_before_timm_registers_the_heads_and_leaves_no_hook(first):
-    # fgvc_zoo.hub and fgvc_zoo.models._backbone import timm before they are done: the registration must wait for
-    # neither (hub is above models) or be done by the module itself (models).
+    # fgvc_zoo.hub, fgvc_zoo.convert and fgvc_zoo.models._backbone import timm before they are done: the registration
+    # must wait for neither (hub and convert are above models) or be done by the module itself (models).
     script = (
         f'{first}; import sys, timm, fgvc_zoo\n'
         'assert timm.is_model("lfd") and timm.is_model("iagn_resnet50"), "not registered"\n'

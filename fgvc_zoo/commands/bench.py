@@ -1,13 +1,9 @@
 """`fgvc-zoo bench`: time each head against the backbone passes it cannot avoid (the library: `fgvc_zoo.bench`)."""
 
 import argparse
-import inspect
 import json
 import os
 import sys
-import traceback
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
@@ -15,23 +11,19 @@ from ..bench import (
     CLOCKS,
     INFERENCE_TARGET,
     TRAIN_TARGET,
-    BenchConfig,
-    bench_head,
+    BenchGrid,
     check_compile_supported,
     describe_machine,
     format_memory_table,
     format_table,
-    parse_head_args,
+    grid_peak_memory,
     profile_head,
-    train_peak_memory,
+    run_grid,
 )
-from ..errors import UnknownArgumentError
-from ..models import head_class, list_heads
+from ..models import list_heads
 from .common import positive_int
 
 __all__ = ['add_arguments', 'main']
-
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,69 +85,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', default=None, help='also write every result to this JSON file')
 
 
-def _configs(args: argparse.Namespace, grad_checkpointing: bool) -> list[BenchConfig]:
-    head_args = parse_head_args(args.head_args)
-    options = {} if args.zoom_ratio is None else {'zoom_ratio': args.zoom_ratio}  # each head reads its own
-    configs = []
-    for head in args.heads:
-        model_cls = head_class(head)
-        for size in args.img_size:
-            for batch in args.batch_size:
-                if batch < model_cls.min_train_batch and args.train:
-                    raise ValueError(
-                        f'--batch-size {batch} cannot time {head} training: it needs at least '
-                        f'{model_cls.min_train_batch} images per batch in train mode. Use --batch-size >= '
-                        f'{model_cls.min_train_batch} or --no-train.'
-                    )
-                extra = {**model_cls.bench_args(size, **options), **head_args.get(head, {})}
-                configs.append(
-                    BenchConfig(
-                        head=head,
-                        backbone=args.backbone,
-                        img_size=size,
-                        batch_size=batch,
-                        num_classes=args.num_classes,
-                        head_args=extra,
-                        device=args.device,
-                        amp=args.amp,
-                        channels_last=args.channels_last,
-                        compile=args.compile,
-                        grad_checkpointing=grad_checkpointing,
-                    )
-                )
-    return configs
-
-
-def _bench(cfg: BenchConfig, args: argparse.Namespace, clock: str) -> dict:
-    """`bench_head`, with a head's own refusal of its arguments told in this command's syntax (--head-args)."""
-    try:
-        return bench_head(cfg, reps=args.reps, warmup=args.warmup, train=args.train, clock=clock)
-    except (ValueError, UnknownArgumentError) as e:
-        if not Path(traceback.extract_tb(e.__traceback__)[-1].filename).is_relative_to(PACKAGE_DIR):
-            raise  # not a message of ours: a bug, whose traceback the report needs
-        raise type(e)(
-            f"{e} (fgvc-zoo bench sets a head's arguments with --head-args '{cfg.head}:key=value,...'; the default, "
-            f"to change: --head-args '{cfg.head}:{_example_arg(cfg.head, str(e))}')"
-        ) from e
-
-
-def _example_arg(head: str, message: str) -> str:
-    """A real `key=value` of the head's constructor for the hint: an argument the message names, else the first."""
-    parameters = inspect.signature(head_class(head).__init__).parameters.values()
-    options = [
-        p for p in parameters if p.default is not inspect.Parameter.empty and p.name not in ('backbone', 'num_classes')
-    ]
-    named = [p for p in options if p.name in message]
-    chosen = (named or options)[0]
-    value = list(chosen.default) if isinstance(chosen.default, tuple) else chosen.default
-    return f'{chosen.name}={value}'
-
-
 def main(args: argparse.Namespace) -> int:
     if args.compile:
         check_compile_supported()
     torch.set_num_threads(args.threads)
     clock = args.clock or ('cpu' if args.device == 'cpu' else 'wall')
+    grid = BenchGrid(
+        heads=args.heads,
+        backbone=args.backbone,
+        img_sizes=args.img_size,
+        batch_sizes=args.batch_size,
+        num_classes=args.num_classes,
+        zoom_ratio=args.zoom_ratio,
+        head_args=args.head_args,
+        reps=args.reps,
+        warmup=args.warmup,
+        clock=clock,
+        train=args.train,
+        grad_checkpointing=args.grad_checkpointing,
+        device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
     print(f'# fgvc-zoo bench on {describe_machine()}, clock={clock}')
     print(f'# {" ".join(sys.argv)}')
     rows = []
@@ -164,24 +116,16 @@ def main(args: argparse.Namespace) -> int:
         f'targets: inference <= {INFERENCE_TARGET}, train step <= {TRAIN_TARGET})'
     )
     print('\n'.join(format_table([]).splitlines()[:2]), flush=True)  # the header once, each row as it is timed
-    for grad_checkpointing in (False, True) if args.grad_checkpointing else (False,):
-        for cfg in _configs(args, grad_checkpointing):
-            rows.append(_bench(cfg, args, clock))
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-            if args.profile:
-                print(profile_head(cfg, train=False))
-                if args.train:
-                    print(profile_head(cfg, train=True))
+    for cfg, row in run_grid(grid):
+        rows.append(row)
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        if args.profile:
+            print(profile_head(cfg, train=False))
+            if args.train:
+                print(profile_head(cfg, train=True))
     memory_rows = []
     if args.memory and args.train:
-        for cfg in _configs(args, False) + _configs(args, True):
-            memory_rows.append(
-                dict(
-                    asdict(cfg),
-                    head_step_mb=train_peak_memory(cfg, backbone_only=False),
-                    backbone_step_mb=train_peak_memory(cfg, backbone_only=True),
-                )
-            )
+        memory_rows = grid_peak_memory(grid)
         kind = 'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'VmHWM, reset before the steps'
         print(f'\nPeak memory two train steps add to the built model ({kind})')
         print(format_memory_table(memory_rows))

@@ -1,6 +1,6 @@
 """`fgvc-zoo convert-weights SOURCE OUT --arch NAME`: a state dict whose keys follow another naming, as a timm model's
 safetensors weights (a `--backbone-weights` file), every tensor checked and the result judged on ImageNet photos
-(the library: `fgvc_zoo.models.convert_state_dict`)."""
+(the library: `fgvc_zoo.convert.convert_state_dict`)."""
 
 import argparse
 
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..convert import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
     from ..hub import share_file
-    from ..models import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
 
     if not args.out.endswith('.safetensors'):
         raise UsageError(f'{args.out}: the converted weights are safetensors: name the file .safetensors.')

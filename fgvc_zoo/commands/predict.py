@@ -10,7 +10,6 @@ are still predicted; the exit status is then 1. Several GPUs: `accelerate launch
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -56,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
         format_predictions,
         iter_predictions,
         predict_to_file,
+        process_shard,
         table_path,
     )
     from ..runtime import load_for_inference, resolve_device, set_cpu_threads
@@ -67,18 +67,7 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and not args.output:
         raise UsageError('--resume continues an --output FILE: pass the FILE of the run to continue.')
     set_cpu_threads(args.threads, args.workers)
-    rank, world_size, barrier = 0, 1, lambda: None
-    device = args.device
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1:  # accelerate launch / torchrun: one shard per process
-        if not args.output:
-            raise UsageError('several processes write their rows to one table: pass --output FILE.')
-        from accelerate import PartialState
-
-        # cpu=True on a machine without an accelerator: else accelerate sets up no process group for a CPU launch,
-        # and every process would take itself for the only one.
-        state = PartialState(cpu=resolve_device(str(device)).type == 'cpu')
-        rank, world_size, device = state.process_index, state.num_processes, state.device
-        barrier = state.wait_for_everyone
+    rank, world_size, device, barrier = process_shard(args.device, args.output)
     if args.onnx:
         if args.amp or args.channels_last or args.compile:
             raise UsageError('--amp, --channels-last and --compile are PyTorch options; drop them with --onnx.')

@@ -27,7 +27,8 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from timm.models import save_for_hf
 from timm.models._hub import hf_split
 
-from ..models import WEIGHTS_NAME, hub_errors, list_heads, split_model_name, weights_record
+from ..models import list_heads, split_model_name
+from ..models.hub_io import WEIGHTS_NAME, hub_errors, weights_record
 from .card import NOT_RECORDED, RESULTS_NAME, base_model, model_card
 from .onnx import ONNX_NAME
 

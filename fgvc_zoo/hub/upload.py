@@ -10,7 +10,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 
 from ..errors import UsageError
-from ..models import WEIGHTS_NAME
+from ..models.hub_io import WEIGHTS_NAME
 from .folder import CARD_NAME, CONFIG_NAME, PUSHED_FILES, check_export_folder, write_card
 
 __all__ = [

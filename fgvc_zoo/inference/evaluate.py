@@ -164,11 +164,7 @@ def plot_confusion(
     most: int = 30,
 ) -> str:
     """Confusion matrix as a PNG (`confusion_figure`)."""
-    import matplotlib.pyplot as plt
-
-    fig = confusion_figure(confusion, names, title, most)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    confusion_figure(confusion, names, title, most).savefig(path, dpi=100)
     return path
 
 
@@ -176,12 +172,11 @@ def confusion_figure(confusion: Sequence[Sequence[int]], names: Sequence[str], t
     """Colour is the share of the true class, each non-zero cell shows its count.
 
     Beyond `most` classes only the most confused ones are drawn (`confused_subset`), with a last column counting
-    the predictions of the classes left out, so every row still sums to its class's images.
+    the predictions of the classes left out, so every row still sums to its class's images. A Figure of its own
+    (Agg canvas): no pyplot state, the caller's backend untouched.
     """
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     counts = torch.as_tensor(confusion, dtype=torch.long)
     num_classes = counts.shape[0]
@@ -196,7 +191,9 @@ def confusion_figure(confusion: Sequence[Sequence[int]], names: Sequence[str], t
     longest = max(len(str(n)) for n in columns)
     cell = 0.32 if len(shown) > 12 else 0.5
     label_in = 0.07 * longest  # room for the class names, in inches at font size 7
-    fig, ax = plt.subplots(figsize=(len(columns) * cell + label_in + 2.2, len(shown) * cell + label_in + 1.2))
+    fig = Figure(figsize=(len(columns) * cell + label_in + 2.2, len(shown) * cell + label_in + 1.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     image = ax.imshow(rates.numpy(), cmap='Blues', vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='share of the true class')
     size = 7 if len(shown) > 12 else 9

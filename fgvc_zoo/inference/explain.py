@@ -397,16 +397,15 @@ def _draw_image_panel(fig, renderer, explained: ImageExplanation, panel: Panel, 
 
 
 def explanation_figure(explained: ImageExplanation):
-    """The matplotlib figure of `draw_explanation`, `explained.png_size` pixels at DPI (tests inspect its texts)."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    """The matplotlib figure of `draw_explanation`, `explained.png_size` pixels at DPI (tests inspect its texts); a
+    Figure of its own with an Agg canvas, so no pyplot state and the caller's backend untouched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     png_width, png_height = explained.png_size
     panel_width = explained.panel_size[0]
-    fig = plt.figure(figsize=(png_width / DPI, png_height / DPI), dpi=DPI)
-    renderer = fig.canvas.get_renderer()
+    fig = Figure(figsize=(png_width / DPI, png_height / DPI), dpi=DPI)
+    renderer = FigureCanvasAgg(fig).get_renderer()
     for k, panel in enumerate(explained.panels):
         _draw_image_panel(fig, renderer, explained, panel, k * panel_width)
     if explained.chart is not None:
@@ -423,8 +422,6 @@ def draw_explanation(explained: ImageExplanation, path: str, fmt: str = 'png', d
     `fmt='png'` rasters it at `dpi` (200: twice the pixels of the default 100, so a large original keeps its detail);
     'pdf' and 'svg' are vector figures (text, boxes and bars stay sharp) in which the photo and the maps are embedded
     unresampled, at the original's own resolution, for a paper."""
-    import matplotlib.pyplot as plt
-
     if fmt not in FORMATS:
         raise ValueError(f"fmt='{fmt}' is not one of {FORMATS}.")
     fig = explanation_figure(explained)
@@ -433,7 +430,6 @@ def draw_explanation(explained: ImageExplanation, path: str, fmt: str = 'png', d
             for image in ax.get_images():
                 image.set_interpolation('none')  # vector backends then embed the array itself, not a resampling
     fig.savefig(path, dpi=dpi, format=fmt)
-    plt.close(fig)
     return path
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..data import UnreadableImageError, create_transforms, load_image, resolve_fgvc_data_config
 from ..errors import UsageError
+from ..runtime import resolve_device
 
 __all__ = [
     'predict',
@@ -50,6 +51,8 @@ __all__ = [
     'shard',
     'merge_rows',
     'predict_to_file',
+    'ProcessShard',
+    'process_shard',
 ]
 
 LIST_EXTENSIONS = ('.txt', '.lst')  # a source with one of these is a text file of image paths, one a line
@@ -508,3 +511,27 @@ def predict_to_file(
     for path in parts:
         path.unlink()
     return sum(row['error'] is not None for row in rows)
+
+
+class ProcessShard(NamedTuple):
+    """This process's part of a predict run (`predict_to_file`'s `rank`, `world_size` and `barrier`) and its device."""
+
+    rank: int
+    world_size: int
+    device: str | torch.device
+    barrier: Callable[[], None]
+
+
+def process_shard(device: str | torch.device, output: str | None) -> ProcessShard:
+    """The whole run on `device`, or under `accelerate launch` / torchrun (WORLD_SIZE > 1) one shard per process,
+    whose rows are merged into the one `output` table."""
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+        return ProcessShard(0, 1, device, lambda: None)
+    if not output:
+        raise UsageError('several processes write their rows to one table: pass --output FILE.')
+    from accelerate import PartialState
+
+    # cpu=True on a machine without an accelerator: else accelerate sets up no process group for a CPU launch,
+    # and every process would take itself for the only one.
+    state = PartialState(cpu=resolve_device(str(device)).type == 'cpu')
+    return ProcessShard(state.process_index, state.num_processes, state.device, state.wait_for_everyone)

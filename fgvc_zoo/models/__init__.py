@@ -1,4 +1,8 @@
-from ._backbone import Backbone, check_backbone_name, create_backbone_model
+"""The heads and what a model user or head author needs: the head classes, the contract (`FgvcModel` and what it
+returns and declares), the registration decorator and builder, the cfg helpers, and the registry's list and split
+functions. Hub I/O is `fgvc_zoo.hub`'s, weight conversion `fgvc_zoo.convert`'s."""
+
+from ._backbone import Backbone
 from ._builder import build_fgvc_model
 from ._cfgs import DEFAULT_BACKBONE, FGVC_DATASETS, POPULAR_BACKBONES, PUBLISHED_TAGS, fgvc_cfg, generate_head_cfgs
 from ._contract import (
@@ -11,17 +15,6 @@ from ._contract import (
     FgvcOutput,
     PaperInfo,
 )
-from ._convert import convert_state_dict, imagenet_top1, read_name_map, read_state_dict, save_converted
-from ._hub import (
-    HUB_ORG,
-    PICKLE_WEIGHTS,
-    WEIGHTS_NAME,
-    hub_cfg,
-    hub_errors,
-    local_weights_record,
-    safetensors_only,
-    weights_record,
-)
 from ._registry import (
     ModelName,
     head_class,
@@ -32,53 +25,36 @@ from ._registry import (
     register_head,
     split_model_name,
 )
-from ._weights import resolve_weights_file
 from .dpnet import DpNet
 from .iagn import Iagn
 from .lfd import Lfd
 
 __all__ = [
-    'convert_state_dict',
-    'imagenet_top1',
-    'read_name_map',
-    'read_state_dict',
-    'save_converted',
-    'Backbone',
-    'check_backbone_name',
-    'create_backbone_model',
-    'DEFAULT_BACKBONE',
-    'FGVC_DATASETS',
-    'HEAD_POOL',
-    'POPULAR_BACKBONES',
-    'PUBLISHED_TAGS',
+    'Lfd',
+    'DpNet',
+    'Iagn',
+    'FgvcModel',
+    'FgvcOutput',
     'BackbonePass',
     'Explanation',
     'ExplanationChart',
     'ExplanationPanel',
-    'FgvcModel',
-    'FgvcOutput',
-    'ModelName',
     'PaperInfo',
+    'HEAD_POOL',
+    'Backbone',
+    'register_head',
     'build_fgvc_model',
     'fgvc_cfg',
     'generate_head_cfgs',
+    'DEFAULT_BACKBONE',
+    'FGVC_DATASETS',
+    'POPULAR_BACKBONES',
+    'PUBLISHED_TAGS',
+    'ModelName',
     'head_class',
     'head_models',
     'head_name',
     'list_heads',
     'model_head_name',
-    'register_head',
     'split_model_name',
-    'HUB_ORG',
-    'PICKLE_WEIGHTS',
-    'WEIGHTS_NAME',
-    'hub_cfg',
-    'hub_errors',
-    'safetensors_only',
-    'weights_record',
-    'local_weights_record',
-    'resolve_weights_file',
-    'Lfd',
-    'DpNet',
-    'Iagn',
 ]

@@ -18,7 +18,7 @@ import torch.nn as nn
 from timm.layers import RmsNorm, SelectAdaptivePool2d
 
 from ..layers.norm_stats import freeze_stats_in_recompute
-from ._weights import hub_weights_file, load_backbone_weights
+from .hub_io import hub_weights_file, load_backbone_weights
 
 __all__ = ['Backbone', 'create_backbone_model', 'check_backbone_name', 'backbone_pool']
 

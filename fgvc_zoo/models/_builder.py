@@ -19,9 +19,8 @@ from ..errors import UnknownArgumentError
 from ._backbone import check_backbone_name
 from ._cfgs import DEFAULT_BACKBONE, _backbone_cfg_fields
 from ._contract import FgvcModel
-from ._hub import hub_errors, safetensors_only, weights_record
 from ._registry import split_model_name
-from ._weights import local_weights_record, resolve_weights_file
+from .hub_io import hub_errors, local_weights_record, resolve_weights_file, safetensors_only, weights_record
 
 __all__ = ['build_fgvc_model']
 

@@ -7,8 +7,8 @@ from typing import Any
 import timm
 from timm.models import generate_default_cfgs
 
-from ._hub import hub_cfg
 from ._registry import split_model_name
+from .hub_io import hub_cfg
 
 __all__ = [
     'fgvc_cfg',

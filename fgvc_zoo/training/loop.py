@@ -500,24 +500,21 @@ def curve_panels(history: list[dict[str, Any]]) -> list[tuple[str, str, list[str
 
 
 def _plot_curves(output: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = curves_figure(history)
-    fig.savefig(output / 'curves.png', dpi=100)
-    plt.close(fig)
+    curves_figure(history).savefig(output / 'curves.png', dpi=100)
 
 
 def curves_figure(history: list[dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    """The curves of `history`, a Figure of its own (Agg canvas): no pyplot state, the caller's backend untouched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     panels = [panel for panel in curve_panels(history) if panel[2]]
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * columns, 3.2 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False)
     epochs = [row['epoch'] for row in history]
     for ax, (title, label, keys) in zip(axes.flat, panels, strict=False):
         for key in keys:

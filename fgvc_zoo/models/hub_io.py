@@ -1,13 +1,21 @@
-"""A timm backbone's ImageNet weights from a local file, a local Hub cache, or the Hub: never a long silent wait.
+"""The Hub I/O of the model layer: our repos' cfg entries, safetensors-only loads, readable download errors, the
+record of which weights were loaded, and a backbone's ImageNet weights (never a long silent wait).
 
 `pretrained=True` on a backbone whose weights live on the Hugging Face Hub takes `model.safetensors` from the local
 Hub cache when it is there (no network at all), else downloads it, but first asks the Hub once with a short timeout:
 with `HF_HUB_OFFLINE=1` or no route to the Hub (a cluster's compute nodes) it fails at once, naming the repo, the file
 and the two ways out, instead of huggingface_hub's minute of retries. `backbone_weights=` / `--backbone-weights`
 loads the same file from a path. Either way the keys are checked strictly against the backbone.
+
+Users import these names from `fgvc_zoo.hub`, the one public home of Hub I/O. The code lives here, under
+`fgvc_zoo/models`, because the builder (`_builder.py`, `_backbone.py`, `_cfgs.py`) needs it and `hub` sits above
+the models; and because it imports timm, which the registration hook allows only from `fgvc_zoo.models` up.
 """
 
+import contextlib
+import hashlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +23,135 @@ import timm
 import torch.nn as nn
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from safetensors.torch import load_file
+from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import hf_split
 
-from ._hub import WEIGHTS_NAME, hub_errors, local_weights_record
-
 __all__ = [
+    'HUB_ORG',
     'WEIGHTS_NAME',
+    'PICKLE_WEIGHTS',
     'HUB_PROBE_TIMEOUT',
+    'hub_cfg',
+    'safetensors_only',
+    'hub_errors',
+    'weights_record',
+    'local_weights_record',
     'hub_weights_file',
     'resolve_weights_file',
     'load_backbone_weights',
-    'local_weights_record',
 ]
+
+HUB_ORG = 'fgvc-zoo'
+WEIGHTS_NAME = 'model.safetensors'
+# The pickle weight files timm would otherwise fall back to on the Hub.
+PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'open_clip_pytorch_model.bin')
+
+
+def hub_cfg(name: str, org: str = HUB_ORG) -> dict[str, str]:
+    """The cfg entries of a published FGVC tag: our Hub repo, safetensors only (never a pickle fallback)."""
+    return dict(hf_hub_id=f'{org}/{name}', hf_hub_filename=WEIGHTS_NAME)
+
+
+def safetensors_only(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Pin Hub loads of `pretrained_cfg` to `model.safetensors`; raise if it names a pickle file on the Hub.
+
+    timm otherwise falls back to `pytorch_model.bin` when a repo has no safetensors. Meant for the builder
+    (`build_fgvc_model`) on every cfg that loads full weights, so that any `hf-hub:` id or tag is covered.
+    """
+    if not pretrained_cfg.get('hf_hub_id'):
+        return pretrained_cfg
+    filename = pretrained_cfg.get('hf_hub_filename') or WEIGHTS_NAME
+    if not filename.endswith('.safetensors'):
+        raise ValueError(
+            f"Refusing to load '{filename}' from Hub repo '{pretrained_cfg['hf_hub_id']}': fgvc_zoo never loads "
+            f'pickle weights from the Hub. Convert them to {WEIGHTS_NAME} (safetensors) and push that instead.'
+        )
+    return dict(pretrained_cfg, hf_hub_filename=filename)
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, filename: str = WEIGHTS_NAME, what: str = '', ways_out: str = '') -> Iterator[None]:
+    """Turn huggingface_hub's download errors into one line naming the repo, the file and the ways out.
+
+    The one translation of Hub errors in the package: `what` names what was being loaded (default: the file of the
+    repo), `ways_out` what to do instead (default: load a local export). Raise `LocalEntryNotFoundError` inside it
+    for "not cached and the Hub cannot be asked" (its `__cause__`, if any, is named as the reason).
+    """
+    what = what or f"'{filename}' of Hub repo '{repo_id}'"
+    ways_out = ways_out or (
+        f"To load a local export instead: fgvc_zoo.hub.load_model('path/to/folder') or "
+        f"timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='path/to/{WEIGHTS_NAME}'))."
+    )
+    try:
+        yield
+    except LocalEntryNotFoundError as e:
+        # constants.HF_HUB_OFFLINE, not is_offline_mode(): the function is exported only by recent huggingface_hub.
+        why = 'HF_HUB_OFFLINE is set' if hf_constants.HF_HUB_OFFLINE else 'the Hub could not be reached'
+        if e.__cause__ is not None:
+            why += f' ({type(e.__cause__).__name__})'
+        cache_id, revision = hf_split(repo_id)
+        cached_pickles = [
+            name for name in PICKLE_WEIGHTS if isinstance(try_to_load_from_cache(cache_id, name, revision), str)
+        ]
+        pickle_note = (
+            f' The cache holds only {", ".join(cached_pickles)}: fgvc_zoo never loads pickle weights from the Hub.'
+            if filename == WEIGHTS_NAME and cached_pickles
+            else ''
+        )
+        raise OSError(
+            f'Cannot load {what}: it is not in the local Hub cache and {why}.{pickle_note} Connect (or unset '
+            f'HF_HUB_OFFLINE) and retry. {ways_out}'
+        ) from e
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise OSError(
+            f"Cannot load {what}: Hub repo '{repo_id}' does not exist or is private/gated (a private repo needs a "
+            f'token: HF_TOKEN or `hf auth login`). Check the name. {ways_out}'
+        ) from e
+    except RevisionNotFoundError as e:
+        raise OSError(f"Cannot load {what}: Hub repo '{repo_id}' has no such revision. {ways_out}") from e
+    except EntryNotFoundError as e:
+        pickle_note = (
+            ' fgvc_zoo loads safetensors weights only and never a pickle (pytorch_model.bin) from the Hub.'
+            if filename == WEIGHTS_NAME
+            else ''
+        )
+        raise OSError(f"Cannot load {what}: Hub repo '{repo_id}' has no '{filename}'.{pickle_note} {ways_out}") from e
+
+
+def weights_record(pretrained_cfg: dict[str, Any], part: str) -> dict[str, str]:
+    """Name the weights timm loads for `pretrained_cfg`, by timm's own resolution (a file first, the Hub, a URL)."""
+    source, location = _resolve_pretrained_source(pretrained_cfg)
+    if source == 'file':
+        return local_weights_record(Path(location), part)
+    if source == 'state_dict':
+        location = 'a state_dict passed in pretrained_cfg'
+    elif isinstance(location, tuple):  # (hub id, filename)
+        location = location[0]
+    return dict(source=source or 'unknown', id=str(location), part=part)
+
+
+def local_weights_record(path: Path, part: str) -> dict[str, Any]:
+    """Where a local weights file came from, without its local path: a file in a Hugging Face cache is that Hub
+    repo at that revision; any other file is its name, size and sha256 (a path means nothing on another machine)."""
+    parts = path.parts
+    if len(parts) >= 4 and parts[-4].startswith('models--') and parts[-3] == 'snapshots':
+        repo = parts[-4][len('models--') :].replace('--', '/')
+        return dict(source='hf-hub', id=repo, revision=parts[-2], file=path.name, part=part)
+    digest = hashlib.sha256()
+    with path.open('rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return dict(source='file', id=path.name, size=path.stat().st_size, sha256=digest.hexdigest(), part=part)
+
 
 HUB_PROBE_TIMEOUT = 5.0  # seconds for the one request that tells whether the Hub can be reached
 
