@@ -16,6 +16,9 @@ from scipy.stats import t
 from fgvc_zoo import compare
 from fgvc_zoo.cli import run
 from fgvc_zoo.commands import compare as compare_command
+from fgvc_zoo.compare import jobs, report
+from fgvc_zoo.compare import splits as splits_module
+from fgvc_zoo.compare.devices import Devices
 from fgvc_zoo.data import carve_val, create_dataset, make_synthetic_fgvc
 from fgvc_zoo.errors import UsageError
 
@@ -70,7 +73,7 @@ def compared(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp('compare')
     out, data = base / 'out', _tiny_data(base / 'data')
     seen_test = []
-    train_job = compare._train_job
+    train_job = jobs.train_job
 
     def spying_train_job(*args, **kwargs):
         seen_test.append((out / compare.TEST_DATA).exists())
@@ -78,7 +81,7 @@ def compared(tmp_path_factory) -> Path:
 
     logged = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(compare, '_train_job', spying_train_job)
+        mp.setattr(jobs, 'train_job', spying_train_job)
         mp.setattr(compare, 'run_compare', functools.partial(compare.run_compare, log=logged.append))
         assert run([*TINY, '--data-dir', str(data), '--output', str(out)]) == 0
     assert seen_test == [False] * 9, 'a run trained after the test split was linked (or not 2 lrs + 1 seed each)'
@@ -220,7 +223,7 @@ def test_default_train_args_are_the_librarys() -> None:
 def test_synthetic_writes_the_hard_protocol_with_a_test_split(tmp_path: Path) -> None:
     protocol = {**compare.HARD_SYNTHETIC, 'num_classes': 3, 'train_per_class': 2, 'val_per_class': 1, 'image_size': 96}
     config = compare.CompareConfig(output=str(tmp_path), backbone='x', methods=['plain'], lrs=[0.1], synthetic=protocol)
-    root, layout = compare._source(config)
+    root, layout = splits_module.data_source(config)
     assert layout == 'folder' and sorted(p.name for p in Path(root).iterdir()) == ['parts.json', 'test', 'train']
     assert len(create_dataset(root, 'test', layout)) == 3
     splits = compare.prepare_splits(config)
@@ -238,7 +241,7 @@ def test_a_disagreement_is_drawn_with_the_heads_explanation(compared: tuple[Path
     runs['dpnet']['test_predictions'] = list(truth)
     config = compare.CompareConfig(output=str(out), backbone='test_resnet', methods=['plain', 'probe', 'dpnet'],
                                    lrs=[0.01], img_size=64, explain=2)  # fmt: skip
-    drawn = compare._disagreements(config, summary, list(runs.values()), out / compare.TEST_DATA, splits)
+    drawn = report.disagreements(config, summary, list(runs.values()), out / compare.TEST_DATA, splits)
     names = [splits['classes'][y] for y in truth[:2]]
     assert [(d['method'], d['baseline'], d['true'], d['head']) for d in drawn] == [
         ('dpnet', 'probe', name, name) for name in names
@@ -256,7 +259,7 @@ def test_cuda_devices_get_one_pinned_worker_each() -> None:
     """One worker process per CUDA device, pinned by CUDA_VISIBLE_DEVICES, each job run once (no GPU needed: the
     jobs only report what they see)."""
     done = []
-    devices = compare._Devices(['cuda:0', 'cuda:3'])
+    devices = Devices(['cuda:0', 'cuda:3'])
     try:
         devices.run([(_visible_device, (str(k),), done.append) for k in range(6)])
     finally:

@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 import fgvc_zoo
-from fgvc_zoo import compare
+from fgvc_zoo.compare import report as compare_report
 from fgvc_zoo.inference.evaluate import confused_subset, confusion_figure, plot_confusion
 from fgvc_zoo.inference.explain import draw_explanation, explain_images, explanation_figure
 from fgvc_zoo.training.loop import curve_panels, curves_figure
@@ -154,7 +154,7 @@ def test_library_figures_leave_the_callers_backend_and_pyplot_figures_alone(note
     ]
     draw_explanation(explained, str(tmp_path / 'explain.png'))
     plot_confusion(confusion, ['ant', 'bee', 'cat'], str(tmp_path / 'confusion.png'))
-    compare._figures(summary, ['ant', 'bee', 'cat'], tmp_path)
+    compare_report.figures(summary, ['ant', 'bee', 'cat'], tmp_path)
 
     assert matplotlib.get_backend() == notebook_backend
     assert plt.get_fignums() == open_figures
