@@ -310,6 +310,7 @@ def test_one_process_predicts_every_image_and_several_need_the_one_output_table(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.xdist_group('multiprocess')  # with the other multi-process tests, on one xdist worker
 def test_two_processes_under_torchrun_write_one_table_in_source_order(exported, image_folder, tmp_path):
     root, _, bad = image_folder
     output = tmp_path / 'preds.csv'

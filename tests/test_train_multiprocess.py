@@ -9,7 +9,9 @@ from test_train import make_tiny_folder, run, train_command
 
 from fgvc_zoo.training.checkpoints import state_dict_sha256
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# One xdist worker runs every multi-process test (`--dist loadgroup`): two of them at once would oversubscribe the
+# cores they time out on.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group('multiprocess')]
 
 
 def test_torchrun_two_processes_share_one_model_and_one_output(tmp_path):
