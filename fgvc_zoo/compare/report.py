@@ -18,7 +18,6 @@ from ..hub import load_model
 from ..inference.explain import draw_explanation, explain_images
 from .protocol import (
     BASELINES,
-    DATA,
     IMAGES,
     REFERENCE_PREPROCESSING,
     RUNS,
@@ -184,7 +183,7 @@ def report_markdown(
         terms = ', '.join(f'{k[len("train_") :]} {v:.4g}' for k, v in final.items() if k.startswith('train_loss'))
         lines.append(f'- {method} (last epoch: {terms}): ![{method} curves]({RUNS}/{name}/curves.png)')
     versions = chosen[0]['versions']
-    data = f'`{DATA}/` (written by compare: {config.synthetic})' if config.synthetic else f'`{splits["name"]}`'
+    data = f'the synthetic protocol {config.synthetic}' if config.synthetic else f'`{splits["name"]}`'
     lines += [
         '',
         '## Budget, data, machine',
