@@ -323,7 +323,7 @@ def test_the_estimate_is_printed_before_the_first_run(compared: tuple[Path, Path
 @pytest.mark.parametrize(
     'flags, expected',
     [
-        ([], dict(epochs=4, seeds=2, lrs=[0.01], img_size=96, patience=2, num_classes=4)),
+        ([], dict(epochs=8, seeds=2, lrs=[0.01], img_size=96, patience=3, num_classes=6)),
         (['--epochs', '6', '--synthetic-args', 'num_classes=5'], dict(epochs=6, seeds=2, num_classes=5)),
     ],
     ids=['quick', 'flags-win'],

@@ -7,19 +7,19 @@ import shlex
 __all__ = ['add_arguments', 'main', 'PRESETS']
 
 # Budgets by name; a flag given on the command line wins over its preset value. 'quick': a first look in about ten
-# minutes on a 2-core CPU (a small synthetic protocol at 96 px, 2 seeds, one lr, at most 4 epochs): enough to see
+# minutes on a 2-core CPU (a 6-class synthetic protocol at 96 px, 2 seeds, one lr, at most 8 epochs): enough to see
 # that everything runs and roughly where each method lands, not evidence. 'default': the protocol's own budget.
 PRESETS: dict[str, dict[str, object]] = {
     'default': dict(lrs=[0.003, 0.01, 0.03], seeds=3, epochs=10, patience=3, batch_size=16, img_size=224),
     'quick': dict(
         lrs=[0.01],
         seeds=2,
-        epochs=4,
-        patience=2,
+        epochs=8,
+        patience=3,
         batch_size=16,
         img_size=96,
-        synthetic_args='num_classes=4,train_per_class=10,val_per_class=10,image_size=96,part_size=0.15,clutter=10',
-    ),  # fmt: skip
+        synthetic_args='num_classes=6,train_per_class=32,val_per_class=20,image_size=96,part_size=0.15,clutter=10',
+    ),
 }
 
 
