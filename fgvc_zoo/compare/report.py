@@ -23,7 +23,6 @@ from .protocol import (
     RUNS,
     CompareConfig,
     run_name,
-    weights_file_record,
 )
 from .stats import METRICS, reading, t_quantile
 
@@ -36,10 +35,12 @@ def _pm(mean: float, std: float) -> str:
     return f'{mean:.2f} +- {std:.2f}'
 
 
-def _weights_text(config: CompareConfig) -> str:
-    if config.backbone_weights:
-        record = weights_file_record(config.backbone_weights, config.backbone)
-        return f'`{record["id"]}` (sha256 `{record.get("sha256", record.get("revision"))}`)'
+def _weights_text(config: CompareConfig, record: dict[str, Any] | None) -> str:
+    """The backbone weights every run started from, as the runs' budget records them (no local path)."""
+    if record and record.get('source') == 'hf-hub':
+        return f'Hub repo `{record["id"]}` at revision `{record.get("revision")}` (`{record.get("file")}`)'
+    if record:
+        return f'`{record["id"]}` (sha256 `{record["sha256"]}`)'
     return 'timm pretrained' if config.pretrained else 'random init (no --pretrained)'
 
 
@@ -183,12 +184,13 @@ def report_markdown(
         terms = ', '.join(f'{k[len("train_") :]} {v:.4g}' for k, v in final.items() if k.startswith('train_loss'))
         lines.append(f'- {method} (last epoch: {terms}): ![{method} curves]({RUNS}/{name}/curves.png)')
     versions = chosen[0]['versions']
+    weights = _weights_text(config, chosen[0]['budget']['backbone_weights'])
     data = f'the synthetic protocol {config.synthetic}' if config.synthetic else f'`{splits["name"]}`'
     lines += [
         '',
         '## Budget, data, machine',
         '',
-        f'- Backbone `{config.backbone}`, weights: {_weights_text(config)}; the same for every method. Plain and probe '
+        f'- Backbone `{config.backbone}`, weights: {weights}; the same for every method. Plain and probe '
         f"are timm's own `{config.backbone}` classifier.",
         f'- Every run: at most {config.epochs} epochs, patience {config.patience} (min delta {config.min_delta:g}), '
         f'batch {config.batch_size}, {config.img_size} px, trainer flags `{" ".join(config.train_args)}`; lrs swept '

@@ -24,10 +24,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def load_records(config: CompareConfig) -> dict[tuple[str, float, int], dict[str, Any]]:
-    """The runs recorded under OUTPUT/runs; a record of another budget stops the comparison."""
+def load_records(config: CompareConfig, budget: dict[str, Any]) -> dict[tuple[str, float, int], dict[str, Any]]:
+    """The runs recorded under OUTPUT/runs; a record of another budget (`config.budget()`, as JSON reads it back)
+    stops the comparison."""
     records = {}
-    budget = json.loads(json.dumps(config.budget()))
     for path in sorted((Path(config.output) / RUNS).glob('*.json')):
         record = json.loads(path.read_text())
         if record['budget'] != budget:
@@ -51,8 +51,8 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> Pa
     out = Path(config.output)
     (out / RUNS).mkdir(parents=True, exist_ok=True)
     splits = prepare_splits(config)
-    records = load_records(config)
-    budget = json.loads(json.dumps(config.budget()))
+    budget = json.loads(json.dumps(config.budget()))  # hashes the weights file once
+    records = load_records(config, budget)
     devices = Devices(config.devices)
 
     def train_jobs(keys: list[tuple[str, float, int]]) -> list:

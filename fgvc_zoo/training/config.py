@@ -44,24 +44,12 @@ class TrainConfig:
     """
 
     recipe: str | None = option(
-        None,
-        'recipe',
-        'YAML file whose keys are flag names (lr, batch-size, ...); flags given win',
+        None, 'recipe', 'YAML file whose keys are flag names (lr, batch-size, ...); flags given win'
     )
-    model: str | None = option(
-        None,
-        'model',
-        'registered model (lfd_resnet50) or a generic head (lfd) with --backbone',
-    )
-    backbone: str | None = option(
-        None,
-        'model',
-        'timm backbone of a generic head, e.g. resnet50 or convnext_tiny',
-    )
+    model: str | None = option(None, 'model', 'registered model (lfd_resnet50) or a generic head (lfd) with --backbone')
+    backbone: str | None = option(None, 'model', 'timm backbone of a generic head, e.g. resnet50 or convnext_tiny')
     pretrained: bool = option(
-        False,
-        'model',
-        'start from pretrained weights (the backbone ImageNet weights for a fresh head)',
+        False, 'model', 'start from pretrained weights (the backbone ImageNet weights for a fresh head)'
     )
     backbone_weights: str | None = option(
         None,
@@ -69,20 +57,10 @@ class TrainConfig:
         "the backbone's timm ImageNet weights from a local .safetensors file, or a folder or Hugging Face cache "
         'holding them (no Hub needed); for a fresh head, with or without --pretrained',
     )
-    num_classes: int | None = option(
-        None,
-        'model',
-        'number of classes; default: the number in the dataset',
-    )
-    model_args: str | None = option(
-        None,
-        'model',
-        "head options as 'key=value,key=value' (values parsed as YAML)",
-    )
+    num_classes: int | None = option(None, 'model', 'number of classes; default: the number in the dataset')
+    model_args: str | None = option(None, 'model', "head options as 'key=value,key=value' (values parsed as YAML)")
     model_kwargs: str | dict[str, Any] | None = option(
-        None,
-        'model',
-        'head options as a YAML mapping, inline or a .yaml file path',
+        None, 'model', 'head options as a YAML mapping, inline or a .yaml file path'
     )
     freeze_backbone: bool = option(
         False,
@@ -90,31 +68,17 @@ class TrainConfig:
         'a linear probe of a plain timm classifier: only its classifier trains; every other weight and BatchNorm '
         "statistic stays as loaded (a head freezes through its own model args, e.g. DP-Net's freeze_backbone)",
     )
-    channels_last: bool = option(
-        False,
-        'model',
-        'channels-last memory format',
-    )
+    channels_last: bool = option(False, 'model', 'channels-last memory format')
     grad_checkpointing: bool = option(
-        False,
-        'model',
-        'gradient checkpointing in the backbone (less memory, more compute)',
+        False, 'model', 'gradient checkpointing in the backbone (less memory, more compute)'
     )
     data_dir: str | None = option(
-        None,
-        'data',
-        'dataset root (any layout create_dataset knows) or a Hugging Face dataset name',
+        None, 'data', 'dataset root (any layout create_dataset knows) or a Hugging Face dataset name'
     )
     dataset_name: str | None = option(
-        None,
-        'data',
-        'dataset name for the model card (cub_200_2011, ...); default: folder name',
+        None, 'data', 'dataset name for the model card (cub_200_2011, ...); default: folder name'
     )
-    dataset_layout: str = option(
-        'auto',
-        'data',
-        'layout of --data-dir (auto detects it)',
-    )
+    dataset_layout: str = option('auto', 'data', 'layout of --data-dir (auto detects it)')
     synthetic: bool = option(
         False,
         'data',
@@ -139,26 +103,14 @@ class TrainConfig:
         'carve a stratified val split of this fraction of each class from the training images and evaluate on it '
         '(the test split is then never read)',
     )
-    split_seed: int = option(
-        0,
-        'data',
-        'seed of the --val-fraction carve',
-    )
+    split_seed: int = option(0, 'data', 'seed of the --val-fraction carve')
     dataset_args: str | None = option(
-        None,
-        'data',
-        "layout options as 'key=value,...', e.g. 'level=family' for aircraft",
+        None, 'data', "layout options as 'key=value,...', e.g. 'level=family' for aircraft"
     )
     max_unreadable: float = option(
-        0.01,
-        'data',
-        'fraction of a split that may fail to decode (dropped, listed) before training stops',
+        0.01, 'data', 'fraction of a split that may fail to decode (dropped, listed) before training stops'
     )
-    img_size: int = option(
-        448,
-        'data',
-        'training and evaluation resolution',
-    )
+    img_size: int = option(448, 'data', 'training and evaluation resolution')
     train_crop: str = option(
         'rrc',
         'data',
@@ -168,137 +120,45 @@ class TrainConfig:
         choices=('rrc', 'resize_crop'),
     )
     train_crop_padding: int = option(
-        0,
-        'data',
-        "zero pixels around the resized image before the random crop of 'resize_crop' (PMG: 8)",
+        0, 'data', "zero pixels around the resized image before the random crop of 'resize_crop' (PMG: 8)"
     )
-    scale: tuple[float, float] | None = option(
-        None,
-        'data',
-        'random-resized-crop area range; default: the data config',
-    )
-    hflip: float | None = option(
-        None,
-        'data',
-        'horizontal flip probability; default: the data config',
-    )
-    color_jitter: float | None = option(
-        None,
-        'data',
-        'colour jitter strength; default: the data config',
-    )
-    workers: int = option(
-        min(4, os.cpu_count() or 1),
-        'data',
-        'data loader worker processes per training process',
-    )
-    epochs: int = option(
-        100,
-        'optimisation',
-        'training epochs',
-    )
-    batch_size: int = option(
-        16,
-        'optimisation',
-        'images per process per step',
-    )
-    grad_accum: int = option(
-        1,
-        'optimisation',
-        'batches accumulated per optimiser step',
-    )
+    scale: tuple[float, float] | None = option(None, 'data', 'random-resized-crop area range; default: the data config')
+    hflip: float | None = option(None, 'data', 'horizontal flip probability; default: the data config')
+    color_jitter: float | None = option(None, 'data', 'colour jitter strength; default: the data config')
+    workers: int = option(min(4, os.cpu_count() or 1), 'data', 'data loader worker processes per training process')
+    epochs: int = option(100, 'optimisation', 'training epochs')
+    batch_size: int = option(16, 'optimisation', 'images per process per step')
+    grad_accum: int = option(1, 'optimisation', 'batches accumulated per optimiser step')
     opt: str = option(
         'momentum',
         'optimisation',
         "optimiser name of timm's create_optimizer_v2: 'momentum' is SGD with classical momentum (the papers' and"
         " references'), timm's 'sgd' is Nesterov; adamw, ...",
     )
-    lr: float = option(
-        0.01,
-        'optimisation',
-        'learning rate of the head',
-    )
-    backbone_lr_mult: float = option(
-        0.1,
-        'optimisation',
-        'backbone lr = this x --lr (papers: 0.1)',
-    )
-    weight_decay: float = option(
-        0.0005,
-        'optimisation',
-        'weight decay',
-    )
-    momentum: float = option(
-        0.9,
-        'optimisation',
-        'SGD momentum',
-    )
-    clip_grad: float | None = option(
-        None,
-        'optimisation',
-        'clip the gradient norm to this value',
-    )
+    lr: float = option(0.01, 'optimisation', 'learning rate of the head')
+    backbone_lr_mult: float = option(0.1, 'optimisation', 'backbone lr = this x --lr (papers: 0.1)')
+    weight_decay: float = option(0.0005, 'optimisation', 'weight decay')
+    momentum: float = option(0.9, 'optimisation', 'SGD momentum')
+    clip_grad: float | None = option(None, 'optimisation', 'clip the gradient norm to this value')
     sched: str = option(
         'step',
         'optimisation',
         'learning-rate schedule, per epoch',
         choices=('step', 'cosine'),
     )
-    decay_epochs: float = option(
-        40,
-        'optimisation',
-        'step schedule: epochs between decays',
-    )
-    decay_rate: float = option(
-        0.1,
-        'optimisation',
-        'step schedule: lr factor at each decay',
-    )
-    min_lr: float = option(
-        0.0,
-        'optimisation',
-        'cosine schedule: final learning rate',
-    )
-    warmup_epochs: int = option(
-        0,
-        'optimisation',
-        'linear warm-up epochs',
-    )
-    warmup_lr: float = option(
-        1e-05,
-        'optimisation',
-        'learning rate at the start of warm-up',
-    )
-    label_smoothing: float = option(
-        0.0,
-        'optimisation',
-        'label smoothing of the targets',
-    )
-    mixup: float = option(
-        0.0,
-        'optimisation',
-        'mixup alpha (0: off)',
-    )
-    cutmix: float = option(
-        0.0,
-        'optimisation',
-        'cutmix alpha (0: off)',
-    )
-    mixup_prob: float = option(
-        1.0,
-        'optimisation',
-        'probability of mixing a batch',
-    )
+    decay_epochs: float = option(40, 'optimisation', 'step schedule: epochs between decays')
+    decay_rate: float = option(0.1, 'optimisation', 'step schedule: lr factor at each decay')
+    min_lr: float = option(0.0, 'optimisation', 'cosine schedule: final learning rate')
+    warmup_epochs: int = option(0, 'optimisation', 'linear warm-up epochs')
+    warmup_lr: float = option(1e-05, 'optimisation', 'learning rate at the start of warm-up')
+    label_smoothing: float = option(0.0, 'optimisation', 'label smoothing of the targets')
+    mixup: float = option(0.0, 'optimisation', 'mixup alpha (0: off)')
+    cutmix: float = option(0.0, 'optimisation', 'cutmix alpha (0: off)')
+    mixup_prob: float = option(1.0, 'optimisation', 'probability of mixing a batch')
     model_ema: bool = option(
-        False,
-        'optimisation',
-        'keep an EMA of the weights (timm ModelEmaV3); it is evaluated and exported',
+        False, 'optimisation', 'keep an EMA of the weights (timm ModelEmaV3); it is evaluated and exported'
     )
-    model_ema_decay: float = option(
-        0.9998,
-        'optimisation',
-        'EMA decay',
-    )
+    model_ema_decay: float = option(0.9998, 'optimisation', 'EMA decay')
     patience: int = option(
         0,
         'optimisation',
@@ -306,11 +166,7 @@ class TrainConfig:
         'more than --min-delta for this many epochs; --epochs is then the maximum. The lr schedule still spans '
         '--epochs, so a run stopped early never reaches the end of its decay. 0: train every epoch',
     )
-    min_delta: float = option(
-        0.0,
-        'optimisation',
-        '--patience: the top-1 gain (points) that counts',
-    )
+    min_delta: float = option(0.0, 'optimisation', '--patience: the top-1 gain (points) that counts')
     keep_best: bool = option(
         False,
         'optimisation',
@@ -323,15 +179,9 @@ class TrainConfig:
         'mixed precision (Accelerate)',
         choices=('no', 'bf16', 'fp16'),
     )
-    cpu: bool = option(
-        False,
-        'run',
-        'train on CPU even when an accelerator exists',
-    )
+    cpu: bool = option(False, 'run', 'train on CPU even when an accelerator exists')
     find_unused_parameters: bool = option(
-        False,
-        'run',
-        'DDP searches for unused parameters (on by itself for models with several steps per batch)',
+        False, 'run', 'DDP searches for unused parameters (on by itself for models with several steps per batch)'
     )
     threads: int = option(
         0,
@@ -339,41 +189,19 @@ class TrainConfig:
         'torch CPU threads per training process; 0: OMP_NUM_THREADS if set, else the cores over (processes on '
         'this machine x --workers), so that torch and the data workers do not oversubscribe the cores',
     )
-    seed: int = option(
-        42,
-        'run',
-        'seed of weights, augmentation and the per-epoch shuffle',
-    )
-    deterministic: bool = option(
-        False,
-        'run',
-        'torch deterministic algorithms (bitwise-reproducible GPU runs, slower)',
-    )
-    output: str = option(
-        'output/train',
-        'run',
-        'output folder (checkpoints, logs, exported model)',
-    )
+    seed: int = option(42, 'run', 'seed of weights, augmentation and the per-epoch shuffle')
+    deterministic: bool = option(False, 'run', 'torch deterministic algorithms (bitwise-reproducible GPU runs, slower)')
+    output: str = option('output/train', 'run', 'output folder (checkpoints, logs, exported model)')
     resume: str | None = option(
         None,
         'run',
         'continue from a checkpoint folder, or (flag alone) from the last complete one in OUTPUT',
         const='auto',
     )
-    keep_checkpoints: int = option(
-        2,
-        'run',
-        'epoch checkpoints kept (the last K)',
-    )
-    eval_every: int = option(
-        1,
-        'run',
-        'evaluate every N epochs (and always after the last)',
-    )
+    keep_checkpoints: int = option(2, 'run', 'epoch checkpoints kept (the last K)')
+    eval_every: int = option(1, 'run', 'evaluate every N epochs (and always after the last)')
     log_with: str | None = option(
-        None,
-        'run',
-        'Accelerate tracker: tensorboard, wandb, ... (also logs to metrics.csv/jsonl)',
+        None, 'run', 'Accelerate tracker: tensorboard, wandb, ... (also logs to metrics.csv/jsonl)'
     )
 
     @classmethod

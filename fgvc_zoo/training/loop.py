@@ -677,7 +677,7 @@ def _train(config: TrainConfig, accelerator, ddp_kwargs) -> TrainResult:
         last_good = _record_epoch(config, accelerator, trainer_state, row, scheduler, ema, best)
         if trainer_state.get('stopped_early'):
             accelerator.print(
-                f'Stopped after epoch {row["epoch"]}: {_best_metric(config, ema)} has not improved by more than '
+                f'Stopped after epoch {row["epoch"]}: {_exported_prefix(config)}top1 has not improved by more than '
                 f'{config.min_delta:g} since epoch {trainer_state["best_epoch"]} (--patience {config.patience}).'
             )
     if config.keep_best and best is not None:
@@ -687,21 +687,20 @@ def _train(config: TrainConfig, accelerator, ddp_kwargs) -> TrainResult:
     exported = ema.module if ema is not None else accelerator.unwrap_model(model)
     results = _export_run(config, accelerator, accelerator.unwrap_model(model), ema, trainer_state, train_set, val_set)
     accelerator.end_training()
-    prefix = f'ema_{config.eval_split}_' if ema is not None else f'{config.eval_split}_'
-    final = next(row for row in trainer_state['history'] if row['epoch'] == _exported_epoch(config, trainer_state))
-    metrics = {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)}
+    metrics = _exported_metrics(config, trainer_state)
     return TrainResult(Path(config.output), trainer_state['history'], metrics, results, exported.eval())
 
 
-def _best_metric(config: TrainConfig, ema) -> str:
-    """The history key `--patience` and `--keep-best` follow: the held-out top-1 of the weights that are exported."""
-    return f'{"ema_" if ema is not None else ""}{config.eval_split}_top1'
+def _exported_prefix(config: TrainConfig) -> str:
+    """The history keys of the exported weights' held-out metrics (the EMA's with `--model-ema`): what
+    `--patience` and `--keep-best` follow and results.json's `metrics` are."""
+    return f'{"ema_" if config.model_ema else ""}{config.eval_split}_'
 
 
 def _track_best(config: TrainConfig, trainer_state, row: dict, exported: nn.Module, best):
     """After an evaluation: the best epoch so far (and, with `--keep-best`, a CPU copy of its weights), and whether
     `--patience` epochs have passed without a gain of more than `--min-delta`. Returns the best weights."""
-    metric = row[f'ema_{config.eval_split}_top1' if config.model_ema else f'{config.eval_split}_top1']
+    metric = row[_exported_prefix(config) + 'top1']
     if 'best_epoch' not in trainer_state or metric > trainer_state['best_top1'] + config.min_delta:
         trainer_state['best_epoch'], trainer_state['best_top1'] = row['epoch'], metric
         if config.keep_best:
@@ -758,6 +757,13 @@ def _exported_epoch(config: TrainConfig, trainer_state: dict[str, Any]) -> int:
     return trainer_state['best_epoch'] if config.keep_best else trainer_state['history'][-1]['epoch']
 
 
+def _exported_metrics(config: TrainConfig, trainer_state: dict[str, Any]) -> dict[str, float]:
+    """The held-out metrics of the exported weights at the exported epoch, named as the model card expects."""
+    prefix = _exported_prefix(config)
+    row = next(row for row in trainer_state['history'] if row['epoch'] == _exported_epoch(config, trainer_state))
+    return {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}
+
+
 def _export_run(
     config: TrainConfig, accelerator, model: nn.Module, ema, trainer_state, train_set, val_set
 ) -> dict[str, Any] | None:
@@ -772,12 +778,11 @@ def _export_run(
     if accelerator.is_main_process:
         if len(set(digests)) != 1:
             raise RuntimeError(f'Weights differ across ranks after training: {digests}. Please report this.')
-        prefix = f'ema_{config.eval_split}_' if ema is not None else f'{config.eval_split}_'
         exported_epoch = _exported_epoch(config, trainer_state)
         final = next(row for row in trainer_state['history'] if row['epoch'] == exported_epoch)
         results = {
             # Metrics of the exported weights (the EMA's with --model-ema), named as the model card expects.
-            'metrics': {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)},
+            'metrics': _exported_metrics(config, trainer_state),
             'eval_split': config.eval_split,  # the split 'metrics' and the history's held-out metrics were measured on
             'train_metrics': {k: v for k, v in final.items() if k.startswith('train_')},
             'history': trainer_state['history'],
