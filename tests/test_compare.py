@@ -336,3 +336,22 @@ def test_the_quick_preset_fills_what_the_command_line_leaves(flags, expected, mo
     config = seen['config']
     for key, value in expected.items():
         assert (config.synthetic[key] if key == 'num_classes' else getattr(config, key)) == value, key
+
+
+def test_a_method_added_to_a_comparison_keeps_the_records_of_the_others(tmp_path: Path) -> None:
+    """The budget a record must match holds the model args of its own method only."""
+    from fgvc_zoo.compare.runner import load_records
+
+    def config(method_args: dict[str, str]) -> compare.CompareConfig:
+        return compare.CompareConfig(output=str(tmp_path), backbone='test_resnet', methods=['probe', 'dpnet', 'lfd'],
+                                     lrs=[0.01], synthetic={}, method_args=method_args)  # fmt: skip
+
+    first = config({'dpnet': 'pool=max'})
+    (tmp_path / compare.RUNS).mkdir()
+    record = dict(method='dpnet', lr=0.01, seed=0, budget=json.loads(json.dumps(first.budget())))
+    (tmp_path / compare.RUNS / 'dpnet_lr0.01_seed0.json').write_text(json.dumps(record))
+    widened = config({'dpnet': 'pool=max', 'lfd': 'zoom_size=32'})
+    assert list(load_records(widened, json.loads(json.dumps(widened.budget())))) == [('dpnet', 0.01, 0)]
+    changed = config({'dpnet': 'pool=avg', 'lfd': 'zoom_size=32'})
+    with pytest.raises(UsageError, match=r"another budget \(differs in \['method_args'\]\)"):
+        load_records(changed, json.loads(json.dumps(changed.budget())))

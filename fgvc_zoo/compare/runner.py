@@ -24,14 +24,21 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def run_budget(budget: dict[str, Any], method: str) -> dict[str, Any]:
+    """What one run of `method` shares with the others: the comparison's budget with the model args of its own
+    method only, so that a method added to a comparison keeps the records of the others."""
+    return budget | {'method_args': {k: v for k, v in budget['method_args'].items() if k == method}}
+
+
 def load_records(config: CompareConfig, budget: dict[str, Any]) -> dict[tuple[str, float, int], dict[str, Any]]:
-    """The runs recorded under OUTPUT/runs; a record of another budget (`config.budget()`, as JSON reads it back)
-    stops the comparison."""
+    """The runs recorded under OUTPUT/runs; a record of another budget (`config.budget()`, as JSON reads it back,
+    `run_budget` of the record's method) stops the comparison."""
     records = {}
     for path in sorted((Path(config.output) / RUNS).glob('*.json')):
         record = json.loads(path.read_text())
-        if record['budget'] != budget:
-            changed = sorted(k for k in budget if record['budget'].get(k) != budget[k])
+        recorded, expected = run_budget(record['budget'], record['method']), run_budget(budget, record['method'])
+        if recorded != expected:
+            changed = sorted(k for k in expected if recorded.get(k) != expected[k])
             raise UsageError(
                 f'{path} was trained with another budget (differs in {changed}): pass a new --output, or the same '
                 f'options as that comparison to continue it.'
