@@ -88,6 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument('--batch-size', type=int, help='batch size of every run')
     model.add_argument('--img-size', type=int, help='input side of every run')
     model.add_argument(
+        '--cache-frozen',
+        choices=['off', 'flip', 'crops'],
+        default='off',
+        help="train the frozen methods (probe; DP-Net unless its args unfreeze it) on their backbone's maps computed "
+        "once, not on images augmented each epoch: 'flip' the eval view and its mirror, 'crops' five crops and their "
+        "mirrors (the trainer's --cache-features); much faster, but their augmentation then differs from the other "
+        "methods' (stated in REPORT.md); 'off' (default): every method on images",
+    )
+    model.add_argument(
         '--train-args',
         default=' '.join(DEFAULT_TRAIN_ARGS),
         help='more trainer flags shared by every run, as one string (see `fgvc-zoo train --help`)',
@@ -137,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
         test_split=args.test_split, val_fraction=args.val_fraction, split_seed=args.split_seed,
         pretrained=args.pretrained, backbone_weights=args.backbone_weights, method_args=method_args,
         train_args=shlex.split(args.train_args), devices=devices, workers=args.workers, threads=args.threads,
-        explain=args.explain,
+        explain=args.explain, cache_frozen=args.cache_frozen,
     )  # fmt: skip
     run_compare(config)
     return 0

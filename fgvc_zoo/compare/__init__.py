@@ -9,7 +9,10 @@ The protocol (first run as `benchmarks/compare.py`), fixed before any result is 
   The test split is listed and linked (OUTPUT/test_data) only after every run has trained and every lr is chosen.
 - Budget: the same backbone, backbone weights, maximum epochs, patience, batch size, input size, preprocessing
   (`REFERENCE_PREPROCESSING`) and trainer flags for every method. A run stops when its val top-1 has not improved for
-  `patience` epochs and keeps its best-val weights (the trainer's `--patience`, `--keep-best`).
+  `patience` epochs and keeps its best-val weights (the trainer's `--patience`, `--keep-best`). With `cache_frozen`
+  the frozen methods (probe, DP-Net frozen) train on their backbone's maps computed once per image (the trainer's
+  `--cache-features`): faster by about the epochs, but with fixed views instead of fresh random crops, which
+  REPORT.md states.
 - Per method an lr sweep at seed 0 scored on best val top-1 (ties: the smaller lr); seeds 1..n-1 train at the chosen
   lr. Test top-1 and mean per-class accuracy of every seed's best-val weights, reported as mean +- std, and as paired
   differences to each baseline (`plain`: timm's own classifier fine-tuned; `probe`: its classifier alone trained on
@@ -28,6 +31,7 @@ L x M / D run times. Each run's speed and peak memory are measured in the proces
 from .jobs import estimate_seconds
 from .protocol import (
     BASELINES,
+    CACHE_FROZEN,
     DATA,
     DEFAULT_TRAIN_ARGS,
     HARD_SYNTHETIC,
@@ -38,6 +42,7 @@ from .protocol import (
     RUNS,
     TEST_DATA,
     CompareConfig,
+    cached_methods,
     claimed_baseline,
     portable_command,
     run_config,
@@ -53,6 +58,7 @@ __all__ = [
     'DEFAULT_TRAIN_ARGS',
     'REFERENCE_PREPROCESSING',
     'BASELINES',
+    'CACHE_FROZEN',
     'PLAIN',
     'PROBE',
     'DATA',
@@ -61,6 +67,7 @@ __all__ = [
     'IMAGES',
     'CompareConfig',
     'claimed_baseline',
+    'cached_methods',
     'run_name',
     'run_config',
     'portable_command',

@@ -70,11 +70,19 @@ def test_job(run_dir: str, test_root: str, img_size: int, batch_size: int, predi
 def estimate_seconds(config: CompareConfig, splits: dict[str, Any], methods: list[str]) -> tuple[float, dict]:
     """How long the runs of `methods` (one entry per run) take at most here: a training batch of each method timed
     once in this process (`time_train_step`), times the batches of the maximum epochs, plus a val pass per epoch
-    (a forward costs about a third of a training step), over the devices. Returns (seconds, method -> s/batch)."""
-    per_batch = {}
+    (a forward costs about a third of a training step); a method on cached maps adds the one pass over every view
+    of the training images and over val. Over the devices. Returns (seconds, method -> s/training batch)."""
+    times = {}
     for method in dict.fromkeys(methods):
-        run = dataclasses.replace(run_config(config, method, config.lrs[0], 0), resume=None, cpu=True)
-        per_batch[method] = time_train_step(run.resolve(), len(splits['classes']))
-    batches = math.ceil(splits['train_images'] / config.batch_size) + splits['val_images'] / config.batch_size / 3
-    seconds = sum(per_batch[m] * batches * config.epochs for m in methods) / len(config.devices)
-    return seconds, per_batch
+        run = dataclasses.replace(run_config(config, method, config.lrs[0], 0), resume=None, cpu=True).resolve()
+        times[method] = time_train_step(run, len(splits['classes']))
+    train_batches = math.ceil(splits['train_images'] / config.batch_size)
+    val_batches = splits['val_images'] / config.batch_size
+    views = 10 if config.cache_frozen == 'crops' else 2  # the mirrors included (at most)
+
+    def run_seconds(method: str) -> float:
+        step, cache = times[method]
+        return step * (train_batches + val_batches / 3) * config.epochs + cache * (views * train_batches + val_batches)
+
+    seconds = sum(run_seconds(m) for m in methods) / len(config.devices)
+    return seconds, {m: t.train_batch for m, t in times.items()}

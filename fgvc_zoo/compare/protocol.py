@@ -2,15 +2,20 @@
 preprocessing every method shares, and the trainer config of each run (`run_config`).
 """
 
+import functools
 import os
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
+import torch
+
 from ..errors import UsageError
 from ..hub import local_weights_record, resolve_weights_file
 from ..models import head_class, list_heads
+from ..runtime import parse_model_kwargs
 from ..training.config import TrainConfig, parse_train_flags
 
 # The built-in synthetic protocol, fixed before any result was read: the 224 px part set with 8 classes, a glyph of
@@ -49,6 +54,8 @@ REFERENCE_PREPROCESSING: dict[str, Any] = dict(interpolation='bilinear', crop_pc
 
 DATA, TEST_DATA, RUNS, IMAGES = 'data', 'test_data', 'runs', 'images'
 
+CACHE_FROZEN = ('off', 'flip', 'crops')
+
 
 @dataclass
 class CompareConfig:
@@ -80,6 +87,9 @@ class CompareConfig:
     workers: int = 0
     threads: int = 0
     explain: int = 3
+    # The frozen methods (probe, DP-Net frozen) train on their backbone's maps computed once ('flip', 'crops': the
+    # trainer's --cache-features views), not on freshly augmented images each epoch; 'off': every method on images.
+    cache_frozen: str = 'off'
 
     def budget(self) -> dict[str, Any]:
         """What every run of this comparison shares; runs recorded under another budget are refused. No machine path:
@@ -88,6 +98,8 @@ class CompareConfig:
         budget = {k: v for k, v in asdict(self).items() if k not in skip}
         budget['data_dir'] = self.data_dir and Path(self.data_dir).resolve().name
         budget['backbone_weights'] = self.backbone_weights and weights_file_record(self.backbone_weights, self.backbone)
+        if self.cache_frozen == 'off':  # recorded only when on: the records made before it existed still read
+            del budget['cache_frozen']
         return budget
 
 
@@ -115,6 +127,8 @@ def check(config: CompareConfig) -> None:
         raise UsageError(f'--val-fraction {config.val_fraction}: must lie between 0 and 1.')
     if config.backbone_weights and not Path(config.backbone_weights).exists():
         raise FileNotFoundError(f'--backbone-weights {config.backbone_weights}: no such file or folder.')
+    if config.cache_frozen not in CACHE_FROZEN:
+        raise UsageError(f'--cache-frozen {config.cache_frozen}: choose from {" ".join(CACHE_FROZEN)}.')
     for device in config.devices:
         if device != 'cpu' and not device.startswith('cuda'):
             raise UsageError(f"--devices {device}: use 'cpu' or CUDA devices ('cuda:0 cuda:1').")
@@ -134,6 +148,24 @@ def claimed_baseline(method: str) -> str | None:
     return paper.baseline if paper is not None else PLAIN
 
 
+@functools.cache
+def trains_on_frozen_map(method: str, backbone: str, method_args: str | None) -> bool:
+    """Whether `method` trains only on a frozen map of the image (the probe; a head as built with `method_args`,
+    asked on the meta device: `FgvcModel.trains_on_frozen_map`)."""
+    if method in BASELINES:
+        return method == PROBE
+    with torch.device('meta'):
+        model = timm.create_model(method, backbone=backbone, num_classes=2, **parse_model_kwargs(method_args, None))
+    return model.trains_on_frozen_map
+
+
+def cached_methods(config: CompareConfig) -> list[str]:
+    """The methods that train on cached maps (`cache_frozen`), in `config.methods` order."""
+    if config.cache_frozen == 'off':
+        return []
+    return [m for m in config.methods if trains_on_frozen_map(m, config.backbone, config.method_args.get(m))]
+
+
 def run_config(config: CompareConfig, method: str, lr: float, seed: int) -> TrainConfig:
     """The trainer's config of one run: the shared budget (`train_args` on top of the protocol's options), the
     method's model, its lr and seed; it continues the run's last checkpoint when there is one."""
@@ -144,6 +176,7 @@ def run_config(config: CompareConfig, method: str, lr: float, seed: int) -> Trai
         model=config.backbone if method in BASELINES else method,
         backbone=None if method in BASELINES else config.backbone,
         freeze_backbone=method == PROBE,
+        cache_features=config.cache_frozen if method in cached_methods(config) else 'off',
         model_args=','.join(filter(None, [config.method_args.get(method), overlay])),
         pretrained=config.pretrained, backbone_weights=config.backbone_weights,
         data_dir=str(out / DATA), dataset_layout='folder', train_split='train', eval_split='val',

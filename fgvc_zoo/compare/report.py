@@ -22,6 +22,7 @@ from .protocol import (
     REFERENCE_PREPROCESSING,
     RUNS,
     CompareConfig,
+    cached_methods,
     run_name,
 )
 from .stats import METRICS, reading, t_quantile
@@ -197,6 +198,7 @@ def report_markdown(
         f'{", ".join(f"{lr:g}" for lr in config.lrs)}; seeds 0-{n - 1}.',
         f"- Preprocessing, every method's (`fgvc_zoo.compare.REFERENCE_PREPROCESSING`): {_preprocessing_text()} (the "
         "FGVC references' eval: squash to img-size / crop_pct, centre crop).",
+        _cache_text(config),
         f'- Method options: {", ".join(f"{m}: `{a}`" for m, a in config.method_args.items() if a) or "none"}.',
         f'- Data: {data} ({splits["layout"]} layout), {len(splits["classes"])} classes; '
         f'{splits["train_images"]} train and {splits["val_images"]} val images (val: {config.val_fraction:g} of each '
@@ -209,6 +211,26 @@ def report_markdown(
         '',
     ]
     return '\n'.join(lines)
+
+
+def _cache_text(config: CompareConfig) -> str:
+    """Which methods trained on cached frozen maps, and what their augmentation then was."""
+    cached = cached_methods(config)
+    if not cached:
+        return '- Augmentation: every method trains on images, freshly cropped and flipped each epoch.'
+    views = {
+        'flip': 'the eval view (resize, centre crop) and its mirror, mirrored with the flip probability; no random '
+        'crop',
+        'crops': 'the five crops (corners, centre) of the resized image and their mirrors, a crop drawn uniformly and '
+        'mirrored with the flip probability: a discrete random crop',
+    }[config.cache_frozen]
+    others = [m for m in config.methods if m not in cached]
+    return (
+        f"- Augmentation: {', '.join(cached)} trained on their frozen backbone's maps computed once per image "
+        f"(`--cache-frozen {config.cache_frozen}`, the trainer's `--cache-features`): each epoch each image once, "
+        f'as one of {views}. {", ".join(others) or "No method"} trained on images freshly cropped and flipped each '
+        'epoch: the two groups did not see the same augmentation.'
+    )
 
 
 def _preprocessing_text() -> str:

@@ -155,6 +155,24 @@ class FgvcModel(nn.Module):
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
         raise NotImplementedError
 
+    @property
+    def trains_on_frozen_map(self) -> bool:
+        """Whether every layer that trains reads nothing of the image but `frozen_map(x)`, made by layers whose
+        weights and statistics never change: then a trainer may compute that map once per image and train with
+        `forward_map` (`fgvc-zoo train --cache-features`). False unless a head says so (DP-Net, frozen)."""
+        return False
+
+    def frozen_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's map of `x`, all that `forward_map` reads (see `trains_on_frozen_map`)."""
+        return self.backbone(x)
+
+    def forward_map(
+        self, features: torch.Tensor, target: torch.Tensor | None = None, step: int = 0
+    ) -> torch.Tensor | FgvcOutput:
+        """`forward` from `frozen_map(x)`: `forward_map(frozen_map(x), ...) == forward(x, ...)`. A head implements it
+        where `trains_on_frozen_map` can be true."""
+        raise NotImplementedError
+
     def logits_loss_gap(self) -> str:
         """What a loss on train-mode logits alone (`CE(model(x), y)`, timm's train.py) misses of the method, or ''."""
         return ''

@@ -203,6 +203,11 @@ class DpNet(FgvcModel):
         features = self.backbone(x)
         return features, part_scores(features, self.parts.weight)
 
+    @property
+    def trains_on_frozen_map(self) -> bool:
+        """A frozen backbone's map X is all the parts and V read: it can be computed once per image."""
+        return self.freeze_backbone
+
     def _bag_of_parts(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         bag = pool_part_scores(scores, self.pool)
         if self.use_global:
@@ -212,6 +217,9 @@ class DpNet(FgvcModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The part maps S (B, P, h, w), with the region descriptors X after them when `use_global=True`."""
         features, scores = self._part_maps(x)
+        return self._head_input(features, scores)
+
+    def _head_input(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         return torch.cat([scores, features], dim=1) if self.use_global else scores
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -235,7 +243,15 @@ class DpNet(FgvcModel):
 
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
         """Cross-entropy plus the weighted constraints; every unweighted term is in `.losses`."""
-        features, scores = self._part_maps(x)
+        return self.forward_map(self.backbone(x), target, step)
+
+    def forward_map(
+        self, features: torch.Tensor, target: torch.Tensor | None = None, step: int = 0
+    ) -> torch.Tensor | FgvcOutput:
+        """`forward` from the backbone's map X (`frozen_map`): the logits, or in train mode with a target the loss."""
+        scores = part_scores(features, self.parts.weight)
+        if target is None or not self.training:
+            return self.forward_head(self._head_input(features, scores))
         logits = self.head(self.head_drop(self._bag_of_parts(features, scores)))
         losses = {'ce': F.cross_entropy(logits, target), **self.constraint_losses(scores)}
         weights = {'ce': 1.0, 'perp': self.w_perp, 'assign': self.w_assign, 'cs': self.w_cs}

@@ -125,6 +125,15 @@ class TrainConfig:
     scale: tuple[float, float] | None = option(None, 'data', 'random-resized-crop area range; default: the data config')
     hflip: float | None = option(None, 'data', 'horizontal flip probability; default: the data config')
     color_jitter: float | None = option(None, 'data', 'colour jitter strength; default: the data config')
+    cache_features: str = option(
+        'off',
+        'data',
+        "train a frozen backbone's layers after it (--freeze-backbone, DP-Net's default) on its maps computed once "
+        "per image instead of every epoch: 'flip' caches the eval view and its mirror (an epoch mirrors an image "
+        "with probability --hflip; no random crop), 'crops' the five crops of --train-crop resize_crop's resized "
+        "image and their mirrors (one drawn uniformly: a discrete random crop); 'off' trains on images",
+        choices=('off', 'flip', 'crops'),
+    )
     workers: int = option(min(4, os.cpu_count() or 1), 'data', 'data loader worker processes per training process')
     epochs: int = option(100, 'optimisation', 'training epochs')
     batch_size: int = option(16, 'optimisation', 'images per process per step')
@@ -441,6 +450,18 @@ def _check(config: TrainConfig) -> None:
     for name in ('max_unreadable', 'hflip', 'mixup_prob'):
         if getattr(config, name) is not None and not 0 <= getattr(config, name) <= 1:
             raise UsageError(f'--{name.replace("_", "-")} is a fraction in [0, 1], got {getattr(config, name)}.')
+    if config.cache_features != 'off':
+        flag = f'--cache-features {config.cache_features}'
+        if config.mixup or config.cutmix or config.color_jitter:
+            raise UsageError(
+                f'{flag} caches the maps of fixed views, but --mixup/--cutmix/--color-jitter change every image '
+                f'each epoch: drop them or {flag}.'
+            )
+        if config.cache_features == 'crops' and config.train_crop != 'resize_crop':
+            raise UsageError(
+                f'{flag} stands for the random crop of --train-crop resize_crop, not of {config.train_crop}: pass '
+                f'--train-crop resize_crop, or --cache-features flip.'
+            )
     if config.synthetic and config.dataset_layout not in ('auto', 'folder'):
         raise UsageError(
             f'--synthetic writes an image-folder dataset, but --dataset-layout is {config.dataset_layout} (a recipe may'

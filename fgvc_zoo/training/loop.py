@@ -25,9 +25,10 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import accelerate
 import timm
@@ -71,6 +72,7 @@ from .checkpoints import (
     state_dict_sha256,
 )
 from .config import TrainConfig
+from .feature_cache import cache_datasets, check_cacheable, forward_map, frozen_map
 from .optim import param_groups
 
 __all__ = [
@@ -84,6 +86,7 @@ __all__ = [
     'check_finite',
     'train_one_epoch',
     'time_train_step',
+    'StepTimes',
     'frozen_backbone_eval',
     'curve_panels',
     'curves_figure',
@@ -276,26 +279,49 @@ def frozen_backbone_eval(model: nn.Module) -> None:
             module.training = False
 
 
-def time_train_step(config: TrainConfig, num_classes: int) -> float:
-    """Seconds one training batch of `config` takes here (every optimiser step of it, on random images; the faster
-    of the second and third batch: the first pays for allocation): what `fgvc-zoo compare` estimates from."""
+class StepTimes(NamedTuple):
+    """Seconds a batch of a run takes here: a training batch (every optimiser step of it), and, where the run trains
+    on cached maps (`--cache-features`), the one pass that computes a batch's maps (0 otherwise)."""
+
+    train_batch: float
+    cache_batch: float
+
+
+def time_train_step(config: TrainConfig, num_classes: int) -> StepTimes:
+    """How long a batch of `config` takes here, on random images (the faster of the second and third batch: the
+    first pays for allocation): what `fgvc-zoo compare` estimates from. With `--cache-features` the training batch
+    is timed on the maps of the images, as the run trains."""
     set_cpu_threads(config.threads, config.workers)
     model = build_model(config, num_classes)
+    from_map = config.cache_features != 'off'
+    x = torch.randn(config.batch_size, 3, config.img_size, config.img_size)
+    cache_batch = 0.0
+    if from_map:
+        check_cacheable(config, model, num_processes=1)
+        with torch.no_grad():
+            model.eval()
+            cache_batch = min(_seconds(lambda: frozen_map(model, x)) for _ in range(3))
+            x = frozen_map(model, x)
     model.train()
     if config.freeze_backbone:
         frozen_backbone_eval(model)
     optimizer = build_optimizer(config, model)
-    x = torch.randn(config.batch_size, 3, config.img_size, config.img_size)
     target = torch.arange(config.batch_size) % num_classes
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
+
+    def batch() -> None:
         for step in range(_num_train_steps(model)):
-            _train_output(model, model, x, target, step).loss.backward()
+            output = forward_map(model, x, target, step) if from_map else _train_output(model, model, x, target, step)
+            output.loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        seconds.append(time.perf_counter() - start)
-    return min(seconds[1:])
+
+    return StepTimes(min([_seconds(batch) for _ in range(3)][1:]), cache_batch)
+
+
+def _seconds(work: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
 def _has_full_weights(name: str) -> bool:
@@ -393,6 +419,7 @@ def train_one_epoch(
     unwrapped = accelerator.unwrap_model(model)
     if config.freeze_backbone:
         frozen_backbone_eval(unwrapped)
+    from_map = config.cache_features != 'off'  # the loader gives cached maps, not images
     num_steps = _num_train_steps(unwrapped)
     totals: dict[str, torch.Tensor] = {}
     num_forward = 0
@@ -400,7 +427,7 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = tqdm(loader, desc=f'epoch {epoch + 1}/{config.epochs}', disable=not accelerator.is_local_main_process)
     for batch_index, (x, y) in enumerate(bar):
-        if config.channels_last:
+        if config.channels_last and not from_map:
             x = x.contiguous(memory_format=torch.channels_last)
         if mixup is not None:
             x, target = mixup(x, y)
@@ -410,7 +437,11 @@ def train_one_epoch(
             target = y
         for step in range(num_steps):
             with accelerator.accumulate(model):
-                output = _train_output(model, unwrapped, x, target, step)
+                if from_map:
+                    with accelerator.autocast():
+                        output = forward_map(unwrapped, x, target, step)
+                else:
+                    output = _train_output(model, unwrapped, x, target, step)
                 check_finite(accelerator, output.loss, epoch, batch_index, step, last_good)
                 if 'initial_loss' not in trainer_state:
                     _record_initial_loss(accelerator, trainer_state, output, target)
@@ -446,13 +477,18 @@ def _record_initial_loss(accelerator, trainer_state: dict[str, Any], output: Fgv
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader, accelerator, prefix: str) -> dict[str, float]:
+def _evaluate(model: nn.Module, loader, accelerator, prefix: str, from_map: bool = False) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole split, gathered from every process; the keys
-    are `prefix`_top1 ..., `prefix` naming the split evaluated ('test', 'val', 'ema_test', ...)."""
+    are `prefix`_top1 ..., `prefix` naming the split evaluated ('test', 'val', 'ema_test', ...). `from_map`: the
+    loader gives cached maps (`--cache-features`)."""
     model.eval()
     loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
     for x, y in loader:
-        logits = model(x)
+        if from_map:
+            with accelerator.autocast():
+                logits = forward_map(accelerator.unwrap_model(model), x)
+        else:
+            logits = model(x)
         logits, y = accelerator.gather_for_metrics((logits.float(), y))
         loss_sum += F.cross_entropy(logits, y, reduction='sum').item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -625,15 +661,20 @@ def _train(config: TrainConfig, accelerator, ddp_kwargs) -> TrainResult:
         raise UsageError(f'--num-classes {num_classes} is smaller than the {len(label_names)} dataset classes.')
     model = build_model(config, num_classes, load_weights=resume_from is None)
     set_transforms(config, model, train_set, val_set)
+    from_map = config.cache_features != 'off'
+    train_data, val_data = train_set, val_set
+    if from_map:
+        check_cacheable(config, model, accelerator.num_processes)
+        train_data, val_data = cache_datasets(config, model, train_set, val_set, accelerator)
     _check_train_steps(config, model, ddp_kwargs)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
 
     mixup = _build_mixup(config, num_classes)
     pin_memory = accelerator.device.type == 'cuda'
-    train_loader = build_train_loader(config, train_set, accelerator.num_processes, pin_memory)
+    train_loader = build_train_loader(config, train_data, accelerator.num_processes, pin_memory)
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers, pin_memory=pin_memory
+        val_data, batch_size=config.batch_size, shuffle=False, num_workers=config.workers, pin_memory=pin_memory
     )
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     # The EMA copy is taken of the prepared model, so it lives on the device (and in the dtype) prepare gave it:
@@ -669,9 +710,9 @@ def _train(config: TrainConfig, accelerator, ddp_kwargs) -> TrainResult:
             last_good,
         )
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            row |= _evaluate(model, val_loader, accelerator, prefix=config.eval_split)
+            row |= _evaluate(model, val_loader, accelerator, config.eval_split, from_map)
             if ema is not None:
-                row |= _evaluate(ema.module, val_loader, accelerator, prefix=f'ema_{config.eval_split}')
+                row |= _evaluate(ema.module, val_loader, accelerator, f'ema_{config.eval_split}', from_map)
             exported = ema.module if ema is not None else accelerator.unwrap_model(model)
             best = _track_best(config, trainer_state, row, exported, best)
         last_good = _record_epoch(config, accelerator, trainer_state, row, scheduler, ema, best)

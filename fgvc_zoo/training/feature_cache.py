@@ -1,0 +1,148 @@
+"""Training on a frozen backbone's maps computed once (`--cache-features`), instead of one backbone pass per image
+per epoch.
+
+A linear probe (`--freeze-backbone`) and a head that trains only on its frozen backbone's map (DP-Net's default,
+`FgvcModel.trains_on_frozen_map`) spend almost all of their time in a backbone that never changes. Here the map of
+each image is computed once, before the first epoch, for a fixed set of views, and every epoch trains the trainable
+layers on those maps. What augmentation means then:
+
+- 'flip': the eval view (resize, centre crop: the pixels val and test see) and, when `--hflip` > 0, its mirror; an
+  epoch gives each image once, mirrored with probability `--hflip` (drawn from torch's random state per image, as
+  torchvision's RandomHorizontalFlip does). The random crop of `--train-crop` is not reproduced.
+- 'crops': the five crops (four corners and centre) of the image resized as `--train-crop resize_crop` resizes it,
+  each also mirrored: an epoch gives each image once, one crop drawn uniformly, mirrored with probability `--hflip`;
+  a discrete stand-in for resize_crop's random crop (its `--train-crop-padding` is not reproduced).
+
+Colour jitter and mixup change the image itself, so they cannot be cached and are refused. With a deterministic
+training transform (no crop to draw: `crop_pct` 1 with resize_crop) the cached run trains on the very inputs the
+uncached one does, in the same order with the same flips: both end on the same weights (tests/test_feature_cache.py).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision import transforms
+from torchvision.transforms.functional import five_crop
+from tqdm.auto import tqdm
+
+from ..errors import UsageError
+from ..models import FgvcModel, FgvcOutput
+from .config import TrainConfig
+
+__all__ = ['CachedViews', 'check_cacheable', 'frozen_map', 'forward_map', 'cache_datasets', 'views_transform']
+
+
+def check_cacheable(config: TrainConfig, model: nn.Module, num_processes: int) -> None:
+    """Refuse `--cache-features` where the maps are not frozen (a layer before them trains, or the head reads the
+    image again), or where more than one process trains (the cached forward bypasses DDP's gradient hooks)."""
+    flag = f'--cache-features {config.cache_features}'
+    if isinstance(model, FgvcModel) and not model.trains_on_frozen_map:
+        raise UsageError(
+            f'{flag}: {config.model} trains on more than a frozen map of the image (its backbone trains, or it reads '
+            f'the image again, e.g. zooms or crops): drop {flag}.'
+        )
+    if not isinstance(model, FgvcModel) and not config.freeze_backbone:
+        raise UsageError(
+            f'{flag}: {config.model} is a plain timm classifier fine-tuned whole; only a linear probe of it '
+            f'(--freeze-backbone) trains on frozen maps: add --freeze-backbone or drop {flag}.'
+        )
+    if num_processes > 1:
+        raise UsageError(
+            f'{flag} trains in one process ({num_processes} were launched): launch one process, or drop {flag}.'
+        )
+
+
+def frozen_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the cache holds of `x`: a head's `frozen_map`, a plain classifier's `forward_features`."""
+    return model.frozen_map(x) if isinstance(model, FgvcModel) else model.forward_features(x)
+
+
+def forward_map(
+    model: nn.Module, features: torch.Tensor, target: torch.Tensor | None = None, step: int = 0
+) -> torch.Tensor | FgvcOutput:
+    """The model's forward from a cached map: logits, or with `target` the step's `FgvcOutput` (a plain classifier's:
+    the cross-entropy of its `forward_head`, as the loop takes it of its logits)."""
+    if isinstance(model, FgvcModel):
+        return model.forward_map(features, target, step)
+    logits = model.forward_head(features)
+    return logits if target is None else FgvcOutput(loss=F.cross_entropy(logits, target), logits=logits)
+
+
+def views_transform(eval_transform: transforms.Compose, views: str, img_size: int, hflip: float) -> Callable:
+    """PIL image -> (crops, mirrors, C, H, W): the views `views` caches of an image, from the eval transform (its
+    centre crop, or, for 'crops', the five crops of its resized image); mirrors is 2 when `hflip` > 0, else 1."""
+    if views == 'crops':
+        centre = [t for t in eval_transform.transforms if isinstance(t, transforms.CenterCrop)]
+        if len(centre) != 1:
+            raise ValueError(f'The eval transform {eval_transform} has no single centre crop to replace by five crops.')
+        resize = transforms.Compose([t for t in eval_transform.transforms if t is not centre[0]])
+
+        def crops(image) -> torch.Tensor:
+            return torch.stack(five_crop(resize(image), [img_size, img_size]))
+    else:
+
+        def crops(image) -> torch.Tensor:
+            return eval_transform(image)[None]
+
+    def both(image) -> torch.Tensor:
+        seen = crops(image)
+        return torch.stack([seen, seen.flip(-1)], dim=1) if hflip > 0 else seen[:, None]
+
+    return both
+
+
+class CachedViews(torch.utils.data.Dataset):
+    """Cached maps (crops, mirrors, N, ...) and their targets; item i is image i's map in one view: a crop drawn
+    uniformly, mirrored with probability `hflip` (torch's random state, drawn per item as RandomHorizontalFlip does;
+    nothing is drawn where there is no choice)."""
+
+    def __init__(self, maps: torch.Tensor, targets: list[int], hflip: float):
+        self.maps, self.targets, self.hflip = maps, torch.as_tensor(targets), hflip
+
+    def __len__(self) -> int:
+        return self.maps.shape[2]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = int(torch.randint(self.maps.shape[0], (1,))) if self.maps.shape[0] > 1 else 0
+        mirrored = self.maps.shape[1] > 1 and bool(torch.rand(1) < self.hflip)
+        return self.maps[crop, int(mirrored), index], self.targets[index]
+
+
+@torch.no_grad()
+def _maps(model: nn.Module, dataset, config: TrainConfig, accelerator, desc: str) -> torch.Tensor:
+    """The frozen maps of every image of `dataset` (its transform gives (crops, mirrors, C, H, W) a image), on the
+    CPU: (crops, mirrors, N, ...)."""
+    # A generator of its own: the pass draws nothing from the random state that the training's flips then draw from.
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, num_workers=config.workers, generator=torch.Generator()
+    )
+    batches = []
+    for images, _ in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process):
+        crops, mirrors = images.shape[1:3]
+        flat = images.flatten(0, 2).to(accelerator.device)
+        if config.channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            maps = frozen_map(model, flat)
+        batches.append(maps.float().cpu().unflatten(0, (len(images), crops, mirrors)))
+    return torch.cat(batches).movedim(0, 2).contiguous()
+
+
+def cache_datasets(config: TrainConfig, model: nn.Module, train_set, val_set, accelerator) -> tuple[Any, Any]:
+    """The training views' and the held-out images' frozen maps, as datasets of (map, target), from the transforms
+    `set_transforms` gave them (the eval one and the train one's mirror probability). The model runs once over each,
+    in eval mode (its frozen part's mode in training too), on the accelerator's device."""
+    flips = [t.p for t in train_set.transform.transforms if isinstance(t, transforms.RandomHorizontalFlip)]
+    hflip = flips[0] if flips else 0.0
+    eval_transform = val_set.transform
+    train_set.transform = views_transform(eval_transform, config.cache_features, config.img_size, hflip)
+    val_set.transform = views_transform(eval_transform, 'flip', config.img_size, 0.0)
+    model.to(accelerator.device).eval()
+    views = (5 if config.cache_features == 'crops' else 1) * (2 if hflip > 0 else 1)
+    train_maps = _maps(model, train_set, config, accelerator, f'frozen maps: train ({views} views an image)')
+    val_maps = _maps(model, val_set, config, accelerator, f'frozen maps: {config.eval_split}')
+    cached_val = torch.utils.data.TensorDataset(val_maps[0, 0], torch.as_tensor(val_set.targets))
+    return CachedViews(train_maps, train_set.targets, hflip), cached_val
