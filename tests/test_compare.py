@@ -2,6 +2,7 @@
 paper claims to beat (and shown against both), the test split is read only after every run has trained, the val
 split is carved per class, a rerun continues instead of retraining, and nothing recorded names a machine path."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -355,3 +356,33 @@ def test_a_method_added_to_a_comparison_keeps_the_records_of_the_others(tmp_path
     changed = config({'dpnet': 'pool=avg', 'lfd': 'zoom_size=32'})
     with pytest.raises(UsageError, match=r"another budget \(differs in \['method_args'\]\)"):
         load_records(changed, json.loads(json.dumps(changed.budget())))
+
+
+def test_frozen_methods_train_on_cached_maps_and_the_report_says_so(tmp_path: Path) -> None:
+    """`--cache-frozen`: the probe and frozen DP-Net train with the trainer's `--cache-features`, plain on images;
+    the report states which did and what their augmentation was; a comparison without it records no such key."""
+    data = _tiny_data(tmp_path / 'data')
+    out = tmp_path / 'out'
+    tiny = [*TINY, '--lrs', '0.01', '--seeds', '1', '--epochs', '1', '--explain', '0', '--cache-frozen', 'flip']
+    assert run([*tiny, '--data-dir', str(data), '--output', str(out)]) == 0
+    records = {p.stem.split('_')[0]: json.loads(p.read_text()) for p in (out / 'runs').glob('*.json')}
+    assert {m: '--cache-features flip' in r['command'] for m, r in records.items()} == dict(
+        plain=False, probe=True, dpnet=True
+    )
+    assert all(r['budget']['cache_frozen'] == 'flip' for r in records.values())
+    report = (out / 'REPORT.md').read_text()
+    assert "probe, dpnet trained on their frozen backbone's maps computed once" in report
+    assert 'plain trained on images freshly cropped and flipped' in report
+
+
+@pytest.mark.parametrize(
+    ('method', 'method_args', 'cached'),
+    [('plain', None, 'off'), ('probe', None, 'crops'), ('dpnet', None, 'crops'), ('lfd', None, 'off'),
+     ('dpnet', 'freeze_backbone=false', 'off')],
+)  # fmt: skip
+def test_only_methods_on_a_frozen_map_are_cached(method: str, method_args: str | None, cached: str) -> None:
+    args = {method: method_args} if method_args else {}
+    config = compare.CompareConfig(output='o', backbone='test_resnet', methods=[method], lrs=[0.01], synthetic={},
+                                   method_args=args, cache_frozen='crops')  # fmt: skip
+    assert compare.run_config(config, method, 0.01, 0).cache_features == cached
+    assert 'cache_frozen' not in dataclasses.replace(config, cache_frozen='off').budget()

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import UsageError
 from . import jobs
 from .devices import Devices
-from .protocol import RUNS, CompareConfig, check, portable_command, run_config, run_name
+from .protocol import RUNS, CompareConfig, cached_methods, check, portable_command, run_config, run_name
 from .report import disagreements, figures, report_markdown
 from .splits import prepare_splits, prepare_test
 from .stats import choose_lr, summarise
@@ -82,7 +82,8 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> Pa
     pending = [key for key in pending if key not in records and (key[1] is not None or not _seeds_done(records, key))]
     if pending:
         seconds, per_batch = jobs.estimate_seconds(config, splits, [key[0] for key in pending])
-        timed = ', '.join(f'{m} {t:.2f} s' for m, t in per_batch.items())
+        cached = set(cached_methods(config))
+        timed = ', '.join(f'{m} {t:.2f} s{" (on cached maps)" * (m in cached)}' for m, t in per_batch.items())
         log(
             f'About {math.ceil(seconds / 60)} minutes for {len(pending)} runs (at most {config.epochs} epochs each; '
             f'patience may stop them sooner; {len(config.devices)} device(s)), from a timed training batch of '
