@@ -6,11 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from PIL import Image
 
 from fgvc_zoo.data import create_transforms, make_synthetic_fgvc
 from fgvc_zoo.errors import UsageError
+from fgvc_zoo.models import list_heads
 from fgvc_zoo.models._backbone import Backbone
 from fgvc_zoo.training import TrainConfig, train
 from fgvc_zoo.training.feature_cache import CachedViews, views_transform
@@ -112,3 +114,23 @@ def test_what_cannot_be_cached_is_refused(data: Path, tmp_path: Path, options: d
     with pytest.raises(UsageError, match=f'--cache-features {cache}.*{message}'):
         train(config)
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('head', list_heads())
+def test_a_head_on_a_frozen_map_has_no_trainable_backbone_and_forward_map_is_forward(head: str) -> None:
+    """The contract `--cache-features` relies on, for every registered head that declares it (DP-Net frozen)."""
+    torch.manual_seed(0)
+    model = timm.create_model(head, backbone='test_resnet', num_classes=3)
+    x, target = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    if not model.trains_on_frozen_map:  # LFD and IAGN zoom into the image: no map of it is all they read
+        with pytest.raises(NotImplementedError):
+            model.forward_map(model.frozen_map(x))
+        return
+    assert not any(p.requires_grad for p in model.backbone_parameters())
+    torch.testing.assert_close(model.eval().forward_map(model.frozen_map(x)), model(x))
+    model.train()
+    from_map, from_image = model.forward_map(model.frozen_map(x), target), model(x, target=target)
+    torch.testing.assert_close(from_map.loss, from_image.loss)
+    assert from_map.losses.keys() == from_image.losses.keys()
+    unfrozen = timm.create_model(head, backbone='test_resnet', num_classes=3, freeze_backbone=False)
+    assert not unfrozen.trains_on_frozen_map

@@ -66,8 +66,8 @@ def _scripted_val(monkeypatch, top1: list[float]) -> None:
     """The held-out top-1 of epoch k is top1[k - 1] (the real evaluation runs; only its top-1 is replaced)."""
     calls = iter(top1)
 
-    def evaluate(model, loader, accelerator, prefix):
-        metrics = REAL_EVALUATE(model, loader, accelerator, prefix)
+    def evaluate(model, loader, accelerator, prefix, *args):
+        metrics = REAL_EVALUATE(model, loader, accelerator, prefix, *args)
         return metrics | {f'{prefix}_top1': next(calls)}
 
     monkeypatch.setattr(loop, '_evaluate', evaluate)

@@ -243,7 +243,7 @@ class DpNet(FgvcModel):
 
     def forward_train(self, x: torch.Tensor, target: torch.Tensor, step: int = 0) -> FgvcOutput:
         """Cross-entropy plus the weighted constraints; every unweighted term is in `.losses`."""
-        return self.forward_map(self.backbone(x), target, step)
+        return self._loss(*self._part_maps(x), target)
 
     def forward_map(
         self, features: torch.Tensor, target: torch.Tensor | None = None, step: int = 0
@@ -252,6 +252,9 @@ class DpNet(FgvcModel):
         scores = part_scores(features, self.parts.weight)
         if target is None or not self.training:
             return self.forward_head(self._head_input(features, scores))
+        return self._loss(features, scores, target)
+
+    def _loss(self, features: torch.Tensor, scores: torch.Tensor, target: torch.Tensor) -> FgvcOutput:
         logits = self.head(self.head_drop(self._bag_of_parts(features, scores)))
         losses = {'ce': F.cross_entropy(logits, target), **self.constraint_losses(scores)}
         weights = {'ce': 1.0, 'perp': self.w_perp, 'assign': self.w_assign, 'cs': self.w_cs}
