@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         '--train-per-class', type=int, help='MNISTs: this many training images per class, val a fifth as many'
     )
+    parser.add_argument(
+        '--cache-frozen', default='off', choices=['off', 'flip', 'crops'], help='the frozen methods on cached maps'
+    )
     parser.add_argument('--work-dir', default=str(CACHE / 'compare'))
     parser.add_argument('--publish', help='then copy the report, its pictures and the run records here (no weights)')
     args = parser.parse_args(argv)
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         '--seeds', str(args.seeds), '--epochs', str(args.epochs), '--patience', str(args.patience),
         '--batch-size', str(args.batch_size),
         '--img-size', str(img_size), '--threads', str(args.threads), '--output', args.output,
+        '--cache-frozen', args.cache_frozen,
         *(['--devices', *args.devices] if args.devices else []),
     ])  # fmt: skip
     if code == 0 and args.publish:
