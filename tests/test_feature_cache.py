@@ -3,6 +3,7 @@ the training transform draws nothing but the flip; the backbone runs once per ca
 what cannot be cached is refused, naming the flag."""
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,16 @@ def test_a_head_on_a_frozen_map_has_no_trainable_backbone_and_forward_map_is_for
     assert from_map.losses.keys() == from_image.losses.keys()
     unfrozen = timm.create_model(head, backbone='test_resnet', num_classes=3, freeze_backbone=False)
     assert not unfrozen.trains_on_frozen_map
+
+
+def test_a_resumed_cached_run_recomputes_its_maps_and_ends_on_the_unbroken_weights(data: Path, tmp_path: Path) -> None:
+    """The checkpoint holds the random state the flips draw from; the maps are computed again (nothing of them is
+    checkpointed), drawing nothing from it."""
+    config = dataclasses.replace(_config(data, tmp_path, 'dpnet', cache_features='flip'), epochs=3, keep_checkpoints=3)
+    unbroken = train(config).model.state_dict()
+    shutil.rmtree(tmp_path / 'checkpoints' / 'epoch_003')
+    (tmp_path / 'model.safetensors').unlink()
+    resumed = train(dataclasses.replace(config, resume='auto'))
+    assert [row['epoch'] for row in resumed.history] == [1, 2, 3]
+    for name, expected in unbroken.items():
+        assert torch.equal(resumed.model.state_dict()[name], expected), name
