@@ -10,13 +10,14 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from fgvc_zoo.data import create_transforms, make_synthetic_fgvc
 from fgvc_zoo.errors import UsageError
 from fgvc_zoo.models import list_heads
 from fgvc_zoo.models._backbone import Backbone
 from fgvc_zoo.training import TrainConfig, train
-from fgvc_zoo.training.feature_cache import CachedViews, views_transform
+from fgvc_zoo.training.feature_cache import CachedViews, MapStore, views_transform
 
 # crop_pct 1 makes resize_crop's random crop the whole resized image: the train transform draws only the flip.
 WHOLE_IMAGE = "pretrained_cfg_overlay={'crop_pct': 1.0, 'crop_mode': 'squash', 'interpolation': 'bilinear'}"
@@ -148,3 +149,28 @@ def test_a_resumed_cached_run_recomputes_its_maps_and_ends_on_the_unbroken_weigh
     assert [row['epoch'] for row in resumed.history] == [1, 2, 3]
     for name, expected in unbroken.items():
         assert torch.equal(resumed.model.state_dict()[name], expected), name
+
+
+def test_runs_sharing_a_frozen_backbone_compute_its_maps_once_and_train_as_if_they_had(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `MapStore` (compare's, across the lrs and seeds of a method): the second run takes the first run's maps, and
+    ends where computing its own would have; a change of what the maps depend on (here the views) computes anew."""
+    seen = []
+    forward = Backbone.forward
+    monkeypatch.setattr(Backbone, 'forward', lambda self, x: seen.append(x.shape[0]) or forward(self, x))
+    store = MapStore()
+    weights = tmp_path / 'test_resnet.safetensors'  # the same frozen backbone for every seed, as compare gives it
+    save_file(timm.create_model('test_resnet').state_dict(), str(weights))
+    config = _config(data, tmp_path / 'first', 'dpnet', cache_features='flip', backbone_weights=str(weights))
+    train(config, store)
+    assert sum(seen) == 2 * TRAIN_IMAGES + VAL_IMAGES
+    second = dataclasses.replace(config, output=str(tmp_path / 'second'), seed=4, lr=0.02)
+    shared = train(second, store)
+    assert sum(seen) == 2 * TRAIN_IMAGES + VAL_IMAGES, 'the second run computed the maps again'
+    own = train(dataclasses.replace(second, output=str(tmp_path / 'own')))
+    for name, expected in own.model.state_dict().items():
+        assert torch.equal(shared.model.state_dict()[name], expected), name
+    seen.clear()
+    train(dataclasses.replace(config, output=str(tmp_path / 'crops'), cache_features='crops'), store)
+    assert sum(seen) == 10 * TRAIN_IMAGES + VAL_IMAGES

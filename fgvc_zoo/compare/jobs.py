@@ -16,8 +16,13 @@ from ..hub import load_model
 from ..inference.evaluate import evaluate
 from ..runtime import PeakMemory
 from ..training.config import TrainConfig
+from ..training.feature_cache import MapStore
 from ..training.loop import time_train_step, train
 from .protocol import CompareConfig, run_config
+
+# The frozen methods' maps, computed once per process (this one for 'cpu', each device worker's for CUDA) and shared by
+# the runs of a method (its lrs and seeds): `--cache-frozen`.
+FROZEN_MAPS = MapStore(entries=2)
 
 
 def train_job(run: TrainConfig, cuda: bool) -> dict[str, Any]:
@@ -25,7 +30,7 @@ def train_job(run: TrainConfig, cuda: bool) -> dict[str, Any]:
 
     meter = PeakMemory('cuda' if cuda else 'cpu').start()
     start = time.perf_counter()
-    results = train(dataclasses.replace(run, cpu=not cuda)).results
+    results = train(dataclasses.replace(run, cpu=not cuda), FROZEN_MAPS).results
     wall = time.perf_counter() - start
     peak, kind = meter.read(), meter.kind
     history = results['history']
@@ -70,8 +75,9 @@ def test_job(run_dir: str, test_root: str, img_size: int, batch_size: int, predi
 def estimate_seconds(config: CompareConfig, splits: dict[str, Any], methods: list[str]) -> tuple[float, dict]:
     """How long the runs of `methods` (one entry per run) take at most here: a training batch of each method timed
     once in this process (`time_train_step`), times the batches of the maximum epochs, plus a val pass per epoch
-    (a forward costs about a third of a training step); a method on cached maps adds the one pass over every view
-    of the training images and over val. Over the devices. Returns (seconds, method -> s/training batch)."""
+    (a forward costs about a third of a training step); a method on cached maps adds one pass over every view of the
+    training images and over val, shared by its runs (`FROZEN_MAPS`). Over the devices. Returns (seconds, method ->
+    s/training batch)."""
     times = {}
     for method in dict.fromkeys(methods):
         run = dataclasses.replace(run_config(config, method, config.lrs[0], 0), resume=None, cpu=True).resolve()
@@ -79,10 +85,7 @@ def estimate_seconds(config: CompareConfig, splits: dict[str, Any], methods: lis
     train_batches = math.ceil(splits['train_images'] / config.batch_size)
     val_batches = splits['val_images'] / config.batch_size
     views = 10 if config.cache_frozen == 'crops' else 2  # the mirrors included (at most)
-
-    def run_seconds(method: str) -> float:
-        step, cache = times[method]
-        return step * (train_batches + val_batches / 3) * config.epochs + cache * (views * train_batches + val_batches)
-
-    seconds = sum(run_seconds(m) for m in methods) / len(config.devices)
+    training = sum(times[m].train_batch * (train_batches + val_batches / 3) * config.epochs for m in methods)
+    caching = sum(times[m].cache_batch * (views * train_batches + val_batches) for m in times)
+    seconds = training / len(config.devices) + caching  # each device worker computes the maps once
     return seconds, {m: t.train_batch for m, t in times.items()}

@@ -18,6 +18,9 @@ training transform (no crop to draw: `crop_pct` 1 with resize_crop) the cached r
 uncached one does, in the same order with the same flips: both end on the same weights (tests/test_feature_cache.py).
 """
 
+import hashlib
+import json
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -30,9 +33,19 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..models import FgvcModel, FgvcOutput
+from .checkpoints import state_dict_sha256
 from .config import TrainConfig
 
-__all__ = ['CachedViews', 'check_cacheable', 'frozen_map', 'forward_map', 'cache_datasets', 'views_transform']
+__all__ = [
+    'CachedViews',
+    'MapStore',
+    'maps_key',
+    'check_cacheable',
+    'frozen_map',
+    'forward_map',
+    'cache_datasets',
+    'views_transform',
+]
 
 
 def check_cacheable(config: TrainConfig, model: nn.Module, num_processes: int) -> None:
@@ -131,18 +144,65 @@ def _maps(model: nn.Module, dataset, config: TrainConfig, accelerator, desc: str
     return torch.cat(batches).movedim(0, 2).contiguous()
 
 
-def cache_datasets(config: TrainConfig, model: nn.Module, train_set, val_set, accelerator) -> tuple[Any, Any]:
+class MapStore:
+    """Frozen maps kept across the runs of one process, keyed by everything they are computed from (`maps_key`): the
+    runs of a comparison that share a frozen backbone (lrs, seeds) compute its maps once. Holds the `entries` most
+    recently used sets (each a run's training views and held-out maps) in memory; nothing is written to disk."""
+
+    def __init__(self, entries: int = 2):
+        self.entries = entries
+        self._maps: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if key in self._maps:
+            self._maps.move_to_end(key)
+        return self._maps.get(key)
+
+    def put(self, key: str, maps: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._maps[key] = maps
+        while len(self._maps) > self.entries:
+            self._maps.popitem(last=False)
+
+
+def maps_key(config: TrainConfig, model: nn.Module, train_set, val_set, hflip: float, device: torch.device) -> str:
+    """A digest of what the maps depend on: the model's frozen tensors (its parameters without gradient and its
+    buffers, by name) and which forward reads them, the images and their order, the transforms and views, the batch
+    (a convolution's numbers can depend on it), device, precision and memory format."""
+    frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+    frozen |= {f'buffer:{name}': b for name, b in model.named_buffers()}
+    what = dict(
+        forward=type(model).__qualname__ if isinstance(model, FgvcModel) else 'forward_features',
+        weights=state_dict_sha256(frozen),
+        train=train_set.samples, val=val_set.samples, transform=repr(val_set.transform), views=config.cache_features,
+        mirrored=hflip > 0, img_size=config.img_size, batch_size=config.batch_size, device=str(device),
+        amp=config.amp, channels_last=config.channels_last,
+    )  # fmt: skip
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cache_datasets(
+    config: TrainConfig, model: nn.Module, train_set, val_set, accelerator, store: MapStore | None = None
+) -> tuple[Any, Any]:
     """The training views' and the held-out images' frozen maps, as datasets of (map, target), from the transforms
     `set_transforms` gave them (the eval one and the train one's mirror probability). The model runs once over each,
-    in eval mode (its frozen part's mode in training too), on the accelerator's device."""
+    in eval mode (its frozen part's mode in training too), on the accelerator's device; with a `store` holding maps of
+    the same key, not at all."""
     flips = [t.p for t in train_set.transform.transforms if isinstance(t, transforms.RandomHorizontalFlip)]
     hflip = flips[0] if flips else 0.0
-    eval_transform = val_set.transform
-    train_set.transform = views_transform(eval_transform, config.cache_features, config.img_size, hflip)
-    val_set.transform = views_transform(eval_transform, 'flip', config.img_size, 0.0)
     model.to(accelerator.device).eval()
-    views = (5 if config.cache_features == 'crops' else 1) * (2 if hflip > 0 else 1)
-    train_maps = _maps(model, train_set, config, accelerator, f'frozen maps: train ({views} views an image)')
-    val_maps = _maps(model, val_set, config, accelerator, f'frozen maps: {config.eval_split}')
-    cached_val = torch.utils.data.TensorDataset(val_maps[0, 0], torch.as_tensor(val_set.targets))
+    key = maps_key(config, model, train_set, val_set, hflip, accelerator.device)
+    stored = store.get(key) if store is not None else None
+    if stored is not None:
+        accelerator.print(f'Frozen maps: those an earlier run of this process computed (key {key[:12]}).')
+        train_maps, val_maps = stored
+    else:
+        eval_transform = val_set.transform
+        train_set.transform = views_transform(eval_transform, config.cache_features, config.img_size, hflip)
+        val_set.transform = views_transform(eval_transform, 'flip', config.img_size, 0.0)
+        views = (5 if config.cache_features == 'crops' else 1) * (2 if hflip > 0 else 1)
+        train_maps = _maps(model, train_set, config, accelerator, f'frozen maps: train ({views} views an image)')
+        val_maps = _maps(model, val_set, config, accelerator, f'frozen maps: {config.eval_split}')[0, 0]
+        if store is not None:
+            store.put(key, (train_maps, val_maps))
+    cached_val = torch.utils.data.TensorDataset(val_maps, torch.as_tensor(val_set.targets))
     return CachedViews(train_maps, train_set.targets, hflip), cached_val

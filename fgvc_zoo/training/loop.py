@@ -72,7 +72,7 @@ from .checkpoints import (
     state_dict_sha256,
 )
 from .config import TrainConfig
-from .feature_cache import cache_datasets, check_cacheable, forward_map, frozen_map
+from .feature_cache import MapStore, cache_datasets, check_cacheable, forward_map, frozen_map
 from .optim import param_groups
 
 __all__ = [
@@ -604,11 +604,12 @@ class TrainResult:
     model: nn.Module
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, map_store: MapStore | None = None) -> TrainResult:
     """Train, checkpoint every epoch, evaluate, and export the final model into `config.output`.
 
     A config that `TrainConfig.resolve` did not make (one built in Python) is resolved first: its recipe read, a
-    resumed run's config restored, every option checked.
+    resumed run's config restored, every option checked. `map_store`: with `--cache-features`, frozen maps kept for
+    (and taken from) the other runs of this process that share them (`fgvc-zoo compare` passes one).
     """
     if not config.is_resolved:
         config = config.resolve()
@@ -617,7 +618,7 @@ def train(config: TrainConfig) -> TrainResult:
     accelerator, ddp_kwargs = _accelerator(config, output)
     lock = lock_output(output) if accelerator.is_main_process else None
     try:
-        return _train(config, accelerator, ddp_kwargs)
+        return _train(config, accelerator, ddp_kwargs, map_store)
     except BaseException:
         # A failed start leaves no folder of its own behind (lock file, generated data): only whole checkpoints
         # make a folder worth keeping; and a folder whose lock another run holds is never this run's to clean.
@@ -650,7 +651,7 @@ def _accelerator(config: TrainConfig, output: Path):
     return accelerator, ddp_kwargs
 
 
-def _train(config: TrainConfig, accelerator, ddp_kwargs) -> TrainResult:
+def _train(config: TrainConfig, accelerator, ddp_kwargs, map_store: MapStore | None) -> TrainResult:
     """Datasets, model, optimiser and loaders; the epochs from the start or the checkpoint; the export."""
     resume_from = find_resume(config)
 
@@ -665,7 +666,7 @@ def _train(config: TrainConfig, accelerator, ddp_kwargs) -> TrainResult:
     train_data, val_data = train_set, val_set
     if from_map:
         check_cacheable(config, model, accelerator.num_processes)
-        train_data, val_data = cache_datasets(config, model, train_set, val_set, accelerator)
+        train_data, val_data = cache_datasets(config, model, train_set, val_set, accelerator, map_store)
     _check_train_steps(config, model, ddp_kwargs)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
