@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 
 import pytest
+import timm
+from safetensors.torch import save_file
 from scipy.stats import t
 
 from fgvc_zoo import compare
@@ -360,19 +362,25 @@ def test_a_method_added_to_a_comparison_keeps_the_records_of_the_others(tmp_path
 
 def test_frozen_methods_train_on_cached_maps_and_the_report_says_so(tmp_path: Path) -> None:
     """`--cache-frozen`: the probe and frozen DP-Net train with the trainer's `--cache-features`, plain on images;
-    the report states which did and what their augmentation was; a comparison without it records no such key."""
+    each frozen method's maps are computed by its first run and reused by its second (the same backbone weights:
+    seed 0 and 1 of a random `test_resnet` would differ, so the runs load one weights file); the report states which
+    methods were cached, their augmentation and the maps' cost."""
     data = _tiny_data(tmp_path / 'data')
-    out = tmp_path / 'out'
-    tiny = [*TINY, '--lrs', '0.01', '--seeds', '1', '--epochs', '1', '--explain', '0', '--cache-frozen', 'flip']
-    assert run([*tiny, '--data-dir', str(data), '--output', str(out)]) == 0
-    records = {p.stem.split('_')[0]: json.loads(p.read_text()) for p in (out / 'runs').glob('*.json')}
-    assert {m: '--cache-features flip' in r['command'] for m, r in records.items()} == dict(
-        plain=False, probe=True, dpnet=True
-    )
+    out, weights = tmp_path / 'out', tmp_path / 'test_resnet.safetensors'
+    save_file(timm.create_model('test_resnet').state_dict(), str(weights))
+    tiny = [*TINY, '--lrs', '0.01', '--seeds', '2', '--epochs', '1', '--explain', '0', '--cache-frozen', 'flip']
+    assert run([*tiny, '--data-dir', str(data), '--output', str(out), '--backbone-weights', str(weights)]) == 0
+    records = {p.stem: json.loads(p.read_text()) for p in (out / 'runs').glob('*.json')}
+    assert {n: '--cache-features flip' in r['command'] for n, r in records.items()} == {
+        f'{m}_lr0.01_seed{s}': m != 'plain' for m in ('plain', 'probe', 'dpnet') for s in (0, 1)
+    }
     assert all(r['budget']['cache_frozen'] == 'flip' for r in records.values())
+    computed = {n: (r['frozen_maps_s'] or 0) > 0 for n, r in records.items()}
+    assert computed == {n: n.endswith('seed0') and not n.startswith('plain') for n in records}
     report = (out / 'REPORT.md').read_text()
     assert "probe, dpnet trained on their frozen backbone's maps computed once" in report
     assert 'plain trained on images freshly cropped and flipped' in report
+    assert re.search(r'probe: 1 of its 2 runs computed them \(\d+\.\d+ s in all', report)
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ def train_job(run: TrainConfig, cuda: bool) -> dict[str, Any]:
         val_top1=results['metrics']['top1'], history=history, train_wall_s=wall, best_epoch=results['best_epoch'],
         epochs_trained=results['epochs_trained'], stopped_early=results['stopped_early'],
         initial_loss=results['initial_loss'], initial_cross_entropy=results['initial_cross_entropy'],
-        train_steps_per_batch=results['train_steps_per_batch'],
+        train_steps_per_batch=results['train_steps_per_batch'], frozen_maps_s=results.get('frozen_maps_s'),
         train_images_per_s=statistics.mean(speeds), train_peak_memory_mb=peak, memory_kind=kind,
         pretrained_weights=results.get('pretrained_weights'), versions=results['versions'],
         device=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),

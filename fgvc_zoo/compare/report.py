@@ -198,7 +198,7 @@ def report_markdown(
         f'{", ".join(f"{lr:g}" for lr in config.lrs)}; seeds 0-{n - 1}.',
         f"- Preprocessing, every method's (`fgvc_zoo.compare.REFERENCE_PREPROCESSING`): {_preprocessing_text()} (the "
         "FGVC references' eval: squash to img-size / crop_pct, centre crop).",
-        _cache_text(config),
+        _cache_text(config, runs),
         f'- Method options: {", ".join(f"{m}: `{a}`" for m, a in config.method_args.items() if a) or "none"}.',
         f'- Data: {data} ({splits["layout"]} layout), {len(splits["classes"])} classes; '
         f'{splits["train_images"]} train and {splits["val_images"]} val images (val: {config.val_fraction:g} of each '
@@ -213,8 +213,9 @@ def report_markdown(
     return '\n'.join(lines)
 
 
-def _cache_text(config: CompareConfig) -> str:
-    """Which methods trained on cached frozen maps, and what their augmentation then was."""
+def _cache_text(config: CompareConfig, runs: list[dict]) -> str:
+    """Which methods trained on cached frozen maps, what their augmentation then was, and what computing the maps
+    cost (the runs' `frozen_maps_s`, where their records have it)."""
     cached = cached_methods(config)
     if not cached:
         return '- Augmentation: every method trains on images, freshly cropped and flipped each epoch.'
@@ -229,8 +230,21 @@ def _cache_text(config: CompareConfig) -> str:
         f"- Augmentation: {', '.join(cached)} trained on their frozen backbone's maps computed once per image "
         f"(`--cache-frozen {config.cache_frozen}`, the trainer's `--cache-features`): each epoch each image once, "
         f'as one of {views}. {", ".join(others) or "No method"} trained on images freshly cropped and flipped each '
-        'epoch: the two groups did not see the same augmentation.'
+        'epoch: the two groups did not see the same augmentation.' + _maps_cost_text(cached, runs)
     )
+
+
+def _maps_cost_text(cached: list[str], runs: list[dict]) -> str:
+    parts = []
+    for method in cached:
+        seconds = [r['frozen_maps_s'] for r in runs if r['method'] == method and r.get('frozen_maps_s') is not None]
+        if seconds:
+            computed = [s for s in seconds if s > 0]
+            parts.append(
+                f'{method}: {len(computed)} of its {len(seconds)} runs computed them ({_f(sum(computed))} s in all, '
+                f'within their training time), the others reused them'
+            )
+    return f' Computing the maps: {"; ".join(parts)}.' if parts else ''
 
 
 def _preprocessing_text() -> str:

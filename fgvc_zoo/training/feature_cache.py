@@ -20,6 +20,7 @@ uncached one does, in the same order with the same flips: both end on the same w
 
 import hashlib
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -182,16 +183,17 @@ def maps_key(config: TrainConfig, model: nn.Module, train_set, val_set, hflip: f
 
 def cache_datasets(
     config: TrainConfig, model: nn.Module, train_set, val_set, accelerator, store: MapStore | None = None
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, float]:
     """The training views' and the held-out images' frozen maps, as datasets of (map, target), from the transforms
-    `set_transforms` gave them (the eval one and the train one's mirror probability). The model runs once over each,
-    in eval mode (its frozen part's mode in training too), on the accelerator's device; with a `store` holding maps of
-    the same key, not at all."""
+    `set_transforms` gave them (the eval one and the train one's mirror probability), and the seconds computing them
+    took. The model runs once over each, in eval mode (its frozen part's mode in training too), on the accelerator's
+    device; with a `store` holding maps of the same key, not at all (0 seconds)."""
     flips = [t.p for t in train_set.transform.transforms if isinstance(t, transforms.RandomHorizontalFlip)]
     hflip = flips[0] if flips else 0.0
     model.to(accelerator.device).eval()
     key = maps_key(config, model, train_set, val_set, hflip, accelerator.device)
     stored = store.get(key) if store is not None else None
+    start = time.perf_counter()
     if stored is not None:
         accelerator.print(f'Frozen maps: those an earlier run of this process computed (key {key[:12]}).')
         train_maps, val_maps = stored
@@ -205,4 +207,5 @@ def cache_datasets(
         if store is not None:
             store.put(key, (train_maps, val_maps))
     cached_val = torch.utils.data.TensorDataset(val_maps, torch.as_tensor(val_set.targets))
-    return CachedViews(train_maps, train_set.targets, hflip), cached_val
+    seconds = 0.0 if stored is not None else time.perf_counter() - start
+    return CachedViews(train_maps, train_set.targets, hflip), cached_val, seconds

@@ -663,10 +663,10 @@ def _train(config: TrainConfig, accelerator, ddp_kwargs, map_store: MapStore | N
     model = build_model(config, num_classes, load_weights=resume_from is None)
     set_transforms(config, model, train_set, val_set)
     from_map = config.cache_features != 'off'
-    train_data, val_data = train_set, val_set
+    train_data, val_data, frozen_maps_s = train_set, val_set, None
     if from_map:
         check_cacheable(config, model, accelerator.num_processes)
-        train_data, val_data = cache_datasets(config, model, train_set, val_set, accelerator, map_store)
+        train_data, val_data, frozen_maps_s = cache_datasets(config, model, train_set, val_set, accelerator, map_store)
     _check_train_steps(config, model, ddp_kwargs)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
@@ -684,6 +684,8 @@ def _train(config: TrainConfig, accelerator, ddp_kwargs, map_store: MapStore | N
     # timm schedulers step by epoch index and are not torch LR schedulers: checkpointed by us, not prepared.
 
     trainer_state = _resume(config, accelerator, resume_from, scheduler, ema)
+    if frozen_maps_s is not None:  # this process's pass (a resumed run computes the maps again)
+        trainer_state['frozen_maps_s'] = frozen_maps_s
     last_good = resume_from
 
     _announce(config, accelerator, trainer_state, len(train_set), num_classes)
@@ -845,6 +847,8 @@ def _export_run(
             'best_epoch': trainer_state.get('best_epoch'),
             'stopped_early': bool(trainer_state.get('stopped_early')),
             **{k: trainer_state[k] for k in ('initial_loss', 'initial_cross_entropy') if k in trainer_state},
+            # --cache-features: seconds spent computing the frozen maps (0: another run of this process had them).
+            **{k: trainer_state[k] for k in ('frozen_maps_s',) if k in trainer_state},
             # What --pretrained or --backbone-weights really loaded (None: random init), recorded once, here; the
             # card's base_model comes from this only. Absent for a run resumed from a checkpoint that lacks it.
             **{k: v for k, v in trainer_state.items() if k == 'pretrained_weights'},
