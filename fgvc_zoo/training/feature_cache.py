@@ -127,7 +127,7 @@ class CachedViews(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def _maps(model: nn.Module, dataset, config: TrainConfig, accelerator, desc: str) -> torch.Tensor:
-    """The frozen maps of every image of `dataset` (its transform gives (crops, mirrors, C, H, W) a image), on the
+    """The frozen maps of every image of `dataset` (its transform gives (crops, mirrors, C, H, W) an image), on the
     CPU: (crops, mirrors, N, ...)."""
     # A generator of its own: the pass draws nothing from the random state that the training's flips then draw from.
     loader = torch.utils.data.DataLoader(
