@@ -226,11 +226,17 @@ def _cache_text(config: CompareConfig, runs: list[dict]) -> str:
         'mirrored with the flip probability: a discrete random crop',
     }[config.cache_frozen]
     others = [m for m in config.methods if m not in cached]
+    contrast = (
+        f'{", ".join(others)} trained on images freshly cropped and flipped each epoch: the two groups did not see the '
+        'same augmentation.'
+        if others
+        else 'Every method of this comparison trained so.'
+    )
     return (
         f"- Augmentation: {', '.join(cached)} trained on their frozen backbone's maps computed once per image "
         f"(`--cache-frozen {config.cache_frozen}`, the trainer's `--cache-features`): each epoch each image once, "
-        f'as one of {views}. {", ".join(others) or "No method"} trained on images freshly cropped and flipped each '
-        'epoch: the two groups did not see the same augmentation.' + _maps_cost_text(cached, runs)
+        f'as one of {views}. {contrast}{_maps_cost_text(cached, runs)} Their train images/s count maps, not images; '
+        'their train time includes the pass that computed the maps.'
     )
 
 
