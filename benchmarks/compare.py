@@ -8,17 +8,31 @@ built-in hard synthetic protocol (`fgvc_zoo.compare.HARD_SYNTHETIC`). Runs and R
 continues; `--publish DIR` then copies the report, its pictures and the run records (no data or weights) to DIR.
 The former version of this script (its ablations, the pointing column, the `--json` files in this folder) is in
 the git history; `frozen_probe.py` still reads the datasets below. The published reports (benchmarks/RESULTS.md),
-each run until its val top-1 stopped improving (patience 3, at most 15 epochs), 2 lrs, 3 seeds, one thread:
+each run until its val top-1 stopped improving (at most 15 epochs), 2 lrs, 3 seeds, one thread:
 
-    python benchmarks/compare.py --dataset animal --train-per-class 50 --img-size 96 --epochs 15 --patience 3
-        --lrs 0.01 0.03 --methods plain probe dpnet --threads 1 --output /tmp/cmp_animal
+    python benchmarks/compare.py --dataset animal --train-per-class 50 --img-size 96 --epochs 15 --patience 5
+        --lrs 0.01 0.03 --methods plain probe lfd dpnet iagn --threads 1 --output /tmp/cmp_animal
         --publish benchmarks/compare_animal
-    python benchmarks/compare.py --dataset fashion --train-per-class 50 --img-size 96 --epochs 15 --patience 3
+    python benchmarks/compare.py --dataset fashion --train-per-class 50 --img-size 96 --epochs 15 --patience 5
         --lrs 0.01 0.03 --methods plain probe dpnet --threads 1 --output /tmp/cmp_fashion
         --publish benchmarks/compare_fashion
+
+(`compare_animal_patience3`: the Animal-MNIST one with `--patience 3 --methods plain probe dpnet`.)
+
     python benchmarks/compare.py --dataset hard --synthetic-args num_classes=8,image_size=128,part_size=0.08,clutter=13
         --img-size 128 --epochs 15 --patience 3 --lrs 0.01 0.03 --methods plain probe lfd dpnet iagn --threads 1
         --output /tmp/cmp_hard --publish benchmarks/compare_hard
+
+The probe and DP-Net on cached maps (`--cache-frozen crops`): at the budget above (`compare_animal_cached`,
+`compare_fashion_cached`: `--methods probe dpnet --cache-frozen crops --epochs 15 --patience 5 --lrs 0.01 0.03`,
+MNIST data as above), and converged (`compare_<dataset>_cached_long`):
+
+    python benchmarks/compare.py --dataset animal --train-per-class 50 --img-size 96 --methods probe dpnet
+        --cache-frozen crops --epochs 40 --patience 8 --lrs 0.01 0.03 0.1 --seeds 10 --threads 1
+        --output /tmp/cmp_animal_cached_long --publish benchmarks/compare_animal_cached_long
+
+(Fashion-MNIST the same with `--dataset fashion`; the synthetic protocol with `--dataset hard --synthetic-args
+num_classes=8,image_size=128,part_size=0.08,clutter=13 --img-size 128`.)
 """
 
 import argparse

@@ -243,12 +243,15 @@ def _cache_text(config: CompareConfig, runs: list[dict]) -> str:
 def _maps_cost_text(cached: list[str], runs: list[dict]) -> str:
     parts = []
     for method in cached:
-        seconds = [r['frozen_maps_s'] for r in runs if r['method'] == method and r.get('frozen_maps_s') is not None]
+        own = [r for r in runs if r['method'] == method]
+        seconds = [r['frozen_maps_s'] for r in own if r.get('frozen_maps_s') is not None]
         if seconds:
             computed = [s for s in seconds if s > 0]
+            older = f'; {len(own) - len(seconds)} runs predate this record' if len(own) > len(seconds) else ''
             parts.append(
-                f'{method}: {len(computed)} of its {len(seconds)} runs computed them ({_f(sum(computed))} s in all, '
-                f'within their training time), the others reused them'
+                f'{method}: of the {len(seconds)} runs that record it, {len(computed)} computed them '
+                f'({_f(sum(computed))} s in all, within their training time) and {len(seconds) - len(computed)} '
+                f'reused them{older}'
             )
     return f' Computing the maps: {"; ".join(parts)}.' if parts else ''
 
