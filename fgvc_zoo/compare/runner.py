@@ -83,7 +83,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> Pa
     if pending:
         seconds, per_batch = jobs.estimate_seconds(config, splits, [key[0] for key in pending])
         cached = set(cached_methods(config))
-        timed = ', '.join(f'{m} {t:.3g} s{" (on cached maps)" * (m in cached)}' for m, t in per_batch.items())
+        timed = ', '.join(f'{m} {t:.3f} s{" (on cached maps)" * (m in cached)}' for m, t in per_batch.items())
         log(
             f'About {math.ceil(seconds / 60)} minutes for {len(pending)} runs (at most {config.epochs} epochs each; '
             f'patience may stop them sooner; {len(config.devices)} device(s)), from a timed training batch of '
