@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, object]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..compare import DEFAULT_TRAIN_ARGS
+    from ..compare import CACHE_FROZEN, DEFAULT_TRAIN_ARGS
     from ..models import list_heads
 
     data = parser.add_argument_group('data')
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument('--img-size', type=int, help='input side of every run')
     model.add_argument(
         '--cache-frozen',
-        choices=['off', 'flip', 'crops'],
+        choices=CACHE_FROZEN,
         default='off',
         help="train the frozen methods (probe; DP-Net unless its args unfreeze it) on their backbone's maps computed "
         "once, not on images augmented each epoch: 'flip' the eval view and its mirror, 'crops' five crops and their "

@@ -16,7 +16,7 @@ from ..hub import load_model
 from ..inference.evaluate import evaluate
 from ..runtime import PeakMemory
 from ..training.config import TrainConfig
-from ..training.feature_cache import MapStore
+from ..training.feature_cache import MapStore, views_per_image
 from ..training.loop import time_train_step, train
 from .protocol import CompareConfig, run_config
 
@@ -84,7 +84,7 @@ def estimate_seconds(config: CompareConfig, splits: dict[str, Any], methods: lis
         times[method] = time_train_step(run, len(splits['classes']))
     train_batches = math.ceil(splits['train_images'] / config.batch_size)
     val_batches = splits['val_images'] / config.batch_size
-    views = 10 if config.cache_frozen == 'crops' else 2  # the mirrors included (at most)
+    views = views_per_image(config.cache_frozen, hflip=0.5)  # at most: the mirrors included
     training = sum(times[m].train_batch * (train_batches + val_batches / 3) * config.epochs for m in methods)
     caching = sum(times[m].cache_batch * (views * train_batches + val_batches) for m in times)
     seconds = training / len(config.devices) + caching  # each device worker computes the maps once

@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..hub import local_weights_record, resolve_weights_file
 from ..models import head_class, list_heads
 from ..runtime import parse_model_kwargs
-from ..training.config import TrainConfig, parse_train_flags
+from ..training.config import CACHE_VIEWS, TrainConfig, parse_train_flags
 
 # The built-in synthetic protocol, fixed before any result was read: the 224 px part set with 8 classes, a glyph of
 # 10 % of the side and 40 training images per class is solved by a plain fine-tune (100 %), so no head can show a
@@ -54,7 +54,7 @@ REFERENCE_PREPROCESSING: dict[str, Any] = dict(interpolation='bilinear', crop_pc
 
 DATA, TEST_DATA, RUNS, IMAGES = 'data', 'test_data', 'runs', 'images'
 
-CACHE_FROZEN = ('off', 'flip', 'crops')
+CACHE_FROZEN = CACHE_VIEWS  # the trainer's --cache-features values
 
 
 @dataclass

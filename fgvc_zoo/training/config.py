@@ -22,10 +22,13 @@ import yaml
 from ..errors import UsageError
 from .run_folder import CHECKPOINT_STATE, resume_checkpoint
 
-__all__ = ['TrainConfig', 'add_train_arguments', 'parse_train_flags', 'resolve_config']
+__all__ = ['TrainConfig', 'CACHE_VIEWS', 'add_train_arguments', 'parse_train_flags', 'resolve_config']
 
 
 GROUPS = ('model', 'data', 'optimisation', 'run')
+
+# `--cache-features`: off, or the views of each image whose frozen maps are cached (`training.feature_cache`).
+CACHE_VIEWS = ('off', 'flip', 'crops')
 
 
 def option(default: Any, group: str, help: str, *, choices: Sequence[Any] | None = None, const: Any = None) -> Any:
@@ -132,7 +135,7 @@ class TrainConfig:
         "per image instead of every epoch: 'flip' caches the eval view and its mirror (an epoch mirrors an image "
         "with probability --hflip; no random crop), 'crops' the five crops of --train-crop resize_crop's resized "
         "image and their mirrors (one drawn uniformly: a discrete random crop); 'off' trains on images",
-        choices=('off', 'flip', 'crops'),
+        choices=CACHE_VIEWS,
     )
     workers: int = option(min(4, os.cpu_count() or 1), 'data', 'data loader worker processes per training process')
     epochs: int = option(100, 'optimisation', 'training epochs')

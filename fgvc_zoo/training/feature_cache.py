@@ -46,6 +46,7 @@ __all__ = [
     'forward_map',
     'cache_datasets',
     'views_transform',
+    'views_per_image',
 ]
 
 
@@ -106,6 +107,11 @@ def views_transform(eval_transform: transforms.Compose, views: str, img_size: in
         return torch.stack([seen, seen.flip(-1)], dim=1) if hflip > 0 else seen[:, None]
 
     return both
+
+
+def views_per_image(views: str, hflip: float) -> int:
+    """How many maps `views` caches of an image: its crops (five for 'crops'), each also mirrored when `hflip` > 0."""
+    return (5 if views == 'crops' else 1) * (2 if hflip > 0 else 1)
 
 
 class CachedViews(torch.utils.data.Dataset):
@@ -201,7 +207,7 @@ def cache_datasets(
         eval_transform = val_set.transform
         train_set.transform = views_transform(eval_transform, config.cache_features, config.img_size, hflip)
         val_set.transform = views_transform(eval_transform, 'flip', config.img_size, 0.0)
-        views = (5 if config.cache_features == 'crops' else 1) * (2 if hflip > 0 else 1)
+        views = views_per_image(config.cache_features, hflip)
         train_maps = _maps(model, train_set, config, accelerator, f'frozen maps: train ({views} views an image)')
         val_maps = _maps(model, val_set, config, accelerator, f'frozen maps: {config.eval_split}')[0, 0]
         if store is not None:
